@@ -1,0 +1,1 @@
+//! depthling end-to-end tests live in tests/tests.
