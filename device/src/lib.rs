@@ -1,1 +1,421 @@
-#![no_std]
+//! depthling's device runtime: an int8 engine that runs a `.dlm` model from a caller-provided
+//! static arena, with no heap (DESIGN §8).
+//!
+//! ```
+//! # fn main() -> Result<(), depthling_device::Error> {
+//! let bytes = depthling_model::example_model(16, 16, 1).unwrap();
+//! let model = depthling_model::Model::from_bytes(&bytes)?;
+//! let mut arena = [0u8; 8192];
+//! let mut engine = depthling_device::Engine::new(&model, &mut arena)?;
+//! let frame = [128u8; 16 * 16 * 3];
+//! let depth = engine.run(&frame)?;
+//! assert_eq!((depth.height(), depth.width()), (16, 16));
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod kernels;
+
+use core::ops::Range;
+
+use depthling_model::{as_i8, as_i8_mut, DType, LoadError, Model, Op, TensorInfo};
+use kernels::conv::{ConvParams, OutputStage};
+use kernels::elementwise::Operand;
+use kernels::{activation_range, Shape};
+
+pub use depthling_model;
+
+/// What went wrong on the device. Small and `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The model failed validation.
+    Model(LoadError),
+    /// The arena is smaller than the model's plan.
+    ArenaTooSmall { needed: u32, given: usize },
+    /// The frame does not have `height × width × 3` bytes.
+    InputShape { expected: usize, got: usize },
+    /// An op's data did not fit where validation said it would (a bug, reported, never a panic).
+    Internal { op: u16 },
+}
+
+impl From<LoadError> for Error {
+    fn from(e: LoadError) -> Self {
+        Error::Model(e)
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Model(e) => write!(f, "invalid model: {e}"),
+            Error::ArenaTooSmall { needed, given } => {
+                write!(f, "arena too small: the model needs {needed} bytes, {given} given")
+            }
+            Error::InputShape { expected, got } => write!(
+                f,
+                "input frame has {got} bytes, the model expects {expected} (height × width × 3 RGB)"
+            ),
+            Error::Internal { op } => write!(f, "internal error in op {op}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+/// The depth map of the last inference: f32 metres, row-major, borrowed from the arena.
+#[derive(Clone, Copy, Debug)]
+pub struct DepthView<'a> {
+    bytes: &'a [u8],
+    height: usize,
+    width: usize,
+}
+
+impl<'a> DepthView<'a> {
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Depth in metres at row `y`, column `x`.
+    pub fn get(&self, y: usize, x: usize) -> Option<f32> {
+        if y >= self.height || x >= self.width {
+            return None;
+        }
+        depthling_model::read_f32(self.bytes, y * self.width + x)
+    }
+
+    /// All depths, row-major.
+    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+        self.bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Copies the depths into `out` (which must hold `height × width`).
+    pub fn copy_to(&self, out: &mut [f32]) -> Result<(), Error> {
+        if out.len() != self.height * self.width {
+            return Err(Error::InputShape {
+                expected: self.height * self.width,
+                got: out.len(),
+            });
+        }
+        for (o, v) in out.iter_mut().zip(self.iter()) {
+            *o = v;
+        }
+        Ok(())
+    }
+
+    /// FNV-1a (64-bit) over the little-endian f32 bytes: the value boards print so the host can
+    /// compare results bit for bit.
+    pub fn checksum(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for &b in self.bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
+    #[cfg(feature = "std")]
+    pub fn to_vec(&self) -> std::vec::Vec<f32> {
+        self.iter().collect()
+    }
+}
+
+/// Runs one validated model in one arena.
+pub struct Engine<'m, 'a> {
+    model: &'m Model<'m>,
+    arena: &'a mut [u8],
+}
+
+fn shape(t: &TensorInfo) -> Shape {
+    Shape {
+        height: t.height as usize,
+        width: t.width as usize,
+        channels: t.channels as usize,
+    }
+}
+
+fn range(t: &TensorInfo) -> Range<usize> {
+    let start = t.offset as usize;
+    start..start + t.size_bytes() as usize
+}
+
+/// One mutable output region and `N` shared input regions of the arena.
+fn regions<const N: usize>(
+    arena: &mut [u8],
+    out: Range<usize>,
+    ins: [Range<usize>; N],
+    op: u16,
+) -> Result<(&mut [u8], [&[u8]; N]), Error> {
+    let len = arena.len();
+    let bad = Error::Internal { op };
+    if out.start > out.end || out.end > len {
+        return Err(bad);
+    }
+    for r in &ins {
+        let disjoint = r.is_empty() || r.end <= out.start || out.end <= r.start;
+        if r.start > r.end || r.end > len || !disjoint {
+            return Err(bad);
+        }
+    }
+    let base = arena.as_mut_ptr();
+    // SAFETY: every range is inside `arena`, and the output range is disjoint from every input
+    // range, so the one mutable slice aliases none of the shared ones. All borrow `arena`.
+    unsafe {
+        let o = core::slice::from_raw_parts_mut(base.add(out.start), out.len());
+        let i = ins.map(|r| &*core::slice::from_raw_parts(base.add(r.start) as *const u8, r.len()));
+        Ok((o, i))
+    }
+}
+
+impl<'m, 'a> Engine<'m, 'a> {
+    /// Prepares `model` to run in `arena`: validates it and checks the arena is large enough.
+    pub fn new(model: &'m Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
+        model.validate()?;
+        if arena.len() < model.arena_bytes as usize {
+            return Err(Error::ArenaTooSmall {
+                needed: model.arena_bytes,
+                given: arena.len(),
+            });
+        }
+        Ok(Engine { model, arena })
+    }
+
+    /// Bytes of arena the model uses at its peak.
+    pub fn arena_bytes(&self) -> usize {
+        self.model.arena_bytes as usize
+    }
+
+    pub fn model(&self) -> &Model<'m> {
+        self.model
+    }
+
+    /// Runs one RGB frame (`height × width × 3` bytes, row-major) and returns the depth map.
+    pub fn run(&mut self, rgb: &[u8]) -> Result<DepthView<'_>, Error> {
+        let m = self.model;
+        let internal = |op: usize| Error::Internal { op: op as u16 };
+        let input = m.tensor(m.input).ok_or(internal(0))?;
+        let expected = input.elements() as usize;
+        if rgb.len() != expected {
+            return Err(Error::InputShape {
+                expected,
+                got: rgb.len(),
+            });
+        }
+        let dst = self.arena.get_mut(range(input)).ok_or(internal(0))?;
+        for (d, &p) in dst.iter_mut().zip(rgb) {
+            // q = pixel − 128, exact for scale 1/255 and zero point −128
+            *d = p ^ 0x80;
+        }
+        for (i, op) in m.ops.iter().enumerate() {
+            self.run_op(i, op)?;
+        }
+        let out = m.output().and_then(|id| m.tensor(id)).ok_or(internal(m.ops.len()))?;
+        let bytes = self.arena.get(range(out)).ok_or(internal(m.ops.len()))?;
+        Ok(DepthView {
+            bytes,
+            height: out.height as usize,
+            width: out.width as usize,
+        })
+    }
+
+    fn run_op(&mut self, index: usize, op: &Op) -> Result<(), Error> {
+        let m = self.model;
+        let id = index as u16;
+        let err = Error::Internal { op: id };
+        let t = |tid: u16| m.tensor(tid).ok_or(err);
+        match op {
+            Op::Conv2d(c) => {
+                let (ti, to) = (t(c.input)?, t(c.output)?);
+                let stage = match to.dtype {
+                    DType::F32 => OutputStage::F32 {
+                        input_scale: ti.quant.scale,
+                        weight_scales: c.weight_scales.get(m.weights).ok_or(err)?,
+                    },
+                    DType::I8 => {
+                        let (act_min, act_max) =
+                            activation_range(c.act, to.quant.scale, to.quant.zero_point);
+                        let lut = match &c.lut {
+                            Some(l) => Some(as_i8(l.get(m.weights).ok_or(err)?)),
+                            None => None,
+                        };
+                        OutputStage::Int8 {
+                            requant: c.requant.get(m.weights).ok_or(err)?,
+                            zero_point: to.quant.zero_point,
+                            act_min,
+                            act_max,
+                            lut,
+                        }
+                    }
+                };
+                let params = ConvParams {
+                    input: shape(ti),
+                    output: shape(to),
+                    kernel: c.kernel as usize,
+                    stride: c.stride as usize,
+                    depthwise: c.depthwise,
+                    input_zero_point: ti.quant.zero_point,
+                    weights: as_i8(c.weights.get(m.weights).ok_or(err)?),
+                    bias: c.bias.get(m.weights).ok_or(err)?,
+                    stage,
+                };
+                let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
+                kernels::conv::reference(&params, as_i8(inp), out);
+            }
+            Op::Add {
+                a,
+                b,
+                output,
+                a_requant,
+                b_requant,
+                out_requant,
+                act,
+            } => {
+                let (ta, tb, to) = (t(*a)?, t(*b)?, t(*output)?);
+                let (act_min, act_max) = activation_range(*act, to.quant.scale, to.quant.zero_point);
+                let (out, [da, db]) = regions(self.arena, range(to), [range(ta), range(tb)], id)?;
+                kernels::elementwise::add_reference(
+                    Operand { data: as_i8(da), zero_point: ta.quant.zero_point },
+                    Operand { data: as_i8(db), zero_point: tb.quant.zero_point },
+                    *a_requant,
+                    *b_requant,
+                    *out_requant,
+                    to.quant.zero_point,
+                    act_min,
+                    act_max,
+                    as_i8_mut(out),
+                );
+            }
+            Op::Concat {
+                inputs,
+                requant,
+                output,
+            } => {
+                let to = t(*output)?;
+                let mut offset = 0;
+                for (&tid, r) in inputs.iter().zip(requant) {
+                    let ti = t(tid)?;
+                    let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
+                    kernels::elementwise::concat_reference(
+                        Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
+                        shape(ti),
+                        *r,
+                        to.quant.zero_point,
+                        offset,
+                        to.channels as usize,
+                        as_i8_mut(out),
+                    );
+                    offset += ti.channels as usize;
+                }
+            }
+            Op::Upsample {
+                input,
+                output,
+                mode,
+                factor,
+            } => {
+                let (ti, to) = (t(*input)?, t(*output)?);
+                let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
+                let f = *factor as usize;
+                match mode {
+                    depthling_model::UpsampleMode::Nearest => {
+                        kernels::upsample::nearest_reference(as_i8(inp), shape(ti), f, as_i8_mut(out))
+                    }
+                    depthling_model::UpsampleMode::Bilinear => {
+                        kernels::upsample::bilinear_reference(as_i8(inp), shape(ti), f, as_i8_mut(out))
+                    }
+                }
+            }
+            Op::GlobalAvgPool {
+                input,
+                output,
+                requant,
+            } => {
+                let (ti, to) = (t(*input)?, t(*output)?);
+                let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
+                kernels::pool::global_avg_pool_reference(
+                    Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
+                    shape(ti),
+                    *requant,
+                    to.quant.zero_point,
+                    as_i8_mut(out),
+                );
+            }
+            Op::Mul {
+                input,
+                scale,
+                output,
+                requant,
+            } => {
+                let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
+                let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
+                kernels::elementwise::mul_reference(
+                    Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
+                    Operand { data: as_i8(sc), zero_point: ts.quant.zero_point },
+                    ti.channels as usize,
+                    *requant,
+                    to.quant.zero_point,
+                    as_i8_mut(out),
+                );
+            }
+            Op::Output { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+
+    fn model_bytes() -> std::vec::Vec<u8> {
+        depthling_model::example_model(16, 24, 3).unwrap()
+    }
+
+    #[test]
+    fn runs_the_example_model_deterministically() {
+        let bytes = model_bytes();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let frame: std::vec::Vec<u8> = (0..16 * 24 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let (sum1, first) = {
+            let mut e = Engine::new(&model, &mut arena).unwrap();
+            let d = e.run(&frame).unwrap();
+            (d.checksum(), d.iter().collect::<std::vec::Vec<f32>>())
+        };
+        assert!(first.iter().all(|v| v.is_finite()));
+        assert!(first.iter().any(|&v| v != first[0]), "output is constant");
+        // a dirty arena must not change the result: run only depends on the frame
+        arena.iter_mut().for_each(|b| *b = 0xA5);
+        let mut e = Engine::new(&model, &mut arena).unwrap();
+        assert_eq!(e.run(&frame).unwrap().checksum(), sum1);
+        // a different frame gives a different result
+        let other: std::vec::Vec<u8> = frame.iter().map(|&p| p.wrapping_add(77)).collect();
+        assert_ne!(e.run(&other).unwrap().checksum(), sum1);
+    }
+
+    #[test]
+    fn wrong_frame_and_small_arena_are_errors() {
+        let bytes = model_bytes();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let mut small = vec![0u8; model.arena_bytes as usize - 1];
+        assert!(matches!(
+            Engine::new(&model, &mut small),
+            Err(Error::ArenaTooSmall { .. })
+        ));
+        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let mut e = Engine::new(&model, &mut arena).unwrap();
+        assert_eq!(
+            e.run(&[0u8; 10]).unwrap_err(),
+            Error::InputShape { expected: 16 * 24 * 3, got: 10 }
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! int8 kernels, one file per family. Each family has a plain `reference` implementation that
+//! defines the exact integer result; optimized versions (later) must match it bit for bit.
+
+pub mod conv;
+pub mod elementwise;
+pub mod pool;
+pub mod upsample;
+
+/// Height, width, channels of an NHWC tensor (batch 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl Shape {
+    pub fn elements(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+}
+
+/// Clamp range of a fused ReLU/ReLU6 (or none) on an int8 output with the given quantization.
+pub fn activation_range(act: depthling_model::Activation, scale: f32, zero_point: i32) -> (i32, i32) {
+    use depthling_model::Activation;
+    match act {
+        Activation::Relu => (zero_point.max(-128), 127),
+        Activation::Relu6 => {
+            // zero_point + round(6 / scale), rounded half up; saturates at 127
+            let six = zero_point as f32 + 6.0 / scale + 0.5;
+            let six = if six >= 127.0 { 127 } else { six as i32 };
+            (zero_point.max(-128), six.clamp(-128, 127))
+        }
+        Activation::None | Activation::Sigmoid => (-128, 127),
+    }
+}
+
