@@ -241,13 +241,13 @@ impl<'m, 'a> Engine<'m, 'a> {
                     DType::I8 => {
                         let (act_min, act_max) =
                             activation_range(c.act, to.quant.scale, to.quant.zero_point);
-                        let lut = match &c.lut {
-                            Some(l) => Some(as_i8(l.get(m.weights).ok_or(err)?)),
-                            None => None,
+                        let (lut, zero_point) = match &c.lut {
+                            Some(l) => (Some(as_i8(l.table.get(m.weights).ok_or(err)?)), l.zero_point),
+                            None => (None, to.quant.zero_point),
                         };
                         OutputStage::Int8 {
                             requant: c.requant.get(m.weights).ok_or(err)?,
-                            zero_point: to.quant.zero_point,
+                            zero_point,
                             act_min,
                             act_max,
                             lut,

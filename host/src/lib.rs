@@ -1,1 +1,15 @@
-pub fn x(){}
+//! depthling host side: simulator, datasets, networks, training, quantization, evaluation and the
+//! library functions behind every `depthling` subcommand.
+
+pub mod data;
+pub mod error;
+pub mod nets;
+pub mod rng;
+pub mod sim;
+
+pub use error::{Error, Result};
+pub mod eval;
+pub mod quant;
+pub mod train;
+pub mod commands;
+pub mod demo;

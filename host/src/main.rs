@@ -1,1 +1,333 @@
-fn main(){}
+//! The `depthling` binary: parse, build a config, call the library, map errors to exit codes
+//! (0 success, 1 run-time failure, 2 bad usage or bad input).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use depthling_host::commands::{self, Backend};
+use depthling_host::{demo, eval, quant, sim, Error, Result};
+
+#[derive(Parser)]
+#[command(name = "depthling", version, about = "Distill a tiny monocular-depth student from a big teacher using simulated images, quantize it to int8, and run it on edge boards.")]
+struct Cli {
+    /// No progress on stderr.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render a simulated RGB-D dataset.
+    #[command(after_help = "Example: depthling simulate --domain indoor --count 100 --size 128x96 --seed 1 --preview --out data/indoor")]
+    Simulate {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value = "128x96")]
+        size: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        stereo: bool,
+        #[arg(long)]
+        preview: bool,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a teacher on a labeled dataset.
+    #[command(name = "train-teacher", after_help = "Example: depthling train-teacher --data data/indoor --epochs 5 --out teacher.safetensors")]
+    TrainTeacher {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "demo-teacher")]
+        arch: String,
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        #[arg(long)]
+        stereo: bool,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Distill a student from a teacher.
+    #[command(after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors")]
+    Distill {
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        teacher: PathBuf,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        labeled: Option<PathBuf>,
+        #[arg(long, default_value = "demo-student")]
+        arch: String,
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Quantize a student to int8 and write a .dlm.
+    #[command(after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm")]
+    Quantize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        calib: PathBuf,
+        #[arg(long, default_value = "minmax")]
+        calibration: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a model as ONNX or .dlm, optionally checked against a board.
+    #[command(after_help = "Example: depthling export --model student.safetensors --format onnx --out student.onnx")]
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        format: String,
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
+    #[command(after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json")]
+    Eval {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        pred: Option<PathBuf>,
+        #[arg(long)]
+        gt: Option<PathBuf>,
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Units per metre of PNG folders without a manifest.json.
+        #[arg(long, default_value_t = 1000.0)]
+        depth_scale: f32,
+        #[arg(long)]
+        median_scaling: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on a PNG or a folder of PNGs.
+    #[command(after_help = "Example: depthling run --model student.dlm --input data/indoor/rgb --out depth/")]
+    Run {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "int8")]
+        backend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Parameters, MACs, flash and arena of a model or an architecture.
+    #[command(after_help = "Example: depthling profile --arch demo-student --size 128x96 --json")]
+    Profile {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        #[arg(long, default_value = "128x96")]
+        size: String,
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks: train, infer or sim.
+    #[command(after_help = "Example: depthling bench infer --json")]
+    Bench {
+        what: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-measure a paper's claims: ddd, lw or adu.
+    #[command(after_help = "Example: depthling experiment --preset ddd --quick --out results/ddd")]
+    Experiment {
+        #[arg(long)]
+        preset: String,
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The whole pipeline on built-in defaults.
+    #[command(after_help = "Example: depthling demo --quick --out demo-out")]
+    Demo {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(v).map_err(|e| Error::Runtime(e.to_string()))?);
+    Ok(())
+}
+
+fn protocol(s: Option<&str>) -> Result<depthling_metrics::Protocol> {
+    let s = s.unwrap_or("none");
+    depthling_metrics::Protocol::parse(s).ok_or_else(|| Error::Usage(format!("unknown protocol {s:?}; known: nyu, kitti, none")))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Simulate { domain, count, size, seed, stereo, preview, out, json } => {
+            let domain = sim::Domain::parse(&domain).ok_or_else(|| Error::Usage(format!("unknown domain {domain:?}; known: indoor, outdoor, ood")))?;
+            let (width, height) = commands::parse_size(&size)?;
+            let s = commands::simulate(&commands::SimulateConfig { domain, count, width, height, seed, stereo, preview, out, quiet })?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("{} {} images at {}×{} in {:.1}s ({:.0} images/s) → {}", s.count, s.domain, s.width, s.height, s.seconds, s.images_per_second, s.out.display());
+            }
+        }
+        Command::TrainTeacher { data, arch, width, stereo, epochs, batch_size, lr, seed, out, resume } => {
+            if stereo {
+                return Err(Error::NotAvailable("the stereo teacher (arrives with the networks release)"));
+            }
+            if resume {
+                return Err(Error::NotAvailable("--resume (arrives with the training release)"));
+            }
+            commands::train_teacher(&commands::TrainTeacherConfig { data, arch, width, epochs, batch_size, lr, seed, out: out.clone(), quiet })?;
+            println!("teacher written to {}", out.display());
+        }
+        Command::Distill { method, teacher, images, labeled, arch, width, epochs, batch_size, lr, seed, out, resume } => {
+            if labeled.is_some() {
+                return Err(Error::NotAvailable("--labeled (arrives with the aux method)"));
+            }
+            if resume {
+                return Err(Error::NotAvailable("--resume (arrives with the training release)"));
+            }
+            commands::distill(&commands::DistillConfig { method, teacher, images, arch, width, epochs, batch_size, lr, seed, out: out.clone(), quiet })?;
+            println!("student written to {}", out.display());
+        }
+        Command::Quantize { model, calib, calibration, out, json } => {
+            let c = quant::Calibration::parse(&calibration)?;
+            let p = commands::quantize_file(&model, &calib, c, &out, quiet)?;
+            if json {
+                print_json(&p)?;
+            } else {
+                println!("{} written: {} params, {} bytes, arena {} bytes", out.display(), p.params, p.flash_bytes, p.arena_bytes);
+            }
+        }
+        Command::Export { .. } => return Err(Error::NotAvailable("export (arrives with the quantization and export release); `depthling quantize` writes a .dlm today")),
+        Command::Eval { model, data, pred, gt, protocol: proto, depth_scale, median_scaling, json } => {
+            let proto = protocol(proto.as_deref())?;
+            let report = match (model, data, pred, gt) {
+                (None, None, Some(pred), Some(gt)) => eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?,
+                (Some(model), Some(data), None, None) => commands::eval_model(&model, &data, proto, median_scaling, quiet)?,
+                _ => return Err(Error::Usage("give either --pred DIR --gt DIR or --model M --data DIR".into())),
+            };
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} images  abs_rel {:.4}  sq_rel {:.4}  rmse {:.4}  rmse_log {:.4}  log10 {:.4}  δ1 {:.4}  δ2 {:.4}  δ3 {:.4}  silog {:.3}",
+                    report.images, report.abs_rel, report.sq_rel, report.rmse, report.rmse_log, report.log10, report.delta1, report.delta2, report.delta3, report.silog
+                );
+            }
+        }
+        Command::Run { model, input, out, backend, json } => {
+            let backend = match backend.as_str() {
+                "int8" => Backend::Int8,
+                "tract" => Backend::Tract,
+                other => return Err(Error::Usage(format!("unknown backend {other:?}; known: int8, tract"))),
+            };
+            let s = commands::run(&model, &input, &out, backend, quiet)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("{} images, {:.2} ms per frame ({}) → {}", s.images, s.mean_ms, s.backend, s.out.display());
+            }
+        }
+        Command::Profile { model, arch, width, size, board, json } => {
+            if board.is_some() {
+                return Err(Error::NotAvailable("board profiles (arrive with the boards release)"));
+            }
+            let p = match (model, arch) {
+                (Some(m), None) => commands::profile_model(&m)?,
+                (None, Some(a)) => {
+                    let (w, h) = commands::parse_size(&size)?;
+                    commands::profile_arch(&a, width, w, h)?
+                }
+                _ => return Err(Error::Usage("give either --model M.dlm or --arch A".into())),
+            };
+            if json {
+                print_json(&p)?;
+            } else {
+                println!("params {}  MACs {}  flash {} bytes  arena {} bytes", p.params, p.macs, p.flash_bytes, p.arena_bytes);
+            }
+        }
+        Command::Bench { .. } => return Err(Error::NotAvailable("bench (arrives with the simulator, training and device releases)")),
+        Command::Experiment { .. } => return Err(Error::NotAvailable("experiment (arrives with the distillation release)")),
+        Command::Demo { quick, out, json } => {
+            let mut cfg = if quick { demo::DemoConfig::quick(out) } else { demo::DemoConfig::full(out) };
+            cfg.quiet = quiet;
+            let r = demo::run(&cfg)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print!("{}", r.table());
+                println!("wall time {:.0} s; outputs in {}", r.wall_seconds, cfg.out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

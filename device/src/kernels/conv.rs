@@ -6,8 +6,8 @@ use depthling_model::{read_f32, read_i32, read_requant};
 /// What happens to each int32 accumulator.
 #[derive(Clone, Copy, Debug)]
 pub enum OutputStage<'a> {
-    /// Requantize per channel to int8, add the zero point, clamp; with a LUT, map
-    /// `pre + 128` through it (fused sigmoid).
+    /// Requantize per channel to int8, add the zero point, clamp; with a LUT (fused sigmoid),
+    /// `zero_point` is the pre-activation one and `pre + 128` indexes the table.
     Int8 {
         /// `(multiplier, shift)` per channel, little endian.
         requant: &'a [u8],

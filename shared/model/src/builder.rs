@@ -179,7 +179,7 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
                     crate::quant::quantize_i8(s, SIGMOID_OUTPUT.scale, SIGMOID_OUTPUT.zero_point)
                 })
                 .collect();
-            b.constant_i8(&lut)
+            crate::Lut { table: b.constant_i8(&lut), zero_point: 0 }
         });
         b.push(Op::Conv2d(Conv2d {
             input,

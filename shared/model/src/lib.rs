@@ -170,8 +170,18 @@ pub struct Conv2d {
     pub requant: ConstRef,
     /// f32 little endian per output channel: `s_w[c]`.
     pub weight_scales: ConstRef,
-    /// 256 × int8, indexed by `pre_activation + 128`; only with `Sigmoid`.
-    pub lut: Option<ConstRef>,
+    /// Only with `Sigmoid`: the table from the pre-activation int8 to the output.
+    pub lut: Option<Lut>,
+}
+
+/// A 256-entry activation table. The accumulator is requantized to the pre-activation
+/// parameters (`requant`, then `+ zero_point`, clamped to int8) and `q + 128` indexes `table`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lut {
+    /// 256 × int8.
+    pub table: ConstRef,
+    /// Zero point of the pre-activation quantization.
+    pub zero_point: i32,
 }
 
 /// One operation of the graph, in execution order.

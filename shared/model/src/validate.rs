@@ -206,7 +206,10 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
                     }
                     match (c.act, &c.lut) {
                         (Activation::Sigmoid, Some(lut)) => {
-                            const_bytes(m.weights, lut, 256, i, "sigmoid LUT must have 256 entries")?;
+                            const_bytes(m.weights, &lut.table, 256, i, "sigmoid LUT must have 256 entries")?;
+                            if !(-128..=127).contains(&lut.zero_point) {
+                                return Err(op_err(i, "LUT zero point out of range"));
+                            }
                         }
                         (Activation::Sigmoid, None) => {
                             return Err(op_err(i, "sigmoid needs a LUT"))

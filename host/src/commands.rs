@@ -1,0 +1,374 @@
+//! The library functions behind the `depthling` subcommands. Each takes a plain config and returns
+//! a typed result, so tests call exactly what the binary calls.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use depthling_model::Model;
+use serde::Serialize;
+
+use crate::data::{png, write_dataset, Dataset, Manifest, Sample};
+use crate::error::{Error, Result};
+use crate::nets::{preset, Net};
+use crate::quant::{quantize, Calibration, Provenance};
+use crate::sim::{render_many, Domain};
+use crate::train::{train, Target, TrainConfig};
+
+/// Prints one progress line on stderr unless quiet.
+pub fn progress(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Parses `WxH`.
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let bad = || Error::Usage(format!("size must be WIDTHxHEIGHT with positive numbers, got {s:?}"));
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if w == 0 || h == 0 || w > 4096 || h > 4096 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+#[derive(Clone, Debug)]
+pub struct SimulateConfig {
+    pub domain: Domain,
+    pub count: usize,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub stereo: bool,
+    pub preview: bool,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SimulateSummary {
+    pub domain: String,
+    pub count: usize,
+    pub width: usize,
+    pub height: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub out: PathBuf,
+}
+
+/// Renders a dataset folder (and optionally `preview.png`, a contact sheet of RGB beside
+/// colourised depth).
+pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateSummary> {
+    if cfg.count == 0 {
+        return Err(Error::Usage("--count must be at least 1".into()));
+    }
+    let start = Instant::now();
+    let mut samples: Vec<Sample> = Vec::with_capacity(cfg.count);
+    let chunk = 64;
+    let mut done = 0;
+    while done < cfg.count {
+        let n = chunk.min(cfg.count - done);
+        samples.extend(render_many(cfg.domain, cfg.width, cfg.height, cfg.seed, done as u64, n, cfg.stereo));
+        done += n;
+        progress(cfg.quiet, &format!("simulate: rendered {done}/{} {} images", cfg.count, cfg.domain.name()));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let manifest = Manifest::simulated(cfg.domain, cfg.width, cfg.height, cfg.count, cfg.seed, cfg.stereo);
+    write_dataset(&cfg.out, &manifest, &samples)?;
+    if cfg.preview {
+        let sheet = contact_sheet(&samples[..samples.len().min(8)]);
+        png::write_rgb(&cfg.out.join("preview.png"), sheet.0, sheet.1, &sheet.2)?;
+    }
+    Ok(SimulateSummary {
+        domain: cfg.domain.name().into(),
+        count: cfg.count,
+        width: cfg.width,
+        height: cfg.height,
+        seconds,
+        images_per_second: cfg.count as f64 / seconds.max(1e-9),
+        out: cfg.out.clone(),
+    })
+}
+
+/// Rows of `RGB | colourised depth`, one per sample.
+pub fn contact_sheet(samples: &[Sample]) -> (usize, usize, Vec<u8>) {
+    let Some(first) = samples.first() else { return (1, 1, vec![0, 0, 0]) };
+    let (w, h) = (first.width, first.height);
+    let (sw, sh) = (2 * w + 4, samples.len() * (h + 4));
+    let mut sheet = vec![255u8; sw * sh * 3];
+    for (row, s) in samples.iter().enumerate() {
+        let (lo, hi) = png::depth_range(&s.depth);
+        let colour = png::colorize_depth(&s.depth, lo, hi);
+        for (col, img) in [&s.rgb, &colour].into_iter().enumerate() {
+            for y in 0..h {
+                let dst = ((row * (h + 4) + y) * sw + col * (w + 4)) * 3;
+                sheet[dst..dst + w * 3].copy_from_slice(&img[y * w * 3..(y + 1) * w * 3]);
+            }
+        }
+    }
+    (sw, sh, sheet)
+}
+
+/// A loaded `.dlm`: the bytes and the path they came from (the model borrows from the bytes).
+pub struct DlmFile {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl DlmFile {
+    pub fn read(path: &Path) -> Result<DlmFile> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::bad_input(path, "model file not found"),
+            _ => Error::io(path, e),
+        })?;
+        let file = DlmFile { path: path.to_path_buf(), bytes };
+        file.model()?;
+        Ok(file)
+    }
+
+    pub fn model(&self) -> Result<Model<'_>> {
+        Model::from_bytes(&self.bytes).map_err(|source| Error::Model { path: self.path.clone(), source })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Int8,
+    Tract,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub images: usize,
+    pub mean_ms: f64,
+    pub backend: String,
+    pub out: PathBuf,
+}
+
+fn list_pngs(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    if !input.is_dir() {
+        return Err(Error::bad_input(input, "input not found"));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+        .map_err(|e| Error::io(input, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .filter(|p| !p.file_stem().is_some_and(|s| s.to_string_lossy().ends_with("_color")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::bad_input(input, "contains no PNG images"));
+    }
+    Ok(files)
+}
+
+/// `depthling run`: depth for a PNG or a folder of PNGs; writes `NAME.png` (16-bit millimetres) and
+/// `NAME_color.png` per input.
+pub fn run(model_path: &Path, input: &Path, out: &Path, backend: Backend, quiet: bool) -> Result<RunSummary> {
+    if backend == Backend::Tract {
+        return Err(Error::NotAvailable("the tract backend (arrives with the ONNX export)"));
+    }
+    if model_path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Err(Error::NotAvailable("running ONNX models (arrives with the tract backend)"));
+    }
+    let file = DlmFile::read(model_path)?;
+    let model = file.model()?;
+    let (mh, mw) = model.input_size().ok_or_else(|| Error::bad_input(model_path, "model has no input"))?;
+    let inputs = list_pngs(input)?;
+    // Check every input before writing anything.
+    let mut frames = Vec::with_capacity(inputs.len());
+    for p in &inputs {
+        let (w, h, rgb) = png::read_rgb(p)?;
+        if (w, h) != (mw as usize, mh as usize) {
+            return Err(Error::bad_input(p, format!("image is {w}×{h}, the model takes {mw}×{mh}")));
+        }
+        frames.push(rgb);
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut engine = depthling_device::Engine::new(&model, &mut arena)?;
+    let mut total = 0.0;
+    for (p, rgb) in inputs.iter().zip(&frames) {
+        let t = Instant::now();
+        let depth: Vec<f32> = engine.run(rgb)?.iter().collect();
+        total += t.elapsed().as_secs_f64();
+        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let (w, h) = (mw as usize, mh as usize);
+        png::write_depth(&out.join(format!("{stem}.png")), w, h, &depth, 1000.0)?;
+        let (lo, hi) = png::depth_range(&depth);
+        png::write_rgb(&out.join(format!("{stem}_color.png")), w, h, &png::colorize_depth(&depth, lo, hi))?;
+        progress(quiet, &format!("run: {}", p.display()));
+    }
+    Ok(RunSummary { images: inputs.len(), mean_ms: 1e3 * total / inputs.len() as f64, backend: "int8".into(), out: out.to_path_buf() })
+}
+
+/// DESIGN §10 `profile --json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Profile {
+    pub params: u64,
+    pub macs: u64,
+    pub flash_bytes: u64,
+    pub arena_bytes: u64,
+    pub board: Option<String>,
+    pub fits: Option<bool>,
+}
+
+/// Profile of a `.dlm`.
+pub fn profile_model(path: &Path) -> Result<Profile> {
+    let file = DlmFile::read(path)?;
+    let m = file.model()?;
+    Ok(Profile { params: m.params(), macs: m.macs(), flash_bytes: file.bytes.len() as u64, arena_bytes: m.arena_bytes as u64, board: None, fits: None })
+}
+
+/// Profile of an architecture at `width × height`: counts from the spec, and flash and arena from
+/// a real int8 export of randomly initialised weights.
+pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) -> Result<Profile> {
+    let spec = preset(arch, width_mult)?;
+    let macs = spec.macs(width, height)?;
+    let params = spec.params() as u64;
+    let device = Device::Cpu;
+    let net = Net::new(spec, &device, 0)?;
+    let probe = Sample { width, height, rgb: (0..width * height * 3).map(|i| (i * 31 % 256) as u8).collect(), depth: vec![1.0; width * height], instance: None, right: None };
+    let bytes = quantize(&net.net, &[probe], Calibration::MinMax, &Provenance { name: arch.into(), ..Default::default() }, &device)?;
+    let m = Model::from_bytes(&bytes).map_err(|e| Error::Runtime(format!("profile export invalid: {e}")))?;
+    Ok(Profile { params, macs, flash_bytes: bytes.len() as u64, arena_bytes: m.arena_bytes as u64, board: None, fits: None })
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainTeacherConfig {
+    pub data: PathBuf,
+    pub arch: String,
+    pub width: f32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+fn steps_for(epochs: usize, n: usize, batch: usize) -> usize {
+    (epochs * n.div_ceil(batch.max(1))).max(1)
+}
+
+fn training_progress(quiet: bool, label: &'static str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
+    let start = Instant::now();
+    let every = (steps / 20).max(1);
+    move |s| {
+        if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
+            let done = s.step + 1;
+            let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
+            eprintln!("{label}: step {done}/{steps} loss {:.4} eta {eta:.0}s", s.loss);
+        }
+    }
+}
+
+/// `depthling train-teacher`: supervised training on a labeled dataset.
+pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<()> {
+    let ds = Dataset::open(&cfg.data, 1000.0)?;
+    let samples = ds.load_all(None)?;
+    let spec = preset(&cfg.arch, cfg.width)?;
+    let (w, h) = (samples[0].width, samples[0].height);
+    spec.shapes(w, h)?;
+    let device = Device::Cpu;
+    let net = Net::new(spec, &device, cfg.seed)?;
+    let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
+    let tc = TrainConfig { steps, batch_size: cfg.batch_size, lr: cfg.lr, seed: cfg.seed, ..Default::default() };
+    train(&net, &samples, Target::Labels, &tc, training_progress(cfg.quiet, "train-teacher", steps))?;
+    net.save(&cfg.out, &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))])
+}
+
+#[derive(Clone, Debug)]
+pub struct DistillConfig {
+    pub method: String,
+    pub teacher: PathBuf,
+    pub images: PathBuf,
+    pub arch: String,
+    pub width: f32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+/// `depthling distill --method kd`: the student learns the teacher's predictions on (unlabeled)
+/// images.
+pub fn distill(cfg: &DistillConfig) -> Result<()> {
+    match cfg.method.as_str() {
+        "kd" => {}
+        "ddd" | "aux" | "adu" => return Err(Error::NotAvailable("this distillation method (arrives with the distillation release)")),
+        other => return Err(Error::Usage(format!("unknown method {other:?}; known: kd, ddd, aux, adu"))),
+    }
+    let device = Device::Cpu;
+    let (teacher, _) = Net::load(&cfg.teacher, &device)?;
+    let ds = Dataset::open(&cfg.images, 1000.0)?;
+    let samples = ds.load_all(None)?;
+    let (w, h) = (samples[0].width, samples[0].height);
+    teacher.net.spec().shapes(w, h)?;
+    let spec = preset(&cfg.arch, cfg.width)?;
+    spec.shapes(w, h)?;
+    let student = Net::new(spec, &device, cfg.seed)?;
+    let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
+    let tc = TrainConfig { steps, batch_size: cfg.batch_size, lr: cfg.lr, seed: cfg.seed, ..Default::default() };
+    train(&student, &samples, Target::Teacher(&teacher.net), &tc, training_progress(cfg.quiet, "distill", steps))?;
+    student.save(&cfg.out, &[("kind", "student".into()), ("method", cfg.method.clone()), ("teacher", cfg.teacher.display().to_string())])
+}
+
+/// `depthling quantize`: int8 PTQ of a student checkpoint, calibrated on a dataset's images.
+pub fn quantize_file(model: &Path, calib: &Path, calibration: Calibration, out: &Path, quiet: bool) -> Result<Profile> {
+    let device = Device::Cpu;
+    let (net, meta) = Net::load(model, &device)?;
+    let ds = Dataset::open(calib, 1000.0)?;
+    let samples = ds.load_all(None)?;
+    net.net.spec().shapes(samples[0].width, samples[0].height)?;
+    progress(quiet, &format!("quantize: calibrating on {} images", samples.len()));
+    let prov = Provenance {
+        name: net.net.spec().name.clone(),
+        teacher: meta.get("depthling.teacher").cloned().unwrap_or_default(),
+        method: meta.get("depthling.method").cloned().unwrap_or_default(),
+        metrics: vec![],
+    };
+    let bytes = quantize(&net.net, &samples, calibration, &prov, &device)?;
+    write_atomic(out, &bytes)?;
+    profile_model(out)
+}
+
+/// Writes bytes through a temporary name and renames.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// `depthling eval --model M --data DIR`: a `.dlm` through the int8 engine, or a safetensors
+/// checkpoint in f32, on a dataset.
+pub fn eval_model(model: &Path, data: &Path, protocol: depthling_metrics::Protocol, median_scaling: bool, quiet: bool) -> Result<crate::eval::EvalReport> {
+    let ds = Dataset::open(data, 1000.0)?;
+    let samples = ds.load_all(None)?;
+    progress(quiet, &format!("eval: {} images", samples.len()));
+    let cfg = depthling_metrics::EvalConfig { median_scaling, ..protocol.config() };
+    let preds = if model.extension().is_some_and(|e| e.eq_ignore_ascii_case("dlm")) {
+        let file = DlmFile::read(model)?;
+        let m = file.model()?;
+        let (mh, mw) = m.input_size().ok_or_else(|| Error::bad_input(model, "model has no input"))?;
+        if (samples[0].width, samples[0].height) != (mw as usize, mh as usize) {
+            return Err(Error::bad_input(model, format!("model takes {mw}×{mh}, the dataset is {}×{}", samples[0].width, samples[0].height)));
+        }
+        crate::quant::run_int8(&m, &samples)?
+    } else {
+        let device = Device::Cpu;
+        let (net, _) = Net::load(model, &device)?;
+        net.net.spec().shapes(samples[0].width, samples[0].height)?;
+        crate::train::predict(&net.net, &samples, &device)?
+    };
+    crate::eval::evaluate(&preds, &samples, &cfg)
+}

@@ -1,0 +1,313 @@
+//! Datasets (DESIGN §4): the on-disk format the simulator writes and users bring, CSV lists of
+//! `rgb_path,depth_path`, and in-memory samples with batching for training.
+
+pub mod png;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::sim::Domain;
+
+/// One RGB-D image (row-major; depth in metres, 0 = invalid).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+    pub depth: Vec<f32>,
+    /// Per-pixel instance ids (OOD domain; 0 = background).
+    pub instance: Option<Vec<u16>>,
+    /// Right view of a stereo pair.
+    pub right: Option<Vec<u8>>,
+}
+
+pub const DATASET_FORMAT: &str = "depthling-dataset";
+pub const DATASET_VERSION: u32 = 1;
+
+/// `manifest.json` of a dataset folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub domain: String,
+    pub width: usize,
+    pub height: usize,
+    pub count: usize,
+    /// Depth PNG units per metre.
+    pub depth_scale: f32,
+    pub max_depth: f32,
+    pub fx: f32,
+    pub fy: f32,
+    pub cx: f32,
+    pub cy: f32,
+    /// Stereo baseline in metres (0 without a right view).
+    pub baseline: f32,
+    pub seed: u64,
+    pub generator: String,
+}
+
+impl Manifest {
+    /// The manifest of a simulated dataset.
+    pub fn simulated(domain: Domain, width: usize, height: usize, count: usize, seed: u64, stereo: bool) -> Self {
+        let f = domain.focal_fraction() * width as f32;
+        Manifest {
+            format: DATASET_FORMAT.into(),
+            version: DATASET_VERSION,
+            domain: domain.name().into(),
+            width,
+            height,
+            count,
+            // millimetres indoors; KITTI's 1/256 m outdoors so 80 m fits 16 bits
+            depth_scale: if domain == Domain::Outdoor { 256.0 } else { 1000.0 },
+            max_depth: domain.max_depth(),
+            fx: f,
+            fy: f,
+            cx: width as f32 / 2.0,
+            cy: height as f32 / 2.0,
+            baseline: if stereo { domain.baseline() } else { 0.0 },
+            seed,
+            generator: format!("depthling {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::bad_input(path, "manifest.json not found (not a depthling dataset folder)"),
+            _ => Error::io(path, e),
+        })?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_input(path, format!("unreadable manifest: {e}")))?;
+        if m.format != DATASET_FORMAT {
+            return Err(Error::bad_input(path, format!("format is {:?}, expected {DATASET_FORMAT:?}", m.format)));
+        }
+        if m.version != DATASET_VERSION {
+            return Err(Error::bad_input(path, format!("dataset version {} is not supported (expected {DATASET_VERSION})", m.version)));
+        }
+        if m.width == 0 || m.height == 0 {
+            return Err(Error::bad_input(path, "width and height must be positive"));
+        }
+        if !(m.depth_scale.is_finite() && m.depth_scale > 0.0) {
+            return Err(Error::bad_input(path, "depth_scale must be a positive number"));
+        }
+        Ok(m)
+    }
+}
+
+fn file_name(i: usize) -> String {
+    format!("{i:06}.png")
+}
+
+/// Writes samples as a dataset folder. Everything goes to a temporary sibling folder that is
+/// renamed into place at the end, so an interrupted run leaves nothing half-written. An existing
+/// `out` is replaced only if it is empty or a depthling dataset.
+pub fn write_dataset(out: &Path, manifest: &Manifest, samples: &[Sample]) -> Result<()> {
+    if out.exists() {
+        let is_dataset = out.join("manifest.json").exists();
+        let is_empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+        if !is_dataset && !is_empty {
+            return Err(Error::bad_input(out, "exists and is not a depthling dataset; refusing to overwrite"));
+        }
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out.file_name().ok_or_else(|| Error::bad_input(out, "not a folder name"))?;
+    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let result = write_dataset_into(&tmp, manifest, samples);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+}
+
+fn write_dataset_into(dir: &Path, manifest: &Manifest, samples: &[Sample]) -> Result<()> {
+    use rayon::prelude::*;
+    let stereo = samples.iter().any(|s| s.right.is_some());
+    let instances = samples.iter().any(|s| s.instance.is_some());
+    let mut subdirs = vec!["rgb", "depth"];
+    if stereo {
+        subdirs.push("right");
+    }
+    if instances {
+        subdirs.push("instance");
+    }
+    for sub in &subdirs {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    samples.par_iter().enumerate().try_for_each(|(i, s)| -> Result<()> {
+        let name = file_name(i);
+        png::write_rgb(&dir.join("rgb").join(&name), s.width, s.height, &s.rgb)?;
+        png::write_depth(&dir.join("depth").join(&name), s.width, s.height, &s.depth, manifest.depth_scale)?;
+        if let Some(r) = &s.right {
+            png::write_rgb(&dir.join("right").join(&name), s.width, s.height, r)?;
+        }
+        if let Some(m) = &s.instance {
+            png::write_u16(&dir.join("instance").join(&name), s.width, s.height, m)?;
+        }
+        Ok(())
+    })?;
+    let path = dir.join("manifest.json");
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::Runtime(e.to_string()))?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+}
+
+/// Where the files of one sample are.
+#[derive(Clone, Debug)]
+pub struct SampleFiles {
+    pub rgb: PathBuf,
+    pub depth: PathBuf,
+    pub right: Option<PathBuf>,
+    pub instance: Option<PathBuf>,
+}
+
+/// A dataset on disk: a depthling dataset folder or a CSV list.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub depth_scale: f32,
+    pub manifest: Option<Manifest>,
+    pub files: Vec<SampleFiles>,
+}
+
+impl Dataset {
+    /// Opens a dataset folder (with `manifest.json`) or a `.csv` list of `rgb_path,depth_path`
+    /// (paths relative to the CSV's folder; `depth_scale` units per metre). Checks that every
+    /// listed file exists.
+    pub fn open(path: &Path, depth_scale: f32) -> Result<Dataset> {
+        if !path.exists() {
+            return Err(Error::bad_input(path, "dataset not found"));
+        }
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            return Self::open_csv(path, depth_scale);
+        }
+        let manifest = Manifest::read(&path.join("manifest.json"))?;
+        let mut files = Vec::with_capacity(manifest.count);
+        for i in 0..manifest.count {
+            let name = file_name(i);
+            let opt = |sub: &str| {
+                let p = path.join(sub).join(&name);
+                p.exists().then_some(p)
+            };
+            let f = SampleFiles {
+                rgb: path.join("rgb").join(&name),
+                depth: path.join("depth").join(&name),
+                right: opt("right"),
+                instance: opt("instance"),
+            };
+            for p in [&f.rgb, &f.depth] {
+                if !p.exists() {
+                    return Err(Error::bad_input(p, format!("missing (the manifest lists {} images)", manifest.count)));
+                }
+            }
+            files.push(f);
+        }
+        Ok(Dataset {
+            root: path.to_path_buf(),
+            depth_scale: manifest.depth_scale,
+            manifest: Some(manifest),
+            files,
+        })
+    }
+
+    fn open_csv(path: &Path, depth_scale: f32) -> Result<Dataset> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut files = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || (n == 0 && line.starts_with("rgb_path")) {
+                continue;
+            }
+            let mut cols = line.split(',').map(str::trim);
+            let (Some(rgb), Some(depth)) = (cols.next(), cols.next()) else {
+                return Err(Error::bad_input(path, format!("line {}: expected rgb_path,depth_path", n + 1)));
+            };
+            let f = SampleFiles { rgb: base.join(rgb), depth: base.join(depth), right: None, instance: None };
+            for p in [&f.rgb, &f.depth] {
+                if !p.exists() {
+                    return Err(Error::bad_input(p, format!("missing (listed on line {} of {})", n + 1, path.display())));
+                }
+            }
+            files.push(f);
+        }
+        if files.is_empty() {
+            return Err(Error::bad_input(path, "lists no images"));
+        }
+        Ok(Dataset { root: path.to_path_buf(), depth_scale, manifest: None, files })
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Loads sample `i`, checking that RGB, depth (and right/instance) sizes agree. With
+    /// `size = Some((w, h))` the sample is resized (RGB bilinear, depth and masks nearest).
+    pub fn load(&self, i: usize, size: Option<(usize, usize)>) -> Result<Sample> {
+        let f = self.files.get(i).ok_or_else(|| Error::bad_input(&self.root, format!("no sample {i}")))?;
+        let (w, h, rgb) = png::read_rgb(&f.rgb)?;
+        let (dw, dh, depth) = png::read_depth(&f.depth, self.depth_scale)?;
+        if (dw, dh) != (w, h) {
+            return Err(Error::bad_input(&f.depth, format!("depth is {dw}×{dh} but its RGB image is {w}×{h}")));
+        }
+        let right = match &f.right {
+            Some(p) => {
+                let (rw, rh, r) = png::read_rgb(p)?;
+                if (rw, rh) != (w, h) {
+                    return Err(Error::bad_input(p, format!("right view is {rw}×{rh}, left is {w}×{h}")));
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let instance = match &f.instance {
+            Some(p) => {
+                let (iw, ih, m) = png::read_u16(p, "instance mask")?;
+                if (iw, ih) != (w, h) {
+                    return Err(Error::bad_input(p, format!("instance mask is {iw}×{ih}, image is {w}×{h}")));
+                }
+                Some(m)
+            }
+            None => None,
+        };
+        let sample = Sample { width: w, height: h, rgb, depth, instance, right };
+        Ok(match size {
+            Some((tw, th)) if (tw, th) != (w, h) => resize(&sample, tw, th),
+            _ => sample,
+        })
+    }
+
+    /// Loads every sample (in parallel), optionally resized.
+    pub fn load_all(&self, size: Option<(usize, usize)>) -> Result<Vec<Sample>> {
+        use rayon::prelude::*;
+        (0..self.len()).into_par_iter().map(|i| self.load(i, size)).collect()
+    }
+}
+
+/// Resizes RGB bilinearly and depth/masks by nearest neighbour (depth must not be blended across
+/// edges).
+pub fn resize(s: &Sample, width: usize, height: usize) -> Sample {
+    use image::imageops::{resize as img_resize, FilterType};
+    let rgb_img: image::RgbImage = image::ImageBuffer::from_raw(s.width as u32, s.height as u32, s.rgb.clone())
+        .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
+    let rgb = img_resize(&rgb_img, width as u32, height as u32, FilterType::Triangle).into_raw();
+    let nearest = |y: usize, x: usize| (y * s.height / height) * s.width + x * s.width / width;
+    let pick = |src: &Vec<f32>| (0..height).flat_map(|y| (0..width).map(move |x| (y, x))).map(|(y, x)| src[nearest(y, x)]).collect::<Vec<_>>();
+    let depth = pick(&s.depth);
+    let instance = s.instance.as_ref().map(|m| (0..height).flat_map(|y| (0..width).map(move |x| (y, x))).map(|(y, x)| m[nearest(y, x)]).collect());
+    let right = s.right.as_ref().map(|r| {
+        let img: image::RgbImage = image::ImageBuffer::from_raw(s.width as u32, s.height as u32, r.clone())
+            .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
+        img_resize(&img, width as u32, height as u32, FilterType::Triangle).into_raw()
+    });
+    Sample { width, height, rgb, depth, instance, right }
+}

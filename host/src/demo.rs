@@ -1,0 +1,269 @@
+//! `depthling demo`: the whole pipeline on built-in defaults — simulate indoor (target) and OOD
+//! (source) images, train a teacher on indoor labels, distill a student from the teacher on OOD
+//! images only (baseline KD), quantize it to int8, write and re-read the `.dlm`, run it with the
+//! int8 engine on held-out indoor images, and compare teacher / student f32 / student int8.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use depthling_metrics::Protocol;
+use serde::Serialize;
+
+use crate::commands::{progress, write_atomic, DlmFile};
+use crate::data::{png, Sample};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalReport};
+use crate::nets::{preset, Net};
+use crate::quant::{quantize, run_int8, Calibration, Provenance};
+use crate::sim::{render_many, Domain};
+use crate::train::{predict, train, Target, TrainConfig};
+
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    pub out: PathBuf,
+    pub width: usize,
+    pub height: usize,
+    pub indoor_train: usize,
+    pub indoor_test: usize,
+    pub ood_images: usize,
+    pub teacher_steps: usize,
+    pub student_steps: usize,
+    pub teacher_width: f32,
+    pub student_width: f32,
+    pub calibration_images: usize,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+impl DemoConfig {
+    /// The default run: minutes on two CPU cores.
+    pub fn full(out: PathBuf) -> Self {
+        DemoConfig {
+            out,
+            width: 128,
+            height: 96,
+            indoor_train: 1024,
+            indoor_test: 100,
+            ood_images: 1024,
+            teacher_steps: 1500,
+            student_steps: 1500,
+            teacher_width: 1.0,
+            student_width: 1.0,
+            calibration_images: 64,
+            seed: 1,
+            quiet: false,
+        }
+    }
+
+    /// The same pipeline, smaller: for tests and a first look.
+    pub fn quick(out: PathBuf) -> Self {
+        DemoConfig {
+            width: 64,
+            height: 48,
+            indoor_train: 384,
+            indoor_test: 48,
+            ood_images: 384,
+            teacher_steps: 500,
+            student_steps: 500,
+            calibration_images: 32,
+            ..Self::full(out)
+        }
+    }
+}
+
+/// One row of `metrics.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    #[serde(flatten)]
+    pub metrics: EvalReport,
+    pub params: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoResult {
+    pub rows: Vec<Row>,
+    /// A constant prediction of the mean training depth: what "learned nothing" scores.
+    pub mean_depth_baseline: EvalReport,
+    pub protocol: String,
+    pub width: usize,
+    pub height: usize,
+    pub dlm_bytes: u64,
+    pub arena_bytes: u64,
+    pub wall_seconds: f64,
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+impl DemoResult {
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+
+    /// The table printed at the end of the demo.
+    pub fn table(&self) -> String {
+        let mut s = format!("{:<14} {:>8} {:>8} {:>8} {:>10}\n", "model", "AbsRel", "RMSE", "δ1", "params");
+        for r in &self.rows {
+            s += &format!("{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n", r.name, r.metrics.abs_rel, r.metrics.rmse, r.metrics.delta1, r.params);
+        }
+        let b = &self.mean_depth_baseline;
+        s += &format!("{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n", "mean depth", b.abs_rel, b.rmse, b.delta1, 0);
+        s
+    }
+}
+
+/// Runs the demo and writes its outputs into `cfg.out`.
+pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
+    let start = Instant::now();
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    let mut stage_start = Instant::now();
+    let mut stage = |name: &str, stages: &mut Vec<(String, f64)>| {
+        let t = stage_start.elapsed().as_secs_f64();
+        progress(cfg.quiet, &format!("demo: {name} done in {t:.1}s"));
+        stages.push((name.into(), t));
+        stage_start = Instant::now();
+    };
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let device = Device::Cpu;
+    let (w, h) = (cfg.width, cfg.height);
+
+    progress(cfg.quiet, &format!("demo: rendering {} indoor and {} OOD images at {w}×{h}", cfg.indoor_train + cfg.indoor_test, cfg.ood_images));
+    let indoor_train = render_many(Domain::Indoor, w, h, cfg.seed, 0, cfg.indoor_train, false);
+    // held-out test images come from a different seed stream than training
+    let indoor_test = render_many(Domain::Indoor, w, h, cfg.seed ^ 0x7E57, 0, cfg.indoor_test, false);
+    let ood = render_many(Domain::Ood, w, h, cfg.seed.wrapping_add(101), 0, cfg.ood_images, false);
+    stage("simulate", &mut stages);
+
+    let teacher = Net::new(preset("demo-teacher", cfg.teacher_width)?, &device, cfg.seed)?;
+    let tc = TrainConfig { steps: cfg.teacher_steps, seed: cfg.seed, ..Default::default() };
+    train(&teacher, &indoor_train, Target::Labels, &tc, log_every(cfg.quiet, "teacher", cfg.teacher_steps))?;
+    teacher.save(&cfg.out.join("teacher.safetensors"), &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))])?;
+    stage("teacher training (indoor labels)", &mut stages);
+
+    let student = Net::new(preset("demo-student", cfg.student_width)?, &device, cfg.seed + 1)?;
+    let sc = TrainConfig { steps: cfg.student_steps, seed: cfg.seed + 1, ..Default::default() };
+    train(&student, &ood, Target::Teacher(&teacher.net), &sc, log_every(cfg.quiet, "student", cfg.student_steps))?;
+    student.save(&cfg.out.join("student.safetensors"), &[("kind", "student".into()), ("method", "kd".into()), ("teacher", "teacher.safetensors".into())])?;
+    stage("student distillation (KD on OOD images)", &mut stages);
+
+    let protocol = Protocol::Nyu;
+    let eval_cfg = protocol.config();
+    let teacher_pred = predict(&teacher.net, &indoor_test, &device)?;
+    let student_pred = predict(&student.net, &indoor_test, &device)?;
+    let teacher_m = evaluate(&teacher_pred, &indoor_test, &eval_cfg)?;
+    let student_m = evaluate(&student_pred, &indoor_test, &eval_cfg)?;
+
+    // Data-free: calibration uses OOD images, never the target domain.
+    let calib = &ood[..cfg.calibration_images.min(ood.len())];
+    let prov = Provenance {
+        name: "demo-student".into(),
+        teacher: "demo-teacher".into(),
+        method: "kd".into(),
+        metrics: vec![("abs_rel_f32".into(), student_m.abs_rel as f32), ("delta1_f32".into(), student_m.delta1 as f32)],
+    };
+    let bytes = quantize(&student.net, calib, Calibration::MinMax, &prov, &device)?;
+    let dlm_path = cfg.out.join("student.dlm");
+    write_atomic(&dlm_path, &bytes)?;
+    let file = DlmFile::read(&dlm_path)?;
+    let model = file.model()?;
+    stage("int8 quantization and .dlm", &mut stages);
+
+    let int8_pred = run_int8(&model, &indoor_test)?;
+    let int8_m = evaluate(&int8_pred, &indoor_test, &eval_cfg)?;
+    stage("int8 engine on the test images", &mut stages);
+
+    let mean_depth = {
+        let (sum, n) = indoor_train.iter().flat_map(|s| s.depth.iter()).filter(|d| **d > 0.0).fold((0f64, 0u64), |(s, n), &d| (s + d as f64, n + 1));
+        (sum / n.max(1) as f64) as f32
+    };
+    let constant: Vec<Vec<f32>> = indoor_test.iter().map(|s| vec![mean_depth; s.width * s.height]).collect();
+    let baseline = evaluate(&constant, &indoor_test, &eval_cfg)?;
+
+    let result = DemoResult {
+        rows: vec![
+            Row { name: "teacher".into(), metrics: teacher_m, params: teacher.net.spec().params() as u64 },
+            Row { name: "student_f32".into(), metrics: student_m, params: student.net.spec().params() as u64 },
+            Row { name: "student_int8".into(), metrics: int8_m, params: model.params() },
+        ],
+        mean_depth_baseline: baseline,
+        protocol: protocol.name().into(),
+        width: w,
+        height: h,
+        dlm_bytes: file.bytes.len() as u64,
+        arena_bytes: model.arena_bytes as u64,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        stage_seconds: stages,
+    };
+    let json = serde_json::to_string_pretty(&result).map_err(|e| Error::Runtime(e.to_string()))?;
+    write_atomic(&cfg.out.join("metrics.json"), json.as_bytes())?;
+    write_report(&cfg.out, &result, &indoor_test, &[&teacher_pred, &student_pred, &int8_pred])?;
+    Ok(result)
+}
+
+fn log_every(quiet: bool, label: &'static str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
+    let start = Instant::now();
+    let every = (steps / 10).max(1);
+    move |s| {
+        if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
+            let done = s.step + 1;
+            let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
+            eprintln!("demo: {label} step {done}/{steps} loss {:.4} eta {eta:.0}s", s.loss);
+        }
+    }
+}
+
+/// `report/index.html` with a sample grid (RGB | ground truth | teacher | student f32 | student
+/// int8 | |error| of int8) and the metrics table.
+fn write_report(out: &Path, result: &DemoResult, samples: &[Sample], preds: &[&Vec<Vec<f32>>; 3]) -> Result<()> {
+    let dir = out.join("report");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let n = samples.len().min(6);
+    let Some(first) = samples.first() else { return Ok(()) };
+    let (w, h) = (first.width, first.height);
+    let cols = 6;
+    let (sw, sh) = (cols * (w + 2), n * (h + 2));
+    let mut sheet = vec![255u8; sw * sh * 3];
+    for (row, s) in samples.iter().take(n).enumerate() {
+        let (lo, hi) = png::depth_range(&s.depth);
+        let err: Vec<f32> = preds[2][row].iter().zip(&s.depth).map(|(p, g)| if *g > 0.0 { (p - g).abs() } else { 0.0 }).collect();
+        let mut tiles = vec![s.rgb.clone(), png::colorize_depth(&s.depth, lo, hi)];
+        for p in preds {
+            tiles.push(png::colorize_depth(&p[row], lo, hi));
+        }
+        tiles.push(png::colorize_depth(&err.iter().map(|e| if *e > 0.0 { 1.0 / (1.0 + e) } else { 0.0 }).collect::<Vec<_>>(), 0.0, 1.0));
+        for (col, tile) in tiles.iter().enumerate() {
+            for y in 0..h {
+                let dst = ((row * (h + 2) + y) * sw + col * (w + 2)) * 3;
+                sheet[dst..dst + w * 3].copy_from_slice(&tile[y * w * 3..(y + 1) * w * 3]);
+            }
+        }
+    }
+    png::write_rgb(&dir.join("samples.png"), sw, sh, &sheet)?;
+    let mut rows = String::new();
+    for r in &result.rows {
+        let m = &r.metrics;
+        rows += &format!(
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>\n",
+            r.name, m.abs_rel, m.sq_rel, m.rmse, m.rmse_log, m.delta1, r.params
+        );
+    }
+    let b = &result.mean_depth_baseline;
+    rows += &format!(
+        "<tr><td>mean depth (baseline)</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>0</td></tr>\n",
+        b.abs_rel, b.sq_rel, b.rmse, b.rmse_log, b.delta1
+    );
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>depthling demo</title>\
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>\
+<h1>depthling demo</h1><p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; int8 model {bytes} bytes, arena {arena} bytes; wall time {wall:.0} s.</p>\
+<table><tr><th>model</th><th>AbsRel</th><th>SqRel</th><th>RMSE</th><th>RMSElog</th><th>δ1</th><th>params</th></tr>\n{rows}</table>\
+<h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error (dark = large)</p><img src=\"samples.png\" style=\"image-rendering:pixelated;width:{dw}px\"></body></html>\n",
+        proto = result.protocol,
+        imgs = b.images,
+        bytes = result.dlm_bytes,
+        arena = result.arena_bytes,
+        wall = result.wall_seconds,
+        dw = sw * 2,
+    );
+    write_atomic(&dir.join("index.html"), html.as_bytes())
+}

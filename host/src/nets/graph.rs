@@ -1,0 +1,334 @@
+//! A network as a list of nodes that map 1:1 onto IR ops (DESIGN §2, §5): convolution (+ folded
+//! BatchNorm at export) with a fused activation, add, concat, nearest upsample, global average pool,
+//! per-channel multiply. The same [`GraphSpec`] drives the candle module, the parameter and MAC
+//! counts, and the int8 export, so export is a walk, not a translation.
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+    Sigmoid,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Node {
+    /// The RGB image in [0, 1], N×3×H×W.
+    Input,
+    Conv {
+        input: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        depthwise: bool,
+        batch_norm: bool,
+        act: Act,
+    },
+    Add { a: usize, b: usize, act: Act },
+    Concat { inputs: Vec<usize> },
+    /// Nearest-neighbour upsampling by an integer factor (power of two).
+    Upsample { input: usize, factor: usize },
+    GlobalAvgPool { input: usize },
+    /// `input · scale` with `scale` N×C×1×1.
+    Mul { input: usize, scale: usize },
+}
+
+/// An architecture: nodes in execution order; the last node is the depth output (1 channel).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphSpec {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    /// Initial bias of the output convolution (a typical depth in metres).
+    pub output_bias: f32,
+}
+
+/// Shape of one node's output for a given input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl GraphSpec {
+    /// Output shapes of every node for an input of `width × height`, checking the graph.
+    pub fn shapes(&self, width: usize, height: usize) -> Result<Vec<NodeShape>> {
+        let bad = |i: usize, msg: &str| Error::Usage(format!("architecture {}: node {i}: {msg}", self.name));
+        let mut shapes: Vec<NodeShape> = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let get = |j: usize| shapes.get(j).copied().ok_or_else(|| bad(i, "refers to a later node"));
+            let s = match node {
+                Node::Input => {
+                    if i != 0 {
+                        return Err(bad(i, "input must be the first node"));
+                    }
+                    NodeShape { channels: 3, height, width }
+                }
+                Node::Conv { input, out_channels, kernel, stride, depthwise, .. } => {
+                    let x = get(*input)?;
+                    if *depthwise && *out_channels != x.channels {
+                        return Err(bad(i, "depthwise conv must keep the channel count"));
+                    }
+                    if !matches!(kernel, 1 | 3 | 5) || !matches!(stride, 1 | 2) {
+                        return Err(bad(i, "kernel must be 1, 3 or 5 and stride 1 or 2"));
+                    }
+                    NodeShape { channels: *out_channels, height: x.height.div_ceil(*stride), width: x.width.div_ceil(*stride) }
+                }
+                Node::Add { a, b, .. } => {
+                    let (x, y) = (get(*a)?, get(*b)?);
+                    if x != y {
+                        return Err(bad(i, &format!("add of different shapes {x:?} and {y:?}")));
+                    }
+                    x
+                }
+                Node::Concat { inputs } => {
+                    let first = get(*inputs.first().ok_or_else(|| bad(i, "empty concat"))?)?;
+                    let mut c = 0;
+                    for &j in inputs {
+                        let s = get(j)?;
+                        if (s.height, s.width) != (first.height, first.width) {
+                            return Err(bad(i, "concat inputs differ in size"));
+                        }
+                        c += s.channels;
+                    }
+                    NodeShape { channels: c, ..first }
+                }
+                Node::Upsample { input, factor } => {
+                    let x = get(*input)?;
+                    NodeShape { channels: x.channels, height: x.height * factor, width: x.width * factor }
+                }
+                Node::GlobalAvgPool { input } => NodeShape { channels: get(*input)?.channels, height: 1, width: 1 },
+                Node::Mul { input, scale } => {
+                    let (x, s) = (get(*input)?, get(*scale)?);
+                    if s.channels != x.channels || s.height != 1 || s.width != 1 {
+                        return Err(bad(i, "mul scale must be C×1×1"));
+                    }
+                    x
+                }
+            };
+            shapes.push(s);
+        }
+        let last = shapes.last().ok_or_else(|| bad(0, "empty graph"))?;
+        if last.channels != 1 || (last.height, last.width) != (height, width) {
+            return Err(Error::Usage(format!(
+                "architecture {}: output is {}×{}×{}, expected a 1-channel {width}×{height} depth map (size must be divisible by the network's stride)",
+                self.name, last.channels, last.width, last.height
+            )));
+        }
+        Ok(shapes)
+    }
+
+    /// Trainable parameters (BatchNorm folded away: weights + one bias per output channel).
+    pub fn params(&self) -> usize {
+        let mut channels = Vec::with_capacity(self.nodes.len());
+        let mut total = 0;
+        for node in &self.nodes {
+            let c = match node {
+                Node::Input => 3,
+                Node::Conv { input, out_channels, kernel, depthwise, .. } => {
+                    let cin = if *depthwise { 1 } else { channels[*input] };
+                    total += out_channels * cin * kernel * kernel + out_channels;
+                    *out_channels
+                }
+                Node::Add { a, .. } => channels[*a],
+                Node::Concat { inputs } => inputs.iter().map(|&j| channels[j]).sum(),
+                Node::Upsample { input, .. } | Node::GlobalAvgPool { input } | Node::Mul { input, .. } => channels[*input],
+            };
+            channels.push(c);
+        }
+        total
+    }
+
+    /// Multiply-accumulates at `width × height` (convolutions and multiplies).
+    pub fn macs(&self, width: usize, height: usize) -> Result<u64> {
+        let shapes = self.shapes(width, height)?;
+        let mut total = 0u64;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let out = shapes[i];
+            let elems = (out.channels * out.height * out.width) as u64;
+            total += match node {
+                Node::Conv { input, kernel, depthwise, .. } => {
+                    let cin = if *depthwise { 1 } else { shapes[*input].channels } as u64;
+                    elems * (kernel * kernel) as u64 * cin
+                }
+                Node::Mul { .. } => elems,
+                _ => 0,
+            };
+        }
+        Ok(total)
+    }
+}
+
+struct ConvLayer {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    bn: Option<BatchNorm>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+/// The candle module of a [`GraphSpec`]. Variables live under `n{index}.` in the `VarBuilder`.
+pub struct GraphNet {
+    spec: GraphSpec,
+    convs: Vec<Option<ConvLayer>>,
+}
+
+pub const BN_EPS: f64 = 1e-5;
+
+fn activate(x: Tensor, act: Act) -> candle_core::Result<Tensor> {
+    match act {
+        Act::None => Ok(x),
+        Act::Relu => x.relu(),
+        Act::Relu6 => x.clamp(0f32, 6f32),
+        Act::Sigmoid => candle_nn::ops::sigmoid(&x),
+    }
+}
+
+impl GraphNet {
+    pub fn new(spec: GraphSpec, vb: VarBuilder) -> Result<GraphNet> {
+        let mut channels: Vec<usize> = Vec::with_capacity(spec.nodes.len());
+        let mut convs = Vec::with_capacity(spec.nodes.len());
+        let last = spec.nodes.len().saturating_sub(1);
+        for (i, node) in spec.nodes.iter().enumerate() {
+            let vb = vb.pp(format!("n{i}"));
+            let (c, conv) = match node {
+                Node::Input => (3, None),
+                Node::Conv { input, out_channels, kernel, stride, depthwise, batch_norm, .. } => {
+                    let cin = channels[*input];
+                    let groups = if *depthwise { cin } else { 1 };
+                    let fan_in = (cin / groups) * kernel * kernel;
+                    let weight = vb.get_with_hints(
+                        (*out_channels, cin / groups, *kernel, *kernel),
+                        "weight",
+                        Init::Randn { mean: 0.0, stdev: (2.0 / fan_in as f64).sqrt() },
+                    )?;
+                    let bn = if *batch_norm {
+                        Some(candle_nn::batch_norm(*out_channels, BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb.pp("bn"))?)
+                    } else {
+                        None
+                    };
+                    let bias = if *batch_norm {
+                        None
+                    } else {
+                        let init = if i == last { spec.output_bias as f64 } else { 0.0 };
+                        Some(vb.get_with_hints(*out_channels, "bias", Init::Const(init))?)
+                    };
+                    (*out_channels, Some(ConvLayer { weight, bias, bn, stride: *stride, padding: kernel / 2, groups }))
+                }
+                Node::Add { a, .. } => (channels[*a], None),
+                Node::Concat { inputs } => (inputs.iter().map(|&j| channels[j]).sum(), None),
+                Node::Upsample { input, .. } | Node::GlobalAvgPool { input } | Node::Mul { input, .. } => (channels[*input], None),
+            };
+            channels.push(c);
+            convs.push(conv);
+        }
+        Ok(GraphNet { spec, convs })
+    }
+
+    pub fn spec(&self) -> &GraphSpec {
+        &self.spec
+    }
+
+    /// Runs the graph; returns every node's output (post-activation) and, for convolutions with a
+    /// sigmoid, the pre-activation value (needed to calibrate the sigmoid's LUT input).
+    pub fn forward_nodes(&self, x: &Tensor, train: bool) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+        let mut values: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(self.spec.nodes.len());
+        for (i, node) in self.spec.nodes.iter().enumerate() {
+            let v = |j: usize| values[j].0.clone();
+            let out = match node {
+                Node::Input => (x.clone(), None),
+                Node::Conv { input, act, .. } => {
+                    let layer = self.convs[i].as_ref().ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
+                    let mut y = v(*input).conv2d(&layer.weight, layer.padding, layer.stride, 1, layer.groups)?;
+                    if let Some(b) = &layer.bias {
+                        y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+                    }
+                    if let Some(bn) = &layer.bn {
+                        y = bn.forward_t(&y, train)?;
+                    }
+                    let pre = (*act == Act::Sigmoid).then(|| y.clone());
+                    (activate(y, *act)?, pre)
+                }
+                Node::Add { a, b, act } => (activate((v(*a) + v(*b))?, *act)?, None),
+                Node::Concat { inputs } => {
+                    let xs: Vec<Tensor> = inputs.iter().map(|&j| v(j)).collect();
+                    (Tensor::cat(&xs, 1)?, None)
+                }
+                Node::Upsample { input, factor } => {
+                    let t = v(*input);
+                    let (_, _, h, w) = t.dims4()?;
+                    (t.upsample_nearest2d(h * factor, w * factor)?, None)
+                }
+                Node::GlobalAvgPool { input } => (v(*input).mean_keepdim(2)?.mean_keepdim(3)?, None),
+                Node::Mul { input, scale } => (v(*input).broadcast_mul(&v(*scale))?, None),
+            };
+            values.push(out);
+        }
+        Ok(values)
+    }
+
+    /// Depth in metres, N×1×H×W.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut values = self.forward_nodes(x, train)?;
+        values.pop().map(|(t, _)| t).ok_or_else(|| Error::Runtime("empty graph".into()))
+    }
+
+    /// Folded convolution parameters of node `i` as `(weight [O, I/g, k, k], bias [O])` in f32:
+    /// BatchNorm folded in (`w·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`).
+    pub fn folded_conv(&self, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let layer = self.convs.get(i).and_then(|c| c.as_ref()).ok_or_else(|| Error::Runtime(format!("node {i} is not a convolution")))?;
+        let oc = layer.weight.dim(0)?;
+        let w = layer.weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut bias = match &layer.bias {
+            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; oc],
+        };
+        let Some(bn) = &layer.bn else { return Ok((w, bias)) };
+        let (mean, var) = (bn.running_mean().to_vec1::<f32>()?, bn.running_var().to_vec1::<f32>()?);
+        let (gamma, beta) = match bn.weight_and_bias() {
+            Some((g, b)) => (g.to_vec1::<f32>()?, b.to_vec1::<f32>()?),
+            None => (vec![1.0; oc], vec![0.0; oc]),
+        };
+        let per = w.len() / oc;
+        let mut wf = w;
+        for c in 0..oc {
+            let f = gamma[c] / (var[c] + BN_EPS as f32).sqrt();
+            for v in &mut wf[c * per..(c + 1) * per] {
+                *v *= f;
+            }
+            bias[c] = beta[c] + (bias[c] - mean[c]) * f;
+        }
+        Ok((wf, bias))
+    }
+}
+
+impl Module for GraphNet {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_t(x, false).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+/// Input tensor from RGB samples: N×3×H×W in [0, 1].
+pub fn images_to_tensor(images: &[&[u8]], width: usize, height: usize, device: &Device) -> Result<Tensor> {
+    let n = images.len();
+    let mut data = vec![0f32; n * 3 * height * width];
+    let plane = height * width;
+    for (b, img) in images.iter().enumerate() {
+        if img.len() != plane * 3 {
+            return Err(Error::Runtime(format!("image {b} has {} bytes, expected {}", img.len(), plane * 3)));
+        }
+        for p in 0..plane {
+            for c in 0..3 {
+                data[b * 3 * plane + c * plane + p] = img[p * 3 + c] as f32 / 255.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (n, 3, height, width), device)?)
+}

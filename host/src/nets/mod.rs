@@ -1,0 +1,181 @@
+//! Networks (DESIGN §5): architectures as [`graph::GraphSpec`]s with named presets, and their
+//! checkpoints (safetensors with the architecture in the metadata).
+
+pub mod graph;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use graph::{Act, GraphNet, GraphSpec, Node};
+
+use crate::error::{Error, Result};
+
+/// Architectures this build knows.
+pub const PRESETS: &[&str] = &["demo-teacher", "demo-student"];
+
+/// Builds node lists with running indices.
+struct Builder {
+    nodes: Vec<Node>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Builder { nodes: vec![Node::Input] }
+    }
+    fn push(&mut self, n: Node) -> usize {
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+    fn conv(&mut self, input: usize, out_channels: usize, kernel: usize, stride: usize, act: Act) -> usize {
+        self.push(Node::Conv { input, out_channels, kernel, stride, depthwise: false, batch_norm: true, act })
+    }
+    fn up(&mut self, input: usize) -> usize {
+        self.push(Node::Upsample { input, factor: 2 })
+    }
+    /// The depth head: a biased conv without BatchNorm or activation.
+    fn head(&mut self, input: usize) -> usize {
+        self.push(Node::Conv { input, out_channels: 1, kernel: 3, stride: 1, depthwise: false, batch_norm: false, act: Act::None })
+    }
+}
+
+/// A compact ResNet-style encoder (strides 2–16, residual blocks with BatchNorm) and a decoder that
+/// upsamples and adds the encoder's skip features: the demo's indoor teacher.
+fn demo_teacher(width: f32) -> GraphSpec {
+    let ch = |c: f32| ((c * width).round() as usize).max(4);
+    let (c1, c2, c3, c4) = (ch(16.0), ch(32.0), ch(48.0), ch(64.0));
+    let mut b = Builder::new();
+    let residual = |b: &mut Builder, x: usize, c: usize| {
+        let y = b.conv(x, c, 3, 1, Act::Relu);
+        let y = b.conv(y, c, 3, 1, Act::None);
+        b.push(Node::Add { a: y, b: x, act: Act::Relu })
+    };
+    let s1 = b.conv(0, c1, 3, 2, Act::Relu);
+    let s1 = residual(&mut b, s1, c1);
+    let s2 = b.conv(s1, c2, 3, 2, Act::Relu);
+    let s2 = residual(&mut b, s2, c2);
+    let s3 = b.conv(s2, c3, 3, 2, Act::Relu);
+    let s3 = residual(&mut b, s3, c3);
+    let s4 = b.conv(s3, c4, 3, 2, Act::Relu);
+    let s4 = residual(&mut b, s4, c4);
+    let mut x = s4;
+    for (skip, c) in [(s3, c3), (s2, c2), (s1, c1)] {
+        let u = b.up(x);
+        let u = b.conv(u, c, 3, 1, Act::Relu);
+        x = b.push(Node::Add { a: u, b: skip, act: Act::Relu });
+    }
+    let u = b.up(x);
+    let u = b.conv(u, c1, 3, 1, Act::Relu);
+    b.head(u);
+    GraphSpec { name: "demo-teacher".into(), nodes: b.nodes, output_bias: 3.0 }
+}
+
+/// A small student (stride 8) with squeeze-excitation at the bottleneck, an add skip and a concat
+/// skip: every IR op kind of the int8 engine appears in it.
+fn demo_student(width: f32) -> GraphSpec {
+    let ch = |c: f32| ((c * width).round() as usize).max(4);
+    let (c1, c2, c3) = (ch(16.0), ch(32.0), ch(48.0));
+    let mut b = Builder::new();
+    let x = b.conv(0, c1, 3, 2, Act::Relu);
+    let s1 = b.conv(x, c1, 3, 1, Act::Relu);
+    let x = b.conv(s1, c2, 3, 2, Act::Relu);
+    let s2 = b.conv(x, c2, 3, 1, Act::Relu6);
+    let x = b.conv(s2, c3, 3, 2, Act::Relu);
+    let x = b.conv(x, c3, 3, 1, Act::Relu);
+    let pooled = b.push(Node::GlobalAvgPool { input: x });
+    let gate = b.push(Node::Conv { input: pooled, out_channels: c3, kernel: 1, stride: 1, depthwise: false, batch_norm: false, act: Act::Sigmoid });
+    let x = b.push(Node::Mul { input: x, scale: gate });
+    let x = b.up(x);
+    let x = b.conv(x, c2, 3, 1, Act::Relu6);
+    let x = b.push(Node::Add { a: x, b: s2, act: Act::Relu });
+    let x = b.up(x);
+    let x = b.conv(x, c1, 3, 1, Act::Relu);
+    let x = b.push(Node::Concat { inputs: vec![x, s1] });
+    let x = b.conv(x, c1, 3, 1, Act::Relu);
+    let x = b.up(x);
+    b.head(x);
+    GraphSpec { name: "demo-student".into(), nodes: b.nodes, output_bias: 3.0 }
+}
+
+/// The architecture named `name` at width multiplier `width`.
+pub fn preset(name: &str, width: f32) -> Result<GraphSpec> {
+    if !(width.is_finite() && width > 0.0 && width <= 4.0) {
+        return Err(Error::Usage(format!("width multiplier must be in (0, 4], got {width}")));
+    }
+    match name {
+        "demo-teacher" => Ok(demo_teacher(width)),
+        "demo-student" => Ok(demo_student(width)),
+        "resnet18-mff" | "resnet34-mff" | "mbv2-mff" | "micro" => Err(Error::NotAvailable("this architecture (arrives with the networks release)")),
+        other => Err(Error::Usage(format!("unknown architecture {other:?}; known: {}", PRESETS.join(", ")))),
+    }
+}
+
+/// A network with its variables.
+pub struct Net {
+    pub net: GraphNet,
+    pub vars: VarMap,
+    pub device: Device,
+}
+
+impl Net {
+    /// Fresh weights from `seed`: convolution weights are He-normal from our own RNG (candle's
+    /// CPU generator cannot be seeded), so the same seed gives the same network everywhere.
+    pub fn new(spec: GraphSpec, device: &Device, seed: u64) -> Result<Net> {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let net = GraphNet::new(spec, vb)?;
+        let data = vars.data().lock().map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut rng = crate::rng::Rng::new(seed);
+        for name in names {
+            let var = &data[name];
+            let dims = var.as_tensor().dims().to_vec();
+            if dims.len() == 4 {
+                let fan_in = dims[1] * dims[2] * dims[3];
+                let std = (2.0 / fan_in as f32).sqrt();
+                let values: Vec<f32> = (0..dims.iter().product::<usize>()).map(|_| rng.normal() * std).collect();
+                var.set(&candle_core::Tensor::from_vec(values, dims, device)?)?;
+            }
+        }
+        drop(data);
+        Ok(Net { net, vars, device: device.clone() })
+    }
+
+    /// Writes weights, BatchNorm statistics and the architecture (metadata `depthling.arch`) to a
+    /// safetensors file, through a temporary name.
+    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
+        let data = self.vars.data().lock().map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        let tensors: Vec<(String, candle_core::Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        drop(data);
+        let mut meta: HashMap<String, String> = HashMap::new();
+        meta.insert("depthling.arch".into(), serde_json::to_string(self.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?);
+        for (k, v) in extra {
+            meta.insert(format!("depthling.{k}"), v.clone());
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &tmp)
+            .map_err(|e| Error::Runtime(format!("{}: cannot write checkpoint: {e}", path.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Loads a checkpoint written by [`Net::save`].
+    pub fn load(path: &Path, device: &Device) -> Result<(Net, HashMap<String, String>)> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::bad_input(path, "checkpoint not found"),
+            _ => Error::io(path, e),
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::bad_input(path, format!("not a safetensors checkpoint ({e})")))?;
+        let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
+        let arch = meta.get("depthling.arch").ok_or_else(|| Error::bad_input(path, "no depthling architecture in the checkpoint metadata"))?;
+        let spec: GraphSpec = serde_json::from_str(arch).map_err(|e| Error::bad_input(path, format!("unreadable architecture: {e}")))?;
+        let mut net = Net::new(spec, device, 0)?;
+        net.vars.load(path).map_err(|e| Error::bad_input(path, format!("weights do not match the architecture ({e})")))?;
+        Ok((net, meta))
+    }
+}

@@ -1,0 +1,373 @@
+//! The simulator (DESIGN §4): procedural scenes of three domains rendered by analytic ray casting.
+//! Deterministic: the same domain, size, seed and index give identical bytes.
+
+pub mod math;
+pub mod render;
+
+use math::{v3, V3};
+use render::{Camera, Light, Material, Object, Scene, Sensor, Shape, Texture, TEXTURES};
+
+use crate::data::Sample;
+use crate::rng::Rng;
+
+/// Scene families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    /// Rooms with furniture: the target domain (a stand-in for NYUv2).
+    Indoor,
+    /// Streets: road, sidewalks, buildings, cars, poles, trees; sky is invalid depth.
+    Outdoor,
+    /// Random primitives in random layouts: the out-of-distribution source for data-free KD.
+    Ood,
+}
+
+impl Domain {
+    pub fn parse(s: &str) -> Option<Domain> {
+        match s {
+            "indoor" => Some(Domain::Indoor),
+            "outdoor" => Some(Domain::Outdoor),
+            "ood" => Some(Domain::Ood),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Indoor => "indoor",
+            Domain::Outdoor => "outdoor",
+            Domain::Ood => "ood",
+        }
+    }
+
+    /// Stereo baseline in metres.
+    pub fn baseline(self) -> f32 {
+        match self {
+            Domain::Outdoor => 0.54,
+            _ => 0.1,
+        }
+    }
+
+    /// Largest depth the domain produces (also the cap used when storing PNGs).
+    pub fn max_depth(self) -> f32 {
+        match self {
+            Domain::Outdoor => 80.0,
+            _ => 10.0,
+        }
+    }
+
+    /// Focal length as a fraction of the image width.
+    pub fn focal_fraction(self) -> f32 {
+        match self {
+            // NYUv2: 518.8 px at 640 px wide
+            Domain::Indoor | Domain::Ood => 0.81,
+            // KITTI: ~721 px at 1242 px wide
+            Domain::Outdoor => 0.58,
+        }
+    }
+}
+
+fn colour(rng: &mut Rng, saturated: bool) -> V3 {
+    if saturated {
+        v3(rng.f32(), rng.f32(), rng.f32())
+    } else {
+        // muted, realistic interior colours around a base tone
+        let base = rng.range(0.35, 0.85);
+        v3(
+            base * rng.range(0.8, 1.1),
+            base * rng.range(0.75, 1.0),
+            base * rng.range(0.6, 0.95),
+        )
+    }
+}
+
+fn material(rng: &mut Rng, texture: Texture, saturated: bool) -> Material {
+    let albedo = colour(rng, saturated);
+    Material {
+        albedo,
+        texture,
+        frequency: rng.range(1.0, 5.0),
+        accent: albedo * rng.range(0.3, 0.7),
+    }
+}
+
+fn boxed(center: V3, half: V3, yaw: f32, material: Material, instance: u16) -> Object {
+    Object {
+        shape: Shape::Box { center, half, yaw },
+        material,
+        instance,
+    }
+}
+
+/// A room: floor, ceiling and four walls as planes, furniture from boxes and cylinders.
+fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
+    let (rw, rd, rh) = (rng.range(3.0, 8.0), rng.range(3.0, 8.0), rng.range(2.4, 3.2));
+    let mut objects = Vec::new();
+    let floor_tex = *rng.pick(&[Texture::Wood, Texture::Tiles, Texture::Checker, Texture::Fabric]);
+    let wall = material(rng, Texture::Painted, false);
+    let plane = |normal: V3, d: f32, m: Material| Object {
+        shape: Shape::Plane { normal, d },
+        material: m,
+        instance: 0,
+    };
+    objects.push(plane(v3(0.0, 1.0, 0.0), 0.0, material(rng, floor_tex, false)));
+    objects.push(plane(v3(0.0, 1.0, 0.0), rh, material(rng, Texture::Painted, false)));
+    let side_wall = if rng.chance(0.3) { material(rng, Texture::Painted, false) } else { wall };
+    objects.push(plane(v3(1.0, 0.0, 0.0), 0.0, side_wall));
+    objects.push(plane(v3(1.0, 0.0, 0.0), rw, side_wall));
+    objects.push(plane(v3(0.0, 0.0, 1.0), 0.0, wall));
+    objects.push(plane(v3(0.0, 0.0, 1.0), rd, wall));
+
+    let cam_pos = v3(rng.range(0.3, 0.7) * rw, rng.range(1.0, 1.8), rng.range(0.15, 0.5));
+    let mut instance = 1u16;
+    let furniture = rng.int(3, 8);
+    for _ in 0..furniture {
+        let kind = rng.int(0, 5);
+        let against_wall = rng.chance(0.5);
+        let x = rng.range(0.4, rw - 0.4);
+        let z = if against_wall { rd - rng.range(0.3, 0.6) } else { rng.range(cam_pos.z + 1.0, rd - 0.4).max(cam_pos.z + 0.8) };
+        let yaw = if against_wall { 0.0 } else { rng.range(-0.6, 0.6) };
+        let tex = *rng.pick(&[Texture::Wood, Texture::Fabric, Texture::Painted, Texture::Noise]);
+        let m = material(rng, tex, false);
+        match kind {
+            // table: top and four legs
+            0 => {
+                let (hw, hd, top) = (rng.range(0.4, 0.9), rng.range(0.3, 0.6), rng.range(0.7, 0.8));
+                objects.push(boxed(v3(x, top, z), v3(hw, 0.03, hd), yaw, m, instance));
+                for (sx, sz) in [(-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)] {
+                    let off = math_rot(v3(sx * (hw - 0.05), 0.0, sz * (hd - 0.05)), yaw);
+                    objects.push(boxed(v3(x, top / 2.0, z) + off, v3(0.03, top / 2.0, 0.03), yaw, m, instance));
+                }
+            }
+            // bed
+            1 => {
+                let (hw, hd) = (rng.range(0.5, 0.9), rng.range(0.9, 1.1));
+                objects.push(boxed(v3(x, 0.25, z), v3(hw, 0.25, hd), yaw, material(rng, Texture::Fabric, false), instance));
+                objects.push(boxed(v3(x, 0.5, z) + math_rot(v3(0.0, 0.0, hd), yaw), v3(hw, 0.5, 0.05), yaw, m, instance));
+            }
+            // shelf / wardrobe
+            2 => {
+                let (hw, hh) = (rng.range(0.3, 0.8), rng.range(0.6, 1.1));
+                objects.push(boxed(v3(x, hh, z), v3(hw, hh, rng.range(0.15, 0.3)), yaw, m, instance));
+            }
+            // sofa: seat and back
+            3 => {
+                let hw = rng.range(0.6, 1.1);
+                let fabric = material(rng, Texture::Fabric, false);
+                objects.push(boxed(v3(x, 0.22, z), v3(hw, 0.22, 0.4), yaw, fabric, instance));
+                objects.push(boxed(v3(x, 0.45, z) + math_rot(v3(0.0, 0.0, 0.32), yaw), v3(hw, 0.45, 0.1), yaw, fabric, instance));
+            }
+            // cabinet / box
+            4 => {
+                let half = v3(rng.range(0.2, 0.5), rng.range(0.2, 0.5), rng.range(0.2, 0.4));
+                objects.push(boxed(v3(x, half.y, z), half, yaw, m, instance));
+            }
+            // lamp or stool: cylinder, sometimes with a ball
+            _ => {
+                let r = rng.range(0.1, 0.3);
+                let hgt = rng.range(0.4, 1.5);
+                objects.push(Object {
+                    shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: r, height: hgt },
+                    material: m,
+                    instance,
+                });
+                if rng.chance(0.5) {
+                    objects.push(Object {
+                        shape: Shape::Sphere { center: v3(x, hgt + r, z), radius: r * 1.2 },
+                        material: material(rng, Texture::Flat, false),
+                        instance,
+                    });
+                }
+            }
+        }
+        instance += 1;
+    }
+    let lights = (0..rng.int(1, 3))
+        .map(|_| Light {
+            position: v3(rng.range(0.5, rw - 0.5), rh - 0.2, rng.range(0.5, rd - 0.5)),
+            intensity: rng.range(0.5, 1.0),
+        })
+        .collect();
+    let target_x = rng.range(0.3, 0.7) * rw;
+    let yaw = ((target_x - cam_pos.x) / (rd - cam_pos.z)).atan() + rng.range(-0.15, 0.15);
+    let pitch = rng.range(-0.35, -0.05);
+    let cam = Camera::looking(cam_pos, yaw, pitch, rng.range(-0.03, 0.03), width, height, Domain::Indoor.focal_fraction());
+    let scene = Scene {
+        objects,
+        lights,
+        ambient: rng.range(0.25, 0.4),
+        sky: None,
+        max_depth: Domain::Indoor.max_depth(),
+    };
+    (scene, cam)
+}
+
+fn math_rot(p: V3, yaw: f32) -> V3 {
+    let (s, c) = yaw.sin_cos();
+    v3(c * p.x + s * p.z, p.y, -s * p.x + c * p.z)
+}
+
+/// A street: road plane, sidewalks, two rows of buildings, cars, poles and trees.
+fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
+    let mut objects = Vec::new();
+    let road_half = rng.range(3.5, 6.0);
+    objects.push(Object {
+        shape: Shape::Plane { normal: v3(0.0, 1.0, 0.0), d: 0.0 },
+        material: Material { albedo: v3(0.3, 0.3, 0.32), texture: Texture::Noise, frequency: 2.0, accent: v3(0.22, 0.22, 0.24) },
+        instance: 0,
+    });
+    let walk = material(rng, Texture::Tiles, false);
+    for side in [-1.0f32, 1.0] {
+        objects.push(boxed(v3(side * (road_half + 2.0), 0.075, 60.0), v3(2.0, 0.075, 70.0), 0.0, walk, 0));
+        let mut z = rng.range(-5.0, 5.0);
+        while z < 110.0 {
+            let len = rng.range(6.0, 20.0);
+            let h = rng.range(6.0, 25.0);
+            let depth = rng.range(5.0, 12.0);
+            let x = side * (road_half + 4.0 + depth);
+            let tex = *rng.pick(&[Texture::Tiles, Texture::Painted, Texture::Noise, Texture::Checker]);
+            objects.push(boxed(v3(x, h / 2.0, z + len / 2.0), v3(depth, h / 2.0, len / 2.0), 0.0, material(rng, tex, false), 0));
+            z += len + rng.range(0.0, 4.0);
+        }
+    }
+    let mut instance = 1u16;
+    for _ in 0..rng.int(2, 8) {
+        let lane = if rng.chance(0.5) { -1.0 } else { 1.0 };
+        let x = lane * rng.range(1.0, road_half - 1.0);
+        let z = rng.range(5.0, 60.0);
+        let body = material(rng, Texture::Flat, true);
+        objects.push(boxed(v3(x, 0.55, z), v3(0.9, 0.4, 2.2), rng.range(-0.1, 0.1), body, instance));
+        objects.push(boxed(v3(x, 1.2, z - 0.2), v3(0.8, 0.3, 1.2), 0.0, body, instance));
+        instance += 1;
+    }
+    for _ in 0..rng.int(3, 10) {
+        let side = if rng.chance(0.5) { -1.0 } else { 1.0 };
+        let x = side * (road_half + rng.range(0.5, 3.5));
+        let z = rng.range(3.0, 70.0);
+        if rng.chance(0.5) {
+            objects.push(Object {
+                shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: 0.08, height: rng.range(3.0, 6.0) },
+                material: material(rng, Texture::Flat, false),
+                instance,
+            });
+        } else {
+            let trunk = rng.range(1.5, 3.0);
+            objects.push(Object {
+                shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: 0.15, height: trunk },
+                material: Material { albedo: v3(0.35, 0.25, 0.15), texture: Texture::Wood, frequency: 3.0, accent: v3(0.25, 0.18, 0.1) },
+                instance,
+            });
+            objects.push(Object {
+                shape: Shape::Sphere { center: v3(x, trunk + 1.0, z), radius: rng.range(1.0, 2.0) },
+                material: Material { albedo: v3(0.2, rng.range(0.35, 0.55), 0.15), texture: Texture::Noise, frequency: 2.0, accent: v3(0.1, 0.25, 0.08) },
+                instance,
+            });
+        }
+        instance += 1;
+    }
+    let lights = vec![Light { position: v3(rng.range(-50.0, 50.0), 80.0, rng.range(-20.0, 60.0)), intensity: 2.5e3 }];
+    let cam = Camera::looking(
+        v3(rng.range(-1.5, 1.5), 1.65, 0.0),
+        rng.range(-0.08, 0.08),
+        rng.range(-0.05, 0.02),
+        0.0,
+        width,
+        height,
+        Domain::Outdoor.focal_fraction(),
+    );
+    let scene = Scene {
+        objects,
+        lights,
+        ambient: rng.range(0.3, 0.5),
+        sky: Some(v3(rng.range(0.4, 0.6), rng.range(0.6, 0.75), rng.range(0.85, 1.0))),
+        max_depth: Domain::Outdoor.max_depth(),
+    };
+    (scene, cam)
+}
+
+/// Random primitives with random textures and colours in a random enclosure, seen from a random
+/// pose: the SceneNet-like out-of-distribution source. Every object gets its own instance id.
+fn ood(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
+    let mut objects = Vec::new();
+    let (ew, ed, eh) = (rng.range(4.0, 10.0), rng.range(4.0, 10.0), rng.range(2.5, 6.0));
+    let tex = |rng: &mut Rng| *rng.pick(&TEXTURES);
+    for (normal, d) in [
+        (v3(0.0, 1.0, 0.0), 0.0),
+        (v3(0.0, 1.0, 0.0), eh),
+        (v3(1.0, 0.0, 0.0), -ew / 2.0),
+        (v3(1.0, 0.0, 0.0), ew / 2.0),
+        (v3(0.0, 0.0, 1.0), -1.0),
+        (v3(0.0, 0.0, 1.0), ed),
+    ] {
+        let t = tex(rng);
+        objects.push(Object { shape: Shape::Plane { normal, d }, material: material(rng, t, true), instance: 0 });
+    }
+    let cam_pos = v3(rng.range(-ew / 4.0, ew / 4.0), rng.range(0.5, eh - 0.5), 0.0);
+    let count = rng.int(2, 10);
+    for k in 0..count {
+        let instance = k as u16 + 1;
+        let z = rng.range(0.8, ed - 0.5);
+        let x = cam_pos.x + rng.range(-0.7, 0.7) * z * 0.6;
+        let y = if rng.chance(0.5) { rng.range(0.1, eh - 0.3) } else { 0.0 };
+        let t = tex(rng);
+        let m = material(rng, t, true);
+        let size = rng.range(0.15, 1.0);
+        let shape = match rng.int(0, 2) {
+            0 => Shape::Sphere { center: v3(x, y.max(size), z), radius: size },
+            1 => Shape::Box {
+                center: v3(x, y.max(size * 0.5), z),
+                half: v3(size * rng.range(0.3, 1.2), size * rng.range(0.3, 1.2), size * rng.range(0.3, 1.2)),
+                yaw: rng.range(0.0, std::f32::consts::PI),
+            },
+            _ => Shape::Cylinder { base: v3(x, y, z), radius: size * rng.range(0.2, 0.8), height: size * rng.range(0.5, 3.0) },
+        };
+        objects.push(Object { shape, material: m, instance });
+    }
+    let lights = (0..rng.int(1, 4))
+        .map(|_| Light {
+            position: v3(rng.range(-ew / 2.0, ew / 2.0), rng.range(1.0, eh), rng.range(0.0, ed)),
+            intensity: rng.range(0.3, 1.2),
+        })
+        .collect();
+    let cam = Camera::looking(
+        cam_pos,
+        rng.range(-0.4, 0.4),
+        rng.range(-0.5, 0.3),
+        rng.range(-0.3, 0.3),
+        width,
+        height,
+        Domain::Ood.focal_fraction(),
+    );
+    let scene = Scene { objects, lights, ambient: rng.range(0.15, 0.5), sky: None, max_depth: Domain::Ood.max_depth() };
+    (scene, cam)
+}
+
+/// Renders image `index` of a dataset (deterministic in `seed` and `index`).
+pub fn render_sample(domain: Domain, width: usize, height: usize, seed: u64, index: u64, stereo: bool) -> Sample {
+    let mut rng = Rng::derive(seed, index);
+    let (scene, cam) = match domain {
+        Domain::Indoor => indoor(&mut rng, width, height),
+        Domain::Outdoor => outdoor(&mut rng, width, height),
+        Domain::Ood => ood(&mut rng, width, height),
+    };
+    let sensor = Sensor { exposure: rng.range(0.8, 1.25), noise_sigma: rng.range(0.003, 0.015) };
+    let view = render::render(&scene, &cam, sensor, &mut rng);
+    let right = stereo.then(|| render::render(&scene, &cam.shifted_right(domain.baseline()), sensor, &mut rng).rgb);
+    Sample {
+        width,
+        height,
+        rgb: view.rgb,
+        depth: view.depth,
+        instance: (domain == Domain::Ood).then_some(view.instance),
+        right,
+    }
+}
+
+/// Renders `count` samples in parallel (rayon across images).
+pub fn render_many(domain: Domain, width: usize, height: usize, seed: u64, start: u64, count: usize, stereo: bool) -> Vec<Sample> {
+    use rayon::prelude::*;
+    (0..count as u64)
+        .into_par_iter()
+        .map(|i| render_sample(domain, width, height, seed, start + i, stereo))
+        .collect()
+}

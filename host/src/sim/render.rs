@@ -1,0 +1,429 @@
+//! Analytic ray casting of planes, boxes, spheres and vertical cylinders; procedural textures;
+//! Lambert shading with point lights, ambient light and hard shadows; 2×2 supersampling.
+
+use super::math::{v3, V3};
+use crate::rng::Rng;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// Infinite plane `n · p = d`.
+    Plane { normal: V3, d: f32 },
+    /// Box rotated by `yaw` about the vertical axis through `center`.
+    Box { center: V3, half: V3, yaw: f32 },
+    Sphere { center: V3, radius: f32 },
+    /// Vertical capped cylinder standing on `base`.
+    Cylinder { base: V3, radius: f32, height: f32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Texture {
+    Flat,
+    Checker,
+    Wood,
+    Tiles,
+    Fabric,
+    Noise,
+    Painted,
+}
+
+pub const TEXTURES: [Texture; 7] = [
+    Texture::Flat,
+    Texture::Checker,
+    Texture::Wood,
+    Texture::Tiles,
+    Texture::Fabric,
+    Texture::Noise,
+    Texture::Painted,
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct Material {
+    pub albedo: V3,
+    pub texture: Texture,
+    /// Texture features per metre.
+    pub frequency: f32,
+    /// Second colour for two-tone textures.
+    pub accent: V3,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Object {
+    pub shape: Shape,
+    pub material: Material,
+    /// Instance id written to the mask (0 = background/structure).
+    pub instance: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Light {
+    pub position: V3,
+    pub intensity: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scene {
+    pub objects: Vec<Object>,
+    pub lights: Vec<Light>,
+    pub ambient: f32,
+    /// Colour seen where no object is hit (depth invalid); `None` means black.
+    pub sky: Option<V3>,
+    /// Hits beyond this distance count as invalid depth (outdoor horizon).
+    pub max_depth: f32,
+}
+
+/// Pinhole camera: position and an orthonormal basis (right, down, forward).
+#[derive(Clone, Copy, Debug)]
+pub struct Camera {
+    pub position: V3,
+    pub right: V3,
+    pub down: V3,
+    pub forward: V3,
+    pub fx: f32,
+    pub fy: f32,
+    pub cx: f32,
+    pub cy: f32,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Camera {
+    /// A camera at `position` looking along yaw (about +y), pitch (positive up) and roll.
+    #[allow(clippy::too_many_arguments)]
+    pub fn looking(
+        position: V3,
+        yaw: f32,
+        pitch: f32,
+        roll: f32,
+        width: usize,
+        height: usize,
+        focal_fraction: f32,
+    ) -> Camera {
+        let forward = v3(yaw.sin() * pitch.cos(), pitch.sin(), yaw.cos() * pitch.cos()).normalized();
+        let world_up = v3(0.0, 1.0, 0.0);
+        let right0 = world_up.cross(forward).normalized();
+        let up0 = forward.cross(right0).normalized();
+        let (s, c) = roll.sin_cos();
+        let right = right0 * c + up0 * s;
+        let up = up0 * c - right0 * s;
+        let f = focal_fraction * width as f32;
+        Camera {
+            position,
+            right,
+            down: -up,
+            forward,
+            fx: f,
+            fy: f,
+            cx: width as f32 / 2.0,
+            cy: height as f32 / 2.0,
+            width,
+            height,
+        }
+    }
+
+    /// The same camera moved `baseline` metres to its right (the right view of a stereo pair).
+    pub fn shifted_right(&self, baseline: f32) -> Camera {
+        Camera {
+            position: self.position + self.right * baseline,
+            ..*self
+        }
+    }
+
+    fn ray(&self, px: f32, py: f32) -> V3 {
+        let x = (px - self.cx) / self.fx;
+        let y = (py - self.cy) / self.fy;
+        (self.forward + self.right * x + self.down * y).normalized()
+    }
+}
+
+pub struct Hit {
+    pub t: f32,
+    pub normal: V3,
+    pub object: usize,
+}
+
+const EPS: f32 = 1e-4;
+
+fn rotate_y(p: V3, angle: f32) -> V3 {
+    let (s, c) = angle.sin_cos();
+    v3(c * p.x + s * p.z, p.y, -s * p.x + c * p.z)
+}
+
+/// Nearest intersection of a ray with a shape beyond `EPS`.
+fn intersect(shape: &Shape, o: V3, d: V3) -> Option<(f32, V3)> {
+    match *shape {
+        Shape::Plane { normal, d: off } => {
+            let den = normal.dot(d);
+            if den.abs() < 1e-9 {
+                return None;
+            }
+            let t = (off - normal.dot(o)) / den;
+            (t > EPS).then(|| (t, if den < 0.0 { normal } else { -normal }))
+        }
+        Shape::Sphere { center, radius } => {
+            let oc = o - center;
+            let b = oc.dot(d);
+            let c = oc.dot(oc) - radius * radius;
+            let disc = b * b - c;
+            if disc < 0.0 {
+                return None;
+            }
+            let s = disc.sqrt();
+            let t = if -b - s > EPS { -b - s } else { -b + s };
+            (t > EPS).then(|| (t, ((o + d * t) - center).normalized()))
+        }
+        Shape::Box { center, half, yaw } => {
+            // into the box frame
+            let lo = rotate_y(o - center, -yaw);
+            let ld = rotate_y(d, -yaw);
+            let mut tmin = f32::NEG_INFINITY;
+            let mut tmax = f32::INFINITY;
+            let mut axis_min = 0;
+            let mut axis_max = 0;
+            for (axis, (p, dir, h)) in [(lo.x, ld.x, half.x), (lo.y, ld.y, half.y), (lo.z, ld.z, half.z)]
+                .into_iter()
+                .enumerate()
+            {
+                if dir.abs() < 1e-12 {
+                    if p.abs() > h {
+                        return None;
+                    }
+                    continue;
+                }
+                let inv = 1.0 / dir;
+                let (t0, t1) = {
+                    let a = (-h - p) * inv;
+                    let b = (h - p) * inv;
+                    if a < b { (a, b) } else { (b, a) }
+                };
+                if t0 > tmin {
+                    tmin = t0;
+                    axis_min = axis;
+                }
+                if t1 < tmax {
+                    tmax = t1;
+                    axis_max = axis;
+                }
+                if tmin > tmax {
+                    return None;
+                }
+            }
+            let (t, axis, inside) = if tmin > EPS {
+                (tmin, axis_min, false)
+            } else if tmax > EPS {
+                (tmax, axis_max, true)
+            } else {
+                return None;
+            };
+            let p = lo + ld * t;
+            let comp = [p.x, p.y, p.z][axis];
+            let sign = if (comp >= 0.0) ^ inside { 1.0 } else { -1.0 };
+            let mut n = [0.0f32; 3];
+            n[axis] = sign;
+            Some((t, rotate_y(v3(n[0], n[1], n[2]), yaw)))
+        }
+        Shape::Cylinder { base, radius, height } => {
+            let mut best: Option<(f32, V3)> = None;
+            let lo = o - base;
+            // side
+            let a = d.x * d.x + d.z * d.z;
+            if a > 1e-12 {
+                let b = lo.x * d.x + lo.z * d.z;
+                let c = lo.x * lo.x + lo.z * lo.z - radius * radius;
+                let disc = b * b - a * c;
+                if disc >= 0.0 {
+                    let s = disc.sqrt();
+                    for t in [(-b - s) / a, (-b + s) / a] {
+                        let y = lo.y + d.y * t;
+                        if t > EPS && (0.0..=height).contains(&y) {
+                            let p = lo + d * t;
+                            best = Some((t, v3(p.x, 0.0, p.z).normalized()));
+                            break;
+                        }
+                    }
+                }
+            }
+            // caps
+            if d.y.abs() > 1e-12 {
+                for (cap_y, n) in [(0.0, v3(0.0, -1.0, 0.0)), (height, v3(0.0, 1.0, 0.0))] {
+                    let t = (cap_y - lo.y) / d.y;
+                    if t > EPS && best.is_none_or(|(bt, _)| t < bt) {
+                        let p = lo + d * t;
+                        if p.x * p.x + p.z * p.z <= radius * radius {
+                            best = Some((t, n));
+                        }
+                    }
+                }
+            }
+            best
+        }
+    }
+}
+
+impl Scene {
+    pub fn trace(&self, o: V3, d: V3) -> Option<Hit> {
+        let mut best: Option<Hit> = None;
+        for (i, obj) in self.objects.iter().enumerate() {
+            if let Some((t, n)) = intersect(&obj.shape, o, d) {
+                if best.as_ref().is_none_or(|b| t < b.t) {
+                    best = Some(Hit { t, normal: n, object: i });
+                }
+            }
+        }
+        best
+    }
+
+    fn occluded(&self, o: V3, d: V3, dist: f32) -> bool {
+        self.objects.iter().any(|obj| {
+            intersect(&obj.shape, o, d).is_some_and(|(t, _)| t < dist - 1e-3)
+        })
+    }
+
+    /// Linear radiance seen along a ray.
+    fn shade(&self, o: V3, d: V3) -> (V3, Option<Hit>) {
+        let Some(hit) = self.trace(o, d) else {
+            return (self.sky.unwrap_or_default(), None);
+        };
+        let obj = &self.objects[hit.object];
+        let p = o + d * hit.t;
+        let albedo = texture(&obj.material, p, hit.normal);
+        let mut light = self.ambient;
+        let origin = p + hit.normal * 2e-3;
+        for l in &self.lights {
+            let to = l.position - p;
+            let dist = to.length();
+            let dir = to * (1.0 / dist.max(1e-6));
+            let cos = hit.normal.dot(dir);
+            if cos <= 0.0 || self.occluded(origin, dir, dist) {
+                continue;
+            }
+            light += l.intensity * cos / (1.0 + 0.05 * dist * dist);
+        }
+        (albedo * light, Some(hit))
+    }
+}
+
+fn hash3(x: i32, y: i32, z: i32) -> f32 {
+    let mut h = (x as u32).wrapping_mul(0x8DA6_B343)
+        ^ (y as u32).wrapping_mul(0xD816_3841)
+        ^ (z as u32).wrapping_mul(0xCB1A_B31F);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0x5bd1_e995);
+    h ^= h >> 15;
+    (h & 0xFFFF) as f32 / 65535.0
+}
+
+/// Trilinear value noise in [0, 1].
+pub fn value_noise(p: V3) -> f32 {
+    let (fx, fy, fz) = (p.x.floor(), p.y.floor(), p.z.floor());
+    let (ix, iy, iz) = (fx as i32, fy as i32, fz as i32);
+    let s = |t: f32| t * t * (3.0 - 2.0 * t);
+    let (tx, ty, tz) = (s(p.x - fx), s(p.y - fy), s(p.z - fz));
+    let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+    let mut c = [0.0f32; 8];
+    for (i, v) in c.iter_mut().enumerate() {
+        *v = hash3(ix + (i & 1) as i32, iy + ((i >> 1) & 1) as i32, iz + (i >> 2) as i32);
+    }
+    let x00 = lerp(c[0], c[1], tx);
+    let x10 = lerp(c[2], c[3], tx);
+    let x01 = lerp(c[4], c[5], tx);
+    let x11 = lerp(c[6], c[7], tx);
+    lerp(lerp(x00, x10, ty), lerp(x01, x11, ty), tz)
+}
+
+/// 2-D texture coordinates on the plane most facing the normal.
+fn uv(p: V3, n: V3) -> (f32, f32) {
+    let (ax, ay, az) = (n.x.abs(), n.y.abs(), n.z.abs());
+    if ay >= ax && ay >= az {
+        (p.x, p.z)
+    } else if ax >= az {
+        (p.z, p.y)
+    } else {
+        (p.x, p.y)
+    }
+}
+
+fn texture(m: &Material, p: V3, n: V3) -> V3 {
+    let f = m.frequency;
+    let (u, v) = uv(p, n);
+    let (u, v) = (u * f, v * f);
+    let mix = |t: f32| m.albedo * (1.0 - t) + m.accent * t;
+    match m.texture {
+        Texture::Flat => m.albedo,
+        Texture::Checker => {
+            let c = (u.floor() as i64 + v.floor() as i64).rem_euclid(2) as f32;
+            mix(c)
+        }
+        Texture::Wood => {
+            let grain = value_noise(v3(u * 0.5, v * 8.0, 0.0));
+            let rings = ((u + 2.0 * grain) * 3.0).sin() * 0.5 + 0.5;
+            mix(0.6 * rings)
+        }
+        Texture::Tiles => {
+            let (fu, fv) = (u - u.floor(), v - v.floor());
+            let grout = fu < 0.06 || fv < 0.06;
+            if grout {
+                m.accent * 0.6
+            } else {
+                m.albedo * (0.9 + 0.1 * hash3(u.floor() as i32, v.floor() as i32, 7))
+            }
+        }
+        Texture::Fabric => {
+            let weave = ((u * 12.0).sin() * (v * 12.0).sin()) * 0.5 + 0.5;
+            m.albedo * (0.8 + 0.2 * weave)
+        }
+        Texture::Noise => {
+            let t = value_noise(p * f) * 0.6 + value_noise(p * (3.0 * f)) * 0.4;
+            mix(t)
+        }
+        Texture::Painted => m.albedo * (0.93 + 0.07 * value_noise(p * (4.0 * f))),
+    }
+}
+
+/// Camera-space exposure and sensor model.
+#[derive(Clone, Copy, Debug)]
+pub struct Sensor {
+    pub exposure: f32,
+    pub noise_sigma: f32,
+}
+
+/// One rendered view.
+pub struct View {
+    pub rgb: Vec<u8>,
+    /// z-depth in metres, 0 = invalid.
+    pub depth: Vec<f32>,
+    pub instance: Vec<u16>,
+}
+
+/// Renders a view: RGB from 2×2 supersampling, depth and instance from the pixel centre.
+pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> View {
+    let (w, h) = (cam.width, cam.height);
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut depth = vec![0.0f32; w * h];
+    let mut instance = vec![0u16; w * h];
+    const SUB: [(f32, f32); 4] = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)];
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let d = cam.ray(x as f32 + 0.5, y as f32 + 0.5);
+            if let Some(hit) = scene.trace(cam.position, d) {
+                let z = hit.t * d.dot(cam.forward);
+                if z <= scene.max_depth {
+                    depth[i] = z;
+                    instance[i] = scene.objects[hit.object].instance;
+                }
+            }
+            let mut c = V3::default();
+            for (sx, sy) in SUB {
+                let dir = cam.ray(x as f32 + sx, y as f32 + sy);
+                c = c + scene.shade(cam.position, dir).0;
+            }
+            let c = c * (0.25 * sensor.exposure);
+            for (k, v) in [c.x, c.y, c.z].into_iter().enumerate() {
+                // gamma, then sensor noise in display space
+                let g = v.max(0.0).powf(1.0 / 2.2) + sensor.noise_sigma * rng.normal();
+                rgb[i * 3 + k] = (g * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    View { rgb, depth, instance }
+}
