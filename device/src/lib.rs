@@ -50,7 +50,10 @@ impl core::fmt::Display for Error {
         match self {
             Error::Model(e) => write!(f, "invalid model: {e}"),
             Error::ArenaTooSmall { needed, given } => {
-                write!(f, "arena too small: the model needs {needed} bytes, {given} given")
+                write!(
+                    f,
+                    "arena too small: the model needs {needed} bytes, {given} given"
+                )
             }
             Error::InputShape { expected, got } => write!(
                 f,
@@ -169,7 +172,7 @@ fn regions<const N: usize>(
     // range, so the one mutable slice aliases none of the shared ones. All borrow `arena`.
     unsafe {
         let o = core::slice::from_raw_parts_mut(base.add(out.start), out.len());
-        let i = ins.map(|r| &*core::slice::from_raw_parts(base.add(r.start) as *const u8, r.len()));
+        let i = ins.map(|r| core::slice::from_raw_parts(base.add(r.start) as *const u8, r.len()));
         Ok((o, i))
     }
 }
@@ -216,7 +219,10 @@ impl<'m, 'a> Engine<'m, 'a> {
         for (i, op) in m.ops.iter().enumerate() {
             self.run_op(i, op)?;
         }
-        let out = m.output().and_then(|id| m.tensor(id)).ok_or(internal(m.ops.len()))?;
+        let out = m
+            .output()
+            .and_then(|id| m.tensor(id))
+            .ok_or(internal(m.ops.len()))?;
         let bytes = self.arena.get(range(out)).ok_or(internal(m.ops.len()))?;
         Ok(DepthView {
             bytes,
@@ -242,7 +248,10 @@ impl<'m, 'a> Engine<'m, 'a> {
                         let (act_min, act_max) =
                             activation_range(c.act, to.quant.scale, to.quant.zero_point);
                         let (lut, zero_point) = match &c.lut {
-                            Some(l) => (Some(as_i8(l.table.get(m.weights).ok_or(err)?)), l.zero_point),
+                            Some(l) => (
+                                Some(as_i8(l.table.get(m.weights).ok_or(err)?)),
+                                l.zero_point,
+                            ),
                             None => (None, to.quant.zero_point),
                         };
                         OutputStage::Int8 {
@@ -278,11 +287,18 @@ impl<'m, 'a> Engine<'m, 'a> {
                 act,
             } => {
                 let (ta, tb, to) = (t(*a)?, t(*b)?, t(*output)?);
-                let (act_min, act_max) = activation_range(*act, to.quant.scale, to.quant.zero_point);
+                let (act_min, act_max) =
+                    activation_range(*act, to.quant.scale, to.quant.zero_point);
                 let (out, [da, db]) = regions(self.arena, range(to), [range(ta), range(tb)], id)?;
                 kernels::elementwise::add_reference(
-                    Operand { data: as_i8(da), zero_point: ta.quant.zero_point },
-                    Operand { data: as_i8(db), zero_point: tb.quant.zero_point },
+                    Operand {
+                        data: as_i8(da),
+                        zero_point: ta.quant.zero_point,
+                    },
+                    Operand {
+                        data: as_i8(db),
+                        zero_point: tb.quant.zero_point,
+                    },
                     *a_requant,
                     *b_requant,
                     *out_requant,
@@ -303,7 +319,10 @@ impl<'m, 'a> Engine<'m, 'a> {
                     let ti = t(tid)?;
                     let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                     kernels::elementwise::concat_reference(
-                        Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
+                        Operand {
+                            data: as_i8(inp),
+                            zero_point: ti.quant.zero_point,
+                        },
                         shape(ti),
                         *r,
                         to.quant.zero_point,
@@ -324,11 +343,19 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 let f = *factor as usize;
                 match mode {
-                    depthling_model::UpsampleMode::Nearest => {
-                        kernels::upsample::nearest_reference(as_i8(inp), shape(ti), f, as_i8_mut(out))
-                    }
+                    depthling_model::UpsampleMode::Nearest => kernels::upsample::nearest_reference(
+                        as_i8(inp),
+                        shape(ti),
+                        f,
+                        as_i8_mut(out),
+                    ),
                     depthling_model::UpsampleMode::Bilinear => {
-                        kernels::upsample::bilinear_reference(as_i8(inp), shape(ti), f, as_i8_mut(out))
+                        kernels::upsample::bilinear_reference(
+                            as_i8(inp),
+                            shape(ti),
+                            f,
+                            as_i8_mut(out),
+                        )
                     }
                 }
             }
@@ -340,7 +367,10 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (ti, to) = (t(*input)?, t(*output)?);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 kernels::pool::global_avg_pool_reference(
-                    Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
+                    Operand {
+                        data: as_i8(inp),
+                        zero_point: ti.quant.zero_point,
+                    },
                     shape(ti),
                     *requant,
                     to.quant.zero_point,
@@ -356,8 +386,14 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
                 let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
                 kernels::elementwise::mul_reference(
-                    Operand { data: as_i8(inp), zero_point: ti.quant.zero_point },
-                    Operand { data: as_i8(sc), zero_point: ts.quant.zero_point },
+                    Operand {
+                        data: as_i8(inp),
+                        zero_point: ti.quant.zero_point,
+                    },
+                    Operand {
+                        data: as_i8(sc),
+                        zero_point: ts.quant.zero_point,
+                    },
                     ti.channels as usize,
                     *requant,
                     to.quant.zero_point,
@@ -415,7 +451,10 @@ mod tests {
         let mut e = Engine::new(&model, &mut arena).unwrap();
         assert_eq!(
             e.run(&[0u8; 10]).unwrap_err(),
-            Error::InputShape { expected: 16 * 24 * 3, got: 10 }
+            Error::InputShape {
+                expected: 16 * 24 * 3,
+                got: 10
+            }
         );
     }
 }

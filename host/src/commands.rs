@@ -24,9 +24,16 @@ pub fn progress(quiet: bool, msg: &str) {
 
 /// Parses `WxH`.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let bad = || Error::Usage(format!("size must be WIDTHxHEIGHT with positive numbers, got {s:?}"));
+    let bad = || {
+        Error::Usage(format!(
+            "size must be WIDTHxHEIGHT with positive numbers, got {s:?}"
+        ))
+    };
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    let (w, h): (usize, usize) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
     if w == 0 || h == 0 || w > 4096 || h > 4096 {
         return Err(bad());
     }
@@ -69,12 +76,29 @@ pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateSummary> {
     let mut done = 0;
     while done < cfg.count {
         let n = chunk.min(cfg.count - done);
-        samples.extend(render_many(cfg.domain, cfg.width, cfg.height, cfg.seed, done as u64, n, cfg.stereo));
+        samples.extend(render_many(
+            cfg.domain,
+            cfg.width,
+            cfg.height,
+            cfg.seed,
+            done as u64,
+            n,
+            cfg.stereo,
+        ));
         done += n;
-        progress(cfg.quiet, &format!("simulate: rendered {done}/{} {} images", cfg.count, cfg.domain.name()));
+        progress(
+            cfg.quiet,
+            &format!(
+                "simulate: rendered {done}/{} {} images",
+                cfg.count,
+                cfg.domain.name()
+            ),
+        );
     }
     let seconds = start.elapsed().as_secs_f64();
-    let manifest = Manifest::simulated(cfg.domain, cfg.width, cfg.height, cfg.count, cfg.seed, cfg.stereo);
+    let manifest = Manifest::simulated(
+        cfg.domain, cfg.width, cfg.height, cfg.count, cfg.seed, cfg.stereo,
+    );
     write_dataset(&cfg.out, &manifest, &samples)?;
     if cfg.preview {
         let sheet = contact_sheet(&samples[..samples.len().min(8)]);
@@ -93,7 +117,9 @@ pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateSummary> {
 
 /// Rows of `RGB | colourised depth`, one per sample.
 pub fn contact_sheet(samples: &[Sample]) -> (usize, usize, Vec<u8>) {
-    let Some(first) = samples.first() else { return (1, 1, vec![0, 0, 0]) };
+    let Some(first) = samples.first() else {
+        return (1, 1, vec![0, 0, 0]);
+    };
     let (w, h) = (first.width, first.height);
     let (sw, sh) = (2 * w + 4, samples.len() * (h + 4));
     let mut sheet = vec![255u8; sw * sh * 3];
@@ -122,13 +148,19 @@ impl DlmFile {
             std::io::ErrorKind::NotFound => Error::bad_input(path, "model file not found"),
             _ => Error::io(path, e),
         })?;
-        let file = DlmFile { path: path.to_path_buf(), bytes };
+        let file = DlmFile {
+            path: path.to_path_buf(),
+            bytes,
+        };
         file.model()?;
         Ok(file)
     }
 
     pub fn model(&self) -> Result<Model<'_>> {
-        Model::from_bytes(&self.bytes).map_err(|source| Error::Model { path: self.path.clone(), source })
+        Model::from_bytes(&self.bytes).map_err(|source| Error::Model {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -157,7 +189,10 @@ fn list_pngs(input: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| Error::io(input, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
-        .filter(|p| !p.file_stem().is_some_and(|s| s.to_string_lossy().ends_with("_color")))
+        .filter(|p| {
+            !p.file_stem()
+                .is_some_and(|s| s.to_string_lossy().ends_with("_color"))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
@@ -168,23 +203,41 @@ fn list_pngs(input: &Path) -> Result<Vec<PathBuf>> {
 
 /// `depthling run`: depth for a PNG or a folder of PNGs; writes `NAME.png` (16-bit millimetres) and
 /// `NAME_color.png` per input.
-pub fn run(model_path: &Path, input: &Path, out: &Path, backend: Backend, quiet: bool) -> Result<RunSummary> {
+pub fn run(
+    model_path: &Path,
+    input: &Path,
+    out: &Path,
+    backend: Backend,
+    quiet: bool,
+) -> Result<RunSummary> {
     if backend == Backend::Tract {
-        return Err(Error::NotAvailable("the tract backend (arrives with the ONNX export)"));
+        return Err(Error::NotAvailable(
+            "the tract backend (arrives with the ONNX export)",
+        ));
     }
-    if model_path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-        return Err(Error::NotAvailable("running ONNX models (arrives with the tract backend)"));
+    if model_path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        return Err(Error::NotAvailable(
+            "running ONNX models (arrives with the tract backend)",
+        ));
     }
     let file = DlmFile::read(model_path)?;
     let model = file.model()?;
-    let (mh, mw) = model.input_size().ok_or_else(|| Error::bad_input(model_path, "model has no input"))?;
+    let (mh, mw) = model
+        .input_size()
+        .ok_or_else(|| Error::bad_input(model_path, "model has no input"))?;
     let inputs = list_pngs(input)?;
     // Check every input before writing anything.
     let mut frames = Vec::with_capacity(inputs.len());
     for p in &inputs {
         let (w, h, rgb) = png::read_rgb(p)?;
         if (w, h) != (mw as usize, mh as usize) {
-            return Err(Error::bad_input(p, format!("image is {w}×{h}, the model takes {mw}×{mh}")));
+            return Err(Error::bad_input(
+                p,
+                format!("image is {w}×{h}, the model takes {mw}×{mh}"),
+            ));
         }
         frames.push(rgb);
     }
@@ -196,14 +249,27 @@ pub fn run(model_path: &Path, input: &Path, out: &Path, backend: Backend, quiet:
         let t = Instant::now();
         let depth: Vec<f32> = engine.run(rgb)?.iter().collect();
         total += t.elapsed().as_secs_f64();
-        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         let (w, h) = (mw as usize, mh as usize);
         png::write_depth(&out.join(format!("{stem}.png")), w, h, &depth, 1000.0)?;
         let (lo, hi) = png::depth_range(&depth);
-        png::write_rgb(&out.join(format!("{stem}_color.png")), w, h, &png::colorize_depth(&depth, lo, hi))?;
+        png::write_rgb(
+            &out.join(format!("{stem}_color.png")),
+            w,
+            h,
+            &png::colorize_depth(&depth, lo, hi),
+        )?;
         progress(quiet, &format!("run: {}", p.display()));
     }
-    Ok(RunSummary { images: inputs.len(), mean_ms: 1e3 * total / inputs.len() as f64, backend: "int8".into(), out: out.to_path_buf() })
+    Ok(RunSummary {
+        images: inputs.len(),
+        mean_ms: 1e3 * total / inputs.len() as f64,
+        backend: "int8".into(),
+        out: out.to_path_buf(),
+    })
 }
 
 /// DESIGN §10 `profile --json`.
@@ -221,7 +287,14 @@ pub struct Profile {
 pub fn profile_model(path: &Path) -> Result<Profile> {
     let file = DlmFile::read(path)?;
     let m = file.model()?;
-    Ok(Profile { params: m.params(), macs: m.macs(), flash_bytes: file.bytes.len() as u64, arena_bytes: m.arena_bytes as u64, board: None, fits: None })
+    Ok(Profile {
+        params: m.params(),
+        macs: m.macs(),
+        flash_bytes: file.bytes.len() as u64,
+        arena_bytes: m.arena_bytes as u64,
+        board: None,
+        fits: None,
+    })
 }
 
 /// Profile of an architecture at `width × height`: counts from the spec, and flash and arena from
@@ -232,10 +305,36 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
     let params = spec.params() as u64;
     let device = Device::Cpu;
     let net = Net::new(spec, &device, 0)?;
-    let probe = Sample { width, height, rgb: (0..width * height * 3).map(|i| (i * 31 % 256) as u8).collect(), depth: vec![1.0; width * height], instance: None, right: None };
-    let bytes = quantize(&net.net, &[probe], Calibration::MinMax, &Provenance { name: arch.into(), ..Default::default() }, &device)?;
-    let m = Model::from_bytes(&bytes).map_err(|e| Error::Runtime(format!("profile export invalid: {e}")))?;
-    Ok(Profile { params, macs, flash_bytes: bytes.len() as u64, arena_bytes: m.arena_bytes as u64, board: None, fits: None })
+    let probe = Sample {
+        width,
+        height,
+        rgb: (0..width * height * 3)
+            .map(|i| (i * 31 % 256) as u8)
+            .collect(),
+        depth: vec![1.0; width * height],
+        instance: None,
+        right: None,
+    };
+    let bytes = quantize(
+        &net.net,
+        &[probe],
+        Calibration::MinMax,
+        &Provenance {
+            name: arch.into(),
+            ..Default::default()
+        },
+        &device,
+    )?;
+    let m = Model::from_bytes(&bytes)
+        .map_err(|e| Error::Runtime(format!("profile export invalid: {e}")))?;
+    Ok(Profile {
+        params,
+        macs,
+        flash_bytes: bytes.len() as u64,
+        arena_bytes: m.arena_bytes as u64,
+        board: None,
+        fits: None,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -255,14 +354,21 @@ fn steps_for(epochs: usize, n: usize, batch: usize) -> usize {
     (epochs * n.div_ceil(batch.max(1))).max(1)
 }
 
-fn training_progress(quiet: bool, label: &'static str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
+fn training_progress(
+    quiet: bool,
+    label: &'static str,
+    steps: usize,
+) -> impl FnMut(crate::train::StepInfo) {
     let start = Instant::now();
     let every = (steps / 20).max(1);
     move |s| {
         if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
             let done = s.step + 1;
             let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
-            eprintln!("{label}: step {done}/{steps} loss {:.4} eta {eta:.0}s", s.loss);
+            eprintln!(
+                "{label}: step {done}/{steps} loss {:.4} eta {eta:.0}s",
+                s.loss
+            );
         }
     }
 }
@@ -277,9 +383,24 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<()> {
     let device = Device::Cpu;
     let net = Net::new(spec, &device, cfg.seed)?;
     let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
-    let tc = TrainConfig { steps, batch_size: cfg.batch_size, lr: cfg.lr, seed: cfg.seed, ..Default::default() };
-    train(&net, &samples, Target::Labels, &tc, training_progress(cfg.quiet, "train-teacher", steps))?;
-    net.save(&cfg.out, &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))])
+    let tc = TrainConfig {
+        steps,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    train(
+        &net,
+        &samples,
+        Target::Labels,
+        &tc,
+        training_progress(cfg.quiet, "train-teacher", steps),
+    )?;
+    net.save(
+        &cfg.out,
+        &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))],
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -302,8 +423,16 @@ pub struct DistillConfig {
 pub fn distill(cfg: &DistillConfig) -> Result<()> {
     match cfg.method.as_str() {
         "kd" => {}
-        "ddd" | "aux" | "adu" => return Err(Error::NotAvailable("this distillation method (arrives with the distillation release)")),
-        other => return Err(Error::Usage(format!("unknown method {other:?}; known: kd, ddd, aux, adu"))),
+        "ddd" | "aux" | "adu" => {
+            return Err(Error::NotAvailable(
+                "this distillation method (arrives with the distillation release)",
+            ))
+        }
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown method {other:?}; known: kd, ddd, aux, adu"
+            )))
+        }
     }
     let device = Device::Cpu;
     let (teacher, _) = Net::load(&cfg.teacher, &device)?;
@@ -315,19 +444,47 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
     spec.shapes(w, h)?;
     let student = Net::new(spec, &device, cfg.seed)?;
     let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
-    let tc = TrainConfig { steps, batch_size: cfg.batch_size, lr: cfg.lr, seed: cfg.seed, ..Default::default() };
-    train(&student, &samples, Target::Teacher(&teacher.net), &tc, training_progress(cfg.quiet, "distill", steps))?;
-    student.save(&cfg.out, &[("kind", "student".into()), ("method", cfg.method.clone()), ("teacher", cfg.teacher.display().to_string())])
+    let tc = TrainConfig {
+        steps,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    train(
+        &student,
+        &samples,
+        Target::Teacher(&teacher.net),
+        &tc,
+        training_progress(cfg.quiet, "distill", steps),
+    )?;
+    student.save(
+        &cfg.out,
+        &[
+            ("kind", "student".into()),
+            ("method", cfg.method.clone()),
+            ("teacher", cfg.teacher.display().to_string()),
+        ],
+    )
 }
 
 /// `depthling quantize`: int8 PTQ of a student checkpoint, calibrated on a dataset's images.
-pub fn quantize_file(model: &Path, calib: &Path, calibration: Calibration, out: &Path, quiet: bool) -> Result<Profile> {
+pub fn quantize_file(
+    model: &Path,
+    calib: &Path,
+    calibration: Calibration,
+    out: &Path,
+    quiet: bool,
+) -> Result<Profile> {
     let device = Device::Cpu;
     let (net, meta) = Net::load(model, &device)?;
     let ds = Dataset::open(calib, 1000.0)?;
     let samples = ds.load_all(None)?;
     net.net.spec().shapes(samples[0].width, samples[0].height)?;
-    progress(quiet, &format!("quantize: calibrating on {} images", samples.len()));
+    progress(
+        quiet,
+        &format!("quantize: calibrating on {} images", samples.len()),
+    );
     let prov = Provenance {
         name: net.net.spec().name.clone(),
         teacher: meta.get("depthling.teacher").cloned().unwrap_or_default(),
@@ -351,17 +508,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `depthling eval --model M --data DIR`: a `.dlm` through the int8 engine, or a safetensors
 /// checkpoint in f32, on a dataset.
-pub fn eval_model(model: &Path, data: &Path, protocol: depthling_metrics::Protocol, median_scaling: bool, quiet: bool) -> Result<crate::eval::EvalReport> {
+pub fn eval_model(
+    model: &Path,
+    data: &Path,
+    protocol: depthling_metrics::Protocol,
+    median_scaling: bool,
+    quiet: bool,
+) -> Result<crate::eval::EvalReport> {
     let ds = Dataset::open(data, 1000.0)?;
     let samples = ds.load_all(None)?;
     progress(quiet, &format!("eval: {} images", samples.len()));
-    let cfg = depthling_metrics::EvalConfig { median_scaling, ..protocol.config() };
-    let preds = if model.extension().is_some_and(|e| e.eq_ignore_ascii_case("dlm")) {
+    let cfg = depthling_metrics::EvalConfig {
+        median_scaling,
+        ..protocol.config()
+    };
+    let preds = if model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dlm"))
+    {
         let file = DlmFile::read(model)?;
         let m = file.model()?;
-        let (mh, mw) = m.input_size().ok_or_else(|| Error::bad_input(model, "model has no input"))?;
+        let (mh, mw) = m
+            .input_size()
+            .ok_or_else(|| Error::bad_input(model, "model has no input"))?;
         if (samples[0].width, samples[0].height) != (mw as usize, mh as usize) {
-            return Err(Error::bad_input(model, format!("model takes {mw}×{mh}, the dataset is {}×{}", samples[0].width, samples[0].height)));
+            return Err(Error::bad_input(
+                model,
+                format!(
+                    "model takes {mw}×{mh}, the dataset is {}×{}",
+                    samples[0].width, samples[0].height
+                ),
+            ));
         }
         crate::quant::run_int8(&m, &samples)?
     } else {

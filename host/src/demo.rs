@@ -102,12 +102,21 @@ impl DemoResult {
 
     /// The table printed at the end of the demo.
     pub fn table(&self) -> String {
-        let mut s = format!("{:<14} {:>8} {:>8} {:>8} {:>10}\n", "model", "AbsRel", "RMSE", "δ1", "params");
+        let mut s = format!(
+            "{:<14} {:>8} {:>8} {:>8} {:>10}\n",
+            "model", "AbsRel", "RMSE", "δ1", "params"
+        );
         for r in &self.rows {
-            s += &format!("{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n", r.name, r.metrics.abs_rel, r.metrics.rmse, r.metrics.delta1, r.params);
+            s += &format!(
+                "{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n",
+                r.name, r.metrics.abs_rel, r.metrics.rmse, r.metrics.delta1, r.params
+            );
         }
         let b = &self.mean_depth_baseline;
-        s += &format!("{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n", "mean depth", b.abs_rel, b.rmse, b.delta1, 0);
+        s += &format!(
+            "{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n",
+            "mean depth", b.abs_rel, b.rmse, b.delta1, 0
+        );
         s
     }
 }
@@ -127,23 +136,84 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     let device = Device::Cpu;
     let (w, h) = (cfg.width, cfg.height);
 
-    progress(cfg.quiet, &format!("demo: rendering {} indoor and {} OOD images at {w}×{h}", cfg.indoor_train + cfg.indoor_test, cfg.ood_images));
+    progress(
+        cfg.quiet,
+        &format!(
+            "demo: rendering {} indoor and {} OOD images at {w}×{h}",
+            cfg.indoor_train + cfg.indoor_test,
+            cfg.ood_images
+        ),
+    );
     let indoor_train = render_many(Domain::Indoor, w, h, cfg.seed, 0, cfg.indoor_train, false);
     // held-out test images come from a different seed stream than training
-    let indoor_test = render_many(Domain::Indoor, w, h, cfg.seed ^ 0x7E57, 0, cfg.indoor_test, false);
-    let ood = render_many(Domain::Ood, w, h, cfg.seed.wrapping_add(101), 0, cfg.ood_images, false);
+    let indoor_test = render_many(
+        Domain::Indoor,
+        w,
+        h,
+        cfg.seed ^ 0x7E57,
+        0,
+        cfg.indoor_test,
+        false,
+    );
+    let ood = render_many(
+        Domain::Ood,
+        w,
+        h,
+        cfg.seed.wrapping_add(101),
+        0,
+        cfg.ood_images,
+        false,
+    );
     stage("simulate", &mut stages);
 
-    let teacher = Net::new(preset("demo-teacher", cfg.teacher_width)?, &device, cfg.seed)?;
-    let tc = TrainConfig { steps: cfg.teacher_steps, seed: cfg.seed, ..Default::default() };
-    train(&teacher, &indoor_train, Target::Labels, &tc, log_every(cfg.quiet, "teacher", cfg.teacher_steps))?;
-    teacher.save(&cfg.out.join("teacher.safetensors"), &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))])?;
+    let teacher = Net::new(
+        preset("demo-teacher", cfg.teacher_width)?,
+        &device,
+        cfg.seed,
+    )?;
+    let tc = TrainConfig {
+        steps: cfg.teacher_steps,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    train(
+        &teacher,
+        &indoor_train,
+        Target::Labels,
+        &tc,
+        log_every(cfg.quiet, "teacher", cfg.teacher_steps),
+    )?;
+    teacher.save(
+        &cfg.out.join("teacher.safetensors"),
+        &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))],
+    )?;
     stage("teacher training (indoor labels)", &mut stages);
 
-    let student = Net::new(preset("demo-student", cfg.student_width)?, &device, cfg.seed + 1)?;
-    let sc = TrainConfig { steps: cfg.student_steps, seed: cfg.seed + 1, ..Default::default() };
-    train(&student, &ood, Target::Teacher(&teacher.net), &sc, log_every(cfg.quiet, "student", cfg.student_steps))?;
-    student.save(&cfg.out.join("student.safetensors"), &[("kind", "student".into()), ("method", "kd".into()), ("teacher", "teacher.safetensors".into())])?;
+    let student = Net::new(
+        preset("demo-student", cfg.student_width)?,
+        &device,
+        cfg.seed + 1,
+    )?;
+    let sc = TrainConfig {
+        steps: cfg.student_steps,
+        seed: cfg.seed + 1,
+        ..Default::default()
+    };
+    train(
+        &student,
+        &ood,
+        Target::Teacher(&teacher.net),
+        &sc,
+        log_every(cfg.quiet, "student", cfg.student_steps),
+    )?;
+    student.save(
+        &cfg.out.join("student.safetensors"),
+        &[
+            ("kind", "student".into()),
+            ("method", "kd".into()),
+            ("teacher", "teacher.safetensors".into()),
+        ],
+    )?;
     stage("student distillation (KD on OOD images)", &mut stages);
 
     let protocol = Protocol::Nyu;
@@ -159,7 +229,10 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         name: "demo-student".into(),
         teacher: "demo-teacher".into(),
         method: "kd".into(),
-        metrics: vec![("abs_rel_f32".into(), student_m.abs_rel as f32), ("delta1_f32".into(), student_m.delta1 as f32)],
+        metrics: vec![
+            ("abs_rel_f32".into(), student_m.abs_rel as f32),
+            ("delta1_f32".into(), student_m.delta1 as f32),
+        ],
     };
     let bytes = quantize(&student.net, calib, Calibration::MinMax, &prov, &device)?;
     let dlm_path = cfg.out.join("student.dlm");
@@ -173,17 +246,36 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     stage("int8 engine on the test images", &mut stages);
 
     let mean_depth = {
-        let (sum, n) = indoor_train.iter().flat_map(|s| s.depth.iter()).filter(|d| **d > 0.0).fold((0f64, 0u64), |(s, n), &d| (s + d as f64, n + 1));
+        let (sum, n) = indoor_train
+            .iter()
+            .flat_map(|s| s.depth.iter())
+            .filter(|d| **d > 0.0)
+            .fold((0f64, 0u64), |(s, n), &d| (s + d as f64, n + 1));
         (sum / n.max(1) as f64) as f32
     };
-    let constant: Vec<Vec<f32>> = indoor_test.iter().map(|s| vec![mean_depth; s.width * s.height]).collect();
+    let constant: Vec<Vec<f32>> = indoor_test
+        .iter()
+        .map(|s| vec![mean_depth; s.width * s.height])
+        .collect();
     let baseline = evaluate(&constant, &indoor_test, &eval_cfg)?;
 
     let result = DemoResult {
         rows: vec![
-            Row { name: "teacher".into(), metrics: teacher_m, params: teacher.net.spec().params() as u64 },
-            Row { name: "student_f32".into(), metrics: student_m, params: student.net.spec().params() as u64 },
-            Row { name: "student_int8".into(), metrics: int8_m, params: model.params() },
+            Row {
+                name: "teacher".into(),
+                metrics: teacher_m,
+                params: teacher.net.spec().params() as u64,
+            },
+            Row {
+                name: "student_f32".into(),
+                metrics: student_m,
+                params: student.net.spec().params() as u64,
+            },
+            Row {
+                name: "student_int8".into(),
+                metrics: int8_m,
+                params: model.params(),
+            },
         ],
         mean_depth_baseline: baseline,
         protocol: protocol.name().into(),
@@ -196,7 +288,12 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     };
     let json = serde_json::to_string_pretty(&result).map_err(|e| Error::Runtime(e.to_string()))?;
     write_atomic(&cfg.out.join("metrics.json"), json.as_bytes())?;
-    write_report(&cfg.out, &result, &indoor_test, &[&teacher_pred, &student_pred, &int8_pred])?;
+    write_report(
+        &cfg.out,
+        &result,
+        &indoor_test,
+        &[&teacher_pred, &student_pred, &int8_pred],
+    )?;
     Ok(result)
 }
 
@@ -207,30 +304,50 @@ fn log_every(quiet: bool, label: &'static str, steps: usize) -> impl FnMut(crate
         if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
             let done = s.step + 1;
             let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
-            eprintln!("demo: {label} step {done}/{steps} loss {:.4} eta {eta:.0}s", s.loss);
+            eprintln!(
+                "demo: {label} step {done}/{steps} loss {:.4} eta {eta:.0}s",
+                s.loss
+            );
         }
     }
 }
 
 /// `report/index.html` with a sample grid (RGB | ground truth | teacher | student f32 | student
 /// int8 | |error| of int8) and the metrics table.
-fn write_report(out: &Path, result: &DemoResult, samples: &[Sample], preds: &[&Vec<Vec<f32>>; 3]) -> Result<()> {
+fn write_report(
+    out: &Path,
+    result: &DemoResult,
+    samples: &[Sample],
+    preds: &[&Vec<Vec<f32>>; 3],
+) -> Result<()> {
     let dir = out.join("report");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let n = samples.len().min(6);
-    let Some(first) = samples.first() else { return Ok(()) };
+    let Some(first) = samples.first() else {
+        return Ok(());
+    };
     let (w, h) = (first.width, first.height);
     let cols = 6;
     let (sw, sh) = (cols * (w + 2), n * (h + 2));
     let mut sheet = vec![255u8; sw * sh * 3];
     for (row, s) in samples.iter().take(n).enumerate() {
         let (lo, hi) = png::depth_range(&s.depth);
-        let err: Vec<f32> = preds[2][row].iter().zip(&s.depth).map(|(p, g)| if *g > 0.0 { (p - g).abs() } else { 0.0 }).collect();
+        let err: Vec<f32> = preds[2][row]
+            .iter()
+            .zip(&s.depth)
+            .map(|(p, g)| if *g > 0.0 { (p - g).abs() } else { 0.0 })
+            .collect();
         let mut tiles = vec![s.rgb.clone(), png::colorize_depth(&s.depth, lo, hi)];
         for p in preds {
             tiles.push(png::colorize_depth(&p[row], lo, hi));
         }
-        tiles.push(png::colorize_depth(&err.iter().map(|e| if *e > 0.0 { 1.0 / (1.0 + e) } else { 0.0 }).collect::<Vec<_>>(), 0.0, 1.0));
+        tiles.push(png::colorize_depth(
+            &err.iter()
+                .map(|e| if *e > 0.0 { 1.0 / (1.0 + e) } else { 0.0 })
+                .collect::<Vec<_>>(),
+            0.0,
+            1.0,
+        ));
         for (col, tile) in tiles.iter().enumerate() {
             for y in 0..h {
                 let dst = ((row * (h + 2) + y) * sw + col * (w + 2)) * 3;

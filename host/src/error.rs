@@ -42,7 +42,10 @@ impl Error {
     /// Process exit code: 2 for bad usage or bad input, 1 for run-time failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::BadInput { .. } | Error::Usage(_) | Error::Model { .. } | Error::NotAvailable(_) => 2,
+            Error::BadInput { .. }
+            | Error::Usage(_)
+            | Error::Model { .. }
+            | Error::NotAvailable(_) => 2,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
             _ => 1,
         }

@@ -44,7 +44,11 @@ impl EvalReport {
 /// Mean metrics of `preds` (one H×W map per sample) against the samples' ground truth.
 pub fn evaluate(preds: &[Vec<f32>], samples: &[Sample], cfg: &EvalConfig) -> Result<EvalReport> {
     if preds.len() != samples.len() {
-        return Err(Error::Runtime(format!("{} predictions for {} images", preds.len(), samples.len())));
+        return Err(Error::Runtime(format!(
+            "{} predictions for {} images",
+            preds.len(),
+            samples.len()
+        )));
     }
     let mut acc = MetricsAccumulator::new();
     for (p, s) in preds.iter().zip(samples) {
@@ -53,7 +57,9 @@ pub fn evaluate(preds: &[Vec<f32>], samples: &[Sample], cfg: &EvalConfig) -> Res
             Err(e) => return Err(Error::Runtime(format!("evaluation: {e}"))),
         }
     }
-    let mean = acc.mean().ok_or_else(|| Error::Runtime("no image with valid ground truth".into()))?;
+    let mean = acc
+        .mean()
+        .ok_or_else(|| Error::Runtime("no image with valid ground truth".into()))?;
     Ok(EvalReport::from_metrics(&mean, acc.images()))
 }
 
@@ -66,11 +72,21 @@ fn depth_folder(dir: &Path, fallback: f32) -> Result<(PathBuf, f32)> {
     if dir.join("manifest.json").exists() {
         let m = Manifest::read(&dir.join("manifest.json"))?;
         let depth = dir.join("depth");
-        return Ok((if depth.is_dir() { depth } else { dir.to_path_buf() }, m.depth_scale));
+        return Ok((
+            if depth.is_dir() {
+                depth
+            } else {
+                dir.to_path_buf()
+            },
+            m.depth_scale,
+        ));
     }
     if let Some(parent) = dir.parent() {
         if parent.join("manifest.json").exists() && dir.file_name().is_some_and(|n| n == "depth") {
-            return Ok((dir.to_path_buf(), Manifest::read(&parent.join("manifest.json"))?.depth_scale));
+            return Ok((
+                dir.to_path_buf(),
+                Manifest::read(&parent.join("manifest.json"))?.depth_scale,
+            ));
         }
     }
     Ok((dir.to_path_buf(), fallback))
@@ -78,9 +94,17 @@ fn depth_folder(dir: &Path, fallback: f32) -> Result<(PathBuf, f32)> {
 
 /// `depthling eval --pred DIR --gt DIR`: every `NAME.png` of the ground truth is matched with
 /// `NAME.png` of the predictions.
-pub fn eval_folders(pred: &Path, gt: &Path, protocol: Protocol, depth_scale: f32, median_scaling: bool) -> Result<EvalReport> {
+pub fn eval_folders(
+    pred: &Path,
+    gt: &Path,
+    protocol: Protocol,
+    depth_scale: f32,
+    median_scaling: bool,
+) -> Result<EvalReport> {
     if !(depth_scale.is_finite() && depth_scale > 0.0) {
-        return Err(Error::Usage(format!("--depth-scale must be a positive number, got {depth_scale}")));
+        return Err(Error::Usage(format!(
+            "--depth-scale must be a positive number, got {depth_scale}"
+        )));
     }
     let (gt_dir, gt_scale) = depth_folder(gt, depth_scale)?;
     let (pred_dir, pred_scale) = depth_folder(pred, depth_scale)?;
@@ -93,24 +117,37 @@ pub fn eval_folders(pred: &Path, gt: &Path, protocol: Protocol, depth_scale: f32
     if names.is_empty() {
         return Err(Error::bad_input(&gt_dir, "contains no PNG depth maps"));
     }
-    let cfg = EvalConfig { median_scaling, ..protocol.config() };
+    let cfg = EvalConfig {
+        median_scaling,
+        ..protocol.config()
+    };
     let mut acc = MetricsAccumulator::new();
     for g in &names {
-        let name = g.file_name().ok_or_else(|| Error::bad_input(g, "no file name"))?;
+        let name = g
+            .file_name()
+            .ok_or_else(|| Error::bad_input(g, "no file name"))?;
         let p = pred_dir.join(name);
         if !p.exists() {
-            return Err(Error::bad_input(&p, format!("missing prediction for ground truth {}", g.display())));
+            return Err(Error::bad_input(
+                &p,
+                format!("missing prediction for ground truth {}", g.display()),
+            ));
         }
         let (gw, gh, gd) = png::read_depth(g, gt_scale)?;
         let (pw, ph, pd) = png::read_depth(&p, pred_scale)?;
         if (pw, ph) != (gw, gh) {
-            return Err(Error::bad_input(&p, format!("prediction is {pw}×{ph}, ground truth is {gw}×{gh}")));
+            return Err(Error::bad_input(
+                &p,
+                format!("prediction is {pw}×{ph}, ground truth is {gw}×{gh}"),
+            ));
         }
         match acc.add_image(&pd, &gd, gw, gh, &cfg) {
             Ok(_) | Err(depthling_metrics::MetricsError::NoValidPixels) => {}
             Err(e) => return Err(Error::bad_input(&p, e.to_string())),
         }
     }
-    let mean = acc.mean().ok_or_else(|| Error::bad_input(&gt_dir, "no image has a valid ground-truth pixel"))?;
+    let mean = acc
+        .mean()
+        .ok_or_else(|| Error::bad_input(&gt_dir, "no image has a valid ground-truth pixel"))?;
     Ok(EvalReport::from_metrics(&mean, acc.images()))
 }

@@ -8,8 +8,8 @@ pub mod rng;
 pub mod sim;
 
 pub use error::{Error, Result};
+pub mod commands;
+pub mod demo;
 pub mod eval;
 pub mod quant;
 pub mod train;
-pub mod commands;
-pub mod demo;

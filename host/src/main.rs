@@ -9,7 +9,11 @@ use depthling_host::commands::{self, Backend};
 use depthling_host::{demo, eval, quant, sim, Error, Result};
 
 #[derive(Parser)]
-#[command(name = "depthling", version, about = "Distill a tiny monocular-depth student from a big teacher using simulated images, quantize it to int8, and run it on edge boards.")]
+#[command(
+    name = "depthling",
+    version,
+    about = "Distill a tiny monocular-depth student from a big teacher using simulated images, quantize it to int8, and run it on edge boards."
+)]
 struct Cli {
     /// No progress on stderr.
     #[arg(long, global = true)]
@@ -21,7 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Render a simulated RGB-D dataset.
-    #[command(after_help = "Example: depthling simulate --domain indoor --count 100 --size 128x96 --seed 1 --preview --out data/indoor")]
+    #[command(
+        after_help = "Example: depthling simulate --domain indoor --count 100 --size 128x96 --seed 1 --preview --out data/indoor"
+    )]
     Simulate {
         #[arg(long)]
         domain: String,
@@ -41,7 +47,10 @@ enum Command {
         json: bool,
     },
     /// Train a teacher on a labeled dataset.
-    #[command(name = "train-teacher", after_help = "Example: depthling train-teacher --data data/indoor --epochs 5 --out teacher.safetensors")]
+    #[command(
+        name = "train-teacher",
+        after_help = "Example: depthling train-teacher --data data/indoor --epochs 5 --out teacher.safetensors"
+    )]
     TrainTeacher {
         #[arg(long)]
         data: PathBuf,
@@ -65,7 +74,9 @@ enum Command {
         resume: bool,
     },
     /// Distill a student from a teacher.
-    #[command(after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors")]
+    #[command(
+        after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors"
+    )]
     Distill {
         #[arg(long)]
         method: String,
@@ -93,7 +104,9 @@ enum Command {
         resume: bool,
     },
     /// Quantize a student to int8 and write a .dlm.
-    #[command(after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm")]
+    #[command(
+        after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm"
+    )]
     Quantize {
         #[arg(long)]
         model: PathBuf,
@@ -107,7 +120,9 @@ enum Command {
         json: bool,
     },
     /// Export a model as ONNX or .dlm, optionally checked against a board.
-    #[command(after_help = "Example: depthling export --model student.safetensors --format onnx --out student.onnx")]
+    #[command(
+        after_help = "Example: depthling export --model student.safetensors --format onnx --out student.onnx"
+    )]
     Export {
         #[arg(long)]
         model: PathBuf,
@@ -119,7 +134,9 @@ enum Command {
         out: PathBuf,
     },
     /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
-    #[command(after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json")]
+    #[command(
+        after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json"
+    )]
     Eval {
         #[arg(long)]
         model: Option<PathBuf>,
@@ -140,7 +157,9 @@ enum Command {
         json: bool,
     },
     /// Run a model on a PNG or a folder of PNGs.
-    #[command(after_help = "Example: depthling run --model student.dlm --input data/indoor/rgb --out depth/")]
+    #[command(
+        after_help = "Example: depthling run --model student.dlm --input data/indoor/rgb --out depth/"
+    )]
     Run {
         #[arg(long)]
         model: PathBuf,
@@ -199,13 +218,17 @@ enum Command {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(v).map_err(|e| Error::Runtime(e.to_string()))?);
+    println!(
+        "{}",
+        serde_json::to_string(v).map_err(|e| Error::Runtime(e.to_string()))?
+    );
     Ok(())
 }
 
 fn protocol(s: Option<&str>) -> Result<depthling_metrics::Protocol> {
     let s = s.unwrap_or("none");
-    depthling_metrics::Protocol::parse(s).ok_or_else(|| Error::Usage(format!("unknown protocol {s:?}; known: nyu, kitti, none")))
+    depthling_metrics::Protocol::parse(s)
+        .ok_or_else(|| Error::Usage(format!("unknown protocol {s:?}; known: nyu, kitti, none")))
 }
 
 fn dispatch(cli: Cli) -> Result<()> {

@@ -32,7 +32,15 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { steps: 300, batch_size: 8, lr: 1e-3, weight_decay: 1e-4, decay_at: 0.75, flip: true, seed: 0 }
+        TrainConfig {
+            steps: 300,
+            batch_size: 8,
+            lr: 1e-3,
+            weight_decay: 1e-4,
+            decay_at: 0.75,
+            flip: true,
+            seed: 0,
+        }
     }
 }
 
@@ -55,7 +63,9 @@ fn flip_rgb(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
 }
 
 fn flip_plane(v: &[f32], w: usize, h: usize) -> Vec<f32> {
-    (0..h).flat_map(|y| (0..w).map(move |x| v[y * w + (w - 1 - x)])).collect()
+    (0..h)
+        .flat_map(|y| (0..w).map(move |x| v[y * w + (w - 1 - x)]))
+        .collect()
 }
 
 /// Masked L1: mean |d − g| over pixels with `mask = 1`.
@@ -66,14 +76,23 @@ pub fn masked_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor
 }
 
 /// A batch as (images N×3×H×W, depth N×1×H×W, valid mask N×1×H×W).
-pub fn batch(samples: &[&Sample], flips: &[bool], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let first = samples.first().ok_or_else(|| Error::Runtime("empty batch".into()))?;
+pub fn batch(
+    samples: &[&Sample],
+    flips: &[bool],
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let first = samples
+        .first()
+        .ok_or_else(|| Error::Runtime("empty batch".into()))?;
     let (w, h) = (first.width, first.height);
     let mut rgbs = Vec::with_capacity(samples.len());
     let mut depth = Vec::with_capacity(samples.len() * w * h);
     for (s, &flip) in samples.iter().zip(flips) {
         if (s.width, s.height) != (w, h) {
-            return Err(Error::Runtime(format!("batch mixes sizes {}×{} and {w}×{h}", s.width, s.height)));
+            return Err(Error::Runtime(format!(
+                "batch mixes sizes {}×{} and {w}×{h}",
+                s.width, s.height
+            )));
         }
         if flip {
             rgbs.push(flip_rgb(&s.rgb, w, h));
@@ -91,13 +110,23 @@ pub fn batch(samples: &[&Sample], flips: &[bool], device: &Device) -> Result<(Te
 }
 
 /// Trains `net` for `cfg.steps` steps. `on_step` sees every step (for progress and loss curves).
-pub fn train(net: &Net, data: &[Sample], target: Target<'_>, cfg: &TrainConfig, mut on_step: impl FnMut(StepInfo)) -> Result<Vec<f32>> {
+pub fn train(
+    net: &Net,
+    data: &[Sample],
+    target: Target<'_>,
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(StepInfo),
+) -> Result<Vec<f32>> {
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
     let mut opt = AdamW::new(
         net.vars.all_vars(),
-        ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() },
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
     )?;
     let mut rng = Rng::new(cfg.seed);
     let mut losses = Vec::with_capacity(cfg.steps);
@@ -106,7 +135,9 @@ pub fn train(net: &Net, data: &[Sample], target: Target<'_>, cfg: &TrainConfig, 
         if step == decay_step {
             opt.set_learning_rate(cfg.lr * 0.1);
         }
-        let picks: Vec<&Sample> = (0..cfg.batch_size.min(data.len())).map(|_| &data[rng.int(0, data.len() - 1)]).collect();
+        let picks: Vec<&Sample> = (0..cfg.batch_size.min(data.len()))
+            .map(|_| &data[rng.int(0, data.len() - 1)])
+            .collect();
         let flips: Vec<bool> = picks.iter().map(|_| cfg.flip && rng.chance(0.5)).collect();
         let (x, gt, mask) = batch(&picks, &flips, &net.device)?;
         let (target, mask) = match &target {
@@ -117,7 +148,9 @@ pub fn train(net: &Net, data: &[Sample], target: Target<'_>, cfg: &TrainConfig, 
         let loss = masked_l1(&pred, &target, &mask)?;
         let value = loss.to_scalar::<f32>()?;
         if !value.is_finite() {
-            return Err(Error::Runtime(format!("training diverged at step {step}: loss is {value}")));
+            return Err(Error::Runtime(format!(
+                "training diverged at step {step}: loss is {value}"
+            )));
         }
         opt.backward_step(&loss)?;
         losses.push(value);

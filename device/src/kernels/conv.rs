@@ -74,7 +74,11 @@ fn store(stage: &OutputStage<'_>, out: &mut [u8], index: usize, channel: usize, 
 
 /// The reference convolution: direct loops, int32 accumulation.
 pub fn reference(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-    let (ih, iw, ic) = (p.input.height as isize, p.input.width as isize, p.input.channels);
+    let (ih, iw, ic) = (
+        p.input.height as isize,
+        p.input.width as isize,
+        p.input.channels,
+    );
     let oc = p.output.channels;
     let k = p.kernel as isize;
     let pad = k / 2;

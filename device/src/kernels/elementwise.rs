@@ -46,9 +46,12 @@ pub fn concat_reference(
     let c = shape.channels;
     for pix in 0..shape.height * shape.width {
         let src = &input.data[pix * c..pix * c + c];
-        let dst = &mut out[pix * out_channels + channel_offset..pix * out_channels + channel_offset + c];
+        let dst =
+            &mut out[pix * out_channels + channel_offset..pix * out_channels + channel_offset + c];
         for (d, &s) in dst.iter_mut().zip(src) {
-            let v = requant.apply(s as i32 - input.zero_point).saturating_add(out_zero_point);
+            let v = requant
+                .apply(s as i32 - input.zero_point)
+                .saturating_add(out_zero_point);
             *d = v.clamp(-128, 127) as i8;
         }
     }
@@ -71,7 +74,10 @@ pub fn mul_reference(
         let _ = pix;
         for ((o, &x), &s) in o.iter_mut().zip(x).zip(scale.data) {
             let acc = (x as i32 - input.zero_point) * (s as i32 - scale.zero_point);
-            *o = requant.apply(acc).saturating_add(out_zero_point).clamp(-128, 127) as i8;
+            *o = requant
+                .apply(acc)
+                .saturating_add(out_zero_point)
+                .clamp(-128, 127) as i8;
         }
     }
 }

@@ -21,7 +21,11 @@ impl Shape {
 }
 
 /// Clamp range of a fused ReLU/ReLU6 (or none) on an int8 output with the given quantization.
-pub fn activation_range(act: depthling_model::Activation, scale: f32, zero_point: i32) -> (i32, i32) {
+pub fn activation_range(
+    act: depthling_model::Activation,
+    scale: f32,
+    zero_point: i32,
+) -> (i32, i32) {
     use depthling_model::Activation;
     match act {
         Activation::Relu => (zero_point.max(-128), 127),
@@ -34,4 +38,3 @@ pub fn activation_range(act: depthling_model::Activation, scale: f32, zero_point
         Activation::None | Activation::Sigmoid => (-128, 127),
     }
 }
-

@@ -1,7 +1,7 @@
 //! Global average pooling.
 
-use super::Shape;
 use super::elementwise::Operand;
+use super::Shape;
 use depthling_model::Requant;
 
 /// `out[c] = Σ_p (x[p, c] − zx) · m + zo` where `m` includes the `1 / (H·W)`.
@@ -18,6 +18,9 @@ pub fn global_avg_pool_reference(
         for pix in 0..shape.height * shape.width {
             sum += input.data[pix * c + ch] as i32 - input.zero_point;
         }
-        *o = requant.apply(sum).saturating_add(out_zero_point).clamp(-128, 127) as i8;
+        *o = requant
+            .apply(sum)
+            .saturating_add(out_zero_point)
+            .clamp(-128, 127) as i8;
     }
 }

@@ -50,7 +50,14 @@ pub struct Manifest {
 
 impl Manifest {
     /// The manifest of a simulated dataset.
-    pub fn simulated(domain: Domain, width: usize, height: usize, count: usize, seed: u64, stereo: bool) -> Self {
+    pub fn simulated(
+        domain: Domain,
+        width: usize,
+        height: usize,
+        count: usize,
+        seed: u64,
+        stereo: bool,
+    ) -> Self {
         let f = domain.focal_fraction() * width as f32;
         Manifest {
             format: DATASET_FORMAT.into(),
@@ -60,7 +67,11 @@ impl Manifest {
             height,
             count,
             // millimetres indoors; KITTI's 1/256 m outdoors so 80 m fits 16 bits
-            depth_scale: if domain == Domain::Outdoor { 256.0 } else { 1000.0 },
+            depth_scale: if domain == Domain::Outdoor {
+                256.0
+            } else {
+                1000.0
+            },
             max_depth: domain.max_depth(),
             fx: f,
             fy: f,
@@ -74,22 +85,37 @@ impl Manifest {
 
     pub fn read(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::bad_input(path, "manifest.json not found (not a depthling dataset folder)"),
+            std::io::ErrorKind::NotFound => Error::bad_input(
+                path,
+                "manifest.json not found (not a depthling dataset folder)",
+            ),
             _ => Error::io(path, e),
         })?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::bad_input(path, format!("unreadable manifest: {e}")))?;
         if m.format != DATASET_FORMAT {
-            return Err(Error::bad_input(path, format!("format is {:?}, expected {DATASET_FORMAT:?}", m.format)));
+            return Err(Error::bad_input(
+                path,
+                format!("format is {:?}, expected {DATASET_FORMAT:?}", m.format),
+            ));
         }
         if m.version != DATASET_VERSION {
-            return Err(Error::bad_input(path, format!("dataset version {} is not supported (expected {DATASET_VERSION})", m.version)));
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "dataset version {} is not supported (expected {DATASET_VERSION})",
+                    m.version
+                ),
+            ));
         }
         if m.width == 0 || m.height == 0 {
             return Err(Error::bad_input(path, "width and height must be positive"));
         }
         if !(m.depth_scale.is_finite() && m.depth_scale > 0.0) {
-            return Err(Error::bad_input(path, "depth_scale must be a positive number"));
+            return Err(Error::bad_input(
+                path,
+                "depth_scale must be a positive number",
+            ));
         }
         Ok(m)
     }
@@ -105,15 +131,30 @@ fn file_name(i: usize) -> String {
 pub fn write_dataset(out: &Path, manifest: &Manifest, samples: &[Sample]) -> Result<()> {
     if out.exists() {
         let is_dataset = out.join("manifest.json").exists();
-        let is_empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+        let is_empty = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_none();
         if !is_dataset && !is_empty {
-            return Err(Error::bad_input(out, "exists and is not a depthling dataset; refusing to overwrite"));
+            return Err(Error::bad_input(
+                out,
+                "exists and is not a depthling dataset; refusing to overwrite",
+            ));
         }
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().ok_or_else(|| Error::bad_input(out, "not a folder name"))?;
-    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::bad_input(out, "not a folder name"))?;
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = write_dataset_into(&tmp, manifest, samples);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -140,18 +181,27 @@ fn write_dataset_into(dir: &Path, manifest: &Manifest, samples: &[Sample]) -> Re
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
-    samples.par_iter().enumerate().try_for_each(|(i, s)| -> Result<()> {
-        let name = file_name(i);
-        png::write_rgb(&dir.join("rgb").join(&name), s.width, s.height, &s.rgb)?;
-        png::write_depth(&dir.join("depth").join(&name), s.width, s.height, &s.depth, manifest.depth_scale)?;
-        if let Some(r) = &s.right {
-            png::write_rgb(&dir.join("right").join(&name), s.width, s.height, r)?;
-        }
-        if let Some(m) = &s.instance {
-            png::write_u16(&dir.join("instance").join(&name), s.width, s.height, m)?;
-        }
-        Ok(())
-    })?;
+    samples
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, s)| -> Result<()> {
+            let name = file_name(i);
+            png::write_rgb(&dir.join("rgb").join(&name), s.width, s.height, &s.rgb)?;
+            png::write_depth(
+                &dir.join("depth").join(&name),
+                s.width,
+                s.height,
+                &s.depth,
+                manifest.depth_scale,
+            )?;
+            if let Some(r) = &s.right {
+                png::write_rgb(&dir.join("right").join(&name), s.width, s.height, r)?;
+            }
+            if let Some(m) = &s.instance {
+                png::write_u16(&dir.join("instance").join(&name), s.width, s.height, m)?;
+            }
+            Ok(())
+        })?;
     let path = dir.join("manifest.json");
     let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::Runtime(e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
@@ -183,7 +233,10 @@ impl Dataset {
         if !path.exists() {
             return Err(Error::bad_input(path, "dataset not found"));
         }
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
             return Self::open_csv(path, depth_scale);
         }
         let manifest = Manifest::read(&path.join("manifest.json"))?;
@@ -202,7 +255,10 @@ impl Dataset {
             };
             for p in [&f.rgb, &f.depth] {
                 if !p.exists() {
-                    return Err(Error::bad_input(p, format!("missing (the manifest lists {} images)", manifest.count)));
+                    return Err(Error::bad_input(
+                        p,
+                        format!("missing (the manifest lists {} images)", manifest.count),
+                    ));
                 }
             }
             files.push(f);
@@ -221,17 +277,29 @@ impl Dataset {
         let mut files = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
-            if line.is_empty() || line.starts_with('#') || (n == 0 && line.starts_with("rgb_path")) {
+            if line.is_empty() || line.starts_with('#') || (n == 0 && line.starts_with("rgb_path"))
+            {
                 continue;
             }
             let mut cols = line.split(',').map(str::trim);
             let (Some(rgb), Some(depth)) = (cols.next(), cols.next()) else {
-                return Err(Error::bad_input(path, format!("line {}: expected rgb_path,depth_path", n + 1)));
+                return Err(Error::bad_input(
+                    path,
+                    format!("line {}: expected rgb_path,depth_path", n + 1),
+                ));
             };
-            let f = SampleFiles { rgb: base.join(rgb), depth: base.join(depth), right: None, instance: None };
+            let f = SampleFiles {
+                rgb: base.join(rgb),
+                depth: base.join(depth),
+                right: None,
+                instance: None,
+            };
             for p in [&f.rgb, &f.depth] {
                 if !p.exists() {
-                    return Err(Error::bad_input(p, format!("missing (listed on line {} of {})", n + 1, path.display())));
+                    return Err(Error::bad_input(
+                        p,
+                        format!("missing (listed on line {} of {})", n + 1, path.display()),
+                    ));
                 }
             }
             files.push(f);
@@ -239,7 +307,12 @@ impl Dataset {
         if files.is_empty() {
             return Err(Error::bad_input(path, "lists no images"));
         }
-        Ok(Dataset { root: path.to_path_buf(), depth_scale, manifest: None, files })
+        Ok(Dataset {
+            root: path.to_path_buf(),
+            depth_scale,
+            manifest: None,
+            files,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -253,17 +326,26 @@ impl Dataset {
     /// Loads sample `i`, checking that RGB, depth (and right/instance) sizes agree. With
     /// `size = Some((w, h))` the sample is resized (RGB bilinear, depth and masks nearest).
     pub fn load(&self, i: usize, size: Option<(usize, usize)>) -> Result<Sample> {
-        let f = self.files.get(i).ok_or_else(|| Error::bad_input(&self.root, format!("no sample {i}")))?;
+        let f = self
+            .files
+            .get(i)
+            .ok_or_else(|| Error::bad_input(&self.root, format!("no sample {i}")))?;
         let (w, h, rgb) = png::read_rgb(&f.rgb)?;
         let (dw, dh, depth) = png::read_depth(&f.depth, self.depth_scale)?;
         if (dw, dh) != (w, h) {
-            return Err(Error::bad_input(&f.depth, format!("depth is {dw}×{dh} but its RGB image is {w}×{h}")));
+            return Err(Error::bad_input(
+                &f.depth,
+                format!("depth is {dw}×{dh} but its RGB image is {w}×{h}"),
+            ));
         }
         let right = match &f.right {
             Some(p) => {
                 let (rw, rh, r) = png::read_rgb(p)?;
                 if (rw, rh) != (w, h) {
-                    return Err(Error::bad_input(p, format!("right view is {rw}×{rh}, left is {w}×{h}")));
+                    return Err(Error::bad_input(
+                        p,
+                        format!("right view is {rw}×{rh}, left is {w}×{h}"),
+                    ));
                 }
                 Some(r)
             }
@@ -273,13 +355,23 @@ impl Dataset {
             Some(p) => {
                 let (iw, ih, m) = png::read_u16(p, "instance mask")?;
                 if (iw, ih) != (w, h) {
-                    return Err(Error::bad_input(p, format!("instance mask is {iw}×{ih}, image is {w}×{h}")));
+                    return Err(Error::bad_input(
+                        p,
+                        format!("instance mask is {iw}×{ih}, image is {w}×{h}"),
+                    ));
                 }
                 Some(m)
             }
             None => None,
         };
-        let sample = Sample { width: w, height: h, rgb, depth, instance, right };
+        let sample = Sample {
+            width: w,
+            height: h,
+            rgb,
+            depth,
+            instance,
+            right,
+        };
         Ok(match size {
             Some((tw, th)) if (tw, th) != (w, h) => resize(&sample, tw, th),
             _ => sample,
@@ -289,7 +381,10 @@ impl Dataset {
     /// Loads every sample (in parallel), optionally resized.
     pub fn load_all(&self, size: Option<(usize, usize)>) -> Result<Vec<Sample>> {
         use rayon::prelude::*;
-        (0..self.len()).into_par_iter().map(|i| self.load(i, size)).collect()
+        (0..self.len())
+            .into_par_iter()
+            .map(|i| self.load(i, size))
+            .collect()
     }
 }
 
@@ -297,17 +392,114 @@ impl Dataset {
 /// edges).
 pub fn resize(s: &Sample, width: usize, height: usize) -> Sample {
     use image::imageops::{resize as img_resize, FilterType};
-    let rgb_img: image::RgbImage = image::ImageBuffer::from_raw(s.width as u32, s.height as u32, s.rgb.clone())
-        .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
+    let rgb_img: image::RgbImage =
+        image::ImageBuffer::from_raw(s.width as u32, s.height as u32, s.rgb.clone())
+            .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
     let rgb = img_resize(&rgb_img, width as u32, height as u32, FilterType::Triangle).into_raw();
     let nearest = |y: usize, x: usize| (y * s.height / height) * s.width + x * s.width / width;
-    let pick = |src: &Vec<f32>| (0..height).flat_map(|y| (0..width).map(move |x| (y, x))).map(|(y, x)| src[nearest(y, x)]).collect::<Vec<_>>();
+    let pick = |src: &Vec<f32>| {
+        (0..height)
+            .flat_map(|y| (0..width).map(move |x| (y, x)))
+            .map(|(y, x)| src[nearest(y, x)])
+            .collect::<Vec<_>>()
+    };
     let depth = pick(&s.depth);
-    let instance = s.instance.as_ref().map(|m| (0..height).flat_map(|y| (0..width).map(move |x| (y, x))).map(|(y, x)| m[nearest(y, x)]).collect());
+    let instance = s.instance.as_ref().map(|m| {
+        (0..height)
+            .flat_map(|y| (0..width).map(move |x| (y, x)))
+            .map(|(y, x)| m[nearest(y, x)])
+            .collect()
+    });
     let right = s.right.as_ref().map(|r| {
-        let img: image::RgbImage = image::ImageBuffer::from_raw(s.width as u32, s.height as u32, r.clone())
-            .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
+        let img: image::RgbImage =
+            image::ImageBuffer::from_raw(s.width as u32, s.height as u32, r.clone())
+                .unwrap_or_else(|| image::ImageBuffer::new(s.width as u32, s.height as u32));
         img_resize(&img, width as u32, height as u32, FilterType::Triangle).into_raw()
     });
-    Sample { width, height, rgb, depth, instance, right }
+    Sample {
+        width,
+        height,
+        rgb,
+        depth,
+        instance,
+        right,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::render_many;
+
+    #[test]
+    fn dataset_round_trip_and_bad_inputs_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ds");
+        let samples = render_many(Domain::Ood, 24, 16, 4, 0, 3, true);
+        let manifest = Manifest::simulated(Domain::Ood, 24, 16, 3, 4, true);
+        write_dataset(&out, &manifest, &samples).unwrap();
+        let ds = Dataset::open(&out, 1.0).unwrap();
+        assert_eq!(ds.len(), 3);
+        let back = ds.load(1, None).unwrap();
+        assert_eq!(back.rgb, samples[1].rgb);
+        assert_eq!(back.right, samples[1].right);
+        assert_eq!(back.instance, samples[1].instance);
+        for (a, b) in back.depth.iter().zip(&samples[1].depth) {
+            assert!((a - b).abs() <= 0.5 / manifest.depth_scale + 1e-6);
+        }
+        let resized = ds.load(0, Some((12, 8))).unwrap();
+        assert_eq!(
+            (resized.width, resized.height, resized.rgb.len()),
+            (12, 8, 12 * 8 * 3)
+        );
+
+        // 8-bit depth PNG
+        let depth1 = out.join("depth").join("000001.png");
+        png::write_rgb(&depth1, 24, 16, &samples[1].rgb).unwrap();
+        let e = ds.load(1, None).unwrap_err().to_string();
+        assert!(e.contains("000001.png") && e.contains("16-bit"), "{e}");
+        // truncated PNG
+        let bytes = std::fs::read(out.join("rgb").join("000002.png")).unwrap();
+        std::fs::write(
+            out.join("rgb").join("000002.png"),
+            &bytes[..bytes.len() / 2],
+        )
+        .unwrap();
+        let e = ds.load(2, None).unwrap_err().to_string();
+        assert!(e.contains("000002.png"), "{e}");
+        // missing file
+        std::fs::remove_file(out.join("rgb").join("000000.png")).unwrap();
+        let e = Dataset::open(&out, 1.0).unwrap_err().to_string();
+        assert!(e.contains("000000.png") && e.contains("missing"), "{e}");
+        // unreadable manifest
+        std::fs::write(out.join("manifest.json"), "{ not json").unwrap();
+        let e = Dataset::open(&out, 1.0).unwrap_err();
+        assert!(e.to_string().contains("manifest.json"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        // refusing to overwrite a non-dataset folder
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("keep.txt"), "precious").unwrap();
+        assert!(write_dataset(&other, &manifest, &samples).is_err());
+        assert_eq!(
+            std::fs::read_to_string(other.join("keep.txt")).unwrap(),
+            "precious"
+        );
+    }
+
+    #[test]
+    fn csv_lists_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = &render_many(Domain::Indoor, 16, 12, 2, 0, 1, false)[0];
+        png::write_rgb(&dir.path().join("a.png"), 16, 12, &s.rgb).unwrap();
+        png::write_depth(&dir.path().join("a_d.png"), 16, 12, &s.depth, 5000.0).unwrap();
+        let csv = dir.path().join("list.csv");
+        std::fs::write(&csv, "rgb_path,depth_path\na.png,a_d.png\n").unwrap();
+        let ds = Dataset::open(&csv, 5000.0).unwrap();
+        let back = ds.load(0, None).unwrap();
+        assert!((back.depth[7] - s.depth[7]).abs() < 1e-3);
+        std::fs::write(&csv, "a.png,missing.png\n").unwrap();
+        let e = Dataset::open(&csv, 5000.0).unwrap_err().to_string();
+        assert!(e.contains("missing.png"), "{e}");
+    }
 }

@@ -101,16 +101,28 @@ pub fn encode_depth(depth: &[f32], depth_scale: f32) -> Vec<u16> {
         .collect()
 }
 
-pub fn write_depth(path: &Path, width: usize, height: usize, depth: &[f32], depth_scale: f32) -> Result<()> {
+pub fn write_depth(
+    path: &Path,
+    width: usize,
+    height: usize,
+    depth: &[f32],
+    depth_scale: f32,
+) -> Result<()> {
     write_u16(path, width, height, &encode_depth(depth, depth_scale))
 }
 
 /// The turbo colour map (Google, 2019), polynomial approximation, `t` in [0, 1].
 pub fn turbo(t: f32) -> [u8; 3] {
     let t = t.clamp(0.0, 1.0) as f64;
-    let r = 0.13572138 + t * (4.61539260 + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
-    let g = 0.09140261 + t * (2.19418839 + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
-    let b = 0.10667330 + t * (12.64194608 + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
+    let r = 0.13572138
+        + t * (4.61539260
+            + t * (-42.66032258 + t * (132.13108234 + t * (-152.94239396 + t * 59.28637943))));
+    let g = 0.09140261
+        + t * (2.19418839
+            + t * (4.84296658 + t * (-14.18503333 + t * (4.27729857 + t * 2.82956604))));
+    let b = 0.10667330
+        + t * (12.64194608
+            + t * (-60.58204836 + t * (110.36276771 + t * (-89.90310912 + t * 27.34824973))));
     [r, g, b].map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
 }
 
@@ -131,7 +143,11 @@ pub fn colorize_depth(depth: &[f32], min: f32, max: f32) -> Vec<u8> {
 
 /// 2nd and 98th percentile of the valid depths (a robust colour range).
 pub fn depth_range(depth: &[f32]) -> (f32, f32) {
-    let mut v: Vec<f32> = depth.iter().copied().filter(|d| *d > 0.0 && d.is_finite()).collect();
+    let mut v: Vec<f32> = depth
+        .iter()
+        .copied()
+        .filter(|d| *d > 0.0 && d.is_finite())
+        .collect();
     if v.is_empty() {
         return (0.0, 1.0);
     }

@@ -30,13 +30,27 @@ pub enum Node {
         batch_norm: bool,
         act: Act,
     },
-    Add { a: usize, b: usize, act: Act },
-    Concat { inputs: Vec<usize> },
+    Add {
+        a: usize,
+        b: usize,
+        act: Act,
+    },
+    Concat {
+        inputs: Vec<usize>,
+    },
     /// Nearest-neighbour upsampling by an integer factor (power of two).
-    Upsample { input: usize, factor: usize },
-    GlobalAvgPool { input: usize },
+    Upsample {
+        input: usize,
+        factor: usize,
+    },
+    GlobalAvgPool {
+        input: usize,
+    },
     /// `input · scale` with `scale` N×C×1×1.
-    Mul { input: usize, scale: usize },
+    Mul {
+        input: usize,
+        scale: usize,
+    },
 }
 
 /// An architecture: nodes in execution order; the last node is the depth output (1 channel).
@@ -59,18 +73,36 @@ pub struct NodeShape {
 impl GraphSpec {
     /// Output shapes of every node for an input of `width × height`, checking the graph.
     pub fn shapes(&self, width: usize, height: usize) -> Result<Vec<NodeShape>> {
-        let bad = |i: usize, msg: &str| Error::Usage(format!("architecture {}: node {i}: {msg}", self.name));
+        let bad = |i: usize, msg: &str| {
+            Error::Usage(format!("architecture {}: node {i}: {msg}", self.name))
+        };
         let mut shapes: Vec<NodeShape> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
-            let get = |j: usize| shapes.get(j).copied().ok_or_else(|| bad(i, "refers to a later node"));
+            let get = |j: usize| {
+                shapes
+                    .get(j)
+                    .copied()
+                    .ok_or_else(|| bad(i, "refers to a later node"))
+            };
             let s = match node {
                 Node::Input => {
                     if i != 0 {
                         return Err(bad(i, "input must be the first node"));
                     }
-                    NodeShape { channels: 3, height, width }
+                    NodeShape {
+                        channels: 3,
+                        height,
+                        width,
+                    }
                 }
-                Node::Conv { input, out_channels, kernel, stride, depthwise, .. } => {
+                Node::Conv {
+                    input,
+                    out_channels,
+                    kernel,
+                    stride,
+                    depthwise,
+                    ..
+                } => {
                     let x = get(*input)?;
                     if *depthwise && *out_channels != x.channels {
                         return Err(bad(i, "depthwise conv must keep the channel count"));
@@ -78,7 +110,11 @@ impl GraphSpec {
                     if !matches!(kernel, 1 | 3 | 5) || !matches!(stride, 1 | 2) {
                         return Err(bad(i, "kernel must be 1, 3 or 5 and stride 1 or 2"));
                     }
-                    NodeShape { channels: *out_channels, height: x.height.div_ceil(*stride), width: x.width.div_ceil(*stride) }
+                    NodeShape {
+                        channels: *out_channels,
+                        height: x.height.div_ceil(*stride),
+                        width: x.width.div_ceil(*stride),
+                    }
                 }
                 Node::Add { a, b, .. } => {
                     let (x, y) = (get(*a)?, get(*b)?);
@@ -97,13 +133,24 @@ impl GraphSpec {
                         }
                         c += s.channels;
                     }
-                    NodeShape { channels: c, ..first }
+                    NodeShape {
+                        channels: c,
+                        ..first
+                    }
                 }
                 Node::Upsample { input, factor } => {
                     let x = get(*input)?;
-                    NodeShape { channels: x.channels, height: x.height * factor, width: x.width * factor }
+                    NodeShape {
+                        channels: x.channels,
+                        height: x.height * factor,
+                        width: x.width * factor,
+                    }
                 }
-                Node::GlobalAvgPool { input } => NodeShape { channels: get(*input)?.channels, height: 1, width: 1 },
+                Node::GlobalAvgPool { input } => NodeShape {
+                    channels: get(*input)?.channels,
+                    height: 1,
+                    width: 1,
+                },
                 Node::Mul { input, scale } => {
                     let (x, s) = (get(*input)?, get(*scale)?);
                     if s.channels != x.channels || s.height != 1 || s.width != 1 {
@@ -131,14 +178,22 @@ impl GraphSpec {
         for node in &self.nodes {
             let c = match node {
                 Node::Input => 3,
-                Node::Conv { input, out_channels, kernel, depthwise, .. } => {
+                Node::Conv {
+                    input,
+                    out_channels,
+                    kernel,
+                    depthwise,
+                    ..
+                } => {
                     let cin = if *depthwise { 1 } else { channels[*input] };
                     total += out_channels * cin * kernel * kernel + out_channels;
                     *out_channels
                 }
                 Node::Add { a, .. } => channels[*a],
                 Node::Concat { inputs } => inputs.iter().map(|&j| channels[j]).sum(),
-                Node::Upsample { input, .. } | Node::GlobalAvgPool { input } | Node::Mul { input, .. } => channels[*input],
+                Node::Upsample { input, .. }
+                | Node::GlobalAvgPool { input }
+                | Node::Mul { input, .. } => channels[*input],
             };
             channels.push(c);
         }
@@ -153,8 +208,17 @@ impl GraphSpec {
             let out = shapes[i];
             let elems = (out.channels * out.height * out.width) as u64;
             total += match node {
-                Node::Conv { input, kernel, depthwise, .. } => {
-                    let cin = if *depthwise { 1 } else { shapes[*input].channels } as u64;
+                Node::Conv {
+                    input,
+                    kernel,
+                    depthwise,
+                    ..
+                } => {
+                    let cin = if *depthwise {
+                        1
+                    } else {
+                        shapes[*input].channels
+                    } as u64;
                     elems * (kernel * kernel) as u64 * cin
                 }
                 Node::Mul { .. } => elems,
@@ -200,31 +264,65 @@ impl GraphNet {
             let vb = vb.pp(format!("n{i}"));
             let (c, conv) = match node {
                 Node::Input => (3, None),
-                Node::Conv { input, out_channels, kernel, stride, depthwise, batch_norm, .. } => {
+                Node::Conv {
+                    input,
+                    out_channels,
+                    kernel,
+                    stride,
+                    depthwise,
+                    batch_norm,
+                    ..
+                } => {
                     let cin = channels[*input];
                     let groups = if *depthwise { cin } else { 1 };
                     let fan_in = (cin / groups) * kernel * kernel;
                     let weight = vb.get_with_hints(
                         (*out_channels, cin / groups, *kernel, *kernel),
                         "weight",
-                        Init::Randn { mean: 0.0, stdev: (2.0 / fan_in as f64).sqrt() },
+                        Init::Randn {
+                            mean: 0.0,
+                            stdev: (2.0 / fan_in as f64).sqrt(),
+                        },
                     )?;
                     let bn = if *batch_norm {
-                        Some(candle_nn::batch_norm(*out_channels, BatchNormConfig { eps: BN_EPS, ..Default::default() }, vb.pp("bn"))?)
+                        Some(candle_nn::batch_norm(
+                            *out_channels,
+                            BatchNormConfig {
+                                eps: BN_EPS,
+                                ..Default::default()
+                            },
+                            vb.pp("bn"),
+                        )?)
                     } else {
                         None
                     };
                     let bias = if *batch_norm {
                         None
                     } else {
-                        let init = if i == last { spec.output_bias as f64 } else { 0.0 };
+                        let init = if i == last {
+                            spec.output_bias as f64
+                        } else {
+                            0.0
+                        };
                         Some(vb.get_with_hints(*out_channels, "bias", Init::Const(init))?)
                     };
-                    (*out_channels, Some(ConvLayer { weight, bias, bn, stride: *stride, padding: kernel / 2, groups }))
+                    (
+                        *out_channels,
+                        Some(ConvLayer {
+                            weight,
+                            bias,
+                            bn,
+                            stride: *stride,
+                            padding: kernel / 2,
+                            groups,
+                        }),
+                    )
                 }
                 Node::Add { a, .. } => (channels[*a], None),
                 Node::Concat { inputs } => (inputs.iter().map(|&j| channels[j]).sum(), None),
-                Node::Upsample { input, .. } | Node::GlobalAvgPool { input } | Node::Mul { input, .. } => (channels[*input], None),
+                Node::Upsample { input, .. }
+                | Node::GlobalAvgPool { input }
+                | Node::Mul { input, .. } => (channels[*input], None),
             };
             channels.push(c);
             convs.push(conv);
@@ -245,8 +343,16 @@ impl GraphNet {
             let out = match node {
                 Node::Input => (x.clone(), None),
                 Node::Conv { input, act, .. } => {
-                    let layer = self.convs[i].as_ref().ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
-                    let mut y = v(*input).conv2d(&layer.weight, layer.padding, layer.stride, 1, layer.groups)?;
+                    let layer = self.convs[i]
+                        .as_ref()
+                        .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
+                    let mut y = v(*input).conv2d(
+                        &layer.weight,
+                        layer.padding,
+                        layer.stride,
+                        1,
+                        layer.groups,
+                    )?;
                     if let Some(b) = &layer.bias {
                         y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                     }
@@ -266,7 +372,9 @@ impl GraphNet {
                     let (_, _, h, w) = t.dims4()?;
                     (t.upsample_nearest2d(h * factor, w * factor)?, None)
                 }
-                Node::GlobalAvgPool { input } => (v(*input).mean_keepdim(2)?.mean_keepdim(3)?, None),
+                Node::GlobalAvgPool { input } => {
+                    (v(*input).mean_keepdim(2)?.mean_keepdim(3)?, None)
+                }
                 Node::Mul { input, scale } => (v(*input).broadcast_mul(&v(*scale))?, None),
             };
             values.push(out);
@@ -277,21 +385,37 @@ impl GraphNet {
     /// Depth in metres, N×1×H×W.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut values = self.forward_nodes(x, train)?;
-        values.pop().map(|(t, _)| t).ok_or_else(|| Error::Runtime("empty graph".into()))
+        values
+            .pop()
+            .map(|(t, _)| t)
+            .ok_or_else(|| Error::Runtime("empty graph".into()))
     }
 
     /// Folded convolution parameters of node `i` as `(weight [O, I/g, k, k], bias [O])` in f32:
     /// BatchNorm folded in (`w·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`).
     pub fn folded_conv(&self, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let layer = self.convs.get(i).and_then(|c| c.as_ref()).ok_or_else(|| Error::Runtime(format!("node {i} is not a convolution")))?;
+        let layer = self
+            .convs
+            .get(i)
+            .and_then(|c| c.as_ref())
+            .ok_or_else(|| Error::Runtime(format!("node {i} is not a convolution")))?;
         let oc = layer.weight.dim(0)?;
-        let w = layer.weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let w = layer
+            .weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut bias = match &layer.bias {
             Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
             None => vec![0.0; oc],
         };
-        let Some(bn) = &layer.bn else { return Ok((w, bias)) };
-        let (mean, var) = (bn.running_mean().to_vec1::<f32>()?, bn.running_var().to_vec1::<f32>()?);
+        let Some(bn) = &layer.bn else {
+            return Ok((w, bias));
+        };
+        let (mean, var) = (
+            bn.running_mean().to_vec1::<f32>()?,
+            bn.running_var().to_vec1::<f32>()?,
+        );
         let (gamma, beta) = match bn.weight_and_bias() {
             Some((g, b)) => (g.to_vec1::<f32>()?, b.to_vec1::<f32>()?),
             None => (vec![1.0; oc], vec![0.0; oc]),
@@ -311,18 +435,28 @@ impl GraphNet {
 
 impl Module for GraphNet {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_t(x, false).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.forward_t(x, false)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
 /// Input tensor from RGB samples: N×3×H×W in [0, 1].
-pub fn images_to_tensor(images: &[&[u8]], width: usize, height: usize, device: &Device) -> Result<Tensor> {
+pub fn images_to_tensor(
+    images: &[&[u8]],
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let n = images.len();
     let mut data = vec![0f32; n * 3 * height * width];
     let plane = height * width;
     for (b, img) in images.iter().enumerate() {
         if img.len() != plane * 3 {
-            return Err(Error::Runtime(format!("image {b} has {} bytes, expected {}", img.len(), plane * 3)));
+            return Err(Error::Runtime(format!(
+                "image {b} has {} bytes, expected {}",
+                img.len(),
+                plane * 3
+            )));
         }
         for p in 0..plane {
             for c in 0..3 {

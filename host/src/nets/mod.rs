@@ -22,21 +22,46 @@ struct Builder {
 
 impl Builder {
     fn new() -> Self {
-        Builder { nodes: vec![Node::Input] }
+        Builder {
+            nodes: vec![Node::Input],
+        }
     }
     fn push(&mut self, n: Node) -> usize {
         self.nodes.push(n);
         self.nodes.len() - 1
     }
-    fn conv(&mut self, input: usize, out_channels: usize, kernel: usize, stride: usize, act: Act) -> usize {
-        self.push(Node::Conv { input, out_channels, kernel, stride, depthwise: false, batch_norm: true, act })
+    fn conv(
+        &mut self,
+        input: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        act: Act,
+    ) -> usize {
+        self.push(Node::Conv {
+            input,
+            out_channels,
+            kernel,
+            stride,
+            depthwise: false,
+            batch_norm: true,
+            act,
+        })
     }
     fn up(&mut self, input: usize) -> usize {
         self.push(Node::Upsample { input, factor: 2 })
     }
     /// The depth head: a biased conv without BatchNorm or activation.
     fn head(&mut self, input: usize) -> usize {
-        self.push(Node::Conv { input, out_channels: 1, kernel: 3, stride: 1, depthwise: false, batch_norm: false, act: Act::None })
+        self.push(Node::Conv {
+            input,
+            out_channels: 1,
+            kernel: 3,
+            stride: 1,
+            depthwise: false,
+            batch_norm: false,
+            act: Act::None,
+        })
     }
 }
 
@@ -49,7 +74,11 @@ fn demo_teacher(width: f32) -> GraphSpec {
     let residual = |b: &mut Builder, x: usize, c: usize| {
         let y = b.conv(x, c, 3, 1, Act::Relu);
         let y = b.conv(y, c, 3, 1, Act::None);
-        b.push(Node::Add { a: y, b: x, act: Act::Relu })
+        b.push(Node::Add {
+            a: y,
+            b: x,
+            act: Act::Relu,
+        })
     };
     let s1 = b.conv(0, c1, 3, 2, Act::Relu);
     let s1 = residual(&mut b, s1, c1);
@@ -63,12 +92,20 @@ fn demo_teacher(width: f32) -> GraphSpec {
     for (skip, c) in [(s3, c3), (s2, c2), (s1, c1)] {
         let u = b.up(x);
         let u = b.conv(u, c, 3, 1, Act::Relu);
-        x = b.push(Node::Add { a: u, b: skip, act: Act::Relu });
+        x = b.push(Node::Add {
+            a: u,
+            b: skip,
+            act: Act::Relu,
+        });
     }
     let u = b.up(x);
     let u = b.conv(u, c1, 3, 1, Act::Relu);
     b.head(u);
-    GraphSpec { name: "demo-teacher".into(), nodes: b.nodes, output_bias: 3.0 }
+    GraphSpec {
+        name: "demo-teacher".into(),
+        nodes: b.nodes,
+        output_bias: 3.0,
+    }
 }
 
 /// A small student (stride 8) with squeeze-excitation at the bottleneck, an add skip and a concat
@@ -84,30 +121,58 @@ fn demo_student(width: f32) -> GraphSpec {
     let x = b.conv(s2, c3, 3, 2, Act::Relu);
     let x = b.conv(x, c3, 3, 1, Act::Relu);
     let pooled = b.push(Node::GlobalAvgPool { input: x });
-    let gate = b.push(Node::Conv { input: pooled, out_channels: c3, kernel: 1, stride: 1, depthwise: false, batch_norm: false, act: Act::Sigmoid });
-    let x = b.push(Node::Mul { input: x, scale: gate });
+    let gate = b.push(Node::Conv {
+        input: pooled,
+        out_channels: c3,
+        kernel: 1,
+        stride: 1,
+        depthwise: false,
+        batch_norm: false,
+        act: Act::Sigmoid,
+    });
+    let x = b.push(Node::Mul {
+        input: x,
+        scale: gate,
+    });
     let x = b.up(x);
     let x = b.conv(x, c2, 3, 1, Act::Relu6);
-    let x = b.push(Node::Add { a: x, b: s2, act: Act::Relu });
+    let x = b.push(Node::Add {
+        a: x,
+        b: s2,
+        act: Act::Relu,
+    });
     let x = b.up(x);
     let x = b.conv(x, c1, 3, 1, Act::Relu);
-    let x = b.push(Node::Concat { inputs: vec![x, s1] });
+    let x = b.push(Node::Concat {
+        inputs: vec![x, s1],
+    });
     let x = b.conv(x, c1, 3, 1, Act::Relu);
     let x = b.up(x);
     b.head(x);
-    GraphSpec { name: "demo-student".into(), nodes: b.nodes, output_bias: 3.0 }
+    GraphSpec {
+        name: "demo-student".into(),
+        nodes: b.nodes,
+        output_bias: 3.0,
+    }
 }
 
 /// The architecture named `name` at width multiplier `width`.
 pub fn preset(name: &str, width: f32) -> Result<GraphSpec> {
     if !(width.is_finite() && width > 0.0 && width <= 4.0) {
-        return Err(Error::Usage(format!("width multiplier must be in (0, 4], got {width}")));
+        return Err(Error::Usage(format!(
+            "width multiplier must be in (0, 4], got {width}"
+        )));
     }
     match name {
         "demo-teacher" => Ok(demo_teacher(width)),
         "demo-student" => Ok(demo_student(width)),
-        "resnet18-mff" | "resnet34-mff" | "mbv2-mff" | "micro" => Err(Error::NotAvailable("this architecture (arrives with the networks release)")),
-        other => Err(Error::Usage(format!("unknown architecture {other:?}; known: {}", PRESETS.join(", ")))),
+        "resnet18-mff" | "resnet34-mff" | "mbv2-mff" | "micro" => Err(Error::NotAvailable(
+            "this architecture (arrives with the networks release)",
+        )),
+        other => Err(Error::Usage(format!(
+            "unknown architecture {other:?}; known: {}",
+            PRESETS.join(", ")
+        ))),
     }
 }
 
@@ -125,7 +190,10 @@ impl Net {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
         let net = GraphNet::new(spec, vb)?;
-        let data = vars.data().lock().map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
         let mut rng = crate::rng::Rng::new(seed);
@@ -135,22 +203,38 @@ impl Net {
             if dims.len() == 4 {
                 let fan_in = dims[1] * dims[2] * dims[3];
                 let std = (2.0 / fan_in as f32).sqrt();
-                let values: Vec<f32> = (0..dims.iter().product::<usize>()).map(|_| rng.normal() * std).collect();
+                let values: Vec<f32> = (0..dims.iter().product::<usize>())
+                    .map(|_| rng.normal() * std)
+                    .collect();
                 var.set(&candle_core::Tensor::from_vec(values, dims, device)?)?;
             }
         }
         drop(data);
-        Ok(Net { net, vars, device: device.clone() })
+        Ok(Net {
+            net,
+            vars,
+            device: device.clone(),
+        })
     }
 
     /// Writes weights, BatchNorm statistics and the architecture (metadata `depthling.arch`) to a
     /// safetensors file, through a temporary name.
     pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
-        let data = self.vars.data().lock().map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        let tensors: Vec<(String, candle_core::Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        let tensors: Vec<(String, candle_core::Tensor)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
         drop(data);
         let mut meta: HashMap<String, String> = HashMap::new();
-        meta.insert("depthling.arch".into(), serde_json::to_string(self.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?);
+        meta.insert(
+            "depthling.arch".into(),
+            serde_json::to_string(self.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?,
+        );
         for (k, v) in extra {
             meta.insert(format!("depthling.{k}"), v.clone());
         }
@@ -158,8 +242,12 @@ impl Net {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta), &tmp)
-            .map_err(|e| Error::Runtime(format!("{}: cannot write checkpoint: {e}", path.display())))?;
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(meta),
+            &tmp,
+        )
+        .map_err(|e| Error::Runtime(format!("{}: cannot write checkpoint: {e}", path.display())))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 
@@ -172,10 +260,15 @@ impl Net {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| Error::bad_input(path, format!("not a safetensors checkpoint ({e})")))?;
         let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
-        let arch = meta.get("depthling.arch").ok_or_else(|| Error::bad_input(path, "no depthling architecture in the checkpoint metadata"))?;
-        let spec: GraphSpec = serde_json::from_str(arch).map_err(|e| Error::bad_input(path, format!("unreadable architecture: {e}")))?;
+        let arch = meta.get("depthling.arch").ok_or_else(|| {
+            Error::bad_input(path, "no depthling architecture in the checkpoint metadata")
+        })?;
+        let spec: GraphSpec = serde_json::from_str(arch)
+            .map_err(|e| Error::bad_input(path, format!("unreadable architecture: {e}")))?;
         let mut net = Net::new(spec, device, 0)?;
-        net.vars.load(path).map_err(|e| Error::bad_input(path, format!("weights do not match the architecture ({e})")))?;
+        net.vars.load(path).map_err(|e| {
+            Error::bad_input(path, format!("weights do not match the architecture ({e})"))
+        })?;
         Ok((net, meta))
     }
 }

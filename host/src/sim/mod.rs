@@ -101,65 +101,146 @@ fn boxed(center: V3, half: V3, yaw: f32, material: Material, instance: u16) -> O
 
 /// A room: floor, ceiling and four walls as planes, furniture from boxes and cylinders.
 fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
-    let (rw, rd, rh) = (rng.range(3.0, 8.0), rng.range(3.0, 8.0), rng.range(2.4, 3.2));
+    let (rw, rd, rh) = (
+        rng.range(3.0, 8.0),
+        rng.range(3.0, 8.0),
+        rng.range(2.4, 3.2),
+    );
     let mut objects = Vec::new();
-    let floor_tex = *rng.pick(&[Texture::Wood, Texture::Tiles, Texture::Checker, Texture::Fabric]);
+    let floor_tex = *rng.pick(&[
+        Texture::Wood,
+        Texture::Tiles,
+        Texture::Checker,
+        Texture::Fabric,
+    ]);
     let wall = material(rng, Texture::Painted, false);
     let plane = |normal: V3, d: f32, m: Material| Object {
         shape: Shape::Plane { normal, d },
         material: m,
         instance: 0,
     };
-    objects.push(plane(v3(0.0, 1.0, 0.0), 0.0, material(rng, floor_tex, false)));
-    objects.push(plane(v3(0.0, 1.0, 0.0), rh, material(rng, Texture::Painted, false)));
-    let side_wall = if rng.chance(0.3) { material(rng, Texture::Painted, false) } else { wall };
+    objects.push(plane(
+        v3(0.0, 1.0, 0.0),
+        0.0,
+        material(rng, floor_tex, false),
+    ));
+    objects.push(plane(
+        v3(0.0, 1.0, 0.0),
+        rh,
+        material(rng, Texture::Painted, false),
+    ));
+    let side_wall = if rng.chance(0.3) {
+        material(rng, Texture::Painted, false)
+    } else {
+        wall
+    };
     objects.push(plane(v3(1.0, 0.0, 0.0), 0.0, side_wall));
     objects.push(plane(v3(1.0, 0.0, 0.0), rw, side_wall));
     objects.push(plane(v3(0.0, 0.0, 1.0), 0.0, wall));
     objects.push(plane(v3(0.0, 0.0, 1.0), rd, wall));
 
-    let cam_pos = v3(rng.range(0.3, 0.7) * rw, rng.range(1.0, 1.8), rng.range(0.15, 0.5));
-    let mut instance = 1u16;
-    let furniture = rng.int(3, 8);
-    for _ in 0..furniture {
+    let cam_pos = v3(
+        rng.range(0.3, 0.7) * rw,
+        rng.range(1.0, 1.8),
+        rng.range(0.15, 0.5),
+    );
+    let furniture = rng.int(3, 8) as u16;
+    for instance in 1..=furniture {
         let kind = rng.int(0, 5);
         let against_wall = rng.chance(0.5);
         let x = rng.range(0.4, rw - 0.4);
-        let z = if against_wall { rd - rng.range(0.3, 0.6) } else { rng.range(cam_pos.z + 1.0, rd - 0.4).max(cam_pos.z + 0.8) };
-        let yaw = if against_wall { 0.0 } else { rng.range(-0.6, 0.6) };
-        let tex = *rng.pick(&[Texture::Wood, Texture::Fabric, Texture::Painted, Texture::Noise]);
+        let z = if against_wall {
+            rd - rng.range(0.3, 0.6)
+        } else {
+            rng.range(cam_pos.z + 1.0, rd - 0.4).max(cam_pos.z + 0.8)
+        };
+        let yaw = if against_wall {
+            0.0
+        } else {
+            rng.range(-0.6, 0.6)
+        };
+        let tex = *rng.pick(&[
+            Texture::Wood,
+            Texture::Fabric,
+            Texture::Painted,
+            Texture::Noise,
+        ]);
         let m = material(rng, tex, false);
         match kind {
             // table: top and four legs
             0 => {
-                let (hw, hd, top) = (rng.range(0.4, 0.9), rng.range(0.3, 0.6), rng.range(0.7, 0.8));
+                let (hw, hd, top) = (
+                    rng.range(0.4, 0.9),
+                    rng.range(0.3, 0.6),
+                    rng.range(0.7, 0.8),
+                );
                 objects.push(boxed(v3(x, top, z), v3(hw, 0.03, hd), yaw, m, instance));
                 for (sx, sz) in [(-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)] {
                     let off = math_rot(v3(sx * (hw - 0.05), 0.0, sz * (hd - 0.05)), yaw);
-                    objects.push(boxed(v3(x, top / 2.0, z) + off, v3(0.03, top / 2.0, 0.03), yaw, m, instance));
+                    objects.push(boxed(
+                        v3(x, top / 2.0, z) + off,
+                        v3(0.03, top / 2.0, 0.03),
+                        yaw,
+                        m,
+                        instance,
+                    ));
                 }
             }
             // bed
             1 => {
                 let (hw, hd) = (rng.range(0.5, 0.9), rng.range(0.9, 1.1));
-                objects.push(boxed(v3(x, 0.25, z), v3(hw, 0.25, hd), yaw, material(rng, Texture::Fabric, false), instance));
-                objects.push(boxed(v3(x, 0.5, z) + math_rot(v3(0.0, 0.0, hd), yaw), v3(hw, 0.5, 0.05), yaw, m, instance));
+                objects.push(boxed(
+                    v3(x, 0.25, z),
+                    v3(hw, 0.25, hd),
+                    yaw,
+                    material(rng, Texture::Fabric, false),
+                    instance,
+                ));
+                objects.push(boxed(
+                    v3(x, 0.5, z) + math_rot(v3(0.0, 0.0, hd), yaw),
+                    v3(hw, 0.5, 0.05),
+                    yaw,
+                    m,
+                    instance,
+                ));
             }
             // shelf / wardrobe
             2 => {
                 let (hw, hh) = (rng.range(0.3, 0.8), rng.range(0.6, 1.1));
-                objects.push(boxed(v3(x, hh, z), v3(hw, hh, rng.range(0.15, 0.3)), yaw, m, instance));
+                objects.push(boxed(
+                    v3(x, hh, z),
+                    v3(hw, hh, rng.range(0.15, 0.3)),
+                    yaw,
+                    m,
+                    instance,
+                ));
             }
             // sofa: seat and back
             3 => {
                 let hw = rng.range(0.6, 1.1);
                 let fabric = material(rng, Texture::Fabric, false);
-                objects.push(boxed(v3(x, 0.22, z), v3(hw, 0.22, 0.4), yaw, fabric, instance));
-                objects.push(boxed(v3(x, 0.45, z) + math_rot(v3(0.0, 0.0, 0.32), yaw), v3(hw, 0.45, 0.1), yaw, fabric, instance));
+                objects.push(boxed(
+                    v3(x, 0.22, z),
+                    v3(hw, 0.22, 0.4),
+                    yaw,
+                    fabric,
+                    instance,
+                ));
+                objects.push(boxed(
+                    v3(x, 0.45, z) + math_rot(v3(0.0, 0.0, 0.32), yaw),
+                    v3(hw, 0.45, 0.1),
+                    yaw,
+                    fabric,
+                    instance,
+                ));
             }
             // cabinet / box
             4 => {
-                let half = v3(rng.range(0.2, 0.5), rng.range(0.2, 0.5), rng.range(0.2, 0.4));
+                let half = v3(
+                    rng.range(0.2, 0.5),
+                    rng.range(0.2, 0.5),
+                    rng.range(0.2, 0.4),
+                );
                 objects.push(boxed(v3(x, half.y, z), half, yaw, m, instance));
             }
             // lamp or stool: cylinder, sometimes with a ball
@@ -167,20 +248,26 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
                 let r = rng.range(0.1, 0.3);
                 let hgt = rng.range(0.4, 1.5);
                 objects.push(Object {
-                    shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: r, height: hgt },
+                    shape: Shape::Cylinder {
+                        base: v3(x, 0.0, z),
+                        radius: r,
+                        height: hgt,
+                    },
                     material: m,
                     instance,
                 });
                 if rng.chance(0.5) {
                     objects.push(Object {
-                        shape: Shape::Sphere { center: v3(x, hgt + r, z), radius: r * 1.2 },
+                        shape: Shape::Sphere {
+                            center: v3(x, hgt + r, z),
+                            radius: r * 1.2,
+                        },
                         material: material(rng, Texture::Flat, false),
                         instance,
                     });
                 }
             }
         }
-        instance += 1;
     }
     let lights = (0..rng.int(1, 3))
         .map(|_| Light {
@@ -191,7 +278,15 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
     let target_x = rng.range(0.3, 0.7) * rw;
     let yaw = ((target_x - cam_pos.x) / (rd - cam_pos.z)).atan() + rng.range(-0.15, 0.15);
     let pitch = rng.range(-0.35, -0.05);
-    let cam = Camera::looking(cam_pos, yaw, pitch, rng.range(-0.03, 0.03), width, height, Domain::Indoor.focal_fraction());
+    let cam = Camera::looking(
+        cam_pos,
+        yaw,
+        pitch,
+        rng.range(-0.03, 0.03),
+        width,
+        height,
+        Domain::Indoor.focal_fraction(),
+    );
     let scene = Scene {
         objects,
         lights,
@@ -212,21 +307,46 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
     let mut objects = Vec::new();
     let road_half = rng.range(3.5, 6.0);
     objects.push(Object {
-        shape: Shape::Plane { normal: v3(0.0, 1.0, 0.0), d: 0.0 },
-        material: Material { albedo: v3(0.3, 0.3, 0.32), texture: Texture::Noise, frequency: 2.0, accent: v3(0.22, 0.22, 0.24) },
+        shape: Shape::Plane {
+            normal: v3(0.0, 1.0, 0.0),
+            d: 0.0,
+        },
+        material: Material {
+            albedo: v3(0.3, 0.3, 0.32),
+            texture: Texture::Noise,
+            frequency: 2.0,
+            accent: v3(0.22, 0.22, 0.24),
+        },
         instance: 0,
     });
     let walk = material(rng, Texture::Tiles, false);
     for side in [-1.0f32, 1.0] {
-        objects.push(boxed(v3(side * (road_half + 2.0), 0.075, 60.0), v3(2.0, 0.075, 70.0), 0.0, walk, 0));
+        objects.push(boxed(
+            v3(side * (road_half + 2.0), 0.075, 60.0),
+            v3(2.0, 0.075, 70.0),
+            0.0,
+            walk,
+            0,
+        ));
         let mut z = rng.range(-5.0, 5.0);
         while z < 110.0 {
             let len = rng.range(6.0, 20.0);
             let h = rng.range(6.0, 25.0);
             let depth = rng.range(5.0, 12.0);
             let x = side * (road_half + 4.0 + depth);
-            let tex = *rng.pick(&[Texture::Tiles, Texture::Painted, Texture::Noise, Texture::Checker]);
-            objects.push(boxed(v3(x, h / 2.0, z + len / 2.0), v3(depth, h / 2.0, len / 2.0), 0.0, material(rng, tex, false), 0));
+            let tex = *rng.pick(&[
+                Texture::Tiles,
+                Texture::Painted,
+                Texture::Noise,
+                Texture::Checker,
+            ]);
+            objects.push(boxed(
+                v3(x, h / 2.0, z + len / 2.0),
+                v3(depth, h / 2.0, len / 2.0),
+                0.0,
+                material(rng, tex, false),
+                0,
+            ));
             z += len + rng.range(0.0, 4.0);
         }
     }
@@ -236,8 +356,20 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         let x = lane * rng.range(1.0, road_half - 1.0);
         let z = rng.range(5.0, 60.0);
         let body = material(rng, Texture::Flat, true);
-        objects.push(boxed(v3(x, 0.55, z), v3(0.9, 0.4, 2.2), rng.range(-0.1, 0.1), body, instance));
-        objects.push(boxed(v3(x, 1.2, z - 0.2), v3(0.8, 0.3, 1.2), 0.0, body, instance));
+        objects.push(boxed(
+            v3(x, 0.55, z),
+            v3(0.9, 0.4, 2.2),
+            rng.range(-0.1, 0.1),
+            body,
+            instance,
+        ));
+        objects.push(boxed(
+            v3(x, 1.2, z - 0.2),
+            v3(0.8, 0.3, 1.2),
+            0.0,
+            body,
+            instance,
+        ));
         instance += 1;
     }
     for _ in 0..rng.int(3, 10) {
@@ -246,26 +378,50 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         let z = rng.range(3.0, 70.0);
         if rng.chance(0.5) {
             objects.push(Object {
-                shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: 0.08, height: rng.range(3.0, 6.0) },
+                shape: Shape::Cylinder {
+                    base: v3(x, 0.0, z),
+                    radius: 0.08,
+                    height: rng.range(3.0, 6.0),
+                },
                 material: material(rng, Texture::Flat, false),
                 instance,
             });
         } else {
             let trunk = rng.range(1.5, 3.0);
             objects.push(Object {
-                shape: Shape::Cylinder { base: v3(x, 0.0, z), radius: 0.15, height: trunk },
-                material: Material { albedo: v3(0.35, 0.25, 0.15), texture: Texture::Wood, frequency: 3.0, accent: v3(0.25, 0.18, 0.1) },
+                shape: Shape::Cylinder {
+                    base: v3(x, 0.0, z),
+                    radius: 0.15,
+                    height: trunk,
+                },
+                material: Material {
+                    albedo: v3(0.35, 0.25, 0.15),
+                    texture: Texture::Wood,
+                    frequency: 3.0,
+                    accent: v3(0.25, 0.18, 0.1),
+                },
                 instance,
             });
             objects.push(Object {
-                shape: Shape::Sphere { center: v3(x, trunk + 1.0, z), radius: rng.range(1.0, 2.0) },
-                material: Material { albedo: v3(0.2, rng.range(0.35, 0.55), 0.15), texture: Texture::Noise, frequency: 2.0, accent: v3(0.1, 0.25, 0.08) },
+                shape: Shape::Sphere {
+                    center: v3(x, trunk + 1.0, z),
+                    radius: rng.range(1.0, 2.0),
+                },
+                material: Material {
+                    albedo: v3(0.2, rng.range(0.35, 0.55), 0.15),
+                    texture: Texture::Noise,
+                    frequency: 2.0,
+                    accent: v3(0.1, 0.25, 0.08),
+                },
                 instance,
             });
         }
         instance += 1;
     }
-    let lights = vec![Light { position: v3(rng.range(-50.0, 50.0), 80.0, rng.range(-20.0, 60.0)), intensity: 2.5e3 }];
+    let lights = vec![Light {
+        position: v3(rng.range(-50.0, 50.0), 80.0, rng.range(-20.0, 60.0)),
+        intensity: 2.5e3,
+    }];
     let cam = Camera::looking(
         v3(rng.range(-1.5, 1.5), 1.65, 0.0),
         rng.range(-0.08, 0.08),
@@ -279,7 +435,11 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         objects,
         lights,
         ambient: rng.range(0.3, 0.5),
-        sky: Some(v3(rng.range(0.4, 0.6), rng.range(0.6, 0.75), rng.range(0.85, 1.0))),
+        sky: Some(v3(
+            rng.range(0.4, 0.6),
+            rng.range(0.6, 0.75),
+            rng.range(0.85, 1.0),
+        )),
         max_depth: Domain::Outdoor.max_depth(),
     };
     (scene, cam)
@@ -289,7 +449,11 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
 /// pose: the SceneNet-like out-of-distribution source. Every object gets its own instance id.
 fn ood(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
     let mut objects = Vec::new();
-    let (ew, ed, eh) = (rng.range(4.0, 10.0), rng.range(4.0, 10.0), rng.range(2.5, 6.0));
+    let (ew, ed, eh) = (
+        rng.range(4.0, 10.0),
+        rng.range(4.0, 10.0),
+        rng.range(2.5, 6.0),
+    );
     let tex = |rng: &mut Rng| *rng.pick(&TEXTURES);
     for (normal, d) in [
         (v3(0.0, 1.0, 0.0), 0.0),
@@ -300,32 +464,63 @@ fn ood(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         (v3(0.0, 0.0, 1.0), ed),
     ] {
         let t = tex(rng);
-        objects.push(Object { shape: Shape::Plane { normal, d }, material: material(rng, t, true), instance: 0 });
+        objects.push(Object {
+            shape: Shape::Plane { normal, d },
+            material: material(rng, t, true),
+            instance: 0,
+        });
     }
-    let cam_pos = v3(rng.range(-ew / 4.0, ew / 4.0), rng.range(0.5, eh - 0.5), 0.0);
+    let cam_pos = v3(
+        rng.range(-ew / 4.0, ew / 4.0),
+        rng.range(0.5, eh - 0.5),
+        0.0,
+    );
     let count = rng.int(2, 10);
     for k in 0..count {
         let instance = k as u16 + 1;
         let z = rng.range(0.8, ed - 0.5);
         let x = cam_pos.x + rng.range(-0.7, 0.7) * z * 0.6;
-        let y = if rng.chance(0.5) { rng.range(0.1, eh - 0.3) } else { 0.0 };
+        let y = if rng.chance(0.5) {
+            rng.range(0.1, eh - 0.3)
+        } else {
+            0.0
+        };
         let t = tex(rng);
         let m = material(rng, t, true);
         let size = rng.range(0.15, 1.0);
         let shape = match rng.int(0, 2) {
-            0 => Shape::Sphere { center: v3(x, y.max(size), z), radius: size },
+            0 => Shape::Sphere {
+                center: v3(x, y.max(size), z),
+                radius: size,
+            },
             1 => Shape::Box {
                 center: v3(x, y.max(size * 0.5), z),
-                half: v3(size * rng.range(0.3, 1.2), size * rng.range(0.3, 1.2), size * rng.range(0.3, 1.2)),
+                half: v3(
+                    size * rng.range(0.3, 1.2),
+                    size * rng.range(0.3, 1.2),
+                    size * rng.range(0.3, 1.2),
+                ),
                 yaw: rng.range(0.0, std::f32::consts::PI),
             },
-            _ => Shape::Cylinder { base: v3(x, y, z), radius: size * rng.range(0.2, 0.8), height: size * rng.range(0.5, 3.0) },
+            _ => Shape::Cylinder {
+                base: v3(x, y, z),
+                radius: size * rng.range(0.2, 0.8),
+                height: size * rng.range(0.5, 3.0),
+            },
         };
-        objects.push(Object { shape, material: m, instance });
+        objects.push(Object {
+            shape,
+            material: m,
+            instance,
+        });
     }
     let lights = (0..rng.int(1, 4))
         .map(|_| Light {
-            position: v3(rng.range(-ew / 2.0, ew / 2.0), rng.range(1.0, eh), rng.range(0.0, ed)),
+            position: v3(
+                rng.range(-ew / 2.0, ew / 2.0),
+                rng.range(1.0, eh),
+                rng.range(0.0, ed),
+            ),
             intensity: rng.range(0.3, 1.2),
         })
         .collect();
@@ -338,21 +533,45 @@ fn ood(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         height,
         Domain::Ood.focal_fraction(),
     );
-    let scene = Scene { objects, lights, ambient: rng.range(0.15, 0.5), sky: None, max_depth: Domain::Ood.max_depth() };
+    let scene = Scene {
+        objects,
+        lights,
+        ambient: rng.range(0.15, 0.5),
+        sky: None,
+        max_depth: Domain::Ood.max_depth(),
+    };
     (scene, cam)
 }
 
 /// Renders image `index` of a dataset (deterministic in `seed` and `index`).
-pub fn render_sample(domain: Domain, width: usize, height: usize, seed: u64, index: u64, stereo: bool) -> Sample {
+pub fn render_sample(
+    domain: Domain,
+    width: usize,
+    height: usize,
+    seed: u64,
+    index: u64,
+    stereo: bool,
+) -> Sample {
     let mut rng = Rng::derive(seed, index);
     let (scene, cam) = match domain {
         Domain::Indoor => indoor(&mut rng, width, height),
         Domain::Outdoor => outdoor(&mut rng, width, height),
         Domain::Ood => ood(&mut rng, width, height),
     };
-    let sensor = Sensor { exposure: rng.range(0.8, 1.25), noise_sigma: rng.range(0.003, 0.015) };
+    let sensor = Sensor {
+        exposure: rng.range(0.8, 1.25),
+        noise_sigma: rng.range(0.003, 0.015),
+    };
     let view = render::render(&scene, &cam, sensor, &mut rng);
-    let right = stereo.then(|| render::render(&scene, &cam.shifted_right(domain.baseline()), sensor, &mut rng).rgb);
+    let right = stereo.then(|| {
+        render::render(
+            &scene,
+            &cam.shifted_right(domain.baseline()),
+            sensor,
+            &mut rng,
+        )
+        .rgb
+    });
     Sample {
         width,
         height,
@@ -364,10 +583,64 @@ pub fn render_sample(domain: Domain, width: usize, height: usize, seed: u64, ind
 }
 
 /// Renders `count` samples in parallel (rayon across images).
-pub fn render_many(domain: Domain, width: usize, height: usize, seed: u64, start: u64, count: usize, stereo: bool) -> Vec<Sample> {
+pub fn render_many(
+    domain: Domain,
+    width: usize,
+    height: usize,
+    seed: u64,
+    start: u64,
+    count: usize,
+    stereo: bool,
+) -> Vec<Sample> {
     use rayon::prelude::*;
     (0..count as u64)
         .into_par_iter()
         .map(|i| render_sample(domain, width, height, seed, start + i, stereo))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_bytes_other_seed_other_bytes() {
+        for domain in [Domain::Indoor, Domain::Outdoor, Domain::Ood] {
+            let a = render_sample(domain, 40, 30, 9, 3, true);
+            let b = render_sample(domain, 40, 30, 9, 3, true);
+            assert_eq!(a, b, "{domain:?} is not deterministic");
+            let c = render_sample(domain, 40, 30, 10, 3, true);
+            assert_ne!(a.rgb, c.rgb);
+        }
+    }
+
+    #[test]
+    fn domain_depth_statistics() {
+        let indoor = render_many(Domain::Indoor, 48, 36, 1, 0, 12, false);
+        for s in &indoor {
+            let valid: Vec<f32> = s.depth.iter().copied().filter(|d| *d > 0.0).collect();
+            assert!(
+                valid.len() as f32 >= 0.95 * s.depth.len() as f32,
+                "indoor image with <95% valid depth"
+            );
+            assert!(
+                valid.iter().all(|d| (0.05..=10.0).contains(d)),
+                "indoor depth outside 0.05–10 m"
+            );
+        }
+        let outdoor = render_many(Domain::Outdoor, 48, 36, 1, 0, 6, false);
+        for s in &outdoor {
+            let invalid = s.depth.iter().filter(|d| **d == 0.0).count();
+            assert!(invalid > 0, "outdoor image without sky");
+            assert!(s.depth.iter().all(|d| *d <= 80.0));
+        }
+        let ood = render_many(Domain::Ood, 48, 36, 1, 0, 12, false);
+        for s in &ood {
+            let ids = s.instance.as_ref().expect("ood writes instance masks");
+            let mut seen: Vec<u16> = ids.iter().copied().filter(|i| *i > 0).collect();
+            seen.sort();
+            seen.dedup();
+            assert!(!seen.is_empty(), "no object visible");
+        }
+    }
 }

@@ -7,12 +7,26 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
     /// Infinite plane `n · p = d`.
-    Plane { normal: V3, d: f32 },
+    Plane {
+        normal: V3,
+        d: f32,
+    },
     /// Box rotated by `yaw` about the vertical axis through `center`.
-    Box { center: V3, half: V3, yaw: f32 },
-    Sphere { center: V3, radius: f32 },
+    Box {
+        center: V3,
+        half: V3,
+        yaw: f32,
+    },
+    Sphere {
+        center: V3,
+        radius: f32,
+    },
     /// Vertical capped cylinder standing on `base`.
-    Cylinder { base: V3, radius: f32, height: f32 },
+    Cylinder {
+        base: V3,
+        radius: f32,
+        height: f32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +112,12 @@ impl Camera {
         height: usize,
         focal_fraction: f32,
     ) -> Camera {
-        let forward = v3(yaw.sin() * pitch.cos(), pitch.sin(), yaw.cos() * pitch.cos()).normalized();
+        let forward = v3(
+            yaw.sin() * pitch.cos(),
+            pitch.sin(),
+            yaw.cos() * pitch.cos(),
+        )
+        .normalized();
         let world_up = v3(0.0, 1.0, 0.0);
         let right0 = world_up.cross(forward).normalized();
         let up0 = forward.cross(right0).normalized();
@@ -179,9 +198,13 @@ fn intersect(shape: &Shape, o: V3, d: V3) -> Option<(f32, V3)> {
             let mut tmax = f32::INFINITY;
             let mut axis_min = 0;
             let mut axis_max = 0;
-            for (axis, (p, dir, h)) in [(lo.x, ld.x, half.x), (lo.y, ld.y, half.y), (lo.z, ld.z, half.z)]
-                .into_iter()
-                .enumerate()
+            for (axis, (p, dir, h)) in [
+                (lo.x, ld.x, half.x),
+                (lo.y, ld.y, half.y),
+                (lo.z, ld.z, half.z),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if dir.abs() < 1e-12 {
                     if p.abs() > h {
@@ -193,7 +216,11 @@ fn intersect(shape: &Shape, o: V3, d: V3) -> Option<(f32, V3)> {
                 let (t0, t1) = {
                     let a = (-h - p) * inv;
                     let b = (h - p) * inv;
-                    if a < b { (a, b) } else { (b, a) }
+                    if a < b {
+                        (a, b)
+                    } else {
+                        (b, a)
+                    }
                 };
                 if t0 > tmin {
                     tmin = t0;
@@ -221,7 +248,11 @@ fn intersect(shape: &Shape, o: V3, d: V3) -> Option<(f32, V3)> {
             n[axis] = sign;
             Some((t, rotate_y(v3(n[0], n[1], n[2]), yaw)))
         }
-        Shape::Cylinder { base, radius, height } => {
+        Shape::Cylinder {
+            base,
+            radius,
+            height,
+        } => {
             let mut best: Option<(f32, V3)> = None;
             let lo = o - base;
             // side
@@ -265,7 +296,11 @@ impl Scene {
         for (i, obj) in self.objects.iter().enumerate() {
             if let Some((t, n)) = intersect(&obj.shape, o, d) {
                 if best.as_ref().is_none_or(|b| t < b.t) {
-                    best = Some(Hit { t, normal: n, object: i });
+                    best = Some(Hit {
+                        t,
+                        normal: n,
+                        object: i,
+                    });
                 }
             }
         }
@@ -273,9 +308,9 @@ impl Scene {
     }
 
     fn occluded(&self, o: V3, d: V3, dist: f32) -> bool {
-        self.objects.iter().any(|obj| {
-            intersect(&obj.shape, o, d).is_some_and(|(t, _)| t < dist - 1e-3)
-        })
+        self.objects
+            .iter()
+            .any(|obj| intersect(&obj.shape, o, d).is_some_and(|(t, _)| t < dist - 1e-3))
     }
 
     /// Linear radiance seen along a ray.
@@ -321,7 +356,11 @@ pub fn value_noise(p: V3) -> f32 {
     let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
     let mut c = [0.0f32; 8];
     for (i, v) in c.iter_mut().enumerate() {
-        *v = hash3(ix + (i & 1) as i32, iy + ((i >> 1) & 1) as i32, iz + (i >> 2) as i32);
+        *v = hash3(
+            ix + (i & 1) as i32,
+            iy + ((i >> 1) & 1) as i32,
+            iz + (i >> 2) as i32,
+        );
     }
     let x00 = lerp(c[0], c[1], tx);
     let x10 = lerp(c[2], c[3], tx);
@@ -425,5 +464,9 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
             }
         }
     }
-    View { rgb, depth, instance }
+    View {
+        rgb,
+        depth,
+        instance,
+    }
 }

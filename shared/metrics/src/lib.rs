@@ -417,7 +417,10 @@ mod tests {
             m.rmse_log,
             (e.iter().map(|v| v * v).sum::<f64>() / 3.0).sqrt(),
         );
-        close(m.log10, e.iter().map(|v| v.abs()).sum::<f64>() / 3.0 / 10f64.ln());
+        close(
+            m.log10,
+            e.iter().map(|v| v.abs()).sum::<f64>() / 3.0 / 10f64.ln(),
+        );
         // ratios 1, 1.25 (not < 1.25), 2
         close(m.delta1, 1.0 / 3.0);
         close(m.delta2, 2.0 / 3.0);

@@ -12,20 +12,25 @@ pub fn lifetimes(
 ) -> Result<heapless::Vec<Option<(u16, u16)>, MAX_TENSORS>, LoadError> {
     let mut life: heapless::Vec<Option<(u16, u16)>, MAX_TENSORS> = heapless::Vec::new();
     for _ in tensors {
-        life.push(None)
-            .map_err(|_| LoadError::Graph { reason: "too many tensors" })?;
+        life.push(None).map_err(|_| LoadError::Graph {
+            reason: "too many tensors",
+        })?;
     }
-    let slot = |life: &mut heapless::Vec<Option<(u16, u16)>, MAX_TENSORS>, id: u16, at: u16, op: u16| {
-        let entry = life
-            .get_mut(id as usize)
-            .ok_or(LoadError::Op { index: op, reason: "tensor index out of range" })?;
-        *entry = Some(match *entry {
-            None => (at, at),
-            Some((first, last)) => (first.min(at), last.max(at)),
-        });
-        Ok::<(), LoadError>(())
-    };
-    slot(&mut life, input, 0, 0).map_err(|_| LoadError::Graph { reason: "input tensor index out of range" })?;
+    let slot =
+        |life: &mut heapless::Vec<Option<(u16, u16)>, MAX_TENSORS>, id: u16, at: u16, op: u16| {
+            let entry = life.get_mut(id as usize).ok_or(LoadError::Op {
+                index: op,
+                reason: "tensor index out of range",
+            })?;
+            *entry = Some(match *entry {
+                None => (at, at),
+                Some((first, last)) => (first.min(at), last.max(at)),
+            });
+            Ok::<(), LoadError>(())
+        };
+    slot(&mut life, input, 0, 0).map_err(|_| LoadError::Graph {
+        reason: "input tensor index out of range",
+    })?;
     for (i, op) in ops.iter().enumerate() {
         let i = i as u16;
         for id in op.inputs() {
@@ -51,20 +56,30 @@ pub(crate) fn check_plan(
     for (i, t) in tensors.iter().enumerate() {
         let end = t.offset as u64 + t.size_bytes();
         if end > arena_bytes as u64 {
-            return Err(LoadError::Tensor { index: i as u16, reason: "lies outside the arena" });
+            return Err(LoadError::Tensor {
+                index: i as u16,
+                reason: "lies outside the arena",
+            });
         }
     }
     for (i, a) in tensors.iter().enumerate() {
-        let Some(la) = life.get(i).copied().flatten() else { continue };
+        let Some(la) = life.get(i).copied().flatten() else {
+            continue;
+        };
         for (j, b) in tensors.iter().enumerate().skip(i + 1) {
-            let Some(lb) = life.get(j).copied().flatten() else { continue };
+            let Some(lb) = life.get(j).copied().flatten() else {
+                continue;
+            };
             if !overlaps(la, lb) {
                 continue;
             }
             let (a0, a1) = (a.offset as u64, a.offset as u64 + a.size_bytes());
             let (b0, b1) = (b.offset as u64, b.offset as u64 + b.size_bytes());
             if a0 < b1 && b0 < a1 {
-                return Err(LoadError::ArenaOverlap { a: i as u16, b: j as u16 });
+                return Err(LoadError::ArenaOverlap {
+                    a: i as u16,
+                    b: j as u16,
+                });
             }
         }
     }
@@ -83,7 +98,9 @@ pub fn plan_arena(tensors: &mut [TensorInfo], ops: &[Op], input: u16) -> Result<
     let mut placed: Vec<(usize, u64, u64)> = Vec::new(); // (tensor, start, end)
     let mut peak = 0u64;
     for &i in &order {
-        let li = life[i].ok_or(LoadError::Graph { reason: "unplanned tensor" })?;
+        let li = life[i].ok_or(LoadError::Graph {
+            reason: "unplanned tensor",
+        })?;
         let size = tensors[i].size_bytes();
         let mut busy: Vec<(u64, u64)> = placed
             .iter()
@@ -100,8 +117,11 @@ pub fn plan_arena(tensors: &mut [TensorInfo], ops: &[Op], input: u16) -> Result<
         }
         placed.push((i, offset, offset + size));
         peak = peak.max(offset + size);
-        tensors[i].offset =
-            u32::try_from(offset).map_err(|_| LoadError::Graph { reason: "arena larger than 4 GiB" })?;
+        tensors[i].offset = u32::try_from(offset).map_err(|_| LoadError::Graph {
+            reason: "arena larger than 4 GiB",
+        })?;
     }
-    u32::try_from(peak.div_ceil(align) * align).map_err(|_| LoadError::Graph { reason: "arena larger than 4 GiB" })
+    u32::try_from(peak.div_ceil(align) * align).map_err(|_| LoadError::Graph {
+        reason: "arena larger than 4 GiB",
+    })
 }

@@ -53,7 +53,7 @@ impl ModelBuilder {
 
     /// Appends constant bytes, 4-byte aligned within the blob.
     pub fn constant(&mut self, bytes: &[u8]) -> ConstRef {
-        while self.weights.len() % 4 != 0 {
+        while !self.weights.len().is_multiple_of(4) {
             self.weights.push(0);
         }
         let offset = self.weights.len() as u32;
@@ -99,12 +99,14 @@ impl ModelBuilder {
     /// Plans the arena, validates the whole model and encodes it as `.dlm` bytes.
     pub fn to_bytes(&mut self) -> Result<Vec<u8>, LoadError> {
         let arena_bytes = plan_arena(&mut self.tensors, &self.ops, self.input)?;
-        let tensors = heapless::Vec::from_slice(&self.tensors)
-            .map_err(|_| LoadError::Graph { reason: "too many tensors" })?;
+        let tensors = heapless::Vec::from_slice(&self.tensors).map_err(|_| LoadError::Graph {
+            reason: "too many tensors",
+        })?;
         let mut ops = heapless::Vec::new();
         for op in &self.ops {
-            ops.push(op.clone())
-                .map_err(|_| LoadError::Graph { reason: "too many ops" })?;
+            ops.push(op.clone()).map_err(|_| LoadError::Graph {
+                reason: "too many ops",
+            })?;
         }
         let mut metrics = heapless::Vec::new();
         for (name, value) in self.metrics.iter().take(MAX_METRICS) {
@@ -147,7 +149,13 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
     let mut b = ModelBuilder::new("example");
     b.generator = "depthling-model example_model".into();
     let q = |scale: f32, zero_point: i32| QuantParams { scale, zero_point };
-    let input = b.tensor(height, width, 3, DType::I8, q(INPUT_SCALE, INPUT_ZERO_POINT));
+    let input = b.tensor(
+        height,
+        width,
+        3,
+        DType::I8,
+        q(INPUT_SCALE, INPUT_ZERO_POINT),
+    );
     b.input = input;
     let mut conv = |b: &mut ModelBuilder,
                     input: TensorId,
@@ -159,18 +167,31 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
                     depthwise: bool,
                     act: Activation| {
         let k2 = kernel as usize * kernel as usize;
-        let n = if depthwise { k2 * cout } else { cout * k2 * cin };
+        let n = if depthwise {
+            k2 * cout
+        } else {
+            cout * k2 * cin
+        };
         let w: Vec<i8> = (0..n).map(|_| (next() % 255) as i8).collect();
         let bias: Vec<i32> = (0..cout).map(|_| (next() % 2001) as i32 - 1000).collect();
         let scales: Vec<f32> = (0..cout).map(|i| 0.002 + 0.001 * i as f32).collect();
         let rq: Vec<Requant> = (0..cout)
-            .map(|i| Requant::from_real(0.002 + 0.0005 * i as f64).unwrap_or(Requant { multiplier: 0, shift: 0 }))
+            .map(|i| {
+                Requant::from_real(0.002 + 0.0005 * i as f64).unwrap_or(Requant {
+                    multiplier: 0,
+                    shift: 0,
+                })
+            })
             .collect();
         let is_f32 = b.tensors[output as usize].dtype == DType::F32;
         let weights = b.constant_i8(&w);
         let bias = b.constant_i32(&bias);
         let weight_scales = b.constant_f32(&scales);
-        let requant = if is_f32 { ConstRef::EMPTY } else { b.constant_requant(&rq) };
+        let requant = if is_f32 {
+            ConstRef::EMPTY
+        } else {
+            b.constant_requant(&rq)
+        };
         let lut = (act == Activation::Sigmoid).then(|| {
             let lut: Vec<i8> = (0..256)
                 .map(|i| {
@@ -179,7 +200,10 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
                     crate::quant::quantize_i8(s, SIGMOID_OUTPUT.scale, SIGMOID_OUTPUT.zero_point)
                 })
                 .collect();
-            crate::Lut { table: b.constant_i8(&lut), zero_point: 0 }
+            crate::Lut {
+                table: b.constant_i8(&lut),
+                zero_point: 0,
+            }
         });
         b.push(Op::Conv2d(Conv2d {
             input,
@@ -207,7 +231,10 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
     b.push(Op::GlobalAvgPool {
         input: t3,
         output: pooled,
-        requant: Requant::from_real(0.06 / 0.03 / (h4 as f64 * w4 as f64)).unwrap_or(Requant { multiplier: 0, shift: 0 }),
+        requant: Requant::from_real(0.06 / 0.03 / (h4 as f64 * w4 as f64)).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }),
     });
     let gate = b.tensor(1, 1, 8, DType::I8, SIGMOID_OUTPUT);
     conv(&mut b, pooled, gate, 8, 8, 1, 1, false, Activation::Sigmoid);
@@ -216,7 +243,10 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
         input: t3,
         scale: gate,
         output: gated,
-        requant: Requant::from_real(0.06 * SIGMOID_OUTPUT.scale as f64 / 0.05).unwrap_or(Requant { multiplier: 0, shift: 0 }),
+        requant: Requant::from_real(0.06 * SIGMOID_OUTPUT.scale as f64 / 0.05).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }),
     });
     let up = b.tensor(h2, w2, 8, DType::I8, q(0.05, 0));
     b.push(Op::Upsample {
@@ -232,9 +262,18 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
         a: up,
         b: t2,
         output: sum,
-        a_requant: Requant::from_real(0.05 / twice_max).unwrap_or(Requant { multiplier: 0, shift: 0 }),
-        b_requant: Requant::from_real(0.04 / twice_max).unwrap_or(Requant { multiplier: 0, shift: 0 }),
-        out_requant: Requant::from_real(twice_max / (shift * 0.07)).unwrap_or(Requant { multiplier: 0, shift: 0 }),
+        a_requant: Requant::from_real(0.05 / twice_max).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }),
+        b_requant: Requant::from_real(0.04 / twice_max).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }),
+        out_requant: Requant::from_real(twice_max / (shift * 0.07)).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }),
         act: Activation::Relu,
     });
     let cat = b.tensor(h2, w2, 16, DType::I8, q(0.07, -20));
@@ -242,7 +281,10 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
     let mut requant = heapless::Vec::new();
     for (id, s) in [(sum, 0.07f64), (t1, 0.05)] {
         let _ = inputs.push(id);
-        let _ = requant.push(Requant::from_real(s / 0.07).unwrap_or(Requant { multiplier: 0, shift: 0 }));
+        let _ = requant.push(Requant::from_real(s / 0.07).unwrap_or(Requant {
+            multiplier: 0,
+            shift: 0,
+        }));
     }
     b.push(Op::Concat {
         inputs,

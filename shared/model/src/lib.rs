@@ -227,7 +227,9 @@ pub enum Op {
         requant: Requant,
     },
     /// Marks the graph output: an F32 tensor of depth in metres, H×W×1.
-    Output { input: TensorId },
+    Output {
+        input: TensorId,
+    },
 }
 
 impl Op {
@@ -263,9 +265,7 @@ impl Op {
                 }
                 inputs.len()
             }
-            Op::Upsample { input, .. }
-            | Op::GlobalAvgPool { input, .. }
-            | Op::Output { input } => {
+            Op::Upsample { input, .. } | Op::GlobalAvgPool { input, .. } | Op::Output { input } => {
                 ids[0] = *input;
                 1
             }

@@ -176,7 +176,10 @@ mod tests {
         // rounding: (3 * 2^30) / 2^31 = 1.5 -> 2 ; negative -1.5 -> -2 (away from zero)
         assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
         assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MAX), -i32::MAX);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MAX),
+            -i32::MAX
+        );
     }
 
     #[test]
@@ -196,20 +199,32 @@ mod tests {
         // QuantizeMultiplier(0.5) = (1<<30, 0); (1.0) = (1<<30, 1); (0.25) = (1<<30, -1)
         assert_eq!(
             Requant::from_real(0.5),
-            Some(Requant { multiplier: 1 << 30, shift: 0 })
+            Some(Requant {
+                multiplier: 1 << 30,
+                shift: 0
+            })
         );
         assert_eq!(
             Requant::from_real(1.0),
-            Some(Requant { multiplier: 1 << 30, shift: 1 })
+            Some(Requant {
+                multiplier: 1 << 30,
+                shift: 1
+            })
         );
         assert_eq!(
             Requant::from_real(0.25),
-            Some(Requant { multiplier: 1 << 30, shift: -1 })
+            Some(Requant {
+                multiplier: 1 << 30,
+                shift: -1
+            })
         );
         // 0.75 = 0.75 * 2^0 -> round(0.75 * 2^31)
         assert_eq!(
             Requant::from_real(0.75),
-            Some(Requant { multiplier: 1610612736, shift: 0 })
+            Some(Requant {
+                multiplier: 1610612736,
+                shift: 0
+            })
         );
         assert_eq!(Requant::from_real(-1.0), None);
         assert_eq!(Requant::from_real(f64::NAN), None);
@@ -223,7 +238,7 @@ mod tests {
     fn multiply_by_quantized_multiplier_rounds_like_reference() {
         let half = Requant::from_real(0.5).unwrap();
         assert_eq!(half.apply(3), 2); // 1.5 -> 2
-        // shift 0: only the high multiply rounds, and gemmlowp's nudge rounds ties upward
+                                      // shift 0: only the high multiply rounds, and gemmlowp's nudge rounds ties upward
         assert_eq!(half.apply(-3), -1); // -1.5 -> -1
         assert_eq!(half.apply(4), 2);
         let quarter = Requant::from_real(0.25).unwrap();

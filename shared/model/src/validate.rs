@@ -28,7 +28,8 @@ fn const_bytes<'a>(
     if r.len as u64 != expected {
         return Err(op_err(op, what));
     }
-    r.get(blob).ok_or(op_err(op, "constant lies outside the weights"))
+    r.get(blob)
+        .ok_or(op_err(op, "constant lies outside the weights"))
 }
 
 pub(crate) fn validate(m: &Model<'_>) -> Result<(), LoadError> {
@@ -53,9 +54,9 @@ pub(crate) fn validate(m: &Model<'_>) -> Result<(), LoadError> {
             return Err(bad("quantization scale or zero point out of range"));
         }
     }
-    let input = m
-        .tensor(m.input)
-        .ok_or(LoadError::Graph { reason: "input tensor index out of range" })?;
+    let input = m.tensor(m.input).ok_or(LoadError::Graph {
+        reason: "input tensor index out of range",
+    })?;
     if input.dtype != DType::I8
         || input.channels != 3
         || input.quant.zero_point != INPUT_ZERO_POINT
@@ -73,7 +74,9 @@ pub(crate) fn validate(m: &Model<'_>) -> Result<(), LoadError> {
     let mut written = [false; MAX_TENSORS];
     let tensor_count = m.tensors.len();
     if tensor_count > MAX_TENSORS {
-        return Err(LoadError::Graph { reason: "too many tensors" });
+        return Err(LoadError::Graph {
+            reason: "too many tensors",
+        });
     }
     written[m.input as usize] = true;
     for (i, op) in m.ops.iter().enumerate() {
@@ -105,9 +108,9 @@ pub(crate) fn validate(m: &Model<'_>) -> Result<(), LoadError> {
             reason: "is never written",
         });
     }
-    let out = m
-        .tensor(output_id)
-        .ok_or(LoadError::Graph { reason: "output tensor index out of range" })?;
+    let out = m.tensor(output_id).ok_or(LoadError::Graph {
+        reason: "output tensor index out of range",
+    })?;
     if out.dtype != DType::F32
         || out.channels != 1
         || out.height != input.height
@@ -122,8 +125,7 @@ pub(crate) fn validate(m: &Model<'_>) -> Result<(), LoadError> {
 }
 
 fn tensor<'m>(m: &'m Model<'_>, id: TensorId, op: usize) -> Result<&'m TensorInfo, LoadError> {
-    m.tensor(id)
-        .ok_or(op_err(op, "tensor index out of range"))
+    m.tensor(id).ok_or(op_err(op, "tensor index out of range"))
 }
 
 fn same_shape(a: &TensorInfo, b: &TensorInfo) -> bool {
@@ -168,7 +170,13 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
             } else {
                 oc * k2 * inp.channels as u64
             };
-            const_bytes(m.weights, &c.weights, weights_len, i, "weights have the wrong length")?;
+            const_bytes(
+                m.weights,
+                &c.weights,
+                weights_len,
+                i,
+                "weights have the wrong length",
+            )?;
             const_bytes(m.weights, &c.bias, 4 * oc, i, "bias has the wrong length")?;
             let scales = const_bytes(
                 m.weights,
@@ -201,12 +209,19 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
                         "requantization has the wrong length",
                     )?;
                     for ch in 0..oc as usize {
-                        let r = read_requant(rq, ch).ok_or(op_err(i, "requantization truncated"))?;
+                        let r =
+                            read_requant(rq, ch).ok_or(op_err(i, "requantization truncated"))?;
                         check_requant(&r)?;
                     }
                     match (c.act, &c.lut) {
                         (Activation::Sigmoid, Some(lut)) => {
-                            const_bytes(m.weights, &lut.table, 256, i, "sigmoid LUT must have 256 entries")?;
+                            const_bytes(
+                                m.weights,
+                                &lut.table,
+                                256,
+                                i,
+                                "sigmoid LUT must have 256 entries",
+                            )?;
                             if !(-128..=127).contains(&lut.zero_point) {
                                 return Err(op_err(i, "LUT zero point out of range"));
                             }
@@ -258,7 +273,10 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
                 channels += t.channels as u32;
             }
             if channels != to.channels as u32 {
-                return Err(op_err(i, "concat output channels are not the sum of the inputs"));
+                return Err(op_err(
+                    i,
+                    "concat output channels are not the sum of the inputs",
+                ));
             }
             for r in requant {
                 check_requant(r)?;

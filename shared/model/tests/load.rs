@@ -1,5 +1,7 @@
 //! The loader on valid, truncated, bit-flipped, version-bumped and otherwise broken files.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
 use depthling_model::{crc32, example_model, LoadError, Model, FORMAT_VERSION};
 
 fn sample() -> Vec<u8> {
@@ -24,7 +26,10 @@ fn round_trip() {
 fn every_truncation_is_rejected() {
     let bytes = sample();
     for len in 0..bytes.len() {
-        assert!(Model::from_bytes(&bytes[..len]).is_err(), "truncated to {len} loaded");
+        assert!(
+            Model::from_bytes(&bytes[..len]).is_err(),
+            "truncated to {len} loaded"
+        );
     }
 }
 
@@ -35,7 +40,10 @@ fn every_single_bit_flip_is_rejected() {
     for i in 0..bytes.len() {
         for bit in 0..8 {
             copy[i] ^= 1 << bit;
-            assert!(Model::from_bytes(&copy).is_err(), "flip of bit {bit} in byte {i} loaded");
+            assert!(
+                Model::from_bytes(&copy).is_err(),
+                "flip of bit {bit} in byte {i} loaded"
+            );
             copy[i] ^= 1 << bit;
         }
     }
@@ -112,7 +120,10 @@ fn overlapping_arena_plan_is_rejected() {
         _ => unreachable!(),
     };
     bad.tensors[out as usize].offset = bad.tensors[bad.input as usize].offset;
-    assert!(matches!(bad.validate(), Err(LoadError::ArenaOverlap { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(LoadError::ArenaOverlap { .. })
+    ));
     let mut bad = m.clone();
     bad.arena_bytes = 8;
     assert!(matches!(bad.validate(), Err(LoadError::Tensor { .. })));

@@ -1,0 +1,383 @@
+//! The `depthling` binary as a user drives it: outputs, JSON, exit codes, messages.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn depthling(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_depthling"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "failed: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("stdout is one JSON object")
+}
+
+fn write_depth_png(path: &Path, w: u32, h: u32, mm: &[u16]) {
+    let buf: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        image::ImageBuffer::from_raw(w, h, mm.to_vec()).unwrap();
+    buf.save(path).unwrap();
+}
+
+/// The standard formulas written out independently of depthling-metrics: per image, then mean.
+fn reference_metrics(
+    preds: &[Vec<f64>],
+    gts: &[Vec<f64>],
+    cap: f64,
+    crop: Option<(usize, usize, usize, usize)>,
+    w: usize,
+) -> Vec<(&'static str, f64)> {
+    let mut sums = [0.0f64; 9];
+    for (p, g) in preds.iter().zip(gts) {
+        let mut v = Vec::new();
+        for (i, (&d, &g)) in p.iter().zip(g).enumerate() {
+            let (r, c) = (i / w, i % w);
+            if let Some((r0, r1, c0, c1)) = crop {
+                if r < r0 || r >= r1 || c < c0 || c >= c1 {
+                    continue;
+                }
+            }
+            if g > 0.0 && g <= cap {
+                v.push((d.clamp(1e-3, cap), g));
+            }
+        }
+        let n = v.len() as f64;
+        let mean = |f: &dyn Fn(f64, f64) -> f64| v.iter().map(|&(d, g)| f(d, g)).sum::<f64>() / n;
+        let e_mean = mean(&|d, g| d.ln() - g.ln());
+        let vals = [
+            mean(&|d, g| (g - d).abs() / g),
+            mean(&|d, g| (g - d).powi(2) / g),
+            mean(&|d, g| (g - d).powi(2)).sqrt(),
+            mean(&|d, g| (g.ln() - d.ln()).powi(2)).sqrt(),
+            mean(&|d, g| (d.log10() - g.log10()).abs()),
+            mean(&|d, g| ((g / d).max(d / g) < 1.25) as u8 as f64),
+            mean(&|d, g| ((g / d).max(d / g) < 1.25f64.powi(2)) as u8 as f64),
+            mean(&|d, g| ((g / d).max(d / g) < 1.25f64.powi(3)) as u8 as f64),
+            100.0 * (mean(&|d, g| (d.ln() - g.ln()).powi(2)) - e_mean * e_mean).sqrt(),
+        ];
+        for (s, v) in sums.iter_mut().zip(vals) {
+            *s += v;
+        }
+    }
+    let keys = [
+        "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog",
+    ];
+    keys.into_iter()
+        .zip(sums.map(|s| s / preds.len() as f64))
+        .collect()
+}
+
+#[test]
+fn eval_matches_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pd, gd) = (dir.path().join("pred"), dir.path().join("gt"));
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(&gd).unwrap();
+    let (w, h) = (64usize, 48usize);
+    let mut preds = Vec::new();
+    let mut gts = Vec::new();
+    for img in 0..3u32 {
+        let gt: Vec<u16> = (0..w * h)
+            .map(|i| {
+                if i % 17 == 3 {
+                    0
+                } else {
+                    500 + ((i as u32 * 7919 + img * 131) % 14000) as u16
+                }
+            })
+            .collect();
+        let pr: Vec<u16> = gt
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| {
+                ((g as f64 * (0.7 + 0.6 * ((i * 31 % 100) as f64 / 100.0))) as u16).max(1)
+            })
+            .collect();
+        let name = format!("{img:03}.png");
+        write_depth_png(&gd.join(&name), w as u32, h as u32, &gt);
+        write_depth_png(&pd.join(&name), w as u32, h as u32, &pr);
+        gts.push(gt.iter().map(|&v| v as f64 / 1000.0).collect::<Vec<_>>());
+        preds.push(pr.iter().map(|&v| v as f64 / 1000.0).collect::<Vec<_>>());
+    }
+    let check = |proto: &str, cap: f64, crop| {
+        let out = json(&depthling(&[
+            "eval",
+            "--pred",
+            pd.to_str().unwrap(),
+            "--gt",
+            gd.to_str().unwrap(),
+            "--protocol",
+            proto,
+            "--json",
+        ]));
+        assert_eq!(out["images"], 3);
+        for (k, v) in reference_metrics(&preds, &gts, cap, crop, w) {
+            let got = out[k].as_f64().unwrap_or_else(|| panic!("missing key {k}"));
+            // depths pass through f32 (PNG units / scale), accumulation is f64
+            assert!(
+                (got - v).abs() <= 1e-6 * v.abs().max(1e-3),
+                "{proto} {k}: depthling {got} vs reference {v}"
+            );
+        }
+    };
+    check("none", f64::INFINITY, None);
+    // NYU: cap 10 m and the Eigen crop scaled to 64×48: rows 4.5→5..47.1→47, cols 4.1→4..60.1→60
+    check("nyu", 10.0, Some((5, 47, 4, 60)));
+}
+
+#[test]
+fn simulate_run_eval_profile_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("indoor");
+    let o = depthling(&[
+        "simulate",
+        "--domain",
+        "indoor",
+        "--count",
+        "4",
+        "--size",
+        "32x24",
+        "--seed",
+        "3",
+        "--preview",
+        "--out",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let s = json(&o);
+    assert_eq!(s["count"], 4);
+    for f in [
+        "manifest.json",
+        "rgb/000003.png",
+        "depth/000003.png",
+        "preview.png",
+    ] {
+        assert!(data.join(f).exists(), "{f} missing");
+    }
+    let model = dir.path().join("m.dlm");
+    std::fs::write(&model, depthling_model::example_model(24, 32, 1).unwrap()).unwrap();
+    let out = dir.path().join("depth");
+    let r = json(&depthling(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        data.join("rgb").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(r["images"], 4);
+    assert!(out.join("000000.png").exists() && out.join("000000_color.png").exists());
+    let e = json(&depthling(&[
+        "eval",
+        "--pred",
+        out.to_str().unwrap(),
+        "--gt",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(e["images"], 4);
+    let p = json(&depthling(&[
+        "profile",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+    for k in [
+        "params",
+        "macs",
+        "flash_bytes",
+        "arena_bytes",
+        "board",
+        "fits",
+    ] {
+        assert!(p.get(k).is_some(), "profile lacks {k}");
+    }
+    assert_eq!(p["flash_bytes"], std::fs::metadata(&model).unwrap().len());
+    let a = json(&depthling(&[
+        "profile",
+        "--arch",
+        "demo-student",
+        "--size",
+        "64x48",
+        "--json",
+    ]));
+    assert!(a["params"].as_u64().unwrap() > 10_000);
+    assert!(a["macs"].as_u64().unwrap() > a["params"].as_u64().unwrap());
+}
+
+/// Every way of breaking a model file ends in exit 1 or 2 with a message naming the file.
+#[test]
+fn corrupt_models_are_rejected_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("frame.png");
+    image::RgbImage::from_pixel(32, 24, image::Rgb([90, 120, 200]))
+        .save(&img)
+        .unwrap();
+    let good = depthling_model::example_model(24, 32, 2).unwrap();
+    let mut variants: Vec<(String, Vec<u8>)> = vec![
+        ("truncated".into(), good[..good.len() / 2].to_vec()),
+        ("empty".into(), vec![]),
+        (
+            "junk appended".into(),
+            [good.clone(), b"junk".to_vec()].concat(),
+        ),
+        ("png as model".into(), std::fs::read(&img).unwrap()),
+    ];
+    for i in (0..good.len()).step_by(good.len() / 40 + 1) {
+        let mut b = good.clone();
+        b[i] ^= 0x10;
+        variants.push((format!("bit flip at {i}"), b));
+    }
+    for (what, bytes) in variants {
+        let path = dir.path().join("bad.dlm");
+        std::fs::write(&path, &bytes).unwrap();
+        let out = dir.path().join("out-bad");
+        let o = depthling(&[
+            "run",
+            "--model",
+            path.to_str().unwrap(),
+            "--input",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let code = o.status.code();
+        assert!(
+            matches!(code, Some(1) | Some(2)),
+            "{what}: exit {code:?}, stderr {}",
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("bad.dlm"),
+            "{what}: message does not name the file: {}",
+            stderr(&o)
+        );
+        assert!(!out.exists(), "{what}: output written for a bad model");
+    }
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.dlm");
+    std::fs::write(&model, depthling_model::example_model(24, 32, 1).unwrap()).unwrap();
+    let big = dir.path().join("big.png");
+    image::RgbImage::new(64, 48).save(&big).unwrap();
+    let out = dir.path().join("never");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                "--model".into(),
+                model.display().to_string(),
+                "--input".into(),
+                big.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "the model takes 32×24",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--pred".into(),
+                "/nonexistent/p".into(),
+                "--gt".into(),
+                "/nonexistent/g".into(),
+            ],
+            "not found",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "--model".into(),
+                model.display().to_string(),
+                "--data".into(),
+                "/nonexistent/ds".into(),
+            ],
+            "dataset not found",
+        ),
+        (
+            vec![
+                "simulate".into(),
+                "--domain".into(),
+                "mars".into(),
+                "--count".into(),
+                "1".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "unknown domain",
+        ),
+        (
+            vec![
+                "simulate".into(),
+                "--domain".into(),
+                "indoor".into(),
+                "--count".into(),
+                "1".into(),
+                "--size".into(),
+                "0x5".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "size",
+        ),
+        (
+            vec!["profile".into(), "--arch".into(), "nope".into()],
+            "unknown architecture",
+        ),
+        (
+            vec![
+                "experiment".into(),
+                "--preset".into(),
+                "ddd".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "not available yet",
+        ),
+        (vec!["frobnicate".into()], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = depthling(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(needle),
+            "{args:?}: message {:?} lacks {needle:?}",
+            stderr(&o)
+        );
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+    // an 8-bit depth map in a ground-truth folder
+    let (pd, gd) = (dir.path().join("p"), dir.path().join("g"));
+    std::fs::create_dir_all(&pd).unwrap();
+    std::fs::create_dir_all(&gd).unwrap();
+    image::GrayImage::new(8, 8).save(gd.join("a.png")).unwrap();
+    write_depth_png(&pd.join("a.png"), 8, 8, &[1000; 64]);
+    let o = depthling(&[
+        "eval",
+        "--pred",
+        pd.to_str().unwrap(),
+        "--gt",
+        gd.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("a.png") && stderr(&o).contains("16-bit"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,84 @@
+//! The quick demo end to end: every stage runs, the outputs are there, and the distilled student
+//! (f32 and int8) beats a constant mean-depth predictor on held-out indoor images by a clear
+//! margin, although it never saw an indoor image.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+use depthling_host::demo::{run, DemoConfig};
+
+#[test]
+fn quick_demo_student_beats_mean_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DemoConfig::quick(dir.path().join("demo"));
+    cfg.quiet = true;
+    let r = run(&cfg).expect("demo runs");
+    for f in [
+        "teacher.safetensors",
+        "student.safetensors",
+        "student.dlm",
+        "metrics.json",
+        "report/index.html",
+        "report/samples.png",
+    ] {
+        assert!(cfg.out.join(f).exists(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.out.join("metrics.json")).unwrap()).unwrap();
+    let names: Vec<&str> = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["teacher", "student_f32", "student_int8"]);
+    for key in [
+        "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3", "silog",
+        "images", "params",
+    ] {
+        assert!(
+            json["rows"][2].get(key).is_some(),
+            "metrics.json lacks {key}"
+        );
+    }
+
+    let base = r.mean_depth_baseline;
+    for name in ["teacher", "student_f32", "student_int8"] {
+        let m = r.row(name).unwrap().metrics;
+        assert!(
+            m.abs_rel < 0.85 * base.abs_rel,
+            "{name}: AbsRel {:.3} vs mean-depth {:.3}",
+            m.abs_rel,
+            base.abs_rel
+        );
+        assert!(
+            m.delta1 > base.delta1 + 0.05,
+            "{name}: δ1 {:.3} vs mean-depth {:.3}",
+            m.delta1,
+            base.delta1
+        );
+    }
+    let (f, q) = (
+        r.row("student_f32").unwrap().metrics,
+        r.row("student_int8").unwrap().metrics,
+    );
+    assert!(
+        (f.abs_rel - q.abs_rel).abs() < 0.02,
+        "int8 AbsRel {:.3} drifts from f32 {:.3}",
+        q.abs_rel,
+        f.abs_rel
+    );
+    assert!(
+        (f.delta1 - q.delta1).abs() < 0.03,
+        "int8 δ1 {:.3} drifts from f32 {:.3}",
+        q.delta1,
+        f.delta1
+    );
+    // the .dlm on disk is what the int8 row measured
+    let bytes = std::fs::read(cfg.out.join("student.dlm")).unwrap();
+    let model = depthling_model::Model::from_bytes(&bytes).unwrap();
+    assert_eq!(model.params(), r.row("student_int8").unwrap().params);
+    assert_eq!(
+        model.input_size(),
+        Some((cfg.height as u16, cfg.width as u16))
+    );
+}
