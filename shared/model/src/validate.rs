@@ -170,14 +170,36 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
             } else {
                 oc * k2 * inp.channels as u64
             };
-            const_bytes(
+            let weights = const_bytes(
                 m.weights,
                 &c.weights,
                 weights_len,
                 i,
                 "weights have the wrong length",
             )?;
-            const_bytes(m.weights, &c.bias, 4 * oc, i, "bias has the wrong length")?;
+            let bias = const_bytes(m.weights, &c.bias, 4 * oc, i, "bias has the wrong length")?;
+            // The int32 accumulator must not overflow for any input: |x − zp| ≤ 255, so
+            // |acc| ≤ |bias| + 255 · Σ|w| per output channel.
+            let per = (weights_len / oc.max(1)) as usize;
+            for ch in 0..oc as usize {
+                let abs_sum: i64 = if c.depthwise {
+                    (0..per)
+                        .map(|j| (weights[j * oc as usize + ch] as i8 as i64).abs())
+                        .sum()
+                } else {
+                    weights[ch * per..(ch + 1) * per]
+                        .iter()
+                        .map(|&w| (w as i8 as i64).abs())
+                        .sum()
+                };
+                let b = crate::read_i32(bias, ch).ok_or(op_err(i, "bias truncated"))? as i64;
+                if b.abs() + 255 * abs_sum > i32::MAX as i64 {
+                    return Err(op_err(
+                        i,
+                        "weights and bias can overflow the int32 accumulator",
+                    ));
+                }
+            }
             let scales = const_bytes(
                 m.weights,
                 &c.weight_scales,
@@ -311,6 +333,12 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
             let (ti, to) = (i8_tensor(*input)?, i8_tensor(*output)?);
             if to.height != 1 || to.width != 1 || to.channels != ti.channels {
                 return Err(op_err(i, "global average pool output must be 1×1×C"));
+            }
+            if ti.height as i64 * ti.width as i64 * 255 > i32::MAX as i64 {
+                return Err(op_err(
+                    i,
+                    "global average pool input too large for an int32 sum",
+                ));
             }
             check_requant(requant)?;
         }

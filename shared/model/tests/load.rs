@@ -134,3 +134,21 @@ fn messages_name_the_problem() {
     let e = Model::from_bytes(b"DLM1\x01garbage").unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
 }
+
+/// Found by the fuzzer: a bias near i32::MIN plus ordinary weights overflowed the engine's int32
+/// accumulator. Such a model is now rejected at load.
+#[test]
+fn accumulator_overflow_is_rejected() {
+    let bytes = sample();
+    let mut m = Model::from_bytes(&bytes).unwrap();
+    let bias = match &m.ops[0] {
+        depthling_model::Op::Conv2d(c) => c.bias,
+        _ => unreachable!(),
+    };
+    let mut weights = m.weights.to_vec();
+    let at = bias.offset as usize;
+    weights[at..at + 4].copy_from_slice(&(i32::MIN + 10).to_le_bytes());
+    m.weights = &weights;
+    let e = m.validate().unwrap_err();
+    assert!(e.to_string().contains("overflow"), "{e}");
+}
