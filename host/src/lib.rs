@@ -8,6 +8,7 @@ pub mod rng;
 pub mod sim;
 
 pub use error::{Error, Result};
+pub mod bench;
 pub mod commands;
 pub mod demo;
 pub mod eval;

@@ -321,7 +321,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("params {}  MACs {}  flash {} bytes  arena {} bytes", p.params, p.macs, p.flash_bytes, p.arena_bytes);
             }
         }
-        Command::Bench { .. } => return Err(Error::NotAvailable("bench (arrives with the simulator, training and device releases)")),
+        Command::Bench { what, json } => {
+            let v = depthling_host::bench::run(&what)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Runtime(e.to_string()))?);
+            }
+        }
         Command::Experiment { .. } => return Err(Error::NotAvailable("experiment (arrives with the distillation release)")),
         Command::Demo { quick, out, json } => {
             let mut cfg = if quick { demo::DemoConfig::quick(out) } else { demo::DemoConfig::full(out) };

@@ -45,6 +45,13 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     }
 
+    /// Approximately standard normal (Irwin–Hall: the sum of four uniforms, rescaled), much cheaper
+    /// than Box–Muller; good enough for sensor noise.
+    pub fn approx_normal(&mut self) -> f32 {
+        let s = self.f32() + self.f32() + self.f32() + self.f32();
+        (s - 2.0) * 1.732_050_8
+    }
+
     pub fn chance(&mut self, p: f32) -> bool {
         self.f32() < p
     }
