@@ -3,11 +3,11 @@
 use candle_core::{Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
+use crate::data::batch::{to_tensors, Batcher, HorizontalFlip};
 use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::nets::graph::{images_to_tensor, GraphNet};
 use crate::nets::Net;
-use crate::rng::Rng;
 
 /// What the network learns to predict.
 pub enum Target<'a> {
@@ -51,62 +51,11 @@ pub struct StepInfo {
     pub loss: f32,
 }
 
-fn flip_rgb(rgb: &[u8], w: usize, h: usize) -> Vec<u8> {
-    let mut out = vec![0u8; rgb.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let (s, d) = ((y * w + x) * 3, (y * w + (w - 1 - x)) * 3);
-            out[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
-        }
-    }
-    out
-}
-
-fn flip_plane(v: &[f32], w: usize, h: usize) -> Vec<f32> {
-    (0..h)
-        .flat_map(|y| (0..w).map(move |x| v[y * w + (w - 1 - x)]))
-        .collect()
-}
-
 /// Masked L1: mean |d − g| over pixels with `mask = 1`.
 pub fn masked_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let diff = ((pred - target)?.abs()? * mask)?;
     let count = mask.sum_all()?.maximum(1f32)?;
     Ok(diff.sum_all()?.div(&count)?)
-}
-
-/// A batch as (images N×3×H×W, depth N×1×H×W, valid mask N×1×H×W).
-pub fn batch(
-    samples: &[&Sample],
-    flips: &[bool],
-    device: &Device,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let first = samples
-        .first()
-        .ok_or_else(|| Error::Runtime("empty batch".into()))?;
-    let (w, h) = (first.width, first.height);
-    let mut rgbs = Vec::with_capacity(samples.len());
-    let mut depth = Vec::with_capacity(samples.len() * w * h);
-    for (s, &flip) in samples.iter().zip(flips) {
-        if (s.width, s.height) != (w, h) {
-            return Err(Error::Runtime(format!(
-                "batch mixes sizes {}×{} and {w}×{h}",
-                s.width, s.height
-            )));
-        }
-        if flip {
-            rgbs.push(flip_rgb(&s.rgb, w, h));
-            depth.extend(flip_plane(&s.depth, w, h));
-        } else {
-            rgbs.push(s.rgb.clone());
-            depth.extend_from_slice(&s.depth);
-        }
-    }
-    let refs: Vec<&[u8]> = rgbs.iter().map(|v| v.as_slice()).collect();
-    let x = images_to_tensor(&refs, w, h, device)?;
-    let d = Tensor::from_vec(depth, (samples.len(), 1, h, w), device)?;
-    let mask = d.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
-    Ok((x, d, mask))
 }
 
 /// Trains `net` for `cfg.steps` steps. `on_step` sees every step (for progress and loss curves).
@@ -128,18 +77,17 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let mut rng = Rng::new(cfg.seed);
+    let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
+    if cfg.flip {
+        batches = batches.with(HorizontalFlip { p: 0.5 });
+    }
     let mut losses = Vec::with_capacity(cfg.steps);
     let decay_step = (cfg.steps as f64 * cfg.decay_at) as usize;
     for step in 0..cfg.steps {
         if step == decay_step {
             opt.set_learning_rate(cfg.lr * 0.1);
         }
-        let picks: Vec<&Sample> = (0..cfg.batch_size.min(data.len()))
-            .map(|_| &data[rng.int(0, data.len() - 1)])
-            .collect();
-        let flips: Vec<bool> = picks.iter().map(|_| cfg.flip && rng.chance(0.5)).collect();
-        let (x, gt, mask) = batch(&picks, &flips, &net.device)?;
+        let (x, gt, mask) = to_tensors(&batches.next_samples(), &net.device)?;
         let (target, mask) = match &target {
             Target::Labels => (gt, mask),
             Target::Teacher(t) => (t.forward_t(&x, false)?.detach(), mask.ones_like()?),

@@ -1,6 +1,7 @@
 //! Datasets (DESIGN §4): the on-disk format the simulator writes and users bring, CSV lists of
 //! `rgb_path,depth_path`, and in-memory samples with batching for training.
 
+pub mod batch;
 pub mod png;
 
 use std::path::{Path, PathBuf};

@@ -418,9 +418,12 @@ fn outdoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         }
         instance += 1;
     }
+    // The sun: far away, its intensity set so the ground receives about 0.9 after the renderer's
+    // 1 / (1 + 0.05 d²) falloff.
+    let sun = v3(rng.range(-50.0, 50.0), 80.0, rng.range(-20.0, 60.0));
     let lights = vec![Light {
-        position: v3(rng.range(-50.0, 50.0), 80.0, rng.range(-20.0, 60.0)),
-        intensity: 2.5e3,
+        position: sun,
+        intensity: rng.range(0.8, 1.0) * (1.0 + 0.05 * sun.dot(sun)),
     }];
     let cam = Camera::looking(
         v3(rng.range(-1.5, 1.5), 1.65, 0.0),
@@ -612,6 +615,92 @@ mod tests {
             let c = render_sample(domain, 40, 30, 10, 3, true);
             assert_ne!(a.rgb, c.rgb);
         }
+    }
+
+    /// Warping the right view to the left with the ground-truth disparity f·B/Z reproduces the
+    /// left view on non-occluded pixels; warping with zero disparity does not.
+    #[test]
+    fn stereo_views_agree_under_ground_truth_disparity() {
+        for domain in [Domain::Indoor, Domain::Outdoor] {
+            let (w, h) = (96usize, 72usize);
+            let f = domain.focal_fraction() * w as f32;
+            let b = domain.baseline();
+            let (mut err, mut err0, mut n) = (0f64, 0f64, 0usize);
+            for index in 0..4 {
+                let s = render_sample(domain, w, h, 21, index, true);
+                let right = s.right.as_ref().expect("stereo view");
+                let disp = |x: usize, y: usize| {
+                    let z = s.depth[y * w + x];
+                    if z > 0.0 {
+                        f * b / z
+                    } else {
+                        f32::NAN
+                    }
+                };
+                for y in 0..h {
+                    for x in 2..w - 2 {
+                        let d = disp(x, y);
+                        // skip invalid depth and depth edges (occlusions), and warps off-image
+                        if !d.is_finite()
+                            || (disp(x - 2, y) - d).abs() > 0.5
+                            || (disp(x + 2, y) - d).abs() > 0.5
+                        {
+                            continue;
+                        }
+                        let xr = x as f32 - d;
+                        if xr < 0.0 || xr > (w - 2) as f32 {
+                            continue;
+                        }
+                        let (x0, t) = (xr.floor() as usize, xr - xr.floor());
+                        for c in 0..3 {
+                            let l = s.rgb[(y * w + x) * 3 + c] as f32;
+                            let r = (1.0 - t) * right[(y * w + x0) * 3 + c] as f32
+                                + t * right[(y * w + x0 + 1) * 3 + c] as f32;
+                            err += (l - r).abs() as f64;
+                            err0 += (l - right[(y * w + x) * 3 + c] as f32).abs() as f64;
+                        }
+                        n += 3;
+                    }
+                }
+            }
+            let (err, err0) = (err / n as f64, err0 / n as f64);
+            assert!(n > 10_000, "{domain:?}: too few comparable pixels ({n})");
+            assert!(
+                err < 8.0,
+                "{domain:?}: warped right view differs by {err:.2}/255 on average"
+            );
+            assert!(
+                err < 0.6 * err0,
+                "{domain:?}: warping ({err:.2}) no better than no warp ({err0:.2})"
+            );
+        }
+    }
+
+    /// Where depth jumps between neighbours (an occluding edge) the instance ids differ, and
+    /// object pixels carry their own ids.
+    #[test]
+    fn instance_masks_follow_depth_discontinuities() {
+        let (mut jumps, mut id_changes) = (0usize, 0usize);
+        for s in render_many(Domain::Ood, 96, 72, 8, 0, 8, false) {
+            let ids = s.instance.as_ref().unwrap();
+            let (w, h) = (s.width, s.height);
+            for y in 0..h {
+                for x in 0..w - 1 {
+                    let (a, b) = (s.depth[y * w + x], s.depth[y * w + x + 1]);
+                    if a > 0.0 && b > 0.0 && (a - b).abs() / a.min(b) > 0.25 {
+                        jumps += 1;
+                        id_changes += (ids[y * w + x] != ids[y * w + x + 1]) as usize;
+                    }
+                }
+            }
+        }
+        assert!(jumps > 100, "too few depth discontinuities ({jumps})");
+        let share = id_changes as f64 / jumps as f64;
+        assert!(
+            share > 0.8,
+            "only {:.0}% of depth discontinuities change instance id",
+            100.0 * share
+        );
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! Train/test split, augmentation hooks and batching over in-memory samples.
+
+use candle_core::{Device, Tensor};
+
+use super::Sample;
+use crate::error::{Error, Result};
+use crate::nets::graph::images_to_tensor;
+use crate::rng::Rng;
+
+/// A deterministic split of `n` indices: `(train, test)` with `round(n · test_fraction)` test
+/// indices chosen by `seed`.
+pub fn split(n: usize, test_fraction: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..n).rev() {
+        idx.swap(i, rng.int(0, i));
+    }
+    let n_test = ((n as f32 * test_fraction.clamp(0.0, 1.0)).round() as usize).min(n);
+    let test = idx[..n_test].to_vec();
+    let mut train = idx[n_test..].to_vec();
+    train.sort_unstable();
+    let mut test = test;
+    test.sort_unstable();
+    (train, test)
+}
+
+/// An augmentation: a new sample from a sample and the batch RNG.
+pub trait Augment: Send + Sync {
+    fn apply(&self, sample: &Sample, rng: &mut Rng) -> Sample;
+}
+
+/// Mirrors image, depth and mask left–right with probability `p`. Stereo pairs are left alone
+/// (mirroring swaps the roles of the two views).
+#[derive(Clone, Copy, Debug)]
+pub struct HorizontalFlip {
+    pub p: f32,
+}
+
+fn mirror<T: Copy>(v: &[T], w: usize, channels: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for row in v.chunks_exact(w * channels) {
+        for x in (0..w).rev() {
+            out.extend_from_slice(&row[x * channels..(x + 1) * channels]);
+        }
+    }
+    out
+}
+
+impl Augment for HorizontalFlip {
+    fn apply(&self, s: &Sample, rng: &mut Rng) -> Sample {
+        if s.right.is_some() || !rng.chance(self.p) {
+            return s.clone();
+        }
+        Sample {
+            width: s.width,
+            height: s.height,
+            rgb: mirror(&s.rgb, s.width, 3),
+            depth: mirror(&s.depth, s.width, 1),
+            instance: s.instance.as_ref().map(|m| mirror(m, s.width, 1)),
+            right: None,
+        }
+    }
+}
+
+/// Draws random batches (with replacement) and applies the augmentations in order.
+pub struct Batcher<'a> {
+    samples: &'a [Sample],
+    batch_size: usize,
+    augment: Vec<Box<dyn Augment>>,
+    rng: Rng,
+}
+
+impl<'a> Batcher<'a> {
+    pub fn new(samples: &'a [Sample], batch_size: usize, seed: u64) -> Result<Self> {
+        if samples.is_empty() {
+            return Err(Error::Runtime("no training images".into()));
+        }
+        let (w, h) = (samples[0].width, samples[0].height);
+        if let Some(s) = samples.iter().find(|s| (s.width, s.height) != (w, h)) {
+            return Err(Error::Runtime(format!(
+                "samples mix sizes {}×{} and {w}×{h}; resize when loading",
+                s.width, s.height
+            )));
+        }
+        Ok(Batcher {
+            samples,
+            batch_size: batch_size.max(1),
+            augment: Vec::new(),
+            rng: Rng::new(seed),
+        })
+    }
+
+    pub fn with(mut self, augment: impl Augment + 'static) -> Self {
+        self.augment.push(Box::new(augment));
+        self
+    }
+
+    /// The next batch of (augmented) samples.
+    pub fn next_samples(&mut self) -> Vec<Sample> {
+        (0..self.batch_size)
+            .map(|_| {
+                let i = self.rng.int(0, self.samples.len() - 1);
+                let mut s = self.samples[i].clone();
+                for a in &self.augment {
+                    s = a.apply(&s, &mut self.rng);
+                }
+                s
+            })
+            .collect()
+    }
+}
+
+/// Tensors of a batch: images N×3×H×W in [0, 1], depth N×1×H×W in metres, valid mask N×1×H×W.
+pub fn to_tensors(samples: &[Sample], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let first = samples
+        .first()
+        .ok_or_else(|| Error::Runtime("empty batch".into()))?;
+    let (w, h) = (first.width, first.height);
+    let refs: Vec<&[u8]> = samples.iter().map(|s| s.rgb.as_slice()).collect();
+    let x = images_to_tensor(&refs, w, h, device)?;
+    let depth: Vec<f32> = samples
+        .iter()
+        .flat_map(|s| s.depth.iter().copied())
+        .collect();
+    let d = Tensor::from_vec(depth, (samples.len(), 1, h, w), device)?;
+    let mask = d.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
+    Ok((x, d, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(w: usize, h: usize) -> Sample {
+        Sample {
+            width: w,
+            height: h,
+            rgb: (0..w * h * 3).map(|i| i as u8).collect(),
+            depth: (0..w * h).map(|i| i as f32 + 1.0).collect(),
+            instance: Some((0..w * h).map(|i| i as u16).collect()),
+            right: None,
+        }
+    }
+
+    #[test]
+    fn split_is_deterministic_disjoint_and_complete() {
+        let (tr, te) = split(100, 0.2, 5);
+        assert_eq!((tr.len(), te.len()), (80, 20));
+        assert_eq!(split(100, 0.2, 5), (tr.clone(), te.clone()));
+        assert_ne!(split(100, 0.2, 6).1, te);
+        let mut all = [tr, te].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn flip_mirrors_every_plane_consistently() {
+        let s = sample(3, 2);
+        let f = HorizontalFlip { p: 1.0 }.apply(&s, &mut Rng::new(0));
+        assert_eq!(f.depth, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert_eq!(&f.rgb[..3], &s.rgb[6..9]);
+        assert_eq!(f.instance.unwrap(), vec![2, 1, 0, 5, 4, 3]);
+        let same = HorizontalFlip { p: 0.0 }.apply(&s, &mut Rng::new(0));
+        assert_eq!(same, s);
+    }
+
+    #[test]
+    fn batcher_rejects_mixed_sizes_and_builds_tensors() {
+        let data = [sample(4, 2), sample(4, 2)];
+        let mut b = Batcher::new(&data, 3, 1)
+            .unwrap()
+            .with(HorizontalFlip { p: 0.5 });
+        let batch = b.next_samples();
+        let (x, d, m) = to_tensors(&batch, &Device::Cpu).unwrap();
+        assert_eq!(x.dims(), &[3, 3, 2, 4]);
+        assert_eq!(d.dims(), &[3, 1, 2, 4]);
+        assert_eq!(m.sum_all().unwrap().to_scalar::<f32>().unwrap(), 24.0);
+        assert!(Batcher::new(&[sample(4, 2), sample(2, 2)], 2, 0).is_err());
+    }
+}
