@@ -55,14 +55,78 @@ pub fn sim(min_seconds: f64) -> Result<SimBench> {
     })
 }
 
+/// One training-step timing.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainFigure {
+    pub arch: String,
+    pub params: usize,
+    pub custom_ops: bool,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    pub step_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBench {
+    pub threads: usize,
+    pub results: Vec<TrainFigure>,
+    /// Student step time without / with the custom ops.
+    pub student_speedup: f64,
+}
+
+/// Training-step time (forward, loss, backward, AdamW update) of the demo student and teacher on
+/// simulated indoor images, batch 8, with and without the custom convolution op.
+pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
+    use crate::nets::{preset, Net};
+    use crate::train::{train as train_steps, Target, TrainConfig};
+    let device = candle_core::Device::Cpu;
+    let data = render_many(Domain::Indoor, width, height, 5, 0, 16, false);
+    let mut results = Vec::new();
+    for arch in ["demo-student", "demo-teacher"] {
+        for custom_ops in [false, true] {
+            let spec = preset(arch, 1.0)?;
+            let params = spec.params();
+            let mut net = Net::new(spec, &device, 0)?;
+            net.net.set_custom_ops(custom_ops);
+            let cfg = TrainConfig {
+                steps: 2,
+                batch_size: 8,
+                ..TrainConfig::default()
+            };
+            train_steps(&net, &data, Target::Labels, &cfg, |_| {})?; // warm-up
+            let cfg = TrainConfig { steps, ..cfg };
+            let start = Instant::now();
+            train_steps(&net, &data, Target::Labels, &cfg, |_| {})?;
+            let step_ms = 1e3 * start.elapsed().as_secs_f64() / steps as f64;
+            results.push(TrainFigure {
+                arch: arch.into(),
+                params,
+                custom_ops,
+                width,
+                height,
+                batch: 8,
+                step_ms,
+            });
+        }
+    }
+    let speedup = results[0].step_ms / results[1].step_ms;
+    Ok(TrainBench {
+        threads: rayon::current_num_threads(),
+        results,
+        student_speedup: speedup,
+    })
+}
+
 /// Dispatches `depthling bench WHAT`.
 pub fn run(what: &str) -> Result<serde_json::Value> {
     let json =
         |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Runtime(e.to_string()));
     match what {
         "sim" => json(serde_json::to_value(sim(2.0)?)),
-        "train" | "infer" => Err(Error::NotAvailable(
-            "this benchmark (arrives with the training and device releases)",
+        "train" => json(serde_json::to_value(train(128, 96, 5)?)),
+        "infer" => Err(Error::NotAvailable(
+            "this benchmark (arrives with the device release)",
         )),
         other => Err(Error::Usage(format!(
             "unknown benchmark {other:?}; known: sim, train, infer"

@@ -242,6 +242,9 @@ struct ConvLayer {
 pub struct GraphNet {
     spec: GraphSpec,
     convs: Vec<Option<ConvLayer>>,
+    /// Dense convolutions through [`super::ops::conv2d`] (im2col + gemm, fast backward) instead of
+    /// candle's `conv2d`. On by default; off only to measure the difference.
+    custom_ops: bool,
 }
 
 pub const BN_EPS: f64 = 1e-5;
@@ -327,11 +330,20 @@ impl GraphNet {
             channels.push(c);
             convs.push(conv);
         }
-        Ok(GraphNet { spec, convs })
+        Ok(GraphNet {
+            spec,
+            convs,
+            custom_ops: true,
+        })
     }
 
     pub fn spec(&self) -> &GraphSpec {
         &self.spec
+    }
+
+    /// Chooses the convolution kernels (see [`GraphNet`]).
+    pub fn set_custom_ops(&mut self, on: bool) {
+        self.custom_ops = on;
     }
 
     /// Runs the graph; returns every node's output (post-activation) and, for convolutions with a
@@ -346,13 +358,17 @@ impl GraphNet {
                     let layer = self.convs[i]
                         .as_ref()
                         .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
-                    let mut y = v(*input).conv2d(
-                        &layer.weight,
-                        layer.padding,
-                        layer.stride,
-                        1,
-                        layer.groups,
-                    )?;
+                    let mut y = if self.custom_ops && layer.groups == 1 {
+                        super::ops::conv2d(&v(*input), &layer.weight, layer.padding, layer.stride)?
+                    } else {
+                        v(*input).conv2d(
+                            &layer.weight,
+                            layer.padding,
+                            layer.stride,
+                            1,
+                            layer.groups,
+                        )?
+                    };
                     if let Some(b) = &layer.bias {
                         y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                     }

@@ -2,6 +2,7 @@
 //! checkpoints (safetensors with the architecture in the metadata).
 
 pub mod graph;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::path::Path;
