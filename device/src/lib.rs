@@ -201,6 +201,17 @@ impl<'m, 'a> Engine<'m, 'a> {
 
     /// Runs one RGB frame (`height × width × 3` bytes, row-major) and returns the depth map.
     pub fn run(&mut self, rgb: &[u8]) -> Result<DepthView<'_>, Error> {
+        self.run_observed(rgb, |_, _, _| {})
+    }
+
+    /// [`Engine::run`], calling `observe(op_index, tensor, bytes)` with each op's output right
+    /// after the op computed it (before the arena reuses those bytes): for per-layer error
+    /// reports and debugging.
+    pub fn run_observed(
+        &mut self,
+        rgb: &[u8],
+        mut observe: impl FnMut(usize, &TensorInfo, &[u8]),
+    ) -> Result<DepthView<'_>, Error> {
         let m = self.model;
         let internal = |op: usize| Error::Internal { op: op as u16 };
         let input = m.tensor(m.input).ok_or(internal(0))?;
@@ -218,6 +229,10 @@ impl<'m, 'a> Engine<'m, 'a> {
         }
         for (i, op) in m.ops.iter().enumerate() {
             self.run_op(i, op)?;
+            if let Some(t) = op.output().and_then(|id| m.tensor(id)) {
+                let bytes = self.arena.get(range(t)).ok_or(internal(i))?;
+                observe(i, t, bytes);
+            }
         }
         let out = m
             .output()
@@ -436,6 +451,36 @@ mod tests {
         // a different frame gives a different result
         let other: std::vec::Vec<u8> = frame.iter().map(|&p| p.wrapping_add(77)).collect();
         assert_ne!(e.run(&other).unwrap().checksum(), sum1);
+    }
+
+    #[test]
+    fn observer_sees_every_op_output_and_the_final_depth() {
+        let bytes = model_bytes();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let frame: std::vec::Vec<u8> = (0..16 * 24 * 3).map(|i| (i * 13 % 256) as u8).collect();
+        let mut seen = std::vec::Vec::new();
+        let mut last = std::vec::Vec::new();
+        let mut e = Engine::new(&model, &mut arena).unwrap();
+        let sum = e
+            .run_observed(&frame, |i, t, b| {
+                assert_eq!(b.len() as u64, t.size_bytes());
+                seen.push(i);
+                last = b.to_vec();
+            })
+            .unwrap()
+            .checksum();
+        let with_output = model.ops.iter().filter(|op| op.output().is_some()).count();
+        assert_eq!(seen.len(), with_output);
+        let direct = e.run(&frame).unwrap();
+        assert_eq!(direct.checksum(), sum);
+        assert_eq!(
+            last,
+            direct
+                .iter()
+                .flat_map(f32::to_le_bytes)
+                .collect::<std::vec::Vec<u8>>()
+        );
     }
 
     #[test]

@@ -468,14 +468,28 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
     )
 }
 
-/// `depthling quantize`: int8 PTQ of a student checkpoint, calibrated on a dataset's images.
+/// What `depthling quantize` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantizeReport {
+    #[serde(flatten)]
+    pub profile: Profile,
+    pub calibration: String,
+    /// Per-layer SQNR of int8 against f32 on calibration images.
+    pub layers: Vec<crate::quant::LayerError>,
+    /// Metrics of the f32 and int8 models on the calibration images, where they have depth.
+    pub metrics_f32: Option<crate::eval::EvalReport>,
+    pub metrics_int8: Option<crate::eval::EvalReport>,
+}
+
+/// `depthling quantize`: int8 PTQ of a student checkpoint, calibrated on a dataset's images; reports
+/// per-layer SQNR and the end-to-end metric change.
 pub fn quantize_file(
     model: &Path,
     calib: &Path,
     calibration: Calibration,
     out: &Path,
     quiet: bool,
-) -> Result<Profile> {
+) -> Result<QuantizeReport> {
     let device = Device::Cpu;
     let (net, meta) = Net::load(model, &device)?;
     let ds = Dataset::open(calib, 1000.0)?;
@@ -492,8 +506,22 @@ pub fn quantize_file(
         metrics: vec![],
     };
     let bytes = quantize(&net.net, &samples, calibration, &prov, &device)?;
+    let m = Model::from_bytes(&bytes)
+        .map_err(|e| Error::Runtime(format!("quantized model invalid: {e}")))?;
+    let layers = crate::quant::layer_report(&net.net, &m, &samples, &device)?;
+    let cfg = depthling_metrics::EvalConfig::default();
+    let f32_pred = crate::train::predict(&net.net, &samples, &device)?;
+    let int8_pred = crate::quant::run_int8(&m, &samples)?;
+    let metrics_f32 = crate::eval::evaluate(&f32_pred, &samples, &cfg).ok();
+    let metrics_int8 = crate::eval::evaluate(&int8_pred, &samples, &cfg).ok();
     write_atomic(out, &bytes)?;
-    profile_model(out)
+    Ok(QuantizeReport {
+        profile: profile_model(out)?,
+        calibration: calibration.name().into(),
+        layers,
+        metrics_f32,
+        metrics_int8,
+    })
 }
 
 /// Writes bytes through a temporary name and renames.

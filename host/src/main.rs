@@ -271,11 +271,19 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Quantize { model, calib, calibration, out, json } => {
             let c = quant::Calibration::parse(&calibration)?;
-            let p = commands::quantize_file(&model, &calib, c, &out, quiet)?;
+            let r = commands::quantize_file(&model, &calib, c, &out, quiet)?;
             if json {
-                print_json(&p)?;
+                print_json(&r)?;
             } else {
-                println!("{} written: {} params, {} bytes, arena {} bytes", out.display(), p.params, p.flash_bytes, p.arena_bytes);
+                println!("{:>4} {:<18} {:>9}", "op", "kind", "SQNR dB");
+                for l in &r.layers {
+                    println!("{:>4} {:<18} {:>9.1}", l.op, l.kind, l.sqnr_db);
+                }
+                if let (Some(f), Some(q)) = (&r.metrics_f32, &r.metrics_int8) {
+                    println!("on the calibration images: AbsRel {:.4} → {:.4}, δ1 {:.4} → {:.4} (f32 → int8)", f.abs_rel, q.abs_rel, f.delta1, q.delta1);
+                }
+                let p = &r.profile;
+                println!("{} written ({} calibration): {} params, {} bytes, arena {} bytes", out.display(), r.calibration, p.params, p.flash_bytes, p.arena_bytes);
             }
         }
         Command::Export { .. } => return Err(Error::NotAvailable("export (arrives with the quantization and export release); `depthling quantize` writes a .dlm today")),

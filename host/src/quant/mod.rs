@@ -19,18 +19,129 @@ use crate::nets::graph::{images_to_tensor, Act, GraphNet, Node};
 pub enum Calibration {
     /// The observed minimum and maximum.
     MinMax,
+    /// The 0.01 % and 99.99 % quantiles: outliers are clipped.
+    Percentile,
+    /// The clip range minimising the expected squared error (rounding inside, clipping outside)
+    /// over the observed value histogram.
+    Mse,
 }
 
 impl Calibration {
     pub fn parse(s: &str) -> Result<Calibration> {
         match s {
             "minmax" => Ok(Calibration::MinMax),
-            "percentile" | "mse" => Err(Error::NotAvailable(
-                "this calibrator (arrives with the quantization release)",
-            )),
+            "percentile" => Ok(Calibration::Percentile),
+            "mse" => Ok(Calibration::Mse),
             other => Err(Error::Usage(format!(
-                "unknown calibration {other:?}; known: minmax"
+                "unknown calibration {other:?}; known: minmax, percentile, mse"
             ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Calibration::MinMax => "minmax",
+            Calibration::Percentile => "percentile",
+            Calibration::Mse => "mse",
+        }
+    }
+}
+
+const BINS: usize = 2048;
+
+/// Value counts over `[lo, hi]` in equal bins.
+#[derive(Clone, Debug)]
+struct Histogram {
+    lo: f32,
+    hi: f32,
+    counts: Vec<u64>,
+}
+
+impl Histogram {
+    fn new(lo: f32, hi: f32) -> Self {
+        Histogram {
+            lo,
+            hi: hi.max(lo + 1e-6),
+            counts: vec![0; BINS],
+        }
+    }
+    fn width(&self) -> f32 {
+        (self.hi - self.lo) / BINS as f32
+    }
+    fn add(&mut self, values: &[f32]) {
+        let inv = 1.0 / self.width();
+        for &v in values {
+            let b = (((v - self.lo) * inv).max(0.0) as usize).min(BINS - 1);
+            self.counts[b] += 1;
+        }
+    }
+    fn centre(&self, b: usize) -> f32 {
+        self.lo + (b as f32 + 0.5) * self.width()
+    }
+    /// Value below which a share `q` of the mass lies.
+    fn quantile(&self, q: f64) -> f32 {
+        let total: u64 = self.counts.iter().sum();
+        let target = (q * total as f64) as u64;
+        let mut acc = 0u64;
+        for (b, &c) in self.counts.iter().enumerate() {
+            acc += c;
+            if acc > target {
+                return self.lo + (b + 1) as f32 * self.width();
+            }
+        }
+        self.hi
+    }
+    /// Expected squared error of int8 quantization clipped to `[a, b]`.
+    fn quant_error(&self, a: f32, b: f32) -> f64 {
+        let scale = ((b - a) / 255.0).max(1e-12) as f64;
+        let rounding = scale * scale / 12.0;
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| {
+                let v = self.centre(i);
+                let e = if v < a {
+                    (a - v) as f64
+                } else if v > b {
+                    (v - b) as f64
+                } else {
+                    0.0
+                };
+                c as f64 * (e * e + rounding)
+            })
+            .sum()
+    }
+}
+
+/// The range a calibrator picks from the min–max range and the histogram.
+fn choose_range(
+    calibration: Calibration,
+    minmax: (f32, f32),
+    hist: Option<&Histogram>,
+) -> (f32, f32) {
+    let (lo, hi) = minmax;
+    let Some(h) = hist else { return minmax };
+    match calibration {
+        Calibration::MinMax => minmax,
+        Calibration::Percentile => {
+            let a = if lo >= 0.0 { lo } else { h.quantile(1e-4) };
+            (a, h.quantile(1.0 - 1e-4))
+        }
+        Calibration::Mse => {
+            // clip the upper end (and the lower one when values go negative) at fractions of the
+            // observed extremes
+            let mut best = (f64::INFINITY, minmax);
+            for i in 0..=60 {
+                let f = 1.0 - i as f32 / 80.0;
+                let b = hi * f;
+                let a = if lo < 0.0 { lo * f } else { lo };
+                let e = h.quant_error(a.min(0.0), b.max(0.0));
+                if e < best.0 {
+                    best = (e, (a, b));
+                }
+            }
+            best.1
         }
     }
 }
@@ -46,6 +157,33 @@ pub struct Provenance {
 
 /// `(min, max)` per graph node.
 type Ranges = Vec<(f32, f32)>;
+
+/// Histograms of every node (post-activation, and pre-activation for sigmoid convs) over the
+/// min–max ranges from a first pass.
+fn observe_histograms(
+    net: &GraphNet,
+    calib: &[Sample],
+    device: &Device,
+    post: &Ranges,
+    pre: &Ranges,
+) -> Result<(Vec<Histogram>, Vec<Option<Histogram>>)> {
+    let mut hp: Vec<Histogram> = post.iter().map(|&(a, b)| Histogram::new(a, b)).collect();
+    let mut hq: Vec<Option<Histogram>> = pre
+        .iter()
+        .map(|&(a, b)| (a <= b).then(|| Histogram::new(a, b)))
+        .collect();
+    for chunk in calib.chunks(16) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|s| s.rgb.as_slice()).collect();
+        let x = images_to_tensor(&refs, chunk[0].width, chunk[0].height, device)?;
+        for (i, (out, pre_act)) in net.forward_nodes(&x, false)?.iter().enumerate() {
+            hp[i].add(&out.flatten_all()?.to_vec1::<f32>()?);
+            if let (Some(p), Some(h)) = (pre_act, hq[i].as_mut()) {
+                h.add(&p.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+    }
+    Ok((hp, hq))
+}
 
 /// Observed value range of every node (post-activation) and, for sigmoid convs, pre-activation.
 fn observe_ranges(net: &GraphNet, calib: &[Sample], device: &Device) -> Result<(Ranges, Ranges)> {
@@ -106,7 +244,6 @@ pub fn quantize(
     provenance: &Provenance,
     device: &Device,
 ) -> Result<Vec<u8>> {
-    let Calibration::MinMax = calibration;
     let first = calib
         .first()
         .ok_or_else(|| Error::Runtime("no calibration images".into()))?;
@@ -114,6 +251,22 @@ pub fn quantize(
     let spec = net.spec();
     let shapes = spec.shapes(width, height)?;
     let (post, pre) = observe_ranges(net, calib, device)?;
+    let (post, pre) = if calibration == Calibration::MinMax {
+        (post, pre)
+    } else {
+        let (hp, hq) = observe_histograms(net, calib, device, &post, &pre)?;
+        let post = post
+            .iter()
+            .zip(&hp)
+            .map(|(&r, h)| choose_range(calibration, r, Some(h)))
+            .collect();
+        let pre = pre
+            .iter()
+            .zip(&hq)
+            .map(|(&r, h)| choose_range(calibration, r, h.as_ref()))
+            .collect();
+        (post, pre)
+    };
     let last = spec.nodes.len() - 1;
 
     let mut b = ModelBuilder::new(&provenance.name);
@@ -327,6 +480,67 @@ pub fn quantize(
         .map_err(|e| Error::Runtime(format!("quantized model is invalid: {e}")))
 }
 
+/// Quantization error of one layer: signal-to-quantization-noise ratio of the int8 tensor
+/// (dequantized) against the f32 network's value, over the report images.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerError {
+    pub op: usize,
+    pub kind: String,
+    pub sqnr_db: f64,
+}
+
+/// Per-layer SQNR of `model` (quantized from `net`) on up to 8 of `samples`.
+pub fn layer_report(
+    net: &GraphNet,
+    model: &depthling_model::Model<'_>,
+    samples: &[Sample],
+    device: &Device,
+) -> Result<Vec<LayerError>> {
+    let outputs: Vec<usize> = (0..model.ops.len())
+        .filter(|&i| model.ops[i].output().is_some())
+        .collect();
+    let mut signal = vec![0f64; model.ops.len()];
+    let mut noise = vec![0f64; model.ops.len()];
+    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut engine = depthling_device::Engine::new(model, &mut arena)?;
+    for s in samples.iter().take(8) {
+        let x = images_to_tensor(&[s.rgb.as_slice()], s.width, s.height, device)?;
+        // op i computes graph node i + 1 (node 0 is the input)
+        let reference: Vec<Vec<f32>> = net
+            .forward_nodes(&x, false)?
+            .iter()
+            .map(|(t, _)| t.flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        engine.run_observed(&s.rgb, |i, t, bytes| {
+            let Some(f) = reference.get(i + 1) else {
+                return;
+            };
+            let (h, w, c) = (t.height as usize, t.width as usize, t.channels as usize);
+            for (k, chunk) in bytes.chunks_exact(t.dtype.size() as usize).enumerate() {
+                let (pix, ch) = (k / c, k % c);
+                let q = match t.dtype {
+                    DType::I8 => {
+                        (chunk[0] as i8 as i32 - t.quant.zero_point) as f32 * t.quant.scale
+                    }
+                    DType::F32 => f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                };
+                // NHWC (engine) against NCHW (candle)
+                let v = f[ch * h * w + pix];
+                signal[i] += (v as f64).powi(2);
+                noise[i] += ((v - q) as f64).powi(2);
+            }
+        })?;
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|i| LayerError {
+            op: i,
+            kind: model.ops[i].kind().into(),
+            sqnr_db: 10.0 * (signal[i] / noise[i].max(1e-30)).log10(),
+        })
+        .collect())
+}
+
 /// Runs a `.dlm` on samples with the int8 engine (one arena per worker thread).
 pub fn run_int8(model: &depthling_model::Model<'_>, samples: &[Sample]) -> Result<Vec<Vec<f32>>> {
     use rayon::prelude::*;
@@ -484,6 +698,77 @@ mod tests {
                 rel < tolerance,
                 "{name}: int8 differs from f32 by {rel:.3} (relative)"
             );
+        }
+    }
+
+    #[test]
+    fn calibrators_clip_outliers_and_stay_inside_the_observed_range() {
+        // 10 000 values in [0, 1] and one outlier at 100
+        let mut values: Vec<f32> = (0..10_000).map(|i| i as f32 / 10_000.0).collect();
+        values.push(100.0);
+        let mut h = Histogram::new(0.0, 100.0);
+        h.add(&values);
+        let mm = (0.0, 100.0);
+        assert_eq!(choose_range(Calibration::MinMax, mm, Some(&h)), mm);
+        let (a, b) = choose_range(Calibration::Percentile, mm, Some(&h));
+        assert_eq!(a, 0.0);
+        assert!(b < 2.0, "percentile kept the outlier: {b}");
+        let (a, b) = choose_range(Calibration::Mse, mm, Some(&h));
+        assert_eq!(a, 0.0);
+        assert!(b < 100.0 && b > 0.0, "mse range {b}");
+        assert!(h.quant_error(0.0, b) <= h.quant_error(0.0, 100.0));
+        assert!((h.quantile(0.5) - 0.5).abs() < 0.1);
+        for c in ["minmax", "percentile", "mse"] {
+            assert_eq!(Calibration::parse(c).unwrap().name(), c);
+        }
+        assert!(Calibration::parse("kl").is_err());
+    }
+
+    #[test]
+    fn layer_report_covers_every_op_with_an_output() {
+        let dev = Device::Cpu;
+        let data = render_many(Domain::Ood, 32, 24, 5, 0, 4, false);
+        let nodes = vec![
+            Node::Input,
+            conv(0, 8, 3, 2, true, Act::Relu),
+            Node::Upsample {
+                input: 1,
+                factor: 2,
+            },
+            conv(2, 1, 3, 1, false, Act::None),
+        ];
+        let net = Net::new(
+            GraphSpec {
+                name: "r".into(),
+                nodes,
+                output_bias: 0.5,
+            },
+            &dev,
+            1,
+        )
+        .unwrap();
+        for calibration in [
+            Calibration::MinMax,
+            Calibration::Percentile,
+            Calibration::Mse,
+        ] {
+            let bytes =
+                quantize(&net.net, &data, calibration, &Provenance::default(), &dev).unwrap();
+            let model = depthling_model::Model::from_bytes(&bytes).unwrap();
+            let report = layer_report(&net.net, &model, &data, &dev).unwrap();
+            assert_eq!(
+                report.iter().map(|l| l.op).collect::<Vec<_>>(),
+                vec![0, 1, 2]
+            );
+            for l in &report {
+                assert!(
+                    l.sqnr_db > 15.0,
+                    "{calibration:?}: op {} ({}) SQNR {:.1} dB",
+                    l.op,
+                    l.kind,
+                    l.sqnr_db
+                );
+            }
         }
     }
 
