@@ -17,7 +17,8 @@ use depthling_host::{demo, eval, quant, sim, Error, Result};
 #[command(
     name = "depthling",
     version,
-    about = "Distill a tiny monocular-depth student from a big teacher using simulated images, quantize it to int8, and run it on edge boards."
+    about = "Distill a tiny monocular-depth student from a big teacher using simulated images, quantize it to int8, and run it on edge boards.",
+    after_help = "Any flag can come from a TOML file: `depthling <command> --config file.toml` (keys are flag names; flags on the command line win). Examples in docs/configs/."
 )]
 struct Cli {
     /// No progress on stderr.
@@ -358,8 +359,79 @@ fn dispatch(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Expands `--config FILE.toml`: each `key = value` becomes `--key value` (`true` becomes a bare
+/// `--key`, `false` is dropped) right after the subcommand, unless the command line already gives
+/// that flag, so flags typed by hand win over the file.
+fn expand_config(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    let mut args = args;
+    let Some(pos) = args
+        .iter()
+        .position(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+    else {
+        return Ok(args);
+    };
+    let flag = args.remove(pos).to_string_lossy().into_owned();
+    let path = match flag.strip_prefix("--config=") {
+        Some(p) => PathBuf::from(p),
+        None if pos < args.len() => PathBuf::from(args.remove(pos)),
+        None => return Err(Error::Usage("--config needs a file".into())),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::bad_input(&path, "config file not found"),
+        _ => Error::io(&path, e),
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| Error::bad_input(&path, format!("not valid TOML: {e}")))?;
+    let given: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.to_string_lossy()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if given.contains(&flag) {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => extra.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => extra.extend([flag.into(), s.into()]),
+            toml::Value::Integer(i) => extra.extend([flag.into(), i.to_string().into()]),
+            toml::Value::Float(f) => extra.extend([flag.into(), f.to_string().into()]),
+            _ => {
+                return Err(Error::bad_input(
+                    &path,
+                    format!("{key}: only strings, numbers and booleans are supported"),
+                ))
+            }
+        }
+    }
+    // after the subcommand: the first argument that is not a flag
+    let at = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'))
+        .map_or(args.len(), |i| i + 2);
+    args.splice(at..at, extra);
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

@@ -268,6 +268,44 @@ fn corrupt_models_are_rejected_cleanly() {
 }
 
 #[test]
+fn config_file_supplies_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sim.toml");
+    std::fs::write(
+        &cfg,
+        "domain = \"ood\"\ncount = 3\nsize = \"32x24\"\nseed = 5\npreview = true\n",
+    )
+    .unwrap();
+    let out = dir.path().join("ds");
+    let o = depthling(&[
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--count",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    let s = json(&o);
+    assert_eq!(s["domain"], "ood");
+    assert_eq!(s["count"], 2, "the command line must override the file");
+    assert!(out.join("preview.png").exists());
+    std::fs::write(&cfg, "count = [1, 2]").unwrap();
+    let o = depthling(&[
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--domain",
+        "ood",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("sim.toml"), "{}", stderr(&o));
+}
+
+#[test]
 fn bad_input_exits_2_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.dlm");
