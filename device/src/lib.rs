@@ -130,10 +130,20 @@ impl<'a> DepthView<'a> {
     }
 }
 
+/// Which kernel implementations the engine calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The plain reference loops that define the integer results.
+    Reference,
+    /// The optimized kernels (bit-identical to the reference; tested).
+    Optimized,
+}
+
 /// Runs one validated model in one arena.
 pub struct Engine<'m, 'a> {
     model: &'m Model<'m>,
     arena: &'a mut [u8],
+    kernels: Kernels,
 }
 
 fn shape(t: &TensorInfo) -> Shape {
@@ -187,7 +197,16 @@ impl<'m, 'a> Engine<'m, 'a> {
                 given: arena.len(),
             });
         }
-        Ok(Engine { model, arena })
+        Ok(Engine {
+            model,
+            arena,
+            kernels: Kernels::Optimized,
+        })
+    }
+
+    /// Chooses the kernel implementations (optimized by default).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
     }
 
     /// Bytes of arena the model uses at its peak.
@@ -290,7 +309,10 @@ impl<'m, 'a> Engine<'m, 'a> {
                     stage,
                 };
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                kernels::conv::reference(&params, as_i8(inp), out);
+                match self.kernels {
+                    Kernels::Reference => kernels::conv::reference(&params, as_i8(inp), out),
+                    Kernels::Optimized => kernels::conv::optimized(&params, as_i8(inp), out),
+                }
             }
             Op::Add {
                 a,
@@ -481,6 +503,22 @@ mod tests {
                 .flat_map(f32::to_le_bytes)
                 .collect::<std::vec::Vec<u8>>()
         );
+    }
+
+    #[test]
+    fn reference_and_optimized_kernels_agree_bit_for_bit() {
+        for (h, w, seed) in [(16u16, 24u16, 3u64), (8, 8, 9), (12, 4, 1)] {
+            let bytes = depthling_model::example_model(h, w, seed).unwrap();
+            let model = Model::from_bytes(&bytes).unwrap();
+            let mut arena = vec![0u8; model.arena_bytes as usize];
+            let frame: std::vec::Vec<u8> = (0..h as usize * w as usize * 3)
+                .map(|i| (i * 29 % 256) as u8)
+                .collect();
+            let mut e = Engine::new(&model, &mut arena).unwrap();
+            let fast = e.run(&frame).unwrap().checksum();
+            e.set_kernels(Kernels::Reference);
+            assert_eq!(e.run(&frame).unwrap().checksum(), fast);
+        }
     }
 
     #[test]

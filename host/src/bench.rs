@@ -118,6 +118,64 @@ pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
     })
 }
 
+/// `bench infer`: the int8 engine on the demo student at 128×96, one thread.
+#[derive(Clone, Debug, Serialize)]
+pub struct InferBench {
+    pub int8_ms: f64,
+    pub int8_reference_ms: f64,
+    /// Not measured until the tract backend exists.
+    pub tract_ms: Option<f64>,
+    pub arena_bytes: u64,
+    pub macs: u64,
+    pub params: u64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Times the int8 engine (optimized and reference kernels) on the demo student, quantized from
+/// seeded weights and calibrated on simulated OOD images, on one core with the same input.
+pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
+    use crate::nets::{preset, Net};
+    use crate::quant::{quantize, Calibration, Provenance};
+    use depthling_device::{Engine, Kernels};
+    let device = candle_core::Device::Cpu;
+    let net = Net::new(preset("demo-student", 1.0)?, &device, 0)?;
+    let calib = render_many(Domain::Ood, width, height, 3, 0, 8, false);
+    let bytes = quantize(
+        &net.net,
+        &calib,
+        Calibration::MinMax,
+        &Provenance::default(),
+        &device,
+    )?;
+    let model =
+        depthling_model::Model::from_bytes(&bytes).map_err(|e| Error::Runtime(e.to_string()))?;
+    let frame = &calib[0].rgb;
+    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut engine = Engine::new(&model, &mut arena)?;
+    let time = |kernels: Kernels, engine: &mut Engine<'_, '_>| -> Result<f64> {
+        engine.set_kernels(kernels);
+        engine.run(frame)?;
+        let start = Instant::now();
+        for _ in 0..runs {
+            engine.run(frame)?;
+        }
+        Ok(1e3 * start.elapsed().as_secs_f64() / runs as f64)
+    };
+    let int8_ms = time(Kernels::Optimized, &mut engine)?;
+    let int8_reference_ms = time(Kernels::Reference, &mut engine)?;
+    Ok(InferBench {
+        int8_ms,
+        int8_reference_ms,
+        tract_ms: None,
+        arena_bytes: model.arena_bytes as u64,
+        macs: model.macs(),
+        params: model.params(),
+        width,
+        height,
+    })
+}
+
 /// Dispatches `depthling bench WHAT`.
 pub fn run(what: &str) -> Result<serde_json::Value> {
     let json =
@@ -125,9 +183,7 @@ pub fn run(what: &str) -> Result<serde_json::Value> {
     match what {
         "sim" => json(serde_json::to_value(sim(2.0)?)),
         "train" => json(serde_json::to_value(train(128, 96, 5)?)),
-        "infer" => Err(Error::NotAvailable(
-            "this benchmark (arrives with the device release)",
-        )),
+        "infer" => json(serde_json::to_value(infer(128, 96, 20)?)),
         other => Err(Error::Usage(format!(
             "unknown benchmark {other:?}; known: sim, train, infer"
         ))),
