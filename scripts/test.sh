@@ -29,5 +29,21 @@ else
   skip "rust target $target could not be installed; the no_std build check did not run"
 fi
 
+# Hardware-in-the-loop: QEMU runs the Cortex-M7 firmware (tests/tests/hil_cortex_m7.rs).
+if ! command -v qemu-system-arm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing qemu-system-arm"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null) || true
+  fi
+fi
+if command -v qemu-system-arm >/dev/null 2>&1; then
+  export DEPTHLING_REQUIRE_HIL=1
+else
+  skip "qemu-system-arm is not installed and could not be installed (needs root and apt-get); the Cortex-M7 HIL test will skip"
+fi
+
 echo "== cargo test (release profile: the demo test trains real networks)"
 cargo test --release --workspace
+
+echo "== firmware lints (boards/cortex-m7 is its own workspace)"
+(cd boards/cortex-m7 && cargo fmt -- --check && cargo clippy --release -- -D warnings)

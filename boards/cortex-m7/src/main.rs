@@ -1,0 +1,102 @@
+//! Runs the embedded `.dlm` on the embedded frame from a static arena, prints the depth checksum
+//! and the instructions per inference, and exits with a status (semihosting). The host compares
+//! the checksum with its own int8 result bit for bit.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m_rt::{entry, exception};
+use cortex_m_semihosting::{debug, hprintln};
+use depthling_device::Engine;
+use depthling_model::Model;
+
+static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.dlm"));
+static FRAME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/frame.rgb"));
+
+/// The inference arena: statically allocated, no heap.
+const ARENA_BYTES: usize = 512 * 1024;
+static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
+
+/// SysTick wraps (24-bit counter).
+static WRAPS: AtomicU32 = AtomicU32::new(0);
+const RELOAD: u32 = 0x00FF_FFFF;
+/// Instructions per SysTick tick under `-icount shift=0` on mps2-an500.
+const INSTRUCTIONS_PER_TICK: u64 = 40;
+
+#[exception]
+fn SysTick() {
+    WRAPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// SysTick ticks since start (wraps counted by the exception; re-read if one happened between).
+fn ticks() -> u64 {
+    loop {
+        let w = WRAPS.load(Ordering::Relaxed);
+        let current = cortex_m::peripheral::SYST::get_current();
+        if w == WRAPS.load(Ordering::Relaxed) {
+            return w as u64 * (RELOAD as u64 + 1) + (RELOAD - current) as u64;
+        }
+    }
+}
+
+fn fail(msg: &dyn core::fmt::Display) -> ! {
+    hprintln!("depthling: error: {}", msg);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    let Some(mut p) = cortex_m::Peripherals::take() else {
+        fail(&"peripherals taken")
+    };
+    p.SYST.set_clock_source(SystClkSource::Core);
+    p.SYST.set_reload(RELOAD);
+    p.SYST.clear_current();
+    p.SYST.enable_interrupt();
+    p.SYST.enable_counter();
+
+    let model = match Model::from_bytes(MODEL) {
+        Ok(m) => m,
+        Err(e) => fail(&e),
+    };
+    // SAFETY: the only reference to ARENA, taken once in this single-threaded program.
+    let arena = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
+    let mut engine = match Engine::new(&model, arena) {
+        Ok(e) => e,
+        Err(e) => fail(&e),
+    };
+    let start = ticks();
+    let checksum = match engine.run(FRAME) {
+        Ok(depth) => depth.checksum(),
+        Err(e) => fail(&e),
+    };
+    let elapsed = ticks() - start;
+    let instructions = elapsed * INSTRUCTIONS_PER_TICK;
+    hprintln!(
+        "depthling: checksum=0x{:016x} instructions={} macs={} arena={} flash_model={}",
+        checksum,
+        instructions,
+        model.macs(),
+        model.arena_bytes,
+        MODEL.len()
+    );
+    hprintln!("Test OK");
+    debug::exit(debug::EXIT_SUCCESS);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("depthling: panic: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
