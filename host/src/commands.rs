@@ -354,7 +354,8 @@ fn steps_for(epochs: usize, n: usize, batch: usize) -> usize {
     (epochs * n.div_ceil(batch.max(1))).max(1)
 }
 
-fn training_progress(
+/// Prints training progress (step, loss, ETA) on stderr about 20 times per run, unless quiet.
+pub fn training_progress(
     quiet: bool,
     label: &'static str,
     steps: usize,

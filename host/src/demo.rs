@@ -10,7 +10,7 @@ use candle_core::Device;
 use depthling_metrics::Protocol;
 use serde::Serialize;
 
-use crate::commands::{progress, write_atomic, DlmFile};
+use crate::commands::{progress, training_progress, write_atomic, DlmFile};
 use crate::data::{png, Sample};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalReport};
@@ -180,7 +180,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &indoor_train,
         Target::Labels,
         &tc,
-        log_every(cfg.quiet, "teacher", cfg.teacher_steps),
+        training_progress(cfg.quiet, "demo: teacher", cfg.teacher_steps),
     )?;
     teacher.save(
         &cfg.out.join("teacher.safetensors"),
@@ -203,7 +203,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &ood,
         Target::Teacher(&teacher.net),
         &sc,
-        log_every(cfg.quiet, "student", cfg.student_steps),
+        training_progress(cfg.quiet, "demo: student", cfg.student_steps),
     )?;
     student.save(
         &cfg.out.join("student.safetensors"),
@@ -294,21 +294,6 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &[&teacher_pred, &student_pred, &int8_pred],
     )?;
     Ok(result)
-}
-
-fn log_every(quiet: bool, label: &'static str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
-    let start = Instant::now();
-    let every = (steps / 10).max(1);
-    move |s| {
-        if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
-            let done = s.step + 1;
-            let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
-            eprintln!(
-                "demo: {label} step {done}/{steps} loss {:.4} eta {eta:.0}s",
-                s.loss
-            );
-        }
-    }
 }
 
 /// `report/index.html` with a sample grid (RGB | ground truth | teacher | student f32 | student
