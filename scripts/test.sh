@@ -29,17 +29,25 @@ else
   skip "rust target $target could not be installed; the no_std build check did not run"
 fi
 
-# Hardware-in-the-loop: QEMU runs the Cortex-M7 firmware (tests/tests/hil_cortex_m7.rs).
-if ! command -v qemu-system-arm >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing qemu-system-arm"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null) || true
-  fi
+# Hardware-in-the-loop: QEMU runs the Cortex-M7 firmware (tests/tests/hil_cortex_m7.rs) and the
+# aarch64 board runner (tests/tests/hil_aarch64.rs).
+rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
+missing=""
+for tool in qemu-system-arm qemu-aarch64 aarch64-linux-gnu-gcc; do
+  command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing qemu-system-arm qemu-user gcc-aarch64-linux-gnu"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null) || true
 fi
-if command -v qemu-system-arm >/dev/null 2>&1; then
+missing=""
+for tool in qemu-system-arm qemu-aarch64 aarch64-linux-gnu-gcc; do
+  command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -z "$missing" ] && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
   export DEPTHLING_REQUIRE_HIL=1
 else
-  skip "qemu-system-arm is not installed and could not be installed (needs root and apt-get); the Cortex-M7 HIL test will skip"
+  skip "hardware-in-the-loop tools missing (${missing:- rust target aarch64-unknown-linux-gnu}); needs root and apt-get: the HIL tests will skip"
 fi
 
 echo "== cargo test (release profile: the demo test trains real networks)"

@@ -1,0 +1,139 @@
+//! Hardware-in-the-loop for Linux ARM boards (Jetson, Raspberry Pi): `depthling-runner`,
+//! cross-compiled for aarch64, runs under `qemu-aarch64 -cpu cortex-a72` and must print the same
+//! depth checksums as the host's int8 engine, bit for bit. Skips with a message when the cross
+//! toolchain, the target or QEMU is missing; fails instead when `DEPTHLING_REQUIRE_HIL=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn skip_or_fail(why: &str) {
+    if std::env::var("DEPTHLING_REQUIRE_HIL").as_deref() == Ok("1") {
+        panic!("HIL test cannot run: {why} (DEPTHLING_REQUIRE_HIL=1)");
+    }
+    eprintln!("SKIP: aarch64 HIL test: {why}");
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn aarch64_runner_matches_the_host_bit_for_bit() {
+    for (cmd, package) in [
+        ("qemu-aarch64", "qemu-user"),
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ] {
+        if !have(cmd, "--version") {
+            return skip_or_fail(&format!("{cmd} not found (Debian package {package})"));
+        }
+    }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if !installed.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l == "aarch64-unknown-linux-gnu")
+    }) {
+        return skip_or_fail("rust target aarch64-unknown-linux-gnu not installed");
+    }
+    let target_dir = root().join("target/aarch64");
+    let build = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "depthling-runner",
+            "--target",
+            "aarch64-unknown-linux-gnu",
+        ])
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        build.status.success(),
+        "cross build failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (48usize, 32usize);
+    let (model, _) = depthling_tests::demo_student_and_frame(w, h).unwrap();
+    let model_path = dir.path().join("model.dlm");
+    std::fs::write(&model_path, &model).unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..3u64 {
+        let s = depthling_host::sim::render_sample(
+            depthling_host::sim::Domain::Indoor,
+            w,
+            h,
+            40 + i,
+            i,
+            false,
+        );
+        let name = format!("{i:03}.png");
+        image::RgbImage::from_raw(w as u32, h as u32, s.rgb.clone())
+            .unwrap()
+            .save(frames.join(&name))
+            .unwrap();
+        expected.push((
+            name,
+            depthling_tests::host_checksum(&model, &s.rgb).unwrap(),
+        ));
+    }
+
+    let runner = target_dir.join("aarch64-unknown-linux-gnu/release/depthling-runner");
+    let run = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-aarch64",
+            "-cpu",
+            "cortex-a72",
+            "-L",
+            "/usr/aarch64-linux-gnu",
+        ])
+        .arg(&runner)
+        .arg("--model")
+        .arg(&model_path)
+        .arg("--input")
+        .arg(&frames)
+        .output()
+        .expect("qemu runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "runner failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for (name, want) in expected {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("frame ") && l.contains(&name))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
+        let got = line
+            .split("checksum=0x")
+            .nth(1)
+            .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "{name}: aarch64 {got:#018x} != host {want:#018x}"
+        );
+    }
+    eprintln!("{}", stdout.lines().last().unwrap_or(""));
+}
