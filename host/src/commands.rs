@@ -525,6 +525,44 @@ pub fn quantize_file(
     })
 }
 
+/// `depthling export`: today `--format dlm` from a `.dlm` (validated, checked against `--board`,
+/// copied); ONNX and exports from checkpoints come with the export release.
+pub fn export(model: &Path, format: &str, board: Option<&str>, out: &Path) -> Result<Profile> {
+    match format {
+        "dlm" => {}
+        "onnx" => {
+            return Err(Error::NotAvailable(
+                "ONNX export (arrives with the export release)",
+            ))
+        }
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown format {other:?}; known: dlm, onnx"
+            )))
+        }
+    }
+    if !model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dlm"))
+    {
+        return Err(Error::NotAvailable(
+            "exporting a checkpoint directly (use `depthling quantize` to make a .dlm first)",
+        ));
+    }
+    let mut p = profile_model(model)?;
+    if let Some(b) = board {
+        let b = crate::boards::Board::find(b)?;
+        if let Err(m) = b.check(p.flash_bytes, p.arena_bytes) {
+            return Err(Error::bad_input(model, b.explain(&m)));
+        }
+        p.fits = Some(true);
+        p.board = Some(b.name);
+    }
+    let file = DlmFile::read(model)?;
+    write_atomic(out, &file.bytes)?;
+    Ok(p)
+}
+
 /// Writes bytes through a temporary name and renames.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -9,6 +9,7 @@ pub mod sim;
 
 pub use error::{Error, Result};
 pub mod bench;
+pub mod boards;
 pub mod commands;
 pub mod demo;
 pub mod eval;

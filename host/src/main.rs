@@ -240,37 +240,129 @@ fn protocol(s: Option<&str>) -> Result<depthling_metrics::Protocol> {
 fn dispatch(cli: Cli) -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Simulate { domain, count, size, seed, stereo, preview, out, json } => {
-            let domain = sim::Domain::parse(&domain).ok_or_else(|| Error::Usage(format!("unknown domain {domain:?}; known: indoor, outdoor, ood")))?;
+        Command::Simulate {
+            domain,
+            count,
+            size,
+            seed,
+            stereo,
+            preview,
+            out,
+            json,
+        } => {
+            let domain = sim::Domain::parse(&domain).ok_or_else(|| {
+                Error::Usage(format!(
+                    "unknown domain {domain:?}; known: indoor, outdoor, ood"
+                ))
+            })?;
             let (width, height) = commands::parse_size(&size)?;
-            let s = commands::simulate(&commands::SimulateConfig { domain, count, width, height, seed, stereo, preview, out, quiet })?;
+            let s = commands::simulate(&commands::SimulateConfig {
+                domain,
+                count,
+                width,
+                height,
+                seed,
+                stereo,
+                preview,
+                out,
+                quiet,
+            })?;
             if json {
                 print_json(&s)?;
             } else {
-                println!("{} {} images at {}×{} in {:.1}s ({:.0} images/s) → {}", s.count, s.domain, s.width, s.height, s.seconds, s.images_per_second, s.out.display());
+                println!(
+                    "{} {} images at {}×{} in {:.1}s ({:.0} images/s) → {}",
+                    s.count,
+                    s.domain,
+                    s.width,
+                    s.height,
+                    s.seconds,
+                    s.images_per_second,
+                    s.out.display()
+                );
             }
         }
-        Command::TrainTeacher { data, arch, width, stereo, epochs, batch_size, lr, seed, out, resume } => {
+        Command::TrainTeacher {
+            data,
+            arch,
+            width,
+            stereo,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            out,
+            resume,
+        } => {
             if stereo {
-                return Err(Error::NotAvailable("the stereo teacher (arrives with the networks release)"));
+                return Err(Error::NotAvailable(
+                    "the stereo teacher (arrives with the networks release)",
+                ));
             }
             if resume {
-                return Err(Error::NotAvailable("--resume (arrives with the training release)"));
+                return Err(Error::NotAvailable(
+                    "--resume (arrives with the training release)",
+                ));
             }
-            commands::train_teacher(&commands::TrainTeacherConfig { data, arch, width, epochs, batch_size, lr, seed, out: out.clone(), quiet })?;
+            commands::train_teacher(&commands::TrainTeacherConfig {
+                data,
+                arch,
+                width,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                out: out.clone(),
+                quiet,
+            })?;
             println!("teacher written to {}", out.display());
         }
-        Command::Distill { method, teacher, images, labeled, arch, width, epochs, batch_size, lr, seed, out, resume } => {
+        Command::Distill {
+            method,
+            teacher,
+            images,
+            labeled,
+            arch,
+            width,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            out,
+            resume,
+        } => {
             if labeled.is_some() {
-                return Err(Error::NotAvailable("--labeled (arrives with the aux method)"));
+                return Err(Error::NotAvailable(
+                    "--labeled (arrives with the aux method)",
+                ));
             }
             if resume {
-                return Err(Error::NotAvailable("--resume (arrives with the training release)"));
+                return Err(Error::NotAvailable(
+                    "--resume (arrives with the training release)",
+                ));
             }
-            commands::distill(&commands::DistillConfig { method, teacher, images, arch, width, epochs, batch_size, lr, seed, out: out.clone(), quiet })?;
+            commands::distill(&commands::DistillConfig {
+                method,
+                teacher,
+                images,
+                arch,
+                width,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                out: out.clone(),
+                quiet,
+            })?;
             println!("student written to {}", out.display());
         }
-        Command::Quantize { model, calib, calibration, out, json } => {
+        Command::Quantize {
+            model,
+            calib,
+            calibration,
+            out,
+            json,
+        } => {
             let c = quant::Calibration::parse(&calibration)?;
             let r = commands::quantize_file(&model, &calib, c, &out, quiet)?;
             if json {
@@ -284,16 +376,54 @@ fn dispatch(cli: Cli) -> Result<()> {
                     println!("on the calibration images: AbsRel {:.4} → {:.4}, δ1 {:.4} → {:.4} (f32 → int8)", f.abs_rel, q.abs_rel, f.delta1, q.delta1);
                 }
                 let p = &r.profile;
-                println!("{} written ({} calibration): {} params, {} bytes, arena {} bytes", out.display(), r.calibration, p.params, p.flash_bytes, p.arena_bytes);
+                println!(
+                    "{} written ({} calibration): {} params, {} bytes, arena {} bytes",
+                    out.display(),
+                    r.calibration,
+                    p.params,
+                    p.flash_bytes,
+                    p.arena_bytes
+                );
             }
         }
-        Command::Export { .. } => return Err(Error::NotAvailable("export (arrives with the quantization and export release); `depthling quantize` writes a .dlm today")),
-        Command::Eval { model, data, pred, gt, protocol: proto, depth_scale, median_scaling, json } => {
+        Command::Export {
+            model,
+            format,
+            board,
+            out,
+        } => {
+            let p = commands::export(&model, &format, board.as_deref(), &out)?;
+            println!(
+                "{} written: {} bytes, arena {} bytes{}",
+                out.display(),
+                p.flash_bytes,
+                p.arena_bytes,
+                p.board.map(|b| format!(", fits {b}")).unwrap_or_default()
+            );
+        }
+        Command::Eval {
+            model,
+            data,
+            pred,
+            gt,
+            protocol: proto,
+            depth_scale,
+            median_scaling,
+            json,
+        } => {
             let proto = protocol(proto.as_deref())?;
             let report = match (model, data, pred, gt) {
-                (None, None, Some(pred), Some(gt)) => eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?,
-                (Some(model), Some(data), None, None) => commands::eval_model(&model, &data, proto, median_scaling, quiet)?,
-                _ => return Err(Error::Usage("give either --pred DIR --gt DIR or --model M --data DIR".into())),
+                (None, None, Some(pred), Some(gt)) => {
+                    eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?
+                }
+                (Some(model), Some(data), None, None) => {
+                    commands::eval_model(&model, &data, proto, median_scaling, quiet)?
+                }
+                _ => {
+                    return Err(Error::Usage(
+                        "give either --pred DIR --gt DIR or --model M --data DIR".into(),
+                    ))
+                }
             };
             if json {
                 print_json(&report)?;
@@ -304,24 +434,44 @@ fn dispatch(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Run { model, input, out, backend, json } => {
+        Command::Run {
+            model,
+            input,
+            out,
+            backend,
+            json,
+        } => {
             let backend = match backend.as_str() {
                 "int8" => Backend::Int8,
                 "tract" => Backend::Tract,
-                other => return Err(Error::Usage(format!("unknown backend {other:?}; known: int8, tract"))),
+                other => {
+                    return Err(Error::Usage(format!(
+                        "unknown backend {other:?}; known: int8, tract"
+                    )))
+                }
             };
             let s = commands::run(&model, &input, &out, backend, quiet)?;
             if json {
                 print_json(&s)?;
             } else {
-                println!("{} images, {:.2} ms per frame ({}) → {}", s.images, s.mean_ms, s.backend, s.out.display());
+                println!(
+                    "{} images, {:.2} ms per frame ({}) → {}",
+                    s.images,
+                    s.mean_ms,
+                    s.backend,
+                    s.out.display()
+                );
             }
         }
-        Command::Profile { model, arch, width, size, board, json } => {
-            if board.is_some() {
-                return Err(Error::NotAvailable("board profiles (arrive with the boards release)"));
-            }
-            let p = match (model, arch) {
+        Command::Profile {
+            model,
+            arch,
+            width,
+            size,
+            board,
+            json,
+        } => {
+            let mut p = match (model, arch) {
                 (Some(m), None) => commands::profile_model(&m)?,
                 (None, Some(a)) => {
                     let (w, h) = commands::parse_size(&size)?;
@@ -329,10 +479,18 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
                 _ => return Err(Error::Usage("give either --model M.dlm or --arch A".into())),
             };
+            if let Some(b) = board {
+                let b = depthling_host::boards::Board::find(&b)?;
+                p.fits = Some(b.check(p.flash_bytes, p.arena_bytes).is_ok());
+                p.board = Some(b.name);
+            }
             if json {
                 print_json(&p)?;
             } else {
-                println!("params {}  MACs {}  flash {} bytes  arena {} bytes", p.params, p.macs, p.flash_bytes, p.arena_bytes);
+                println!(
+                    "params {}  MACs {}  flash {} bytes  arena {} bytes",
+                    p.params, p.macs, p.flash_bytes, p.arena_bytes
+                );
             }
         }
         Command::Bench { what, json } => {
@@ -340,19 +498,34 @@ fn dispatch(cli: Cli) -> Result<()> {
             if json {
                 print_json(&v)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Runtime(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| Error::Runtime(e.to_string()))?
+                );
             }
         }
-        Command::Experiment { .. } => return Err(Error::NotAvailable("experiment (arrives with the distillation release)")),
+        Command::Experiment { .. } => {
+            return Err(Error::NotAvailable(
+                "experiment (arrives with the distillation release)",
+            ))
+        }
         Command::Demo { quick, out, json } => {
-            let mut cfg = if quick { demo::DemoConfig::quick(out) } else { demo::DemoConfig::full(out) };
+            let mut cfg = if quick {
+                demo::DemoConfig::quick(out)
+            } else {
+                demo::DemoConfig::full(out)
+            };
             cfg.quiet = quiet;
             let r = demo::run(&cfg)?;
             if json {
                 print_json(&r)?;
             } else {
                 print!("{}", r.table());
-                println!("wall time {:.0} s; outputs in {}", r.wall_seconds, cfg.out.display());
+                println!(
+                    "wall time {:.0} s; outputs in {}",
+                    r.wall_seconds,
+                    cfg.out.display()
+                );
             }
         }
     }

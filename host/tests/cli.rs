@@ -268,6 +268,77 @@ fn corrupt_models_are_rejected_cleanly() {
 }
 
 #[test]
+fn boards_fit_or_refuse_naming_the_excess() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.dlm");
+    std::fs::write(&small, depthling_model::example_model(24, 32, 1).unwrap()).unwrap();
+    let p = json(&depthling(&[
+        "profile",
+        "--model",
+        small.to_str().unwrap(),
+        "--board",
+        "stm32h747",
+        "--json",
+    ]));
+    assert_eq!(p["board"], "stm32h747");
+    assert_eq!(p["fits"], true);
+    let out = dir.path().join("exported.dlm");
+    let o = depthling(&[
+        "export",
+        "--model",
+        small.to_str().unwrap(),
+        "--format",
+        "dlm",
+        "--board",
+        "stm32h747",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&small).unwrap());
+    // a model whose arena cannot fit 1 MB of SRAM: 512×512 input
+    let big = dir.path().join("big.dlm");
+    std::fs::write(&big, depthling_model::example_model(512, 512, 1).unwrap()).unwrap();
+    let p = json(&depthling(&[
+        "profile",
+        "--model",
+        big.to_str().unwrap(),
+        "--board",
+        "stm32h747",
+        "--json",
+    ]));
+    assert_eq!(p["fits"], false);
+    let refused = dir.path().join("refused.dlm");
+    let o = depthling(&[
+        "export",
+        "--model",
+        big.to_str().unwrap(),
+        "--format",
+        "dlm",
+        "--board",
+        "stm32h747",
+        "--out",
+        refused.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("over the RAM budget") && stderr(&o).contains("stm32h747"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!refused.exists());
+    let o = depthling(&[
+        "profile",
+        "--model",
+        small.to_str().unwrap(),
+        "--board",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown board"));
+}
+
+#[test]
 fn config_file_supplies_flags_and_the_command_line_wins() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sim.toml");
