@@ -29,3 +29,57 @@ pub fn host_checksum(model: &[u8], frame: &[u8]) -> Result<u64, Box<dyn std::err
     let mut e = depthling_device::Engine::new(&m, &mut arena)?;
     Ok(e.run(frame)?.checksum())
 }
+
+/// Hardware-in-the-loop helpers: skip with a message when a tool is missing, unless
+/// `DEPTHLING_REQUIRE_HIL=1`, where a missing tool fails the test.
+pub mod hil {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// Skips (prints `SKIP: what: why`) or, with `DEPTHLING_REQUIRE_HIL=1`, panics.
+    pub fn skip_or_fail(what: &str, why: &str) {
+        if std::env::var("DEPTHLING_REQUIRE_HIL").as_deref() == Ok("1") {
+            panic!("{what} cannot run: {why} (DEPTHLING_REQUIRE_HIL=1)");
+        }
+        eprintln!("SKIP: {what}: {why}");
+    }
+
+    /// Whether `cmd arg` runs and succeeds.
+    pub fn have(cmd: &str, arg: &str) -> bool {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Whether rustup has the target installed.
+    pub fn have_target(triple: &str) -> bool {
+        Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l == triple)
+            })
+    }
+
+    /// The repository root.
+    pub fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    /// The value of `key=0x…` in a line, as a number.
+    pub fn hex_field(line: &str, key: &str) -> Option<u64> {
+        let pattern = format!("{key}=0x");
+        let start = line.find(&pattern)? + pattern.len();
+        let hex: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        u64::from_str_radix(&hex, 16).ok()
+    }
+}

@@ -5,28 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use depthling_tests::hil::{have, have_target, hex_field, root};
+
 fn skip_or_fail(why: &str) {
-    if std::env::var("DEPTHLING_REQUIRE_HIL").as_deref() == Ok("1") {
-        panic!("HIL test cannot run: {why} (DEPTHLING_REQUIRE_HIL=1)");
-    }
-    eprintln!("SKIP: aarch64 HIL test: {why}");
-}
-
-fn have(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    depthling_tests::hil::skip_or_fail("aarch64 HIL test", why);
 }
 
 #[test]
@@ -39,14 +23,7 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             return skip_or_fail(&format!("{cmd} not found (Debian package {package})"));
         }
     }
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
-    if !installed.is_ok_and(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .any(|l| l == "aarch64-unknown-linux-gnu")
-    }) {
+    if !have_target("aarch64-unknown-linux-gnu") {
         return skip_or_fail("rust target aarch64-unknown-linux-gnu not installed");
     }
     let target_dir = root().join("target/aarch64");
@@ -125,11 +102,7 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             .lines()
             .find(|l| l.starts_with("frame ") && l.contains(&name))
             .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
-        let got = line
-            .split("checksum=0x")
-            .nth(1)
-            .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
-            .unwrap();
+        let got = hex_field(line, "checksum").expect("checksum value");
         assert_eq!(
             got, want,
             "{name}: aarch64 {got:#018x} != host {want:#018x}"

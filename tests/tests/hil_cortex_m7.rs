@@ -5,28 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use depthling_tests::hil::{have, have_target, hex_field, root};
+
 fn skip_or_fail(why: &str) {
-    if std::env::var("DEPTHLING_REQUIRE_HIL").as_deref() == Ok("1") {
-        panic!("HIL test cannot run: {why} (DEPTHLING_REQUIRE_HIL=1)");
-    }
-    eprintln!("SKIP: Cortex-M7 HIL test: {why}");
-}
-
-fn have(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    depthling_tests::hil::skip_or_fail("Cortex-M7 HIL test", why);
 }
 
 #[test]
@@ -34,14 +18,7 @@ fn cortex_m7_firmware_matches_the_host_bit_for_bit() {
     if !have("qemu-system-arm", "--version") {
         return skip_or_fail("qemu-system-arm not found (Debian package qemu-system-arm)");
     }
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
-    if !installed.is_ok_and(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .any(|l| l == "thumbv7em-none-eabihf")
-    }) {
+    if !have_target("thumbv7em-none-eabihf") {
         return skip_or_fail("rust target thumbv7em-none-eabihf not installed (rustup target add thumbv7em-none-eabihf)");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -102,11 +79,7 @@ fn cortex_m7_firmware_matches_the_host_bit_for_bit() {
         .find(|l| l.starts_with("depthling: checksum="))
         .expect("checksum line");
     eprintln!("{line}");
-    let got = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("checksum=0x"))
-        .map(|h| u64::from_str_radix(h, 16).unwrap())
-        .unwrap();
+    let got = hex_field(line, "checksum").expect("checksum value");
     assert_eq!(
         got, expected,
         "Cortex-M7 checksum {got:#018x} != host {expected:#018x}"
