@@ -337,21 +337,48 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
     })
 }
 
+/// Training options shared by `train-teacher` and `distill`.
 #[derive(Clone, Debug)]
-pub struct TrainTeacherConfig {
-    pub data: PathBuf,
+pub struct TrainOptions {
     pub arch: String,
     pub width: f32,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
     pub seed: u64,
-    pub out: PathBuf,
+    /// Depth units per metre of CSV lists (dataset folders carry theirs in the manifest).
+    pub depth_scale: f32,
     pub quiet: bool,
 }
 
-fn steps_for(epochs: usize, n: usize, batch: usize) -> usize {
-    (epochs * n.div_ceil(batch.max(1))).max(1)
+impl TrainOptions {
+    /// Steps for `epochs` passes over `n` images.
+    fn config(&self, n: usize) -> TrainConfig {
+        let steps = (self.epochs * n.div_ceil(self.batch_size.max(1))).max(1);
+        TrainConfig {
+            steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
+    /// A fresh network of the chosen architecture, checked against the image size.
+    fn network(&self, width: usize, height: usize, device: &Device) -> Result<Net> {
+        let spec = preset(&self.arch, self.width)?;
+        spec.shapes(width, height)?;
+        Net::new(spec, device, self.seed)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainTeacherConfig {
+    pub data: PathBuf,
+    pub options: TrainOptions,
+    /// Share of the dataset held out and evaluated at the end.
+    pub test_fraction: f32,
+    pub out: PathBuf,
 }
 
 /// Prints training progress (step, loss, ETA) on stderr about 20 times per run, unless quiet.
@@ -374,34 +401,40 @@ pub fn training_progress(
     }
 }
 
-/// `depthling train-teacher`: supervised training on a labeled dataset.
-pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<()> {
-    let ds = Dataset::open(&cfg.data, 1000.0)?;
-    let samples = ds.load_all(None)?;
-    let spec = preset(&cfg.arch, cfg.width)?;
-    let (w, h) = (samples[0].width, samples[0].height);
-    spec.shapes(w, h)?;
+/// `depthling train-teacher`: supervised training on a labeled dataset; a deterministic share is
+/// held out and evaluated at the end (`None` when the dataset is too small to hold any out).
+pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::EvalReport>> {
+    let o = &cfg.options;
+    let samples = Dataset::open(&cfg.data, o.depth_scale)?.load_all(None)?;
+    let (train_idx, test_idx) = crate::data::batch::split(samples.len(), cfg.test_fraction, o.seed);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| samples[i].clone()).collect::<Vec<_>>();
+    let (train_set, test_set) = (pick(&train_idx), pick(&test_idx));
+    if train_set.is_empty() {
+        return Err(Error::bad_input(
+            &cfg.data,
+            "no images left for training after the test split",
+        ));
+    }
+    let (w, h) = (train_set[0].width, train_set[0].height);
     let device = Device::Cpu;
-    let net = Net::new(spec, &device, cfg.seed)?;
-    let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
-    let tc = TrainConfig {
-        steps,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        seed: cfg.seed,
-        ..Default::default()
-    };
+    let net = o.network(w, h, &device)?;
+    let tc = o.config(train_set.len());
     train(
         &net,
-        &samples,
+        &train_set,
         Target::Labels,
         &tc,
-        training_progress(cfg.quiet, "train-teacher", steps),
+        training_progress(o.quiet, "train-teacher", tc.steps),
     )?;
     net.save(
         &cfg.out,
         &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))],
-    )
+    )?;
+    if test_set.is_empty() {
+        return Ok(None);
+    }
+    let preds = crate::train::predict(&net.net, &test_set, &device)?;
+    crate::eval::evaluate(&preds, &test_set, &depthling_metrics::EvalConfig::default()).map(Some)
 }
 
 #[derive(Clone, Debug)]
@@ -409,14 +442,8 @@ pub struct DistillConfig {
     pub method: String,
     pub teacher: PathBuf,
     pub images: PathBuf,
-    pub arch: String,
-    pub width: f32,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub seed: u64,
+    pub options: TrainOptions,
     pub out: PathBuf,
-    pub quiet: bool,
 }
 
 /// `depthling distill --method kd`: the student learns the teacher's predictions on (unlabeled)
@@ -435,29 +462,20 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
             )))
         }
     }
+    let o = &cfg.options;
     let device = Device::Cpu;
     let (teacher, _) = Net::load(&cfg.teacher, &device)?;
-    let ds = Dataset::open(&cfg.images, 1000.0)?;
-    let samples = ds.load_all(None)?;
+    let samples = Dataset::open(&cfg.images, o.depth_scale)?.load_all(None)?;
     let (w, h) = (samples[0].width, samples[0].height);
     teacher.net.spec().shapes(w, h)?;
-    let spec = preset(&cfg.arch, cfg.width)?;
-    spec.shapes(w, h)?;
-    let student = Net::new(spec, &device, cfg.seed)?;
-    let steps = steps_for(cfg.epochs, samples.len(), cfg.batch_size);
-    let tc = TrainConfig {
-        steps,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        seed: cfg.seed,
-        ..Default::default()
-    };
+    let student = o.network(w, h, &device)?;
+    let tc = o.config(samples.len());
     train(
         &student,
         &samples,
         Target::Teacher(&teacher.net),
         &tc,
-        training_progress(cfg.quiet, "distill", steps),
+        training_progress(o.quiet, "distill", tc.steps),
     )?;
     student.save(
         &cfg.out,
@@ -487,13 +505,14 @@ pub struct QuantizeReport {
 pub fn quantize_file(
     model: &Path,
     calib: &Path,
+    depth_scale: f32,
     calibration: Calibration,
     out: &Path,
     quiet: bool,
 ) -> Result<QuantizeReport> {
     let device = Device::Cpu;
     let (net, meta) = Net::load(model, &device)?;
-    let ds = Dataset::open(calib, 1000.0)?;
+    let ds = Dataset::open(calib, depth_scale)?;
     let samples = ds.load_all(None)?;
     net.net.spec().shapes(samples[0].width, samples[0].height)?;
     progress(
@@ -578,11 +597,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn eval_model(
     model: &Path,
     data: &Path,
+    depth_scale: f32,
     protocol: depthling_metrics::Protocol,
     median_scaling: bool,
     quiet: bool,
 ) -> Result<crate::eval::EvalReport> {
-    let ds = Dataset::open(data, 1000.0)?;
+    let ds = Dataset::open(data, depth_scale)?;
     let samples = ds.load_all(None)?;
     progress(quiet, &format!("eval: {} images", samples.len()));
     let cfg = depthling_metrics::EvalConfig {

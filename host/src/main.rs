@@ -28,6 +28,40 @@ struct Cli {
     command: Command,
 }
 
+/// Training flags shared by `train-teacher` and `distill`.
+#[derive(clap::Args)]
+struct TrainFlags {
+    /// Width multiplier of the architecture.
+    #[arg(long, default_value_t = 1.0)]
+    width: f32,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Depth units per metre of CSV lists (dataset folders carry theirs).
+    #[arg(long, default_value_t = 1000.0)]
+    depth_scale: f32,
+}
+
+impl TrainFlags {
+    fn options(self, arch: String, quiet: bool) -> commands::TrainOptions {
+        commands::TrainOptions {
+            arch,
+            width: self.width,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            depth_scale: self.depth_scale,
+            quiet,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Render a simulated RGB-D dataset.
@@ -62,18 +96,13 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "demo-teacher")]
         arch: String,
-        #[arg(long, default_value_t = 1.0)]
-        width: f32,
         #[arg(long)]
         stereo: bool,
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Share of the dataset held out and evaluated at the end.
+        #[arg(long, default_value_t = 0.1)]
+        test_fraction: f32,
+        #[command(flatten)]
+        train: TrainFlags,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -94,16 +123,8 @@ enum Command {
         labeled: Option<PathBuf>,
         #[arg(long, default_value = "demo-student")]
         arch: String,
-        #[arg(long, default_value_t = 1.0)]
-        width: f32,
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        train: TrainFlags,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -118,6 +139,9 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         calib: PathBuf,
+        /// Depth units per metre of a CSV calibration list.
+        #[arg(long, default_value_t = 1000.0)]
+        depth_scale: f32,
         #[arg(long, default_value = "minmax")]
         calibration: String,
         #[arg(long)]
@@ -285,12 +309,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::TrainTeacher {
             data,
             arch,
-            width,
             stereo,
-            epochs,
-            batch_size,
-            lr,
-            seed,
+            test_fraction,
+            train,
             out,
             resume,
         } => {
@@ -304,18 +325,20 @@ fn dispatch(cli: Cli) -> Result<()> {
                     "--resume (arrives with the training release)",
                 ));
             }
-            commands::train_teacher(&commands::TrainTeacherConfig {
+            let cfg = commands::TrainTeacherConfig {
                 data,
-                arch,
-                width,
-                epochs,
-                batch_size,
-                lr,
-                seed,
+                options: train.options(arch, quiet),
+                test_fraction,
                 out: out.clone(),
-                quiet,
-            })?;
+            };
+            let report = commands::train_teacher(&cfg)?;
             println!("teacher written to {}", out.display());
+            if let Some(m) = report {
+                println!(
+                    "held-out {} images: abs_rel {:.4}  rmse {:.4}  δ1 {:.4}",
+                    m.images, m.abs_rel, m.rmse, m.delta1
+                );
+            }
         }
         Command::Distill {
             method,
@@ -323,11 +346,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             images,
             labeled,
             arch,
-            width,
-            epochs,
-            batch_size,
-            lr,
-            seed,
+            train,
             out,
             resume,
         } => {
@@ -345,26 +364,21 @@ fn dispatch(cli: Cli) -> Result<()> {
                 method,
                 teacher,
                 images,
-                arch,
-                width,
-                epochs,
-                batch_size,
-                lr,
-                seed,
+                options: train.options(arch, quiet),
                 out: out.clone(),
-                quiet,
             })?;
             println!("student written to {}", out.display());
         }
         Command::Quantize {
             model,
             calib,
+            depth_scale,
             calibration,
             out,
             json,
         } => {
             let c = quant::Calibration::parse(&calibration)?;
-            let r = commands::quantize_file(&model, &calib, c, &out, quiet)?;
+            let r = commands::quantize_file(&model, &calib, depth_scale, c, &out, quiet)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -417,7 +431,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?
                 }
                 (Some(model), Some(data), None, None) => {
-                    commands::eval_model(&model, &data, proto, median_scaling, quiet)?
+                    commands::eval_model(&model, &data, depth_scale, proto, median_scaling, quiet)?
                 }
                 _ => {
                     return Err(Error::Usage(

@@ -1,6 +1,6 @@
 //! Supervised and distillation training of a [`Net`] on in-memory samples.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::data::batch::{to_tensors, Batcher, HorizontalFlip};
@@ -118,7 +118,6 @@ pub fn predict(net: &GraphNet, samples: &[Sample], device: &Device) -> Result<Ve
         for row in 0..chunk.len() {
             out.push(y.get(row)?.to_vec1::<f32>()?);
         }
-        let _ = D::Minus1;
     }
     Ok(out)
 }

@@ -267,6 +267,135 @@ fn corrupt_models_are_rejected_cleanly() {
     }
 }
 
+/// The stage commands chained as a user would, on tiny data: train-teacher (with a held-out
+/// split), distill, quantize, then eval on a CSV list whose depth scale must be honoured.
+#[test]
+fn stage_commands_chain_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let sim = |domain: &str, out: &str| {
+        let o = depthling(&[
+            "simulate",
+            "--domain",
+            domain,
+            "--count",
+            "12",
+            "--size",
+            "32x16",
+            "--seed",
+            "4",
+            "--out",
+            &p(out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    sim("indoor", "indoor");
+    sim("ood", "ood");
+    let o = depthling(&[
+        "train-teacher",
+        "--data",
+        &p("indoor"),
+        "--epochs",
+        "1",
+        "--test-fraction",
+        "0.25",
+        "--out",
+        &p("t.safetensors"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("held-out 3 images"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = depthling(&[
+        "distill",
+        "--method",
+        "kd",
+        "--teacher",
+        &p("t.safetensors"),
+        "--images",
+        &p("ood"),
+        "--epochs",
+        "1",
+        "--out",
+        &p("s.safetensors"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = json(&depthling(&[
+        "quantize",
+        "--model",
+        &p("s.safetensors"),
+        "--calib",
+        &p("ood"),
+        "--calibration",
+        "mse",
+        "--out",
+        &p("s.dlm"),
+        "--json",
+    ]));
+    assert_eq!(q["calibration"], "mse");
+    assert!(!q["layers"].as_array().unwrap().is_empty());
+    // a CSV list over the indoor dataset: depth PNGs are in millimetres
+    let rows: String = (0..12)
+        .map(|i| format!("indoor/rgb/{i:06}.png,indoor/depth/{i:06}.png\n"))
+        .collect();
+    std::fs::write(
+        dir.path().join("list.csv"),
+        format!("rgb_path,depth_path\n{rows}"),
+    )
+    .unwrap();
+    let mm = json(&depthling(&[
+        "eval",
+        "--model",
+        &p("s.dlm"),
+        "--data",
+        &p("list.csv"),
+        "--depth-scale",
+        "1000",
+        "--json",
+    ]));
+    let folder = json(&depthling(&[
+        "eval",
+        "--model",
+        &p("s.dlm"),
+        "--data",
+        &p("indoor"),
+        "--json",
+    ]));
+    assert_eq!(
+        mm["abs_rel"], folder["abs_rel"],
+        "CSV at the right scale must equal the dataset folder"
+    );
+    let wrong = json(&depthling(&[
+        "eval",
+        "--model",
+        &p("s.dlm"),
+        "--data",
+        &p("list.csv"),
+        "--depth-scale",
+        "1",
+        "--json",
+    ]));
+    assert_ne!(wrong["abs_rel"], mm["abs_rel"], "--depth-scale ignored");
+    // an empty dataset is bad input, not a panic
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join("indoor/manifest.json"))
+        .unwrap()
+        .replace("\"count\": 12", "\"count\": 0");
+    std::fs::write(empty.join("manifest.json"), manifest).unwrap();
+    let o = depthling(&[
+        "train-teacher",
+        "--data",
+        empty.to_str().unwrap(),
+        "--out",
+        &p("never.safetensors"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no images"), "{}", stderr(&o));
+}
+
 #[test]
 fn boards_fit_or_refuse_naming_the_excess() {
     let dir = tempfile::tempdir().unwrap();

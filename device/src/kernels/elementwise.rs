@@ -66,12 +66,10 @@ pub fn mul_reference(
     out_zero_point: i32,
     out: &mut [i8],
 ) {
-    for (pix, (o, x)) in out
+    for (o, x) in out
         .chunks_exact_mut(channels)
         .zip(input.data.chunks_exact(channels))
-        .enumerate()
     {
-        let _ = pix;
         for ((o, &x), &s) in o.iter_mut().zip(x).zip(scale.data) {
             let acc = (x as i32 - input.zero_point) * (s as i32 - scale.zero_point);
             *o = requant

@@ -234,6 +234,11 @@ impl Dataset {
         if !path.exists() {
             return Err(Error::bad_input(path, "dataset not found"));
         }
+        if !(depth_scale.is_finite() && depth_scale > 0.0) {
+            return Err(Error::Usage(format!(
+                "--depth-scale must be a positive number, got {depth_scale}"
+            )));
+        }
         if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
@@ -241,6 +246,12 @@ impl Dataset {
             return Self::open_csv(path, depth_scale);
         }
         let manifest = Manifest::read(&path.join("manifest.json"))?;
+        if manifest.count == 0 {
+            return Err(Error::bad_input(
+                path.join("manifest.json"),
+                "the dataset has no images (count is 0)",
+            ));
+        }
         let mut files = Vec::with_capacity(manifest.count);
         for i in 0..manifest.count {
             let name = file_name(i);

@@ -171,13 +171,60 @@ impl GraphSpec {
         Ok(shapes)
     }
 
-    /// Trainable parameters (BatchNorm folded away: weights + one bias per output channel).
-    pub fn params(&self) -> usize {
-        let mut channels = Vec::with_capacity(self.nodes.len());
-        let mut total = 0;
+    /// Output channels of every node (no image size needed). Nodes refer only to earlier nodes
+    /// in a valid spec; an out-of-range reference counts as 0 channels here and is reported by
+    /// [`GraphSpec::shapes`].
+    pub fn channels(&self) -> Vec<usize> {
+        let mut channels: Vec<usize> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
+            let at = |j: usize| channels.get(j).copied().unwrap_or(0);
             let c = match node {
                 Node::Input => 3,
+                Node::Conv { out_channels, .. } => *out_channels,
+                Node::Add { a, .. } => at(*a),
+                Node::Concat { inputs } => inputs.iter().map(|&j| at(j)).sum(),
+                Node::Upsample { input, .. }
+                | Node::GlobalAvgPool { input }
+                | Node::Mul { input, .. } => at(*input),
+            };
+            channels.push(c);
+        }
+        channels
+    }
+
+    /// Every node reads only earlier nodes, the input is node 0 and only node 0, and the graph
+    /// is not empty (a spec can come from a checkpoint's metadata: checked, never trusted).
+    pub fn check_references(&self) -> Result<()> {
+        let bad = |i: usize, msg: &str| {
+            Error::Usage(format!("architecture {}: node {i}: {msg}", self.name))
+        };
+        if !matches!(self.nodes.first(), Some(Node::Input)) {
+            return Err(bad(0, "the first node must be the input"));
+        }
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            let refs: Vec<usize> = match node {
+                Node::Input => return Err(bad(i, "only node 0 may be the input")),
+                Node::Conv { input, .. }
+                | Node::Upsample { input, .. }
+                | Node::GlobalAvgPool { input } => vec![*input],
+                Node::Add { a, b, .. } => vec![*a, *b],
+                Node::Concat { inputs } if inputs.is_empty() => return Err(bad(i, "empty concat")),
+                Node::Concat { inputs } => inputs.clone(),
+                Node::Mul { input, scale } => vec![*input, *scale],
+            };
+            if refs.iter().any(|&j| j >= i) {
+                return Err(bad(i, "reads a node that does not come before it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters (BatchNorm folded away: weights + one bias per output channel).
+    pub fn params(&self) -> usize {
+        let channels = self.channels();
+        self.nodes
+            .iter()
+            .map(|node| match node {
                 Node::Conv {
                     input,
                     out_channels,
@@ -185,19 +232,16 @@ impl GraphSpec {
                     depthwise,
                     ..
                 } => {
-                    let cin = if *depthwise { 1 } else { channels[*input] };
-                    total += out_channels * cin * kernel * kernel + out_channels;
-                    *out_channels
+                    let cin = if *depthwise {
+                        1
+                    } else {
+                        channels.get(*input).copied().unwrap_or(0)
+                    };
+                    out_channels * cin * kernel * kernel + out_channels
                 }
-                Node::Add { a, .. } => channels[*a],
-                Node::Concat { inputs } => inputs.iter().map(|&j| channels[j]).sum(),
-                Node::Upsample { input, .. }
-                | Node::GlobalAvgPool { input }
-                | Node::Mul { input, .. } => channels[*input],
-            };
-            channels.push(c);
-        }
-        total
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Multiply-accumulates at `width × height` (convolutions and multiplies).
@@ -260,13 +304,13 @@ fn activate(x: Tensor, act: Act) -> candle_core::Result<Tensor> {
 
 impl GraphNet {
     pub fn new(spec: GraphSpec, vb: VarBuilder) -> Result<GraphNet> {
-        let mut channels: Vec<usize> = Vec::with_capacity(spec.nodes.len());
+        spec.check_references()?;
+        let channels = spec.channels();
         let mut convs = Vec::with_capacity(spec.nodes.len());
         let last = spec.nodes.len().saturating_sub(1);
         for (i, node) in spec.nodes.iter().enumerate() {
             let vb = vb.pp(format!("n{i}"));
-            let (c, conv) = match node {
-                Node::Input => (3, None),
+            let conv = match node {
                 Node::Conv {
                     input,
                     out_channels,
@@ -309,25 +353,17 @@ impl GraphNet {
                         };
                         Some(vb.get_with_hints(*out_channels, "bias", Init::Const(init))?)
                     };
-                    (
-                        *out_channels,
-                        Some(ConvLayer {
-                            weight,
-                            bias,
-                            bn,
-                            stride: *stride,
-                            padding: kernel / 2,
-                            groups,
-                        }),
-                    )
+                    Some(ConvLayer {
+                        weight,
+                        bias,
+                        bn,
+                        stride: *stride,
+                        padding: kernel / 2,
+                        groups,
+                    })
                 }
-                Node::Add { a, .. } => (channels[*a], None),
-                Node::Concat { inputs } => (inputs.iter().map(|&j| channels[j]).sum(), None),
-                Node::Upsample { input, .. }
-                | Node::GlobalAvgPool { input }
-                | Node::Mul { input, .. } => (channels[*input], None),
+                _ => None,
             };
-            channels.push(c);
             convs.push(conv);
         }
         Ok(GraphNet {

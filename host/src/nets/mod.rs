@@ -273,3 +273,61 @@ impl Net {
         Ok((net, meta))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_count_parameters_consistently() {
+        for name in PRESETS {
+            let spec = preset(name, 1.0).unwrap();
+            let net = Net::new(spec.clone(), &Device::Cpu, 0).unwrap();
+            let vars: usize = net
+                .vars
+                .all_vars()
+                .iter()
+                .filter(|v| {
+                    v.as_tensor().rank() == 4
+                        || v.as_tensor().dims() == [v.as_tensor().elem_count()]
+                })
+                .map(|v| v.as_tensor().elem_count())
+                .sum();
+            // folded count: conv weights + one bias per output channel; the variable store also
+            // holds BatchNorm's γ, β, mean and var, so it can only be larger
+            assert!(
+                spec.params() > 0 && vars >= spec.params(),
+                "{name}: {vars} < {}",
+                spec.params()
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_architectures_are_errors_not_panics() {
+        let bad = [
+            vec![
+                graph::Node::Input,
+                graph::Node::Add {
+                    a: 0,
+                    b: 5,
+                    act: graph::Act::None,
+                },
+            ],
+            vec![graph::Node::Upsample {
+                input: 0,
+                factor: 2,
+            }],
+            vec![graph::Node::Input, graph::Node::Input],
+            vec![graph::Node::Input, graph::Node::Concat { inputs: vec![] }],
+        ];
+        for nodes in bad {
+            let spec = GraphSpec {
+                name: "bad".into(),
+                nodes,
+                output_bias: 0.0,
+            };
+            assert!(Net::new(spec, &Device::Cpu, 0).is_err());
+        }
+    }
+}
