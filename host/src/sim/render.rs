@@ -351,13 +351,34 @@ pub const MAX_LIGHTS: usize = 8;
 struct Tracer<'a> {
     scene: &'a Scene,
     pre: Vec<Prepared>,
+    /// Objects without a bound (planes), tested by every shadow ray.
+    unbounded: Vec<usize>,
+    /// Bounded objects as (index, centre x, y, z, squared radius), for the shadow-ray cull.
+    bounded: Vec<(usize, [f32; 4])>,
 }
+
+/// Per-light index of the object that last blocked it: neighbouring shadow rays are usually
+/// blocked by the same object, so it is tested first.
+type ShadowHints = [usize; MAX_LIGHTS];
+
+const NO_HINT: usize = usize::MAX;
 
 impl<'a> Tracer<'a> {
     fn new(scene: &'a Scene) -> Self {
+        let pre: Vec<Prepared> = scene.objects.iter().map(|o| prepare(&o.shape)).collect();
+        let mut unbounded = Vec::new();
+        let mut bounded = Vec::new();
+        for (i, p) in pre.iter().enumerate() {
+            match p.bound {
+                None => unbounded.push(i),
+                Some((c, r2)) => bounded.push((i, [c.x, c.y, c.z, r2])),
+            }
+        }
         Tracer {
             scene,
-            pre: scene.objects.iter().map(|o| prepare(&o.shape)).collect(),
+            pre,
+            unbounded,
+            bounded,
         }
     }
 
@@ -382,9 +403,43 @@ impl<'a> Tracer<'a> {
     /// For each `TILE`×`TILE` block of pixels, the objects a camera ray through it can hit:
     /// unbounded shapes always, bounded ones where the projection of their bounding sphere's
     /// bounding cube (all corners in front of the camera, else everywhere) overlaps the tile.
+    ///
+    /// Planes are culled too: the first plane a camera ray crosses is the exit face of the convex
+    /// cell (intersection of half-spaces) that holds the camera, and the directions leaving
+    /// through one face form a convex cone. So where the rays through a tile's four corners all
+    /// meet the same plane first, every ray through the tile does, and the other planes are
+    /// dropped from its list (a room's six walls become one).
     fn tile_lists(&self, cam: &Camera) -> Vec<Vec<u16>> {
         let (tx, ty) = (cam.width.div_ceil(TILE), cam.height.div_ceil(TILE));
         let mut tiles = vec![Vec::new(); tx * ty];
+        let first_plane = |px: usize, py: usize| {
+            let d = cam.ray(px as f32, py as f32);
+            let mut best: Option<(f32, usize)> = None;
+            for &i in &self.unbounded {
+                if let Some((t, _)) =
+                    intersect(&self.scene.objects[i].shape, &self.pre[i], cam.position, d)
+                {
+                    if best.is_none_or(|(bt, _)| t < bt) {
+                        best = Some((t, i));
+                    }
+                }
+            }
+            best.map(|(_, i)| i)
+        };
+        let corners: Vec<Option<usize>> = (0..=ty)
+            .flat_map(|t_y| (0..=tx).map(move |t_x| (t_x, t_y)))
+            .map(|(t_x, t_y)| {
+                first_plane((t_x * TILE).min(cam.width), (t_y * TILE).min(cam.height))
+            })
+            .collect();
+        let tile_plane = |t_x: usize, t_y: usize| {
+            let at = |dx: usize, dy: usize| corners[(t_y + dy) * (tx + 1) + t_x + dx];
+            let first = at(0, 0)?;
+            [at(1, 0), at(0, 1), at(1, 1)]
+                .iter()
+                .all(|&c| c == Some(first))
+                .then_some(first)
+        };
         for (i, pre) in self.pre.iter().enumerate() {
             let rect = pre.bound.and_then(|(c, r2)| {
                 let r = r2.sqrt();
@@ -414,6 +469,9 @@ impl<'a> Tracer<'a> {
             for t_y in 0..ty {
                 for t_x in 0..tx {
                     let inside = match rect {
+                        None if pre.bound.is_none() => {
+                            tile_plane(t_x, t_y).is_none_or(|plane| plane == i)
+                        }
                         None => true,
                         Some((x0, y0, x1, y1)) => {
                             let (a0, b0) = ((t_x * TILE) as f32, (t_y * TILE) as f32);
@@ -434,19 +492,45 @@ impl<'a> Tracer<'a> {
             .is_some_and(|(t, _)| t < dist - 1e-3)
     }
 
-    fn occluded(&self, o: V3, d: V3, dist: f32) -> bool {
-        (0..self.scene.objects.len()).any(|i| self.blocks(i, o, d, dist))
+    /// The object between `o` and `o + d·dist`, if any (`hint` is tried first).
+    fn occluder(&self, o: V3, d: V3, dist: f32, hint: usize) -> Option<usize> {
+        if hint != NO_HINT && self.blocks(hint, o, d, dist) {
+            return Some(hint);
+        }
+        if let Some(&i) = self.unbounded.iter().find(|&&i| self.blocks(i, o, d, dist)) {
+            return Some(i);
+        }
+        for &(i, [cx, cy, cz, r2]) in &self.bounded {
+            // the segment must pass through the bounding sphere
+            let oc = v3(o.x - cx, o.y - cy, o.z - cz);
+            let b = oc.dot(d);
+            let c2 = oc.dot(oc) - r2;
+            let outside = c2 > 0.0;
+            if outside && (b > 0.0 || b * b < c2 || -b - dist > (b * b - c2).sqrt()) {
+                continue;
+            }
+            if i != hint && self.blocks(i, o, d, dist) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Which lights the point `p` with normal `n` sees.
-    fn visibility(&self, p: V3, n: V3) -> [bool; MAX_LIGHTS] {
+    fn visibility(&self, p: V3, n: V3, hints: &mut ShadowHints) -> [bool; MAX_LIGHTS] {
         let mut vis = [false; MAX_LIGHTS];
         let origin = p + n * 2e-3;
-        for (v, l) in vis.iter_mut().zip(&self.scene.lights) {
+        for ((v, l), hint) in vis.iter_mut().zip(&self.scene.lights).zip(hints.iter_mut()) {
             let to = l.position - p;
             let dist = to.length();
             let dir = to * (1.0 / dist.max(1e-6));
-            *v = n.dot(dir) > 0.0 && !self.occluded(origin, dir, dist);
+            if n.dot(dir) <= 0.0 {
+                continue;
+            }
+            match self.occluder(origin, dir, dist, *hint) {
+                Some(i) => *hint = i,
+                None => *v = true,
+            }
         }
         vis
     }
@@ -473,34 +557,49 @@ impl<'a> Tracer<'a> {
 }
 
 fn hash3(x: i32, y: i32, z: i32) -> f32 {
-    let mut h = (x as u32).wrapping_mul(0x8DA6_B343)
-        ^ (y as u32).wrapping_mul(0xD816_3841)
-        ^ (z as u32).wrapping_mul(0xCB1A_B31F);
+    hash_finish(
+        (x as u32).wrapping_mul(HX) ^ (y as u32).wrapping_mul(HY) ^ (z as u32).wrapping_mul(HZ),
+    )
+}
+
+const HX: u32 = 0x8DA6_B343;
+const HY: u32 = 0xD816_3841;
+const HZ: u32 = 0xCB1A_B31F;
+
+#[inline]
+fn hash_finish(mut h: u32) -> f32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0x5bd1_e995);
     h ^= h >> 15;
     (h & 0xFFFF) as f32 / 65535.0
 }
 
-/// Trilinear value noise in [0, 1].
+/// `x.floor()` as an integer, without the libm call `f32::floor` becomes on baseline x86-64
+/// (exact for |x| < 2³¹, far beyond any scene coordinate times texture frequency).
+#[inline]
+fn floor_i(x: f32) -> i32 {
+    let t = x as i32;
+    t - (x < t as f32) as i32
+}
+
+/// Trilinear value noise in [0, 1] (`hash3` at the eight lattice corners; the per-axis products
+/// of the hash are formed once, since `(i + 1)·k = i·k + k` in wrapping arithmetic).
 pub fn value_noise(p: V3) -> f32 {
-    let (fx, fy, fz) = (p.x.floor(), p.y.floor(), p.z.floor());
-    let (ix, iy, iz) = (fx as i32, fy as i32, fz as i32);
+    let (ix, iy, iz) = (floor_i(p.x), floor_i(p.y), floor_i(p.z));
     let s = |t: f32| t * t * (3.0 - 2.0 * t);
-    let (tx, ty, tz) = (s(p.x - fx), s(p.y - fy), s(p.z - fz));
+    let (tx, ty, tz) = (s(p.x - ix as f32), s(p.y - iy as f32), s(p.z - iz as f32));
     let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
-    let mut c = [0.0f32; 8];
-    for (i, v) in c.iter_mut().enumerate() {
-        *v = hash3(
-            ix + (i & 1) as i32,
-            iy + ((i >> 1) & 1) as i32,
-            iz + (i >> 2) as i32,
-        );
-    }
-    let x00 = lerp(c[0], c[1], tx);
-    let x10 = lerp(c[2], c[3], tx);
-    let x01 = lerp(c[4], c[5], tx);
-    let x11 = lerp(c[6], c[7], tx);
+    let hx = (ix as u32).wrapping_mul(HX);
+    let hy = (iy as u32).wrapping_mul(HY);
+    let hz = (iz as u32).wrapping_mul(HZ);
+    let xs = [hx, hx.wrapping_add(HX)];
+    let ys = [hy, hy.wrapping_add(HY)];
+    let zs = [hz, hz.wrapping_add(HZ)];
+    let corner = |i: usize| hash_finish(xs[i & 1] ^ ys[(i >> 1) & 1] ^ zs[i >> 2]);
+    let x00 = lerp(corner(0), corner(1), tx);
+    let x10 = lerp(corner(2), corner(3), tx);
+    let x01 = lerp(corner(4), corner(5), tx);
+    let x11 = lerp(corner(6), corner(7), tx);
     lerp(lerp(x00, x10, ty), lerp(x01, x11, ty), tz)
 }
 
@@ -524,7 +623,7 @@ fn texture(m: &Material, p: V3, n: V3) -> V3 {
     match m.texture {
         Texture::Flat => m.albedo,
         Texture::Checker => {
-            let c = (u.floor() as i64 + v.floor() as i64).rem_euclid(2) as f32;
+            let c = ((floor_i(u) + floor_i(v)) & 1) as f32;
             mix(c)
         }
         Texture::Wood => {
@@ -533,12 +632,13 @@ fn texture(m: &Material, p: V3, n: V3) -> V3 {
             mix(0.6 * rings)
         }
         Texture::Tiles => {
-            let (fu, fv) = (u - u.floor(), v - v.floor());
+            let (iu, iv) = (floor_i(u), floor_i(v));
+            let (fu, fv) = (u - iu as f32, v - iv as f32);
             let grout = fu < 0.06 || fv < 0.06;
             if grout {
                 m.accent * 0.6
             } else {
-                m.albedo * (0.9 + 0.1 * hash3(u.floor() as i32, v.floor() as i32, 7))
+                m.albedo * (0.9 + 0.1 * hash3(iu, iv, 7))
             }
         }
         Texture::Fabric => {
@@ -597,6 +697,12 @@ pub struct View {
 }
 
 /// Renders a view: RGB from 2×2 supersampling, depth and instance from the pixel centre.
+///
+/// The supersampling is adaptive. A first pass traces every pixel centre. Where the centre and
+/// its eight neighbours' centres all see the same object (or all see sky), the four subsample
+/// rays, which lie inside the square those centres span, are intersected with that object alone
+/// instead of every candidate; pixels on silhouettes trace each subsample against all
+/// candidates. Only detail narrower than a pixel gap that every surrounding centre misses is lost.
 pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> View {
     let (w, h) = (cam.width, cam.height);
     let mut rgb = vec![0u8; w * h * 3];
@@ -608,12 +714,15 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
     let sky = scene.sky.unwrap_or_default();
     let tiles = tracer.tile_lists(cam);
     let tiles_x = w.div_ceil(TILE);
+    let candidates_at = |x: usize, y: usize| &tiles[(y / TILE) * tiles_x + x / TILE][..];
+
+    // Pass 1: pixel centres give depth, instance and the object each centre sees.
+    let mut centres: Vec<Option<Hit>> = Vec::with_capacity(w * h);
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
-            let candidates = &tiles[(y / TILE) * tiles_x + x / TILE];
             let d = cam.ray(x as f32 + 0.5, y as f32 + 0.5);
-            let centre = tracer.trace(cam.position, d, candidates);
+            let centre = tracer.trace(cam.position, d, candidates_at(x, y));
             if let Some(hit) = &centre {
                 let z = hit.t * d.dot(cam.forward);
                 if z <= scene.max_depth {
@@ -621,20 +730,48 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
                     instance[i] = scene.objects[hit.object].instance;
                 }
             }
+            centres.push(centre);
+        }
+    }
+    let seen = |i: usize| centres[i].as_ref().map(|hit| hit.object);
+    let mut hints: ShadowHints = [NO_HINT; MAX_LIGHTS];
+
+    // Pass 2: shading with 2×2 subsamples.
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let object = seen(i);
+            let uniform = (y.saturating_sub(1)..(y + 2).min(h)).all(|ny| {
+                (x.saturating_sub(1)..(x + 2).min(w)).all(|nx| seen(ny * w + nx) == object)
+            });
+            let candidates = candidates_at(x, y);
+            let centre = &centres[i];
             // Shadows are computed once per pixel at the centre hit and shared by subsamples
             // that land on the same object; subsamples on another object (edges) get their own.
-            let centre_vis = centre
-                .as_ref()
-                .map(|h| tracer.visibility(cam.position + d * h.t, h.normal));
+            let centre_vis = centre.as_ref().map(|hit| {
+                let d = cam.ray(x as f32 + 0.5, y as f32 + 0.5);
+                tracer.visibility(cam.position + d * hit.t, hit.normal, &mut hints)
+            });
             let mut c = V3::default();
             for (sx, sy) in SUB {
                 let dir = cam.ray(x as f32 + sx, y as f32 + sy);
-                c = c + match tracer.trace(cam.position, dir, candidates) {
+                let hit = match (uniform, object) {
+                    (true, None) => None,
+                    (true, Some(o)) => tracer
+                        .trace(cam.position, dir, &[o as u16])
+                        .or_else(|| tracer.trace(cam.position, dir, candidates)),
+                    (false, _) => tracer.trace(cam.position, dir, candidates),
+                };
+                c = c + match hit {
                     None => sky,
                     Some(hit) => {
-                        let vis = match (&centre, &centre_vis) {
+                        let vis = match (centre, &centre_vis) {
                             (Some(ch), Some(v)) if ch.object == hit.object => *v,
-                            _ => tracer.visibility(cam.position + dir * hit.t, hit.normal),
+                            _ => tracer.visibility(
+                                cam.position + dir * hit.t,
+                                hit.normal,
+                                &mut hints,
+                            ),
                         };
                         tracer.radiance(cam.position, dir, &hit, &vis)
                     }
@@ -644,7 +781,8 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
             for (k, v) in [c.x, c.y, c.z].into_iter().enumerate() {
                 // gamma, then sensor noise in display space
                 let g = gamma.apply(v) + sensor.noise_sigma * rng.approx_normal();
-                rgb[i * 3 + k] = (g * 255.0).round().clamp(0.0, 255.0) as u8;
+                // (+0.5 then truncation: round-half-up, which `f32::round` matches for v ≥ 0)
+                rgb[i * 3 + k] = (g * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
     }
