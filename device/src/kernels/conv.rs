@@ -40,7 +40,7 @@ pub struct ConvParams<'a> {
 }
 
 /// Finishes one accumulator into `out` at element `index`.
-#[inline]
+#[inline(always)]
 fn store(stage: &OutputStage<'_>, out: &mut [u8], index: usize, channel: usize, acc: i32) {
     match *stage {
         OutputStage::Int8 {
@@ -128,11 +128,8 @@ fn taps(o: usize, stride: usize, pad: usize, k: usize, n_in: usize) -> (usize, u
     (lo, hi.max(lo), (start + lo as isize) as usize)
 }
 
-/// The optimized convolution: the same integer result as [`reference`], with the valid tap
-/// range computed once per output row/column (no per-tap bounds tests) and inner loops over
-/// contiguous slices that LLVM vectorizes (dense: the input channels of one tap; depthwise: a
-/// block of channels).
-pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+/// The portable optimized convolution (every target; on x86-64 the depthwise case).
+fn optimized_portable(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let (iw, ic) = (p.input.width, p.input.channels);
     let oc = p.output.channels;
     let (k, s, pad) = (p.kernel, p.stride, p.kernel / 2);
@@ -172,24 +169,311 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
                     c0 += n;
                 }
             } else {
-                for co in 0..oc {
-                    let mut acc = read_i32(p.bias, co).unwrap_or(0);
-                    for (ky, y) in (ky0..ky1).zip(y0..) {
-                        let wrow =
-                            &p.weights[((co * k + ky) * k) * ic..((co * k + ky + 1) * k) * ic];
-                        let xrow = &input[y * iw * ic..(y + 1) * iw * ic];
-                        let span = (kx1 - kx0) * ic;
-                        let w = &wrow[kx0 * ic..kx0 * ic + span];
-                        let x = &xrow[x0 * ic..x0 * ic + span];
-                        acc += x
-                            .iter()
-                            .zip(w)
-                            .map(|(&xv, &wv)| (xv as i32 - zp) * wv as i32)
-                            .sum::<i32>();
+                dense_pixel(p, input, out, (ky0, ky1, y0), (kx0, kx1, x0), base);
+            }
+        }
+    }
+}
+
+/// One output pixel of a dense convolution over the valid taps, one output channel at a time.
+fn dense_pixel(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    (ky0, ky1, y0): (usize, usize, usize),
+    (kx0, kx1, x0): (usize, usize, usize),
+    base: usize,
+) {
+    let (iw, ic, k) = (p.input.width, p.input.channels, p.kernel);
+    let zp = p.input_zero_point;
+    for co in 0..p.output.channels {
+        let mut acc = read_i32(p.bias, co).unwrap_or(0);
+        for (ky, y) in (ky0..ky1).zip(y0..) {
+            let wrow = &p.weights[((co * k + ky) * k) * ic..((co * k + ky + 1) * k) * ic];
+            let xrow = &input[y * iw * ic..(y + 1) * iw * ic];
+            let span = (kx1 - kx0) * ic;
+            let w = &wrow[kx0 * ic..kx0 * ic + span];
+            let x = &xrow[x0 * ic..x0 * ic + span];
+            acc += x
+                .iter()
+                .zip(w)
+                .map(|(&xv, &wv)| (xv as i32 - zp) * wv as i32)
+                .sum::<i32>();
+        }
+        store(&p.stage, out, base + co, co, acc);
+    }
+}
+
+/// The optimized convolution: the same integer result as [`reference`], with the valid tap
+/// range computed once per output row/column (no per-tap bounds tests) and inner loops over
+/// contiguous slices that LLVM vectorizes (depthwise: a block of channels). Dense convolutions
+/// on x86-64 compute pairs of interior output pixels (all k×k taps inside the image) four output
+/// channels at a time with SSE2 `pmaddwd` ([`x86::block`]): each tap row of one output pixel is
+/// one contiguous run of `k·C_in` bytes in NHWC, and so is the weight row in OHWI.
+pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if !p.depthwise {
+        return dense_x86(p, input, out);
+    }
+    optimized_portable(p, input, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dense_x86(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    dense_x86_with(p, input, out, has_avx2())
+}
+
+/// The x86-64 dense convolution with AVX2 (`avx2`, which the CPU must have) or SSE2 blocks.
+/// Every output pixel goes through [`x86::block`]: its valid taps are `rows` runs of `span`
+/// bytes (fewer at the borders), and neighbouring pixels with the same valid columns go in pairs.
+#[cfg(target_arch = "x86_64")]
+fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) {
+    let (iw, ic) = (p.input.width, p.input.channels);
+    let (oc, ow) = (p.output.channels, p.output.width);
+    let (k, s, pad) = (p.kernel, p.stride, p.kernel / 2);
+    let (x_row, w_row, w_channel) = (iw * ic, k * ic, k * k * ic);
+    let zp = p.input_zero_point;
+    for oy in 0..p.output.height {
+        let ty = taps(oy, s, pad, k, p.input.height);
+        let (ky0, rows) = (ty.0, ty.1 - ty.0);
+        let mut ox = 0;
+        while ox < ow {
+            let tx = taps(ox, s, pad, k, iw);
+            let base = (oy * ow + ox) * oc;
+            let span = (tx.1 - tx.0) * ic;
+            let pair = ox + 1 < ow && {
+                let next = taps(ox + 1, s, pad, k, iw);
+                (next.0, next.1) == (tx.0, tx.1)
+            };
+            // the last reads of the input and of the weights must lie inside them
+            let x_first = (ty.2 * iw + tx.2) * ic;
+            let x_step = if pair { s * ic } else { 0 };
+            let w_first = ky0 * w_row + tx.0 * ic;
+            let in_bounds = rows > 0
+                && x_first + x_step + (rows - 1) * x_row + span <= input.len()
+                && oc.saturating_sub(1) * w_channel + w_first + (rows - 1) * w_row + span
+                    <= p.weights.len();
+            if !in_bounds {
+                dense_pixel(p, input, out, ty, tx, base);
+                ox += 1;
+                continue;
+            }
+            let mut co = 0;
+            while co < oc {
+                let n = if co + 4 <= oc { 4 } else { 1 };
+                let w4 = [0, 1, 2, 3].map(|j| (co + j) * w_channel + w_first);
+                let w1 = [co * w_channel + w_first];
+                let xs = [x_first, x_first + x_step];
+                // SAFETY: every read ends at or before the bounds checked above; `avx2` is only
+                // set where the CPU has AVX2.
+                let sums: [[i32; 4]; 2] = unsafe {
+                    macro_rules! block {
+                        ($p:literal, $c:literal, $xs:expr, $ws:expr) => {
+                            if avx2 {
+                                x86::block_avx2::<$p, $c>(
+                                    input, $xs, x_row, p.weights, $ws, w_row, rows, span, zp,
+                                )
+                            } else {
+                                x86::block::<$p, $c>(
+                                    input, $xs, x_row, p.weights, $ws, w_row, rows, span, zp,
+                                )
+                            }
+                        };
                     }
-                    store(&p.stage, out, base + co, co, acc);
+                    match (pair, n) {
+                        (true, 4) => block!(2, 4, xs, w4),
+                        (false, 4) => [block!(1, 4, [x_first], w4)[0], [0; 4]],
+                        (true, _) => {
+                            let r = block!(2, 1, xs, w1);
+                            [[r[0][0], 0, 0, 0], [r[1][0], 0, 0, 0]]
+                        }
+                        (false, _) => [[block!(1, 1, [x_first], w1)[0][0], 0, 0, 0], [0; 4]],
+                    }
+                };
+                let pixels = if pair { 2 } else { 1 };
+                for (px, row) in sums[..pixels].iter().enumerate() {
+                    for (j, &acc) in row[..n].iter().enumerate() {
+                        let c = co + j;
+                        let bias = read_i32(p.bias, c).unwrap_or(0);
+                        store(&p.stage, out, base + px * oc + c, c, bias + acc);
+                    }
+                }
+                co += n;
+            }
+            ox += if pair { 2 } else { 1 };
+        }
+    }
+}
+
+/// Whether the CPU has AVX2: detected at run time with `std`, else what the build targets.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    #[cfg(feature = "std")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        cfg!(target_feature = "avx2")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    /// Sign-extends the low 8 bytes of `v` to 8 × i16 (SSE2 has no `pmovsxbw`).
+    #[inline(always)]
+    unsafe fn widen(v: __m128i) -> __m128i {
+        // SAFETY: SSE2 is part of the x86-64 baseline.
+        unsafe { _mm_srai_epi16::<8>(_mm_unpacklo_epi8(v, v)) }
+    }
+
+    /// For `P` pixels and `C` output channels: `Σ_r Σ_i (x[p][r·x_row + i] − zp) · w[c][r·w_row + i]`
+    /// over `rows` rows of `span` bytes, with `x[p] = input[xs[p]..]` and `w[c] = weights[ws[c]..]`.
+    /// Exact int32 arithmetic, so equal to the reference loop whenever that does not overflow.
+    ///
+    /// # Safety
+    /// Every `xs[p] + (rows − 1)·x_row + span ≤ input.len()` and
+    /// `ws[c] + (rows − 1)·w_row + span ≤ weights.len()`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub unsafe fn block<const P: usize, const C: usize>(
+        input: &[i8],
+        xs: [usize; P],
+        x_row: usize,
+        weights: &[i8],
+        ws: [usize; C],
+        w_row: usize,
+        rows: usize,
+        span: usize,
+        zp: i32,
+    ) -> [[i32; C]; P] {
+        // SAFETY: the caller guarantees the bounds; unaligned 8-byte loads.
+        unsafe {
+            let zpv = _mm_set1_epi16(zp as i16);
+            let x0 = input.as_ptr();
+            let w0 = weights.as_ptr();
+            let mut acc = [[_mm_setzero_si128(); C]; P];
+            let mut out = [[0i32; C]; P];
+            let chunks = span / 8;
+            for r in 0..rows {
+                for j in 0..chunks {
+                    let o = j * 8;
+                    let mut xv = [_mm_setzero_si128(); P];
+                    for (v, &x) in xv.iter_mut().zip(&xs) {
+                        let bytes = _mm_loadl_epi64(x0.add(x + r * x_row + o) as *const __m128i);
+                        *v = _mm_sub_epi16(widen(bytes), zpv);
+                    }
+                    for (c, &w) in ws.iter().enumerate() {
+                        let wv =
+                            widen(_mm_loadl_epi64(w0.add(w + r * w_row + o) as *const __m128i));
+                        for (a, v) in acc.iter_mut().zip(&xv) {
+                            a[c] = _mm_add_epi32(a[c], _mm_madd_epi16(*v, wv));
+                        }
+                    }
+                }
+                for i in chunks * 8..span {
+                    for (o, &x) in out.iter_mut().zip(&xs) {
+                        let xv = *x0.add(x + r * x_row + i) as i32 - zp;
+                        for (a, &w) in o.iter_mut().zip(&ws) {
+                            *a += xv * *w0.add(w + r * w_row + i) as i32;
+                        }
+                    }
                 }
             }
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (v, &s) in o.iter_mut().zip(a) {
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                    *v += _mm_cvtsi128_si32(s);
+                }
+            }
+            out
+        }
+    }
+
+    /// [`block`] with AVX2: 16 products per `vpmaddwd`, sign extension by `vpmovsxbw`; a run's
+    /// last 8-byte chunk in 128-bit registers, the rest scalar.
+    ///
+    /// # Safety
+    /// As [`block`], and the CPU has AVX2.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_avx2<const P: usize, const C: usize>(
+        input: &[i8],
+        xs: [usize; P],
+        x_row: usize,
+        weights: &[i8],
+        ws: [usize; C],
+        w_row: usize,
+        rows: usize,
+        span: usize,
+        zp: i32,
+    ) -> [[i32; C]; P] {
+        // SAFETY: the caller guarantees the bounds and AVX2; unaligned loads.
+        unsafe {
+            let zp16 = _mm256_set1_epi16(zp as i16);
+            let zp8 = _mm_set1_epi16(zp as i16);
+            let x0 = input.as_ptr();
+            let w0 = weights.as_ptr();
+            let mut acc = [[_mm256_setzero_si256(); C]; P];
+            let mut acc8 = [[_mm_setzero_si128(); C]; P];
+            let mut out = [[0i32; C]; P];
+            let (chunks, eight) = (span / 16, span % 16 >= 8);
+            let tail = chunks * 16 + if eight { 8 } else { 0 };
+            for r in 0..rows {
+                for j in 0..chunks {
+                    let o = j * 16;
+                    let mut xv = [_mm256_setzero_si256(); P];
+                    for (v, &x) in xv.iter_mut().zip(&xs) {
+                        let bytes = _mm_loadu_si128(x0.add(x + r * x_row + o) as *const __m128i);
+                        *v = _mm256_sub_epi16(_mm256_cvtepi8_epi16(bytes), zp16);
+                    }
+                    for (c, &w) in ws.iter().enumerate() {
+                        let bytes = _mm_loadu_si128(w0.add(w + r * w_row + o) as *const __m128i);
+                        let wv = _mm256_cvtepi8_epi16(bytes);
+                        for (a, v) in acc.iter_mut().zip(&xv) {
+                            a[c] = _mm256_add_epi32(a[c], _mm256_madd_epi16(*v, wv));
+                        }
+                    }
+                }
+                if eight {
+                    let o = chunks * 16;
+                    let mut xv = [_mm_setzero_si128(); P];
+                    for (v, &x) in xv.iter_mut().zip(&xs) {
+                        let bytes = _mm_loadl_epi64(x0.add(x + r * x_row + o) as *const __m128i);
+                        *v = _mm_sub_epi16(_mm_cvtepi8_epi16(bytes), zp8);
+                    }
+                    for (c, &w) in ws.iter().enumerate() {
+                        let bytes = _mm_loadl_epi64(w0.add(w + r * w_row + o) as *const __m128i);
+                        let wv = _mm_cvtepi8_epi16(bytes);
+                        for (a, v) in acc8.iter_mut().zip(&xv) {
+                            a[c] = _mm_add_epi32(a[c], _mm_madd_epi16(*v, wv));
+                        }
+                    }
+                }
+                for i in tail..span {
+                    for (o, &x) in out.iter_mut().zip(&xs) {
+                        let xv = *x0.add(x + r * x_row + i) as i32 - zp;
+                        for (a, &w) in o.iter_mut().zip(&ws) {
+                            *a += xv * *w0.add(w + r * w_row + i) as i32;
+                        }
+                    }
+                }
+            }
+            for ((o, a), a8) in out.iter_mut().zip(&acc).zip(&acc8) {
+                for ((v, &s), &s8) in o.iter_mut().zip(a).zip(a8) {
+                    let s = _mm_add_epi32(
+                        _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s)),
+                        s8,
+                    );
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                    *v += _mm_cvtsi128_si32(s);
+                }
+            }
+            out
         }
     }
 }
@@ -225,7 +509,7 @@ mod tests {
                     let k = [1usize, 3, 5][case % 3];
                     let stride = 1 + (case / 3) % 2;
                     let depthwise = case % 4 == 3;
-                    let (h, w) = (1 + rng.next() as usize % 9, 1 + rng.next() as usize % 9);
+                    let (h, w) = (1 + rng.next() as usize % 14, 1 + rng.next() as usize % 14);
                     let ic = 1 + rng.next() as usize % 70;
                     let oc = if depthwise { ic } else { 1 + rng.next() as usize % 9 };
                     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
@@ -269,5 +553,29 @@ mod tests {
 
     conv_family_matches_reference! {
         optimized_matches_reference: optimized,
+        portable_matches_reference: optimized_portable,
+    }
+
+    /// The SSE2 and (where the CPU has it) AVX2 blocks of the x86-64 dense path.
+    #[cfg(target_arch = "x86_64")]
+    fn dense_sse2(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if p.depthwise {
+            return optimized_portable(p, input, out);
+        }
+        dense_x86_with(p, input, out, false)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn dense_avx2(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if p.depthwise || !has_avx2() {
+            return optimized_portable(p, input, out);
+        }
+        dense_x86_with(p, input, out, true)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    conv_family_matches_reference! {
+        sse2_matches_reference: dense_sse2,
+        avx2_matches_reference: dense_avx2,
     }
 }
