@@ -15,6 +15,8 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod kernels;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use core::ops::Range;
 

@@ -123,8 +123,10 @@ pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
 pub struct InferBench {
     pub int8_ms: f64,
     pub int8_reference_ms: f64,
-    /// Not measured until the tract backend exists.
-    pub tract_ms: Option<f64>,
+    /// The same student's ONNX export through tract (f32), same frame, one thread.
+    pub tract_ms: f64,
+    /// `tract_ms / int8_ms`.
+    pub int8_speedup_over_tract: f64,
     pub arena_bytes: u64,
     pub macs: u64,
     pub params: u64,
@@ -133,7 +135,8 @@ pub struct InferBench {
 }
 
 /// Times the int8 engine (optimized and reference kernels) on the demo student, quantized from
-/// seeded weights and calibrated on simulated OOD images, on one core with the same input.
+/// seeded weights and calibrated on simulated OOD images, and tract on the student's ONNX export,
+/// on one core with the same input.
 pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
     use crate::nets::{preset, Net};
     use crate::quant::{quantize, Calibration, Provenance};
@@ -153,27 +156,50 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
     let frame = &calib[0].rgb;
     let mut arena = vec![0u8; model.arena_bytes as usize];
     let mut engine = Engine::new(&model, &mut arena)?;
-    let time = |kernels: Kernels, engine: &mut Engine<'_, '_>| -> Result<f64> {
-        engine.set_kernels(kernels);
-        engine.run(frame)?;
-        let start = Instant::now();
-        for _ in 0..runs {
-            engine.run(frame)?;
-        }
-        Ok(1e3 * start.elapsed().as_secs_f64() / runs as f64)
-    };
-    let int8_ms = time(Kernels::Optimized, &mut engine)?;
-    let int8_reference_ms = time(Kernels::Reference, &mut engine)?;
+    let frame = frame.as_slice();
+    let int8_ms = median_ms(runs, || {
+        engine.set_kernels(Kernels::Optimized);
+        engine.run(frame).map(|_| ()).map_err(Error::from)
+    })?;
+    let int8_reference_ms = median_ms(runs, || {
+        engine.set_kernels(Kernels::Reference);
+        engine.run(frame).map(|_| ()).map_err(Error::from)
+    })?;
+    let tract = depthling_device::tract::TractModel::from_bytes(&crate::onnx::export(
+        &net.net, width, height,
+    )?)
+    .map_err(|e| Error::Runtime(format!("tract: {e}")))?;
+    let tract_ms = median_ms(runs, || {
+        tract
+            .run(frame)
+            .map(|_| ())
+            .map_err(|e| Error::Runtime(format!("tract: {e}")))
+    })?;
     Ok(InferBench {
         int8_ms,
         int8_reference_ms,
-        tract_ms: None,
+        tract_ms,
+        int8_speedup_over_tract: tract_ms / int8_ms,
         arena_bytes: model.arena_bytes as u64,
         macs: model.macs(),
         params: model.params(),
         width,
         height,
     })
+}
+
+/// Median wall time of `runs` calls of `f` in milliseconds, after one warm-up call (the median
+/// shrugs off the other tenants of a shared machine better than the mean).
+fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(1e3 * start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Dispatches `depthling bench WHAT`.
@@ -183,7 +209,7 @@ pub fn run(what: &str) -> Result<serde_json::Value> {
     match what {
         "sim" => json(serde_json::to_value(sim(2.0)?)),
         "train" => json(serde_json::to_value(train(128, 96, 5)?)),
-        "infer" => json(serde_json::to_value(infer(128, 96, 20)?)),
+        "infer" => json(serde_json::to_value(infer(128, 96, 40)?)),
         other => Err(Error::Usage(format!(
             "unknown benchmark {other:?}; known: sim, train, infer"
         ))),

@@ -201,8 +201,20 @@ fn list_pngs(input: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Reads and prepares an ONNX export for the tract backend; a file tract cannot use is bad input.
+pub fn load_onnx(path: &Path) -> Result<depthling_device::tract::TractModel> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    depthling_device::tract::TractModel::from_bytes(&bytes)
+        .map_err(|e| Error::bad_input(path, e.to_string()))
+}
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
 /// `depthling run`: depth for a PNG or a folder of PNGs; writes `NAME.png` (16-bit millimetres) and
-/// `NAME_color.png` per input.
+/// `NAME_color.png` per input. `int8` runs a `.dlm` on the int8 engine, `tract` an `.onnx` export.
 pub fn run(
     model_path: &Path,
     input: &Path,
@@ -210,30 +222,58 @@ pub fn run(
     backend: Backend,
     quiet: bool,
 ) -> Result<RunSummary> {
-    if backend == Backend::Tract {
-        return Err(Error::NotAvailable(
-            "the tract backend (arrives with the ONNX export)",
-        ));
+    match (backend, is_onnx(model_path)) {
+        (Backend::Int8, true) => {
+            return Err(Error::Usage(format!(
+                "{} is an ONNX model: run it with --backend tract (the int8 engine runs .dlm files)",
+                model_path.display()
+            )))
+        }
+        (Backend::Tract, false) => {
+            return Err(Error::Usage(format!(
+                "--backend tract runs an ONNX export (.onnx), not {}; make one with `depthling export --format onnx`",
+                model_path.display()
+            )))
+        }
+        _ => {}
     }
-    if model_path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
-    {
-        return Err(Error::NotAvailable(
-            "running ONNX models (arrives with the tract backend)",
-        ));
-    }
-    let file = DlmFile::read(model_path)?;
-    let model = file.model()?;
-    let (mh, mw) = model
-        .input_size()
-        .ok_or_else(|| Error::bad_input(model_path, "model has no input"))?;
+    // Load the model; `infer` maps one RGB frame to depth in metres.
+    let dlm = match backend {
+        Backend::Int8 => Some(DlmFile::read(model_path)?),
+        Backend::Tract => None,
+    };
+    let model = dlm.as_ref().map(|f| f.model()).transpose()?;
+    let mut arena = vec![0u8; model.as_ref().map_or(0, |m| m.arena_bytes as usize)];
+    type Infer<'a> = Box<dyn FnMut(&[u8]) -> Result<Vec<f32>> + 'a>;
+    let ((mh, mw), mut infer): ((usize, usize), Infer) = match &model {
+        Some(m) => {
+            let (h, w) = m
+                .input_size()
+                .ok_or_else(|| Error::bad_input(model_path, "model has no input"))?;
+            let mut engine = depthling_device::Engine::new(m, &mut arena)?;
+            (
+                (h as usize, w as usize),
+                Box::new(move |rgb| Ok(engine.run(rgb)?.iter().collect())),
+            )
+        }
+        None => {
+            let tract = load_onnx(model_path)?;
+            (
+                tract.input_size(),
+                Box::new(move |rgb| {
+                    tract
+                        .run(rgb)
+                        .map_err(|e| Error::Runtime(format!("{}: {e}", model_path.display())))
+                }),
+            )
+        }
+    };
     let inputs = list_pngs(input)?;
     // Check every input before writing anything.
     let mut frames = Vec::with_capacity(inputs.len());
     for p in &inputs {
         let (w, h, rgb) = png::read_rgb(p)?;
-        if (w, h) != (mw as usize, mh as usize) {
+        if (w, h) != (mw, mh) {
             return Err(Error::bad_input(
                 p,
                 format!("image is {w}×{h}, the model takes {mw}×{mh}"),
@@ -242,24 +282,21 @@ pub fn run(
         frames.push(rgb);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut arena = vec![0u8; model.arena_bytes as usize];
-    let mut engine = depthling_device::Engine::new(&model, &mut arena)?;
     let mut total = 0.0;
     for (p, rgb) in inputs.iter().zip(&frames) {
         let t = Instant::now();
-        let depth: Vec<f32> = engine.run(rgb)?.iter().collect();
+        let depth = infer(rgb)?;
         total += t.elapsed().as_secs_f64();
         let stem = p
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
-        let (w, h) = (mw as usize, mh as usize);
-        png::write_depth(&out.join(format!("{stem}.png")), w, h, &depth, 1000.0)?;
+        png::write_depth(&out.join(format!("{stem}.png")), mw, mh, &depth, 1000.0)?;
         let (lo, hi) = png::depth_range(&depth);
         png::write_rgb(
             &out.join(format!("{stem}_color.png")),
-            w,
-            h,
+            mw,
+            mh,
             &png::colorize_depth(&depth, lo, hi),
         )?;
         progress(quiet, &format!("run: {}", p.display()));
@@ -267,7 +304,11 @@ pub fn run(
     Ok(RunSummary {
         images: inputs.len(),
         mean_ms: 1e3 * total / inputs.len() as f64,
-        backend: "int8".into(),
+        backend: match backend {
+            Backend::Int8 => "int8",
+            Backend::Tract => "tract",
+        }
+        .into(),
         out: out.to_path_buf(),
     })
 }
@@ -481,6 +522,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
         &cfg.out,
         &[
             ("kind", "student".into()),
+            ("size", format!("{w}x{h}")),
             ("method", cfg.method.clone()),
             ("teacher", cfg.teacher.display().to_string()),
         ],
@@ -544,16 +586,21 @@ pub fn quantize_file(
     })
 }
 
-/// `depthling export`: today `--format dlm` from a `.dlm` (validated, checked against `--board`,
-/// copied); ONNX and exports from checkpoints come with the export release.
-pub fn export(model: &Path, format: &str, board: Option<&str>, out: &Path) -> Result<Profile> {
+/// `depthling export`. `--format onnx` writes the f32 ONNX graph of a checkpoint (input size from
+/// `size`, else from the checkpoint's `size` metadata); `--format dlm` takes a `.dlm` (validated,
+/// checked against `--board`, copied). A `.dlm` is made from a checkpoint by `depthling quantize`,
+/// which needs calibration images.
+pub fn export(
+    model: &Path,
+    format: &str,
+    board: Option<&str>,
+    size: Option<(usize, usize)>,
+    out: &Path,
+) -> Result<Profile> {
+    let board = board.map(crate::boards::Board::find).transpose()?;
     match format {
         "dlm" => {}
-        "onnx" => {
-            return Err(Error::NotAvailable(
-                "ONNX export (arrives with the export release)",
-            ))
-        }
+        "onnx" => return export_onnx(model, board, size, out),
         other => {
             return Err(Error::Usage(format!(
                 "unknown format {other:?}; known: dlm, onnx"
@@ -564,13 +611,14 @@ pub fn export(model: &Path, format: &str, board: Option<&str>, out: &Path) -> Re
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("dlm"))
     {
-        return Err(Error::NotAvailable(
-            "exporting a checkpoint directly (use `depthling quantize` to make a .dlm first)",
-        ));
+        return Err(Error::Usage(format!(
+            "{}: a .dlm is made from a checkpoint by `depthling quantize --model {} --calib DIR --out S.dlm` (int8 needs calibration images)",
+            model.display(),
+            model.display()
+        )));
     }
     let mut p = profile_model(model)?;
     if let Some(b) = board {
-        let b = crate::boards::Board::find(b)?;
         if let Err(m) = b.check(p.flash_bytes, p.arena_bytes) {
             return Err(Error::bad_input(model, b.explain(&m)));
         }
@@ -580,6 +628,60 @@ pub fn export(model: &Path, format: &str, board: Option<&str>, out: &Path) -> Re
     let file = DlmFile::read(model)?;
     write_atomic(out, &file.bytes)?;
     Ok(p)
+}
+
+fn export_onnx(
+    model: &Path,
+    board: Option<crate::boards::Board>,
+    size: Option<(usize, usize)>,
+    out: &Path,
+) -> Result<Profile> {
+    if let Some(b) = &board {
+        if !b.target.contains("linux") {
+            return Err(Error::Usage(format!(
+                "board {} ({}) has no tract: it runs .dlm models on the int8 engine; use --format dlm",
+                b.name, b.target
+            )));
+        }
+    }
+    if model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dlm"))
+    {
+        return Err(Error::Usage(format!(
+            "{}: ONNX is exported from the f32 checkpoint (.safetensors), not from an int8 .dlm",
+            model.display()
+        )));
+    }
+    let (net, meta) = Net::load(model, &Device::Cpu)?;
+    let (width, height) = match (size, meta.get("depthling.size")) {
+        (Some(s), _) => s,
+        (None, Some(s)) => parse_size(s).map_err(|e| Error::bad_input(model, e.to_string()))?,
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "{}: the checkpoint does not record its input size; give --size WxH",
+                model.display()
+            )))
+        }
+    };
+    let bytes = crate::onnx::export(&net.net, width, height)?;
+    let spec = net.net.spec();
+    let profile = Profile {
+        params: spec.params() as u64,
+        macs: spec.macs(width, height)?,
+        flash_bytes: bytes.len() as u64,
+        // tract plans its own memory; the arena is the int8 engine's
+        arena_bytes: 0,
+        board: board.as_ref().map(|b| b.name.clone()),
+        fits: board.as_ref().map(|_| true),
+    };
+    if let Some(b) = &board {
+        if let Err(m) = b.check(bytes.len() as u64, 0) {
+            return Err(Error::bad_input(model, b.explain(&m)));
+        }
+    }
+    write_atomic(out, &bytes)?;
+    Ok(profile)
 }
 
 /// Writes bytes through a temporary name and renames.

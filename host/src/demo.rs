@@ -209,10 +209,16 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &cfg.out.join("student.safetensors"),
         &[
             ("kind", "student".into()),
+            ("size", format!("{w}x{h}")),
             ("method", "kd".into()),
             ("teacher", "teacher.safetensors".into()),
         ],
     )?;
+    // the f32 student for Linux boards (tract); checked by reading it back
+    let onnx = crate::onnx::export(&student.net, w, h)?;
+    depthling_device::tract::TractModel::from_bytes(&onnx)
+        .map_err(|e| Error::Runtime(format!("the ONNX export does not load in tract: {e}")))?;
+    write_atomic(&cfg.out.join("student.onnx"), &onnx)?;
     stage("student distillation (KD on OOD images)", &mut stages);
 
     let protocol = Protocol::Nyu;

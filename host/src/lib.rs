@@ -13,5 +13,6 @@ pub mod boards;
 pub mod commands;
 pub mod demo;
 pub mod eval;
+pub mod onnx;
 pub mod quant;
 pub mod train;

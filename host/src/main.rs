@@ -156,12 +156,18 @@ enum Command {
     Export {
         #[arg(long)]
         model: PathBuf,
+        /// onnx (from a .safetensors checkpoint) or dlm (from a .dlm)
         #[arg(long)]
         format: String,
         #[arg(long)]
         board: Option<String>,
+        /// Input size of the ONNX graph (default: the size the checkpoint was trained at)
+        #[arg(long)]
+        size: Option<String>,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
     #[command(
@@ -404,16 +410,29 @@ fn dispatch(cli: Cli) -> Result<()> {
             model,
             format,
             board,
+            size,
             out,
+            json,
         } => {
-            let p = commands::export(&model, &format, board.as_deref(), &out)?;
-            println!(
-                "{} written: {} bytes, arena {} bytes{}",
-                out.display(),
-                p.flash_bytes,
-                p.arena_bytes,
-                p.board.map(|b| format!(", fits {b}")).unwrap_or_default()
-            );
+            let size = size.as_deref().map(commands::parse_size).transpose()?;
+            let p = commands::export(&model, &format, board.as_deref(), size, &out)?;
+            if json {
+                print_json(&p)?;
+            } else {
+                println!(
+                    "{} written: {} bytes, {} params, {} MACs{}{}",
+                    out.display(),
+                    p.flash_bytes,
+                    p.params,
+                    p.macs,
+                    if p.arena_bytes > 0 {
+                        format!(", arena {} bytes", p.arena_bytes)
+                    } else {
+                        String::new()
+                    },
+                    p.board.map(|b| format!(", fits {b}")).unwrap_or_default()
+                );
+            }
         }
         Command::Eval {
             model,

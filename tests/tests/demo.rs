@@ -16,6 +16,7 @@ fn quick_demo_student_beats_mean_depth() {
         "teacher.safetensors",
         "student.safetensors",
         "student.dlm",
+        "student.onnx",
         "metrics.json",
         "report/index.html",
         "report/samples.png",

@@ -109,4 +109,81 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
         );
     }
     eprintln!("{}", stdout.lines().last().unwrap_or(""));
+
+    // The tract path: the f32 ONNX export on aarch64 against candle on the host (f32 sums run in
+    // another order there, so within tolerance: 1 mm in the millimetre PNGs, ≈ 3e-4 relative).
+    let net = depthling_host::nets::Net::new(
+        depthling_host::nets::preset("demo-student", 1.0).unwrap(),
+        &candle_core::Device::Cpu,
+        5,
+    )
+    .unwrap();
+    let onnx_path = dir.path().join("model.onnx");
+    std::fs::write(
+        &onnx_path,
+        depthling_host::onnx::export(&net.net, w, h).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("tract-out");
+    let run = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-aarch64",
+            "-cpu",
+            "cortex-a72",
+            "-L",
+            "/usr/aarch64-linux-gnu",
+        ])
+        .arg(&runner)
+        .args(["--backend", "tract", "--model"])
+        .arg(&onnx_path)
+        .arg("--input")
+        .arg(&frames)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("qemu runs");
+    assert!(
+        run.status.success(),
+        "runner (tract) failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for i in 0..3u64 {
+        let name = format!("{i:03}.png");
+        let rgb = image::open(frames.join(&name)).unwrap().into_rgb8();
+        let x = depthling_host::nets::graph::images_to_tensor(
+            &[rgb.as_raw()],
+            w,
+            h,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let reference: Vec<f32> = net
+            .net
+            .forward_t(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = image::open(out.join(&name)).unwrap().into_luma16();
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(&mm, &r)| (mm as f32 - (r * 1000.0).round().clamp(0.0, 65535.0)).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1.0,
+            "{name}: tract on aarch64 is {worst} mm off candle"
+        );
+    }
+    eprintln!(
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
 }

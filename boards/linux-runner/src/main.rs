@@ -1,9 +1,11 @@
-//! `depthling-runner --model M.dlm --input PNG|DIR [--out DIR] [--repeat N]`
+//! `depthling-runner --model M.dlm|M.onnx --input PNG|DIR [--backend int8|tract] [--out DIR]
+//! [--repeat N]`
 //!
-//! Runs a `.dlm` on PNG frames with the int8 engine and prints, per frame, the depth checksum
-//! (FNV-1a over the f32 depth, as every depthling target prints it) and the latency, then the
-//! mean latency and frame rate. With `--out`, writes 16-bit depth PNGs (millimetres).
-//! Exit codes: 0 success, 1 run-time failure, 2 bad usage or bad input.
+//! Runs a model on PNG frames and prints, per frame, the depth checksum (FNV-1a over the f32
+//! depth, as every depthling target prints it), then the mean latency and frame rate. `int8` (the
+//! default) runs a `.dlm` on the int8 engine, bit-identical on every target; `tract` runs the f32
+//! ONNX export (feature `tract`, on by default). With `--out`, writes 16-bit depth PNGs
+//! (millimetres). Exit codes: 0 success, 1 run-time failure, 2 bad usage or bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,12 +14,21 @@ use std::time::Instant;
 use depthling_device::Engine;
 use depthling_model::Model;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Int8,
+    Tract,
+}
+
 struct Args {
     model: PathBuf,
     input: PathBuf,
+    backend: Backend,
     out: Option<PathBuf>,
     repeat: usize,
 }
+
+const USAGE: &str = "usage: depthling-runner --model M.dlm|M.onnx --input PNG|DIR [--backend int8|tract] [--out DIR] [--repeat N]";
 
 /// An error with its exit code.
 struct Failure(u8, String);
@@ -28,6 +39,7 @@ fn bad(msg: impl Into<String>) -> Failure {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
     let (mut model, mut input, mut out, mut repeat) = (None, None, None, 1usize);
+    let mut backend = Backend::Int8;
     while let Some(flag) = argv.next() {
         let mut value = || {
             argv.next()
@@ -37,22 +49,30 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
             "--model" => model = Some(PathBuf::from(value()?)),
             "--input" => input = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
+            "--backend" => {
+                backend = match value()?.as_str() {
+                    "int8" => Backend::Int8,
+                    "tract" => Backend::Tract,
+                    other => {
+                        return Err(bad(format!(
+                            "unknown backend {other:?}; known: int8, tract"
+                        )))
+                    }
+                }
+            }
             "--repeat" => {
                 repeat = value()?
                     .parse()
                     .map_err(|_| bad("--repeat needs a positive number"))?
             }
-            "-h" | "--help" => return Err(Failure(
-                0,
-                "usage: depthling-runner --model M.dlm --input PNG|DIR [--out DIR] [--repeat N]"
-                    .into(),
-            )),
+            "-h" | "--help" => return Err(Failure(0, USAGE.into())),
             other => return Err(bad(format!("unknown argument {other:?} (see --help)"))),
         }
     }
     Ok(Args {
         model: model.ok_or_else(|| bad("--model is required"))?,
         input: input.ok_or_else(|| bad("--input is required"))?,
+        backend,
         out,
         repeat: repeat.max(1),
     })
@@ -74,16 +94,66 @@ fn frames(input: &Path) -> Result<Vec<PathBuf>, Failure> {
     Ok(files)
 }
 
+/// One inference: RGB bytes in, depth (metres) and its checksum out.
+type Infer<'a> = Box<dyn FnMut(&[u8]) -> Result<(Vec<f32>, u64), String> + 'a>;
+
+/// FNV-1a over little-endian f32 bytes, as [`depthling_device::DepthView::checksum`].
+#[cfg(feature = "tract")]
+fn checksum(depth: &[f32]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in depth.iter().flat_map(|d| d.to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(feature = "tract")]
+fn tract_backend(bytes: &[u8], path: &Path) -> Result<((usize, usize), Infer<'static>), Failure> {
+    let model = depthling_device::tract::TractModel::from_bytes(bytes)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    Ok((
+        model.input_size(),
+        Box::new(move |rgb| {
+            let depth = model.run(rgb).map_err(|e| e.to_string())?;
+            let sum = checksum(&depth);
+            Ok((depth, sum))
+        }),
+    ))
+}
+
+#[cfg(not(feature = "tract"))]
+fn tract_backend(_: &[u8], _: &Path) -> Result<((usize, usize), Infer<'static>), Failure> {
+    Err(bad("this runner was built without the `tract` feature"))
+}
+
 fn run(args: &Args) -> Result<(), Failure> {
     let bytes =
         std::fs::read(&args.model).map_err(|e| bad(format!("{}: {e}", args.model.display())))?;
-    let model =
-        Model::from_bytes(&bytes).map_err(|e| bad(format!("{}: {e}", args.model.display())))?;
-    let (h, w) = model
-        .input_size()
-        .ok_or_else(|| bad("model has no input"))?;
-    let mut arena = vec![0u8; model.arena_bytes as usize];
-    let mut engine = Engine::new(&model, &mut arena).map_err(|e| Failure(1, e.to_string()))?;
+    let dlm = match args.backend {
+        Backend::Int8 => Some(
+            Model::from_bytes(&bytes).map_err(|e| bad(format!("{}: {e}", args.model.display())))?,
+        ),
+        Backend::Tract => None,
+    };
+    let mut arena = vec![0u8; dlm.as_ref().map_or(0, |m| m.arena_bytes as usize)];
+    let ((h, w), mut infer): ((usize, usize), Infer) = match &dlm {
+        Some(model) => {
+            let (h, w) = model
+                .input_size()
+                .ok_or_else(|| bad("model has no input"))?;
+            let mut engine =
+                Engine::new(model, &mut arena).map_err(|e| Failure(1, e.to_string()))?;
+            (
+                (h as usize, w as usize),
+                Box::new(move |rgb| {
+                    let depth = engine.run(rgb).map_err(|e| e.to_string())?;
+                    Ok((depth.iter().collect(), depth.checksum()))
+                }),
+            )
+        }
+        None => tract_backend(&bytes, &args.model)?,
+    };
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| Failure(1, format!("{}: {e}", out.display())))?;
     }
@@ -100,26 +170,21 @@ fn run(args: &Args) -> Result<(), Failure> {
             )));
         }
         let rgb = img.into_raw();
-        let mut checksum = 0;
-        let mut depth_mm = Vec::new();
+        let (mut depth, mut sum) = (Vec::new(), 0);
         for _ in 0..args.repeat {
             let start = Instant::now();
-            let depth = engine
-                .run(&rgb)
-                .map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+            (depth, sum) =
+                infer(&rgb).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
             total += start.elapsed().as_secs_f64();
             runs += 1;
-            checksum = depth.checksum();
-            if args.out.is_some() {
-                depth_mm = depth
-                    .iter()
-                    .map(|d| (d.max(0.0) * 1000.0).round().min(65535.0) as u16)
-                    .collect();
-            }
         }
-        println!("frame {} checksum=0x{checksum:016x}", path.display());
+        println!("frame {} checksum=0x{sum:016x}", path.display());
         if let Some(out) = &args.out {
             let name = path.file_name().unwrap_or_default();
+            let depth_mm: Vec<u16> = depth
+                .iter()
+                .map(|d| (d.max(0.0) * 1000.0).round().min(65535.0) as u16)
+                .collect();
             let buf: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
                 image::ImageBuffer::from_raw(w as u32, h as u32, depth_mm)
                     .ok_or_else(|| Failure(1, "depth buffer size".into()))?;
@@ -128,12 +193,22 @@ fn run(args: &Args) -> Result<(), Failure> {
         }
     }
     let mean_ms = 1e3 * total / runs as f64;
-    println!(
-        "runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={}",
-        1e3 / mean_ms,
-        model.arena_bytes,
-        model.macs()
-    );
+    let backend = match args.backend {
+        Backend::Int8 => "int8",
+        Backend::Tract => "tract",
+    };
+    match &dlm {
+        Some(model) => println!(
+            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={}",
+            1e3 / mean_ms,
+            model.arena_bytes,
+            model.macs()
+        ),
+        None => println!(
+            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1}",
+            1e3 / mean_ms
+        ),
+    }
     Ok(())
 }
 
