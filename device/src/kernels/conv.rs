@@ -72,6 +72,82 @@ fn store(stage: &OutputStage<'_>, out: &mut [u8], index: usize, channel: usize, 
     }
 }
 
+/// [`store`] with one channel's constants decoded once, for several pixels.
+#[derive(Clone, Copy)]
+enum Finish<'a> {
+    Int8 {
+        bias: i32,
+        requant: depthling_model::Requant,
+        zero_point: i32,
+        act_min: i32,
+        act_max: i32,
+        lut: Option<&'a [i8]>,
+    },
+    F32 {
+        bias: i32,
+        scale: f32,
+    },
+}
+
+impl<'a> Finish<'a> {
+    #[inline(always)]
+    fn new(stage: &OutputStage<'a>, bias: &[u8], channel: usize) -> Self {
+        let bias = read_i32(bias, channel).unwrap_or(0);
+        match *stage {
+            OutputStage::Int8 {
+                requant,
+                zero_point,
+                act_min,
+                act_max,
+                lut,
+            } => Finish::Int8 {
+                bias,
+                requant: read_requant(requant, channel).unwrap_or(depthling_model::Requant {
+                    multiplier: 0,
+                    shift: 0,
+                }),
+                zero_point,
+                act_min,
+                act_max,
+                lut,
+            },
+            OutputStage::F32 {
+                input_scale,
+                weight_scales,
+            } => Finish::F32 {
+                bias,
+                scale: input_scale * read_f32(weight_scales, channel).unwrap_or(0.0),
+            },
+        }
+    }
+
+    /// Writes `bias + acc`, finished, at element `index` (as [`store`] does).
+    #[inline(always)]
+    fn store(&self, out: &mut [u8], index: usize, acc: i32) {
+        match *self {
+            Finish::Int8 {
+                bias,
+                requant,
+                zero_point,
+                act_min,
+                act_max,
+                lut,
+            } => {
+                let v = requant.apply(bias + acc).saturating_add(zero_point);
+                let q = match lut {
+                    Some(lut) => lut[(v.clamp(-128, 127) + 128) as usize],
+                    None => v.clamp(act_min, act_max) as i8,
+                };
+                out[index] = q as u8;
+            }
+            Finish::F32 { bias, scale } => {
+                let v = (bias + acc) as f32 * scale;
+                out[4 * index..4 * index + 4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
 /// The reference convolution: direct loops, int32 accumulation.
 pub fn reference(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let (ih, iw, ic) = (
@@ -291,11 +367,11 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
                     }
                 };
                 let pixels = if pair { 2 } else { 1 };
-                for (px, row) in sums[..pixels].iter().enumerate() {
-                    for (j, &acc) in row[..n].iter().enumerate() {
-                        let c = co + j;
-                        let bias = read_i32(p.bias, c).unwrap_or(0);
-                        store(&p.stage, out, base + px * oc + c, c, bias + acc);
+                for j in 0..n {
+                    let c = co + j;
+                    let finish = Finish::new(&p.stage, p.bias, c);
+                    for (px, row) in sums[..pixels].iter().enumerate() {
+                        finish.store(out, base + px * oc + c, row[j]);
                     }
                 }
                 co += n;
