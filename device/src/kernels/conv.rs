@@ -282,14 +282,17 @@ fn dense_pixel(
 
 /// The optimized convolution: the same integer result as [`reference`], with the valid tap
 /// range computed once per output row/column (no per-tap bounds tests) and inner loops over
-/// contiguous slices that LLVM vectorizes (depthwise: a block of channels). Dense convolutions
-/// on x86-64 compute pairs of interior output pixels (all k×k taps inside the image) four output
-/// channels at a time with SSE2 `pmaddwd` ([`x86::block`]): each tap row of one output pixel is
-/// one contiguous run of `k·C_in` bytes in NHWC, and so is the weight row in OHWI.
+/// contiguous slices that LLVM vectorizes (depthwise: a block of channels). Dense convolutions go
+/// through [`dense_blocked`] with SIMD blocks on x86-64 (SSE2 or AVX2 `pmaddwd`) and, with the
+/// feature `cortex-m-dsp`, on Armv7E-M (`SMLAD`).
 pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if !p.depthwise {
         return dense_x86(p, input, out);
+    }
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if !p.depthwise {
+        return dense_dsp(p, input, out);
     }
     optimized_portable(p, input, out)
 }
@@ -299,16 +302,49 @@ fn dense_x86(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     dense_x86_with(p, input, out, has_avx2())
 }
 
-/// The x86-64 dense convolution with AVX2 (`avx2`, which the CPU must have) or SSE2 blocks.
-/// Every output pixel goes through [`x86::block`]: its valid taps are `rows` runs of `span`
-/// bytes (fewer at the borders), and neighbouring pixels with the same valid columns go in pairs.
-#[cfg(target_arch = "x86_64")]
-fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) {
+/// What a blocked dense kernel computes for one step of [`dense_blocked`]: the sums of `pixels`
+/// (1 or 2) output pixels, `xs[..pixels]` input offsets `x_row` apart per tap row, for `channels`
+/// (1 or 4) output channels at weight offsets `ws[..channels]`, `w_row` apart per row; `rows`
+/// rows of `span` bytes.
+#[derive(Clone, Copy)]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", feature = "cortex-m-dsp")),
+    allow(dead_code)
+)]
+struct Step {
+    xs: [usize; 2],
+    pixels: usize,
+    x_row: usize,
+    ws: [usize; 4],
+    channels: usize,
+    w_row: usize,
+    rows: usize,
+    span: usize,
+    zp: i32,
+}
+
+/// A dense convolution as a sequence of [`Step`]s: every output pixel's valid taps are `rows`
+/// runs of `span` bytes (fewer at the borders), since one tap row of one output pixel is one
+/// contiguous run of `k·C_in` bytes in NHWC, and so is the weight row in OHWI. Neighbouring pixels
+/// with the same valid columns go in pairs.
+///
+/// # Safety
+/// `block` may read `input[xs[i] + r·x_row .. + span]` and `weights[ws[c] + r·w_row .. + span]` for
+/// `r < rows` unchecked: this function checks those bounds before each call.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", feature = "cortex-m-dsp")),
+    allow(dead_code)
+)]
+unsafe fn dense_blocked(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    mut block: impl FnMut(Step) -> [[i32; 4]; 2],
+) {
     let (iw, ic) = (p.input.width, p.input.channels);
     let (oc, ow) = (p.output.channels, p.output.width);
     let (k, s, pad) = (p.kernel, p.stride, p.kernel / 2);
     let (x_row, w_row, w_channel) = (iw * ic, k * ic, k * k * ic);
-    let zp = p.input_zero_point;
     for oy in 0..p.output.height {
         let ty = taps(oy, s, pad, k, p.input.height);
         let (ky0, rows) = (ty.0, ty.1 - ty.0);
@@ -334,39 +370,21 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
                 ox += 1;
                 continue;
             }
+            let pixels = if pair { 2 } else { 1 };
             let mut co = 0;
             while co < oc {
                 let n = if co + 4 <= oc { 4 } else { 1 };
-                let w4 = [0, 1, 2, 3].map(|j| (co + j) * w_channel + w_first);
-                let w1 = [co * w_channel + w_first];
-                let xs = [x_first, x_first + x_step];
-                // SAFETY: every read ends at or before the bounds checked above; `avx2` is only
-                // set where the CPU has AVX2.
-                let sums: [[i32; 4]; 2] = unsafe {
-                    macro_rules! block {
-                        ($p:literal, $c:literal, $xs:expr, $ws:expr) => {
-                            if avx2 {
-                                x86::block_avx2::<$p, $c>(
-                                    input, $xs, x_row, p.weights, $ws, w_row, rows, span, zp,
-                                )
-                            } else {
-                                x86::block::<$p, $c>(
-                                    input, $xs, x_row, p.weights, $ws, w_row, rows, span, zp,
-                                )
-                            }
-                        };
-                    }
-                    match (pair, n) {
-                        (true, 4) => block!(2, 4, xs, w4),
-                        (false, 4) => [block!(1, 4, [x_first], w4)[0], [0; 4]],
-                        (true, _) => {
-                            let r = block!(2, 1, xs, w1);
-                            [[r[0][0], 0, 0, 0], [r[1][0], 0, 0, 0]]
-                        }
-                        (false, _) => [[block!(1, 1, [x_first], w1)[0][0], 0, 0, 0], [0; 4]],
-                    }
-                };
-                let pixels = if pair { 2 } else { 1 };
+                let sums = block(Step {
+                    xs: [x_first, x_first + x_step],
+                    pixels,
+                    x_row,
+                    ws: [0, 1, 2, 3].map(|j| (co + j.min(n - 1)) * w_channel + w_first),
+                    channels: n,
+                    w_row,
+                    rows,
+                    span,
+                    zp: p.input_zero_point,
+                });
                 for j in 0..n {
                     let c = co + j;
                     let finish = Finish::new(&p.stage, p.bias, c);
@@ -376,8 +394,175 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
                 }
                 co += n;
             }
-            ox += if pair { 2 } else { 1 };
+            ox += pixels;
         }
+    }
+}
+
+/// The x86-64 dense convolution with AVX2 (`avx2`, which the CPU must have) or SSE2 blocks of
+/// two pixels × four channels.
+#[cfg(target_arch = "x86_64")]
+fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) {
+    let weights = p.weights;
+    // SAFETY: `dense_blocked` checks every step's reads; `avx2` is only set where the CPU has it.
+    unsafe {
+        dense_blocked(p, input, out, |t| {
+            macro_rules! block {
+                ($p:literal, $c:literal, $xs:expr, $ws:expr) => {
+                    if avx2 {
+                        x86::block_avx2::<$p, $c>(
+                            input, $xs, t.x_row, weights, $ws, t.w_row, t.rows, t.span, t.zp,
+                        )
+                    } else {
+                        x86::block::<$p, $c>(
+                            input, $xs, t.x_row, weights, $ws, t.w_row, t.rows, t.span, t.zp,
+                        )
+                    }
+                };
+            }
+            let (x1, w1) = ([t.xs[0]], [t.ws[0]]);
+            match (t.pixels, t.channels) {
+                (2, 4) => block!(2, 4, t.xs, t.ws),
+                (1, 4) => [block!(1, 4, x1, t.ws)[0], [0; 4]],
+                (2, _) => {
+                    let r = block!(2, 1, t.xs, w1);
+                    [[r[0][0], 0, 0, 0], [r[1][0], 0, 0, 0]]
+                }
+                _ => [[block!(1, 1, x1, w1)[0][0], 0, 0, 0], [0; 4]],
+            }
+        })
+    }
+}
+
+/// The Cortex-M (Armv7E-M DSP extension) dense convolution: one pixel × four channels at a time,
+/// four products per two `SMLAD`s.
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+fn dense_dsp(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    let weights = p.weights;
+    // SAFETY: `dense_blocked` checks every step's reads.
+    unsafe {
+        dense_blocked(p, input, out, |t| {
+            let mut sums = [[0i32; 4]; 2];
+            for (px, row) in sums[..t.pixels].iter_mut().enumerate() {
+                *row = match t.channels {
+                    4 => dsp::block::<4>(
+                        input, t.xs[px], t.x_row, weights, t.ws, t.w_row, t.rows, t.span, t.zp,
+                    ),
+                    _ => {
+                        let r = dsp::block::<1>(
+                            input,
+                            t.xs[px],
+                            t.x_row,
+                            weights,
+                            [t.ws[0]],
+                            t.w_row,
+                            t.rows,
+                            t.span,
+                            t.zp,
+                        );
+                        [r[0], 0, 0, 0]
+                    }
+                };
+            }
+            sums
+        })
+    }
+}
+
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+mod dsp {
+    use core::arch::asm;
+
+    /// Bytes 0 and 2 of `x`, sign-extended to two halfwords.
+    #[inline(always)]
+    fn sxtb16(x: u32) -> u32 {
+        let r;
+        // SAFETY: a register-only DSP instruction (Armv7E-M).
+        unsafe {
+            asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
+        r
+    }
+
+    /// Bytes 1 and 3 of `x`, sign-extended to two halfwords.
+    #[inline(always)]
+    fn sxtb16_ror8(x: u32) -> u32 {
+        let r;
+        // SAFETY: as above.
+        unsafe {
+            asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+        };
+        r
+    }
+
+    /// Halfword-wise `a − b` (wrapping; sets the GE flags, which nothing reads).
+    #[inline(always)]
+    fn ssub16(a: u32, b: u32) -> u32 {
+        let r;
+        // SAFETY: as above.
+        unsafe {
+            asm!("ssub16 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack))
+        };
+        r
+    }
+
+    /// `acc + a.lo·b.lo + a.hi·b.hi` (wrapping; sets the sticky Q flag, which nothing reads).
+    #[inline(always)]
+    fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+        let r;
+        // SAFETY: as above.
+        unsafe {
+            asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
+        };
+        r
+    }
+
+    /// `Σ_r Σ_i (x[r·x_row + i] − zp) · w[c][r·w_row + i]` for one pixel and `C` channels, with
+    /// `x = input[x0..]`, `w[c] = weights[ws[c]..]`. (x − zp) fits a halfword; the int32 sums
+    /// wrap exactly as the reference's do, so the results are identical.
+    ///
+    /// # Safety
+    /// `x0 + (rows − 1)·x_row + span ≤ input.len()` and every
+    /// `ws[c] + (rows − 1)·w_row + span ≤ weights.len()`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub unsafe fn block<const C: usize>(
+        input: &[i8],
+        x0: usize,
+        x_row: usize,
+        weights: &[i8],
+        ws: [usize; C],
+        w_row: usize,
+        rows: usize,
+        span: usize,
+        zp: i32,
+    ) -> [i32; C] {
+        let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+        let xp = input.as_ptr();
+        let wp = weights.as_ptr();
+        let mut acc = [0i32; C];
+        let words = span / 4;
+        for r in 0..rows {
+            // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
+            unsafe {
+                let xr = xp.add(x0 + r * x_row);
+                for j in 0..words {
+                    let xw = (xr.add(4 * j) as *const u32).read_unaligned();
+                    let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
+                    for (a, &w) in acc.iter_mut().zip(&ws) {
+                        let ww = (wp.add(w + r * w_row + 4 * j) as *const u32).read_unaligned();
+                        *a = smlad(xo, sxtb16_ror8(ww), smlad(xe, sxtb16(ww), *a));
+                    }
+                }
+                for i in 4 * words..span {
+                    let xv = *xr.add(i) as i32 - zp;
+                    for (a, &w) in acc.iter_mut().zip(&ws) {
+                        *a = a.wrapping_add(xv * *wp.add(w + r * w_row + i) as i32);
+                    }
+                }
+            }
+        }
+        acc
     }
 }
 
