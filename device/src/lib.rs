@@ -329,7 +329,11 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (act_min, act_max) =
                     activation_range(*act, to.quant.scale, to.quant.zero_point);
                 let (out, [da, db]) = regions(self.arena, range(to), [range(ta), range(tb)], id)?;
-                kernels::elementwise::add_reference(
+                let add = match self.kernels {
+                    Kernels::Reference => kernels::elementwise::add_reference,
+                    Kernels::Optimized => kernels::elementwise::add_optimized,
+                };
+                add(
                     Operand {
                         data: as_i8(da),
                         zero_point: ta.quant.zero_point,
@@ -353,11 +357,15 @@ impl<'m, 'a> Engine<'m, 'a> {
                 output,
             } => {
                 let to = t(*output)?;
+                let concat = match self.kernels {
+                    Kernels::Reference => kernels::elementwise::concat_reference,
+                    Kernels::Optimized => kernels::elementwise::concat_optimized,
+                };
                 let mut offset = 0;
                 for (&tid, r) in inputs.iter().zip(requant) {
                     let ti = t(tid)?;
                     let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                    kernels::elementwise::concat_reference(
+                    concat(
                         Operand {
                             data: as_i8(inp),
                             zero_point: ti.quant.zero_point,
@@ -380,23 +388,15 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, to) = (t(*input)?, t(*output)?);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                let f = *factor as usize;
-                match mode {
-                    depthling_model::UpsampleMode::Nearest => kernels::upsample::nearest_reference(
-                        as_i8(inp),
-                        shape(ti),
-                        f,
-                        as_i8_mut(out),
-                    ),
-                    depthling_model::UpsampleMode::Bilinear => {
-                        kernels::upsample::bilinear_reference(
-                            as_i8(inp),
-                            shape(ti),
-                            f,
-                            as_i8_mut(out),
-                        )
-                    }
-                }
+                use depthling_model::UpsampleMode::{Bilinear, Nearest};
+                use kernels::upsample as up;
+                let upsample = match (mode, self.kernels) {
+                    (Nearest, Kernels::Reference) => up::nearest_reference,
+                    (Nearest, Kernels::Optimized) => up::nearest_optimized,
+                    (Bilinear, Kernels::Reference) => up::bilinear_reference,
+                    (Bilinear, Kernels::Optimized) => up::bilinear_optimized,
+                };
+                upsample(as_i8(inp), shape(ti), *factor as usize, as_i8_mut(out));
             }
             Op::GlobalAvgPool {
                 input,
@@ -405,7 +405,11 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, to) = (t(*input)?, t(*output)?);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                kernels::pool::global_avg_pool_reference(
+                let pool = match self.kernels {
+                    Kernels::Reference => kernels::pool::global_avg_pool_reference,
+                    Kernels::Optimized => kernels::pool::global_avg_pool_optimized,
+                };
+                pool(
                     Operand {
                         data: as_i8(inp),
                         zero_point: ti.quant.zero_point,
@@ -424,7 +428,11 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
                 let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
-                kernels::elementwise::mul_reference(
+                let mul = match self.kernels {
+                    Kernels::Reference => kernels::elementwise::mul_reference,
+                    Kernels::Optimized => kernels::elementwise::mul_optimized,
+                };
+                mul(
                     Operand {
                         data: as_i8(inp),
                         zero_point: ti.quant.zero_point,

@@ -32,6 +32,35 @@ pub fn add_reference(
     }
 }
 
+/// [`add_reference`] with each operand's rescaling `((v − z) << 20)·m` read from a 256-entry
+/// table (it depends on the int8 value alone), so one requantization per element remains.
+#[allow(clippy::too_many_arguments)]
+pub fn add_optimized(
+    a: Operand<'_>,
+    b: Operand<'_>,
+    a_requant: Requant,
+    b_requant: Requant,
+    out_requant: Requant,
+    out_zero_point: i32,
+    act_min: i32,
+    act_max: i32,
+    out: &mut [i8],
+) {
+    let table = |o: Operand<'_>, r: Requant| {
+        let mut t = [0i32; 256];
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = r.apply(((i as i32 - 128) - o.zero_point) << ADD_LEFT_SHIFT);
+        }
+        t
+    };
+    let (ta, tb) = (table(a, a_requant), table(b, b_requant));
+    for ((o, &x), &y) in out.iter_mut().zip(a.data).zip(b.data) {
+        let sum = ta[(x as i32 + 128) as usize] + tb[(y as i32 + 128) as usize];
+        let v = out_requant.apply(sum).saturating_add(out_zero_point);
+        *o = v.clamp(act_min, act_max) as i8;
+    }
+}
+
 /// Copies `input` (`shape`) into channels `channel_offset..` of `out` (`out_channels` wide),
 /// requantizing each value.
 pub fn concat_reference(
@@ -57,6 +86,43 @@ pub fn concat_reference(
     }
 }
 
+/// [`concat_reference`] with the requantization of each int8 value from a 256-entry table, and a
+/// plain copy where the table is the identity.
+pub fn concat_optimized(
+    input: Operand<'_>,
+    shape: Shape,
+    requant: Requant,
+    out_zero_point: i32,
+    channel_offset: usize,
+    out_channels: usize,
+    out: &mut [i8],
+) {
+    let mut table = [0i8; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let v = requant
+            .apply((i as i32 - 128) - input.zero_point)
+            .saturating_add(out_zero_point);
+        *t = v.clamp(-128, 127) as i8;
+    }
+    let identity = table
+        .iter()
+        .enumerate()
+        .all(|(i, &t)| t as i32 == i as i32 - 128);
+    let c = shape.channels;
+    let pixels = shape.height * shape.width;
+    for (pix, src) in input.data.chunks_exact(c).take(pixels).enumerate() {
+        let at = pix * out_channels + channel_offset;
+        let dst = &mut out[at..at + c];
+        if identity {
+            dst.copy_from_slice(src);
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = table[(s as i32 + 128) as usize];
+            }
+        }
+    }
+}
+
 /// `out[p, c] = (x[p, c] − zx)·(s[c] − zs)·m + zo`, clamped.
 pub fn mul_reference(
     input: Operand<'_>,
@@ -77,5 +143,114 @@ pub fn mul_reference(
                 .saturating_add(out_zero_point)
                 .clamp(-128, 127) as i8;
         }
+    }
+}
+
+/// [`mul_reference`] with `s[c] − zs` formed once per block of channels instead of per element.
+pub fn mul_optimized(
+    input: Operand<'_>,
+    scale: Operand<'_>,
+    channels: usize,
+    requant: Requant,
+    out_zero_point: i32,
+    out: &mut [i8],
+) {
+    const BLOCK: usize = 64;
+    let mut c0 = 0;
+    while c0 < channels {
+        let n = BLOCK.min(channels - c0);
+        let mut s = [0i32; BLOCK];
+        for (v, &q) in s.iter_mut().zip(&scale.data[c0..c0 + n]) {
+            *v = q as i32 - scale.zero_point;
+        }
+        for (o, x) in out
+            .chunks_exact_mut(channels)
+            .zip(input.data.chunks_exact(channels))
+        {
+            for ((o, &x), &s) in o[c0..c0 + n].iter_mut().zip(&x[c0..c0 + n]).zip(&s[..n]) {
+                *o = requant
+                    .apply((x as i32 - input.zero_point) * s)
+                    .saturating_add(out_zero_point)
+                    .clamp(-128, 127) as i8;
+            }
+        }
+        c0 += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn bytes(&mut self, n: usize) -> Vec<i8> {
+            (0..n).map(|_| self.next() as i8).collect()
+        }
+        fn zp(&mut self) -> i32 {
+            (self.next() % 256) as i32 - 128
+        }
+        fn requant(&mut self, lo: f64, hi: f64) -> Requant {
+            let t = (self.next() % 10_000) as f64 / 10_000.0;
+            Requant::from_real(lo + (hi - lo) * t).unwrap()
+        }
+    }
+
+    /// Every optimized add, concat and multiply equals the reference bit for bit on random
+    /// shapes, values, zero points and multipliers (identity concats included).
+    macro_rules! elementwise_family_matches_reference {
+        ($($name:ident: $add:path, $concat:path, $mul:path;)*) => {$(
+            #[test]
+            fn $name() {
+                let mut rng = Lcg(0xadd);
+                for case in 0..300 {
+                    let (h, w, c) = (1 + rng.next() as usize % 9, 1 + rng.next() as usize % 9, 1 + rng.next() as usize % 80);
+                    let n = h * w * c;
+                    let (xa, xb) = (rng.bytes(n), rng.bytes(n));
+                    let (a, b) = (Operand { data: &xa, zero_point: rng.zp() }, Operand { data: &xb, zero_point: rng.zp() });
+                    let (ra, rb, ro) = (rng.requant(1e-4, 0.9), rng.requant(1e-4, 0.9), rng.requant(1e-7, 1e-5));
+                    let (zo, lo) = (rng.zp(), rng.zp());
+                    let hi = lo + (rng.next() % (128 - lo.max(0) as u32).max(1)) as i32;
+                    let (mut r, mut o) = (std::vec![0i8; n], std::vec![0i8; n]);
+                    add_reference(a, b, ra, rb, ro, zo, lo, hi, &mut r);
+                    $add(a, b, ra, rb, ro, zo, lo, hi, &mut o);
+                    assert_eq!(r, o, "add case {case}");
+
+                    let shape = Shape { height: h, width: w, channels: c };
+                    let (extra, offset) = (rng.next() as usize % 5, rng.next() as usize % 3);
+                    let oc = c + extra + offset;
+                    let (rq, zq) = if case % 4 == 0 {
+                        (Requant::from_real(1.0).unwrap(), a.zero_point)
+                    } else {
+                        (rng.requant(0.2, 3.0), rng.zp())
+                    };
+                    let (mut r, mut o) = (std::vec![7i8; h * w * oc], std::vec![7i8; h * w * oc]);
+                    concat_reference(a, shape, rq, zq, offset, oc, &mut r);
+                    $concat(a, shape, rq, zq, offset, oc, &mut o);
+                    assert_eq!(r, o, "concat case {case}");
+
+                    let sc = rng.bytes(c);
+                    let s = Operand { data: &sc, zero_point: rng.zp() };
+                    let rm = rng.requant(1e-6, 1e-3);
+                    let (mut r, mut o) = (std::vec![0i8; n], std::vec![0i8; n]);
+                    mul_reference(a, s, c, rm, zo, &mut r);
+                    $mul(a, s, c, rm, zo, &mut o);
+                    assert_eq!(r, o, "mul case {case}");
+                }
+            }
+        )*};
+    }
+
+    elementwise_family_matches_reference! {
+        optimized_matches_reference: add_optimized, concat_optimized, mul_optimized;
     }
 }

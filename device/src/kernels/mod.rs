@@ -1,5 +1,7 @@
 //! int8 kernels, one file per family. Each family has a plain `reference` implementation that
-//! defines the exact integer result; optimized versions (later) must match it bit for bit.
+//! defines the exact integer result, and optimized versions that must match it bit for bit: one
+//! test macro per family runs every optimized kernel against the reference on random shapes and
+//! values. The engine calls the optimized ones unless told otherwise (`Engine::set_kernels`).
 
 pub mod conv;
 pub mod elementwise;
