@@ -14,6 +14,7 @@
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod frame;
 pub mod kernels;
 #[cfg(feature = "tract")]
 pub mod tract;
