@@ -74,6 +74,12 @@ pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateSummary> {
     let mut samples: Vec<Sample> = Vec::with_capacity(cfg.count);
     let chunk = 64;
     let mut done = 0;
+    let mut bar = crate::progress::Progress::new(
+        cfg.quiet,
+        &format!("simulate {}", cfg.domain.name()),
+        cfg.count,
+        "img",
+    );
     while done < cfg.count {
         let n = chunk.min(cfg.count - done);
         samples.extend(render_many(
@@ -86,16 +92,16 @@ pub fn simulate(cfg: &SimulateConfig) -> Result<SimulateSummary> {
             cfg.stereo,
         ));
         done += n;
-        progress(
-            cfg.quiet,
-            &format!(
-                "simulate: rendered {done}/{} {} images",
-                cfg.count,
-                cfg.domain.name()
-            ),
-        );
+        bar.advance(n, None);
     }
     let seconds = start.elapsed().as_secs_f64();
+    bar.finish(&format!(
+        "{} images at {}×{} ({:.0} img/s)",
+        cfg.count,
+        cfg.width,
+        cfg.height,
+        cfg.count as f64 / seconds.max(1e-9)
+    ));
     let manifest = Manifest::simulated(
         cfg.domain, cfg.width, cfg.height, cfg.count, cfg.seed, cfg.stereo,
     );
@@ -283,6 +289,7 @@ pub fn run(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut total = 0.0;
+    let mut bar = crate::progress::Progress::new(quiet, "run", inputs.len(), "frames");
     for (p, rgb) in inputs.iter().zip(&frames) {
         let t = Instant::now();
         let depth = infer(rgb)?;
@@ -299,8 +306,13 @@ pub fn run(
             mh,
             &png::colorize_depth(&depth, lo, hi),
         )?;
-        progress(quiet, &format!("run: {}", p.display()));
+        bar.advance(1, Some(p.display().to_string()));
     }
+    bar.finish(&format!(
+        "{} frames, {:.2} ms each",
+        inputs.len(),
+        1e3 * total / inputs.len() as f64
+    ));
     Ok(RunSummary {
         images: inputs.len(),
         mean_ms: 1e3 * total / inputs.len() as f64,
@@ -427,17 +439,23 @@ pub fn training_progress(
     quiet: bool,
     label: &'static str,
     steps: usize,
+    batch_size: usize,
 ) -> impl FnMut(crate::train::StepInfo) {
-    let start = Instant::now();
-    let every = (steps / 20).max(1);
+    let mut bar = Some(crate::progress::Progress::new(quiet, label, steps, "steps"));
+    let mut first_loss = None;
     move |s| {
-        if !quiet && (s.step % every == 0 || s.step + 1 == steps) {
-            let done = s.step + 1;
-            let eta = start.elapsed().as_secs_f64() / done as f64 * (steps - done) as f64;
-            eprintln!(
-                "{label}: step {done}/{steps} loss {:.4} eta {eta:.0}s",
-                s.loss
-            );
+        let Some(p) = bar.as_mut() else { return };
+        first_loss.get_or_insert(s.loss);
+        let ips = (p.done() + 1) as f64 * batch_size as f64 / p.elapsed().max(1e-9);
+        p.advance(1, Some(format!("loss {:.4}, {ips:.0} img/s", s.loss)));
+        if s.step + 1 >= steps {
+            if let Some(p) = bar.take() {
+                p.finish(&format!(
+                    "{steps} steps, loss {:.4} → {:.4}, {ips:.0} img/s",
+                    first_loss.unwrap_or(s.loss),
+                    s.loss
+                ));
+            }
         }
     }
 }
@@ -465,7 +483,7 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::Eva
         &train_set,
         Target::Labels,
         &tc,
-        training_progress(o.quiet, "train-teacher", tc.steps),
+        training_progress(o.quiet, "train-teacher", tc.steps, tc.batch_size),
     )?;
     net.save(
         &cfg.out,
@@ -516,7 +534,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
         &samples,
         Target::Teacher(&teacher.net),
         &tc,
-        training_progress(o.quiet, "distill", tc.steps),
+        training_progress(o.quiet, "distill", tc.steps, tc.batch_size),
     )?;
     student.save(
         &cfg.out,

@@ -90,6 +90,8 @@ pub struct DemoResult {
     pub height: usize,
     pub dlm_bytes: u64,
     pub arena_bytes: u64,
+    /// Mean time of one int8 inference on this machine (one thread, optimized kernels).
+    pub int8_ms_per_image: f64,
     pub wall_seconds: f64,
     pub stage_seconds: Vec<(String, f64)>,
 }
@@ -175,12 +177,12 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         seed: cfg.seed,
         ..Default::default()
     };
-    train(
+    let teacher_losses = train(
         &teacher,
         &indoor_train,
         Target::Labels,
         &tc,
-        training_progress(cfg.quiet, "demo: teacher", cfg.teacher_steps),
+        training_progress(cfg.quiet, "demo: teacher", cfg.teacher_steps, tc.batch_size),
     )?;
     teacher.save(
         &cfg.out.join("teacher.safetensors"),
@@ -198,12 +200,12 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         seed: cfg.seed + 1,
         ..Default::default()
     };
-    train(
+    let student_losses = train(
         &student,
         &ood,
         Target::Teacher(&teacher.net),
         &sc,
-        training_progress(cfg.quiet, "demo: student", cfg.student_steps),
+        training_progress(cfg.quiet, "demo: student", cfg.student_steps, sc.batch_size),
     )?;
     student.save(
         &cfg.out.join("student.safetensors"),
@@ -246,7 +248,9 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     let model = file.model()?;
     stage("int8 quantization and .dlm", &mut stages);
 
+    let int8_start = Instant::now();
     let int8_pred = run_int8(&model, &indoor_test)?;
+    let int8_ms = 1e3 * int8_start.elapsed().as_secs_f64() / indoor_test.len().max(1) as f64;
     let int8_m = evaluate(&int8_pred, &indoor_test, &eval_cfg)?;
     stage("int8 engine on the test images", &mut stages);
 
@@ -288,6 +292,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         height: h,
         dlm_bytes: file.bytes.len() as u64,
         arena_bytes: model.arena_bytes as u64,
+        int8_ms_per_image: int8_ms,
         wall_seconds: start.elapsed().as_secs_f64(),
         stage_seconds: stages,
     };
@@ -298,8 +303,43 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &result,
         &indoor_test,
         &[&teacher_pred, &student_pred, &int8_pred],
+        &[&teacher_losses, &student_losses],
     )?;
     Ok(result)
+}
+
+/// `loss.png` (training curves) and `metrics.png` (AbsRel, RMSE and δ1 per model, with the
+/// mean-depth baseline).
+fn write_charts(dir: &Path, result: &DemoResult, losses: &[&Vec<f32>; 2]) -> Result<()> {
+    let smooth = (losses[0].len().max(losses[1].len()) / 50).max(1);
+    crate::plot::line_chart(
+        "training loss",
+        "step",
+        "masked L1 (m)",
+        &[
+            ("teacher (indoor labels)", losses[0]),
+            ("student (KD on OOD)", losses[1]),
+        ],
+        smooth,
+    )
+    .save(&dir.join("loss.png"))?;
+    let mut series: Vec<(&str, Vec<f64>)> = result
+        .rows
+        .iter()
+        .map(|r| {
+            let m = &r.metrics;
+            (r.name.as_str(), vec![m.abs_rel, m.rmse, m.delta1])
+        })
+        .collect();
+    let b = &result.mean_depth_baseline;
+    series.push(("mean depth", vec![b.abs_rel, b.rmse, b.delta1]));
+    crate::plot::bar_chart(
+        "held-out indoor images",
+        "value",
+        &["AbsRel (lower)", "RMSE m (lower)", "δ1 (higher)"],
+        &series,
+    )
+    .save(&dir.join("metrics.png"))
 }
 
 /// `report/index.html` with a sample grid (RGB | ground truth | teacher | student f32 | student
@@ -309,6 +349,7 @@ fn write_report(
     result: &DemoResult,
     samples: &[Sample],
     preds: &[&Vec<Vec<f32>>; 3],
+    losses: &[&Vec<f32>; 2],
 ) -> Result<()> {
     let dir = out.join("report");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -346,6 +387,7 @@ fn write_report(
         }
     }
     png::write_rgb(&dir.join("samples.png"), sw, sh, &sheet)?;
+    write_charts(&dir, result, losses)?;
     let mut rows = String::new();
     for r in &result.rows {
         let m = &r.metrics;
@@ -362,13 +404,16 @@ fn write_report(
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>depthling demo</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>\
-<h1>depthling demo</h1><p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; int8 model {bytes} bytes, arena {arena} bytes; wall time {wall:.0} s.</p>\
+<h1>depthling demo</h1><p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; wall time {wall:.0} s.</p>\
 <table><tr><th>model</th><th>AbsRel</th><th>SqRel</th><th>RMSE</th><th>RMSElog</th><th>δ1</th><th>params</th></tr>\n{rows}</table>\
+<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>\
+<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\"><h2>Training</h2><img src=\"loss.png\" width=\"720\">\
 <h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error (dark = large)</p><img src=\"samples.png\" style=\"image-rendering:pixelated;width:{dw}px\"></body></html>\n",
         proto = result.protocol,
         imgs = b.images,
         bytes = result.dlm_bytes,
         arena = result.arena_bytes,
+        ms = result.int8_ms_per_image,
         wall = result.wall_seconds,
         dw = sw * 2,
     );

@@ -14,5 +14,7 @@ pub mod commands;
 pub mod demo;
 pub mod eval;
 pub mod onnx;
+pub mod plot;
+pub mod progress;
 pub mod quant;
 pub mod train;

@@ -20,6 +20,8 @@ fn quick_demo_student_beats_mean_depth() {
         "metrics.json",
         "report/index.html",
         "report/samples.png",
+        "report/loss.png",
+        "report/metrics.png",
     ] {
         assert!(cfg.out.join(f).exists(), "{f} missing");
     }
