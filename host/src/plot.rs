@@ -265,7 +265,12 @@ pub fn line_chart(
 }
 
 /// Grouped bar chart: one group per entry of `groups`, one bar per series, value on top.
-pub fn bar_chart(title: &str, y_label: &str, groups: &[&str], series: &[(&str, Vec<f64>)]) -> Canvas {
+pub fn bar_chart(
+    title: &str,
+    y_label: &str,
+    groups: &[&str],
+    series: &[(&str, Vec<f64>)],
+) -> Canvas {
     let mut c = Canvas::new(720, 400);
     let legend: Vec<(&str, Rgb)> = series
         .iter()
@@ -325,7 +330,10 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        assert_eq!(
+            ticks(0.0, 1.0, 5),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
         let t = ticks(0.0, 1499.0, 6);
         assert_eq!(t.first(), Some(&0.0));
         assert!(t.iter().all(|v| v % 250.0 == 0.0), "{t:?}");
@@ -352,7 +360,9 @@ mod tests {
     #[test]
     fn line_chart_draws_each_series() {
         let a: Vec<f32> = (0..100).map(|i| 1.0 / (1.0 + i as f32)).collect();
-        let b: Vec<f32> = (0..100).map(|i| 0.5 + (i as f32 * 0.1).sin() * 0.1).collect();
+        let b: Vec<f32> = (0..100)
+            .map(|i| 0.5 + (i as f32 * 0.1).sin() * 0.1)
+            .collect();
         let c = line_chart("loss", "step", "L1", &[("a", &a), ("b", &b)], 5);
         assert!(ink(&c, PALETTE[0]) > 200 && ink(&c, PALETTE[1]) > 200);
         let text = Canvas::new(100, 20);
