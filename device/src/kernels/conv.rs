@@ -399,78 +399,80 @@ unsafe fn dense_blocked(
     }
 }
 
+/// Calls `$block::<P, C>(input, weights, &step)` for the step's pixel and channel counts.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(feature = "cortex-m-dsp", target_arch = "arm")
+))]
+macro_rules! by_shape {
+    ($($block:ident)::+, $input:expr, $weights:expr, $t:expr) => {
+        match ($t.pixels, $t.channels) {
+            (2, 4) => $($block)::+::<2, 4>($input, $weights, $t),
+            (1, 4) => $($block)::+::<1, 4>($input, $weights, $t),
+            (2, _) => $($block)::+::<2, 1>($input, $weights, $t),
+            _ => $($block)::+::<1, 1>($input, $weights, $t),
+        }
+    };
+}
+
+/// The scalar end `from..span` of tap row `r` of a [`Step`], added to `out`.
+///
+/// # Safety
+/// The step's reads are in bounds (as [`dense_blocked`] checks).
+#[cfg(any(
+    target_arch = "x86_64",
+    all(feature = "cortex-m-dsp", target_arch = "arm")
+))]
+#[inline(always)]
+unsafe fn row_tail<const P: usize, const C: usize>(
+    input: &[i8],
+    weights: &[i8],
+    t: &Step,
+    r: usize,
+    from: usize,
+    out: &mut [[i32; 4]; 2],
+) {
+    let (xp, wp) = (input.as_ptr(), weights.as_ptr());
+    for i in from..t.span {
+        for (o, &x) in out.iter_mut().zip(&t.xs).take(P) {
+            // SAFETY: in bounds by the caller's contract.
+            let xv = unsafe { *xp.add(x + r * t.x_row + i) } as i32 - t.zp;
+            for (a, &w) in o.iter_mut().zip(&t.ws).take(C) {
+                // SAFETY: as above.
+                *a = a.wrapping_add(xv * unsafe { *wp.add(w + r * t.w_row + i) } as i32);
+            }
+        }
+    }
+}
+
 /// The x86-64 dense convolution with AVX2 (`avx2`, which the CPU must have) or SSE2 blocks of
-/// two pixels × four channels.
+/// up to two pixels × four channels.
 #[cfg(target_arch = "x86_64")]
 fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) {
     let weights = p.weights;
     // SAFETY: `dense_blocked` checks every step's reads; `avx2` is only set where the CPU has it.
     unsafe {
         dense_blocked(p, input, out, |t| {
-            macro_rules! block {
-                ($p:literal, $c:literal, $xs:expr, $ws:expr) => {
-                    if avx2 {
-                        x86::block_avx2::<$p, $c>(
-                            input, $xs, t.x_row, weights, $ws, t.w_row, t.rows, t.span, t.zp,
-                        )
-                    } else {
-                        x86::block::<$p, $c>(
-                            input, $xs, t.x_row, weights, $ws, t.w_row, t.rows, t.span, t.zp,
-                        )
-                    }
-                };
-            }
-            let (x1, w1) = ([t.xs[0]], [t.ws[0]]);
-            match (t.pixels, t.channels) {
-                (2, 4) => block!(2, 4, t.xs, t.ws),
-                (1, 4) => [block!(1, 4, x1, t.ws)[0], [0; 4]],
-                (2, _) => {
-                    let r = block!(2, 1, t.xs, w1);
-                    [[r[0][0], 0, 0, 0], [r[1][0], 0, 0, 0]]
-                }
-                _ => [[block!(1, 1, x1, w1)[0][0], 0, 0, 0], [0; 4]],
+            if avx2 {
+                by_shape!(x86::block_avx2, input, weights, &t)
+            } else {
+                by_shape!(x86::block, input, weights, &t)
             }
         })
     }
 }
 
-/// The Cortex-M (Armv7E-M DSP extension) dense convolution: one pixel × four channels at a time,
-/// four products per two `SMLAD`s.
+/// The Cortex-M (Armv7E-M DSP extension) dense convolution: four products per two `SMLAD`s.
 #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
 fn dense_dsp(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let weights = p.weights;
     // SAFETY: `dense_blocked` checks every step's reads.
-    unsafe {
-        dense_blocked(p, input, out, |t| {
-            let mut sums = [[0i32; 4]; 2];
-            for (px, row) in sums[..t.pixels].iter_mut().enumerate() {
-                *row = match t.channels {
-                    4 => dsp::block::<4>(
-                        input, t.xs[px], t.x_row, weights, t.ws, t.w_row, t.rows, t.span, t.zp,
-                    ),
-                    _ => {
-                        let r = dsp::block::<1>(
-                            input,
-                            t.xs[px],
-                            t.x_row,
-                            weights,
-                            [t.ws[0]],
-                            t.w_row,
-                            t.rows,
-                            t.span,
-                            t.zp,
-                        );
-                        [r[0], 0, 0, 0]
-                    }
-                };
-            }
-            sums
-        })
-    }
+    unsafe { dense_blocked(p, input, out, |t| by_shape!(dsp::block, input, weights, &t)) }
 }
 
 #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
 mod dsp {
+    use super::Step;
     use core::arch::asm;
 
     /// Bytes 0 and 2 of `x`, sign-extended to two halfwords.
@@ -517,52 +519,44 @@ mod dsp {
         r
     }
 
-    /// `Σ_r Σ_i (x[r·x_row + i] − zp) · w[c][r·w_row + i]` for one pixel and `C` channels, with
-    /// `x = input[x0..]`, `w[c] = weights[ws[c]..]`. (x − zp) fits a halfword; the int32 sums
-    /// wrap exactly as the reference's do, so the results are identical.
+    /// The sums of a [`Step`] for `P` pixels (one after the other, so the accumulators stay in
+    /// registers) and `C` channels. (x − zp) fits a halfword; the int32 sums wrap exactly as the
+    /// reference's do, so the results are identical.
     ///
     /// # Safety
-    /// `x0 + (rows − 1)·x_row + span ≤ input.len()` and every
-    /// `ws[c] + (rows − 1)·w_row + span ≤ weights.len()`.
-    #[allow(clippy::too_many_arguments)]
+    /// The step's reads are in bounds (as [`super::dense_blocked`] checks).
     #[inline(always)]
-    pub unsafe fn block<const C: usize>(
+    pub unsafe fn block<const P: usize, const C: usize>(
         input: &[i8],
-        x0: usize,
-        x_row: usize,
         weights: &[i8],
-        ws: [usize; C],
-        w_row: usize,
-        rows: usize,
-        span: usize,
-        zp: i32,
-    ) -> [i32; C] {
-        let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
-        let xp = input.as_ptr();
-        let wp = weights.as_ptr();
-        let mut acc = [0i32; C];
-        let words = span / 4;
-        for r in 0..rows {
-            // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
-            unsafe {
-                let xr = xp.add(x0 + r * x_row);
-                for j in 0..words {
-                    let xw = (xr.add(4 * j) as *const u32).read_unaligned();
-                    let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
-                    for (a, &w) in acc.iter_mut().zip(&ws) {
-                        let ww = (wp.add(w + r * w_row + 4 * j) as *const u32).read_unaligned();
-                        *a = smlad(xo, sxtb16_ror8(ww), smlad(xe, sxtb16(ww), *a));
-                    }
-                }
-                for i in 4 * words..span {
-                    let xv = *xr.add(i) as i32 - zp;
-                    for (a, &w) in acc.iter_mut().zip(&ws) {
-                        *a = a.wrapping_add(xv * *wp.add(w + r * w_row + i) as i32);
+        t: &Step,
+    ) -> [[i32; 4]; 2] {
+        let zp2 = ((t.zp as u32) & 0xffff) | ((t.zp as u32) << 16);
+        let (xp, wp) = (input.as_ptr(), weights.as_ptr());
+        let mut out = [[0i32; 4]; 2];
+        let words = t.span / 4;
+        for (acc, &x0) in out.iter_mut().zip(&t.xs).take(P) {
+            for r in 0..t.rows {
+                // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
+                unsafe {
+                    let xr = xp.add(x0 + r * t.x_row);
+                    for j in 0..words {
+                        let xw = (xr.add(4 * j) as *const u32).read_unaligned();
+                        let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
+                        for (a, &w) in acc.iter_mut().zip(&t.ws).take(C) {
+                            let ww =
+                                (wp.add(w + r * t.w_row + 4 * j) as *const u32).read_unaligned();
+                            *a = smlad(xo, sxtb16_ror8(ww), smlad(xe, sxtb16(ww), *a));
+                        }
                     }
                 }
             }
         }
-        acc
+        for r in 0..t.rows {
+            // SAFETY: as above.
+            unsafe { super::row_tail::<P, C>(input, weights, t, r, 4 * words, &mut out) };
+        }
+        out
     }
 }
 
@@ -581,6 +575,7 @@ fn has_avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Step;
     use core::arch::x86_64::*;
 
     /// Sign-extends the low 8 bytes of `v` to 8 × i16 (SSE2 has no `pmovsxbw`).
@@ -590,150 +585,127 @@ mod x86 {
         unsafe { _mm_srai_epi16::<8>(_mm_unpacklo_epi8(v, v)) }
     }
 
-    /// For `P` pixels and `C` output channels: `Σ_r Σ_i (x[p][r·x_row + i] − zp) · w[c][r·w_row + i]`
-    /// over `rows` rows of `span` bytes, with `x[p] = input[xs[p]..]` and `w[c] = weights[ws[c]..]`.
-    /// Exact int32 arithmetic, so equal to the reference loop whenever that does not overflow.
+    /// Adds the horizontal sums of `acc[p][c]` to `out[p][c]`.
+    #[inline(always)]
+    unsafe fn reduce<const P: usize, const C: usize>(
+        acc: &[[__m128i; C]; P],
+        out: &mut [[i32; 4]; 2],
+    ) {
+        // SAFETY: SSE2 is part of the x86-64 baseline.
+        unsafe {
+            for (o, a) in out.iter_mut().zip(acc) {
+                for (v, &s) in o.iter_mut().zip(a) {
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                    *v = v.wrapping_add(_mm_cvtsi128_si32(s));
+                }
+            }
+        }
+    }
+
+    /// The sums of a [`Step`] for `P` pixels and `C` channels: 8 products per SSE2 `pmaddwd`,
+    /// the rest of each row scalar. Exact int32 arithmetic, so equal to the reference.
     ///
     /// # Safety
-    /// Every `xs[p] + (rows − 1)·x_row + span ≤ input.len()` and
-    /// `ws[c] + (rows − 1)·w_row + span ≤ weights.len()`.
-    #[allow(clippy::too_many_arguments)]
+    /// The step's reads are in bounds (as [`super::dense_blocked`] checks).
     #[inline(always)]
     pub unsafe fn block<const P: usize, const C: usize>(
         input: &[i8],
-        xs: [usize; P],
-        x_row: usize,
         weights: &[i8],
-        ws: [usize; C],
-        w_row: usize,
-        rows: usize,
-        span: usize,
-        zp: i32,
-    ) -> [[i32; C]; P] {
+        t: &Step,
+    ) -> [[i32; 4]; 2] {
         // SAFETY: the caller guarantees the bounds; unaligned 8-byte loads.
         unsafe {
-            let zpv = _mm_set1_epi16(zp as i16);
-            let x0 = input.as_ptr();
-            let w0 = weights.as_ptr();
+            let zpv = _mm_set1_epi16(t.zp as i16);
+            let (x0, w0) = (input.as_ptr(), weights.as_ptr());
             let mut acc = [[_mm_setzero_si128(); C]; P];
-            let mut out = [[0i32; C]; P];
-            let chunks = span / 8;
-            for r in 0..rows {
+            let mut out = [[0i32; 4]; 2];
+            let chunks = t.span / 8;
+            for r in 0..t.rows {
                 for j in 0..chunks {
-                    let o = j * 8;
-                    let mut xv = [_mm_setzero_si128(); P];
-                    for (v, &x) in xv.iter_mut().zip(&xs) {
-                        let bytes = _mm_loadl_epi64(x0.add(x + r * x_row + o) as *const __m128i);
-                        *v = _mm_sub_epi16(widen(bytes), zpv);
-                    }
-                    for (c, &w) in ws.iter().enumerate() {
-                        let wv =
-                            widen(_mm_loadl_epi64(w0.add(w + r * w_row + o) as *const __m128i));
+                    let o = r * t.x_row + j * 8;
+                    let xv: [__m128i; P] = core::array::from_fn(|p| {
+                        let bytes = _mm_loadl_epi64(x0.add(t.xs[p] + o) as *const __m128i);
+                        _mm_sub_epi16(widen(bytes), zpv)
+                    });
+                    for c in 0..C {
+                        let at = t.ws[c] + r * t.w_row + j * 8;
+                        let wv = widen(_mm_loadl_epi64(w0.add(at) as *const __m128i));
                         for (a, v) in acc.iter_mut().zip(&xv) {
                             a[c] = _mm_add_epi32(a[c], _mm_madd_epi16(*v, wv));
                         }
                     }
                 }
-                for i in chunks * 8..span {
-                    for (o, &x) in out.iter_mut().zip(&xs) {
-                        let xv = *x0.add(x + r * x_row + i) as i32 - zp;
-                        for (a, &w) in o.iter_mut().zip(&ws) {
-                            *a += xv * *w0.add(w + r * w_row + i) as i32;
-                        }
-                    }
-                }
+                super::row_tail::<P, C>(input, weights, t, r, chunks * 8, &mut out);
             }
-            for (o, a) in out.iter_mut().zip(&acc) {
-                for (v, &s) in o.iter_mut().zip(a) {
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                    *v += _mm_cvtsi128_si32(s);
-                }
-            }
+            reduce(&acc, &mut out);
             out
         }
     }
 
-    /// [`block`] with AVX2: 16 products per `vpmaddwd`, sign extension by `vpmovsxbw`; a run's
+    /// [`block`] with AVX2: 16 products per `vpmaddwd`, sign extension by `vpmovsxbw`; a row's
     /// last 8-byte chunk in 128-bit registers, the rest scalar.
     ///
     /// # Safety
     /// As [`block`], and the CPU has AVX2.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn block_avx2<const P: usize, const C: usize>(
         input: &[i8],
-        xs: [usize; P],
-        x_row: usize,
         weights: &[i8],
-        ws: [usize; C],
-        w_row: usize,
-        rows: usize,
-        span: usize,
-        zp: i32,
-    ) -> [[i32; C]; P] {
+        t: &Step,
+    ) -> [[i32; 4]; 2] {
         // SAFETY: the caller guarantees the bounds and AVX2; unaligned loads.
         unsafe {
-            let zp16 = _mm256_set1_epi16(zp as i16);
-            let zp8 = _mm_set1_epi16(zp as i16);
-            let x0 = input.as_ptr();
-            let w0 = weights.as_ptr();
+            let zp16 = _mm256_set1_epi16(t.zp as i16);
+            let zp8 = _mm_set1_epi16(t.zp as i16);
+            let (x0, w0) = (input.as_ptr(), weights.as_ptr());
             let mut acc = [[_mm256_setzero_si256(); C]; P];
             let mut acc8 = [[_mm_setzero_si128(); C]; P];
-            let mut out = [[0i32; C]; P];
-            let (chunks, eight) = (span / 16, span % 16 >= 8);
-            let tail = chunks * 16 + if eight { 8 } else { 0 };
-            for r in 0..rows {
+            let mut out = [[0i32; 4]; 2];
+            let (chunks, eight) = (t.span / 16, t.span % 16 >= 8);
+            for r in 0..t.rows {
                 for j in 0..chunks {
-                    let o = j * 16;
-                    let mut xv = [_mm256_setzero_si256(); P];
-                    for (v, &x) in xv.iter_mut().zip(&xs) {
-                        let bytes = _mm_loadu_si128(x0.add(x + r * x_row + o) as *const __m128i);
-                        *v = _mm256_sub_epi16(_mm256_cvtepi8_epi16(bytes), zp16);
-                    }
-                    for (c, &w) in ws.iter().enumerate() {
-                        let bytes = _mm_loadu_si128(w0.add(w + r * w_row + o) as *const __m128i);
-                        let wv = _mm256_cvtepi8_epi16(bytes);
+                    let o = r * t.x_row + j * 16;
+                    let xv: [__m256i; P] = core::array::from_fn(|p| {
+                        let bytes = _mm_loadu_si128(x0.add(t.xs[p] + o) as *const __m128i);
+                        _mm256_sub_epi16(_mm256_cvtepi8_epi16(bytes), zp16)
+                    });
+                    for c in 0..C {
+                        let at = t.ws[c] + r * t.w_row + j * 16;
+                        let wv =
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(w0.add(at) as *const __m128i));
                         for (a, v) in acc.iter_mut().zip(&xv) {
                             a[c] = _mm256_add_epi32(a[c], _mm256_madd_epi16(*v, wv));
                         }
                     }
                 }
                 if eight {
-                    let o = chunks * 16;
-                    let mut xv = [_mm_setzero_si128(); P];
-                    for (v, &x) in xv.iter_mut().zip(&xs) {
-                        let bytes = _mm_loadl_epi64(x0.add(x + r * x_row + o) as *const __m128i);
-                        *v = _mm_sub_epi16(_mm_cvtepi8_epi16(bytes), zp8);
-                    }
-                    for (c, &w) in ws.iter().enumerate() {
-                        let bytes = _mm_loadl_epi64(w0.add(w + r * w_row + o) as *const __m128i);
-                        let wv = _mm_cvtepi8_epi16(bytes);
+                    let o = r * t.x_row + chunks * 16;
+                    let xv: [__m128i; P] = core::array::from_fn(|p| {
+                        let bytes = _mm_loadl_epi64(x0.add(t.xs[p] + o) as *const __m128i);
+                        _mm_sub_epi16(_mm_cvtepi8_epi16(bytes), zp8)
+                    });
+                    for c in 0..C {
+                        let at = t.ws[c] + r * t.w_row + chunks * 16;
+                        let wv = _mm_cvtepi8_epi16(_mm_loadl_epi64(w0.add(at) as *const __m128i));
                         for (a, v) in acc8.iter_mut().zip(&xv) {
                             a[c] = _mm_add_epi32(a[c], _mm_madd_epi16(*v, wv));
                         }
                     }
                 }
-                for i in tail..span {
-                    for (o, &x) in out.iter_mut().zip(&xs) {
-                        let xv = *x0.add(x + r * x_row + i) as i32 - zp;
-                        for (a, &w) in o.iter_mut().zip(&ws) {
-                            *a += xv * *w0.add(w + r * w_row + i) as i32;
-                        }
-                    }
-                }
+                let tail = chunks * 16 + if eight { 8 } else { 0 };
+                super::row_tail::<P, C>(input, weights, t, r, tail, &mut out);
             }
-            for ((o, a), a8) in out.iter_mut().zip(&acc).zip(&acc8) {
-                for ((v, &s), &s8) in o.iter_mut().zip(a).zip(a8) {
-                    let s = _mm_add_epi32(
+            let folded: [[__m128i; C]; P] = core::array::from_fn(|p| {
+                core::array::from_fn(|c| {
+                    let s = acc[p][c];
+                    _mm_add_epi32(
                         _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s)),
-                        s8,
-                    );
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                    *v += _mm_cvtsi128_si32(s);
-                }
-            }
+                        acc8[p][c],
+                    )
+                })
+            });
+            reduce(&folded, &mut out);
             out
         }
     }
@@ -745,27 +717,13 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-        fn i8(&mut self) -> i8 {
-            self.next() as i8
-        }
-    }
-
     /// Every optimized convolution equals the reference bit for bit, on random shapes, values,
     /// strides, kernels, zero points and both output stages.
     macro_rules! conv_family_matches_reference {
         ($($name:ident: $kernel:path,)*) => {$(
             #[test]
             fn $name() {
-                let mut rng = Lcg(0x5eed);
+                let mut rng = super::super::TestRng(0x5eed);
                 for case in 0..300 {
                     let k = [1usize, 3, 5][case % 3];
                     let stride = 1 + (case / 3) % 2;
@@ -774,9 +732,9 @@ mod tests {
                     let ic = 1 + rng.next() as usize % 70;
                     let oc = if depthwise { ic } else { 1 + rng.next() as usize % 9 };
                     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
-                    let input: Vec<i8> = (0..h * w * ic).map(|_| rng.i8()).collect();
+                    let input = rng.bytes(h * w * ic);
                     let n_w = if depthwise { k * k * oc } else { oc * k * k * ic };
-                    let weights: Vec<i8> = (0..n_w).map(|_| rng.i8()).collect();
+                    let weights = rng.bytes(n_w);
                     let bias: Vec<u8> = (0..oc).flat_map(|_| ((rng.next() % 20001) as i32 - 10000).to_le_bytes()).collect();
                     let requant: Vec<u8> = (0..oc)
                         .flat_map(|_| {

@@ -182,28 +182,6 @@ pub fn mul_optimized(
 mod tests {
     extern crate std;
     use super::*;
-    use std::vec::Vec;
-
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-        fn bytes(&mut self, n: usize) -> Vec<i8> {
-            (0..n).map(|_| self.next() as i8).collect()
-        }
-        fn zp(&mut self) -> i32 {
-            (self.next() % 256) as i32 - 128
-        }
-        fn requant(&mut self, lo: f64, hi: f64) -> Requant {
-            let t = (self.next() % 10_000) as f64 / 10_000.0;
-            Requant::from_real(lo + (hi - lo) * t).unwrap()
-        }
-    }
 
     /// Every optimized add, concat and multiply equals the reference bit for bit on random
     /// shapes, values, zero points and multipliers (identity concats included).
@@ -211,14 +189,14 @@ mod tests {
         ($($name:ident: $add:path, $concat:path, $mul:path;)*) => {$(
             #[test]
             fn $name() {
-                let mut rng = Lcg(0xadd);
+                let mut rng = super::super::TestRng(0xadd);
                 for case in 0..300 {
                     let (h, w, c) = (1 + rng.next() as usize % 9, 1 + rng.next() as usize % 9, 1 + rng.next() as usize % 80);
                     let n = h * w * c;
                     let (xa, xb) = (rng.bytes(n), rng.bytes(n));
-                    let (a, b) = (Operand { data: &xa, zero_point: rng.zp() }, Operand { data: &xb, zero_point: rng.zp() });
+                    let (a, b) = (Operand { data: &xa, zero_point: rng.zero_point() }, Operand { data: &xb, zero_point: rng.zero_point() });
                     let (ra, rb, ro) = (rng.requant(1e-4, 0.9), rng.requant(1e-4, 0.9), rng.requant(1e-7, 1e-5));
-                    let (zo, lo) = (rng.zp(), rng.zp());
+                    let (zo, lo) = (rng.zero_point(), rng.zero_point());
                     let hi = lo + (rng.next() % (128 - lo.max(0) as u32).max(1)) as i32;
                     let (mut r, mut o) = (std::vec![0i8; n], std::vec![0i8; n]);
                     add_reference(a, b, ra, rb, ro, zo, lo, hi, &mut r);
@@ -231,7 +209,7 @@ mod tests {
                     let (rq, zq) = if case % 4 == 0 {
                         (Requant::from_real(1.0).unwrap(), a.zero_point)
                     } else {
-                        (rng.requant(0.2, 3.0), rng.zp())
+                        (rng.requant(0.2, 3.0), rng.zero_point())
                     };
                     let (mut r, mut o) = (std::vec![7i8; h * w * oc], std::vec![7i8; h * w * oc]);
                     concat_reference(a, shape, rq, zq, offset, oc, &mut r);
@@ -239,7 +217,7 @@ mod tests {
                     assert_eq!(r, o, "concat case {case}");
 
                     let sc = rng.bytes(c);
-                    let s = Operand { data: &sc, zero_point: rng.zp() };
+                    let s = Operand { data: &sc, zero_point: rng.zero_point() };
                     let rm = rng.requant(1e-6, 1e-3);
                     let (mut r, mut o) = (std::vec![0i8; n], std::vec![0i8; n]);
                     mul_reference(a, s, c, rm, zo, &mut r);

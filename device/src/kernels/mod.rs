@@ -8,6 +8,9 @@ pub mod elementwise;
 pub mod pool;
 pub mod upsample;
 
+#[cfg(test)]
+extern crate std;
+
 /// Height, width, channels of an NHWC tensor (batch 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {
@@ -38,5 +41,36 @@ pub fn activation_range(
             (zero_point.max(-128), six.clamp(-128, 127))
         }
         Activation::None | Activation::Sigmoid => (-128, 127),
+    }
+}
+
+/// Deterministic random test data for the kernel families' test macros (a 64-bit LCG).
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    pub fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+
+    /// `n` random int8 values.
+    pub fn bytes(&mut self, n: usize) -> std::vec::Vec<i8> {
+        (0..n).map(|_| self.next() as i8).collect()
+    }
+
+    /// A zero point in [−128, 127].
+    pub fn zero_point(&mut self) -> i32 {
+        (self.next() % 256) as i32 - 128
+    }
+
+    /// A requantization multiplier for a real value in `[lo, hi)`.
+    pub fn requant(&mut self, lo: f64, hi: f64) -> depthling_model::Requant {
+        let t = (self.next() % 10_000) as f64 / 10_000.0;
+        depthling_model::Requant::from_real(lo + (hi - lo) * t).unwrap()
     }
 }

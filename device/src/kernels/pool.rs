@@ -68,11 +68,8 @@ mod tests {
         ($($name:ident: $kernel:path,)*) => {$(
             #[test]
             fn $name() {
-                let mut x = 0x9001u64;
-                let mut next = move || {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    (x >> 33) as u32
-                };
+                let mut rng = super::super::TestRng(0x9001);
+                let mut next = || rng.next();
                 for case in 0..300 {
                     let shape = Shape { height: 1 + next() as usize % 12, width: 1 + next() as usize % 12, channels: 1 + next() as usize % 150 };
                     let data: std::vec::Vec<i8> = (0..shape.elements()).map(|_| next() as i8).collect();

@@ -116,11 +116,8 @@ mod tests {
         ($($name:ident: $reference:path, $kernel:path,)*) => {$(
             #[test]
             fn $name() {
-                let mut x = 0x0b5eu64;
-                let mut next = move || {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    (x >> 33) as u32
-                };
+                let mut rng = super::super::TestRng(0x0b5e);
+                let mut next = || rng.next();
                 for case in 0..300 {
                     let shape = Shape { height: 1 + next() as usize % 9, width: 1 + next() as usize % 9, channels: 1 + next() as usize % 40 };
                     let factor = [1usize, 2, 4, 8][case % 4];
