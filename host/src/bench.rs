@@ -153,10 +153,9 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
     )?;
     let model =
         depthling_model::Model::from_bytes(&bytes).map_err(|e| Error::Runtime(e.to_string()))?;
-    let frame = &calib[0].rgb;
+    let frame = calib[0].rgb.as_slice();
     let mut arena = vec![0u8; model.arena_bytes as usize];
     let mut engine = Engine::new(&model, &mut arena)?;
-    let frame = frame.as_slice();
     let int8_ms = median_ms(runs, || {
         engine.set_kernels(Kernels::Optimized);
         engine.run(frame).map(|_| ()).map_err(Error::from)

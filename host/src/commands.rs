@@ -15,7 +15,7 @@ use crate::quant::{quantize, Calibration, Provenance};
 use crate::sim::{render_many, Domain};
 use crate::train::{train, Target, TrainConfig};
 
-/// Prints one progress line on stderr unless quiet.
+/// Prints one line on stderr unless quiet (stages with a count use [`crate::progress::Progress`]).
 pub fn progress(quiet: bool, msg: &str) {
     if !quiet {
         eprintln!("{msg}");
@@ -683,6 +683,11 @@ fn export_onnx(
         }
     };
     let bytes = crate::onnx::export(&net.net, width, height)?;
+    if let Some(b) = &board {
+        if let Err(m) = b.check(bytes.len() as u64, 0) {
+            return Err(Error::bad_input(model, b.explain(&m)));
+        }
+    }
     let spec = net.net.spec();
     let profile = Profile {
         params: spec.params() as u64,
@@ -690,14 +695,10 @@ fn export_onnx(
         flash_bytes: bytes.len() as u64,
         // tract plans its own memory; the arena is the int8 engine's
         arena_bytes: 0,
-        board: board.as_ref().map(|b| b.name.clone()),
+        // checked above: a misfit never gets here
         fits: board.as_ref().map(|_| true),
+        board: board.map(|b| b.name),
     };
-    if let Some(b) = &board {
-        if let Err(m) = b.check(bytes.len() as u64, 0) {
-            return Err(Error::bad_input(model, b.explain(&m)));
-        }
-    }
     write_atomic(out, &bytes)?;
     Ok(profile)
 }

@@ -154,7 +154,15 @@ struct Frame {
     bottom: f64,
 }
 
-fn frame(c: &mut Canvas, title: &str, legend: &[(&str, Rgb)]) -> Frame {
+/// Colour of series `i`.
+fn colour(i: usize) -> Rgb {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// A 720×400 canvas with the title, a legend of the series `names` in their colours, and the
+/// plot area below them.
+fn framed<'a>(title: &str, names: impl Iterator<Item = &'a str>) -> (Canvas, Frame) {
+    let mut c = Canvas::new(720, 400);
     c.text(
         (c.width as i64 - Canvas::text_width(title, 2)) / 2,
         10,
@@ -163,17 +171,18 @@ fn frame(c: &mut Canvas, title: &str, legend: &[(&str, Rgb)]) -> Frame {
         BLACK,
     );
     let mut x = 70;
-    for (name, colour) in legend {
-        c.fill_rect(x, 36, x + 14, 44, *colour);
+    for (i, name) in names.enumerate() {
+        c.fill_rect(x, 36, x + 14, 44, colour(i));
         c.text(x + 18, 36, name, 1, BLACK);
         x += 18 + Canvas::text_width(name, 1) + 20;
     }
-    Frame {
+    let f = Frame {
         left: 64.0,
         right: c.width as f64 - 16.0,
         top: 70.0,
         bottom: c.height as f64 - 40.0,
-    }
+    };
+    (c, f)
 }
 
 fn axes(c: &mut Canvas, f: &Frame, y_lo: f64, y_hi: f64, y_label: &str) -> impl Fn(f64) -> f64 {
@@ -206,13 +215,7 @@ pub fn line_chart(
     series: &[(&str, &[f32])],
     smooth: usize,
 ) -> Canvas {
-    let mut c = Canvas::new(720, 400);
-    let legend: Vec<(&str, Rgb)> = series
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| (*n, PALETTE[i % PALETTE.len()]))
-        .collect();
-    let f = frame(&mut c, title, &legend);
+    let (mut c, f) = framed(title, series.iter().map(|(n, _)| *n));
     let smoothed: Vec<Vec<f64>> = series
         .iter()
         .map(|(_, v)| {
@@ -251,7 +254,7 @@ pub fn line_chart(
         BLACK,
     );
     for (k, s) in smoothed.iter().enumerate() {
-        let colour = PALETTE[k % PALETTE.len()];
+        let colour = colour(k);
         for (i, pair) in s.windows(2).enumerate() {
             c.line(
                 (to_x(i), to_y(pair[0])),
@@ -271,13 +274,7 @@ pub fn bar_chart(
     groups: &[&str],
     series: &[(&str, Vec<f64>)],
 ) -> Canvas {
-    let mut c = Canvas::new(720, 400);
-    let legend: Vec<(&str, Rgb)> = series
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| (*n, PALETTE[i % PALETTE.len()]))
-        .collect();
-    let f = frame(&mut c, title, &legend);
+    let (mut c, f) = framed(title, series.iter().map(|(n, _)| *n));
     let hi = series
         .iter()
         .flat_map(|(_, v)| v.iter())
@@ -292,7 +289,7 @@ pub fn bar_chart(
         for (k, (_, values)) in series.iter().enumerate() {
             let Some(&v) = values.get(g) else { continue };
             let x0 = gx + k as f64 * bar_w;
-            let colour = PALETTE[k % PALETTE.len()];
+            let colour = colour(k);
             c.fill_rect(
                 x0 as i64 + 1,
                 to_y(v) as i64,
@@ -330,9 +327,12 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(
-            ticks(0.0, 1.0, 5),
-            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        let t = ticks(0.0, 1.0, 5);
+        let want = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+        assert_eq!(t.len(), want.len(), "{t:?}");
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9),
+            "{t:?}"
         );
         let t = ticks(0.0, 1499.0, 6);
         assert_eq!(t.first(), Some(&0.0));

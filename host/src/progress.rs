@@ -17,7 +17,6 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     label: String,
-    total: u64,
     done: u64,
     start: Instant,
 }
@@ -43,7 +42,6 @@ impl Progress {
         Progress {
             mode,
             label: label.to_string(),
-            total: total as u64,
             done: 0,
             start: Instant::now(),
         }
@@ -78,18 +76,7 @@ impl Progress {
         self.done
     }
 
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
     pub fn elapsed(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
-    }
-}
-
-/// A one-line message for a stage without units (loading, writing), unless quiet.
-pub fn note(quiet: bool, msg: &str) {
-    if !quiet {
-        eprintln!("{msg}");
     }
 }

@@ -219,7 +219,10 @@ fn export_onnx_then_run_with_tract() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(report["params"], 76_913);
+    assert_eq!(
+        report["params"],
+        preset("demo-student", 1.0).unwrap().params() as u64
+    );
     assert_eq!(report["fits"], true);
 
     // a frame through `run --backend tract` agrees with candle (to the millimetre PNG)

@@ -54,6 +54,7 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     let frames = dir.path().join("frames");
     std::fs::create_dir_all(&frames).unwrap();
     let mut expected = Vec::new();
+    let mut samples = Vec::new();
     for i in 0..3u64 {
         let s = depthling_host::sim::render_sample(
             depthling_host::sim::Domain::Indoor,
@@ -72,25 +73,19 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             name,
             depthling_tests::host_checksum(&model, &s.rgb).unwrap(),
         ));
+        samples.push(s);
     }
 
     let runner = target_dir.join("aarch64-unknown-linux-gnu/release/depthling-runner");
-    let run = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-aarch64",
-            "-cpu",
-            "cortex-a72",
-            "-L",
-            "/usr/aarch64-linux-gnu",
-        ])
-        .arg(&runner)
-        .arg("--model")
-        .arg(&model_path)
-        .arg("--input")
-        .arg(&frames)
-        .output()
-        .expect("qemu runs");
+    let run = on_qemu(
+        &runner,
+        &[
+            "--model".as_ref(),
+            model_path.as_ref(),
+            "--input".as_ref(),
+            frames.as_ref(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -125,53 +120,35 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     )
     .unwrap();
     let out = dir.path().join("tract-out");
-    let run = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-aarch64",
-            "-cpu",
-            "cortex-a72",
-            "-L",
-            "/usr/aarch64-linux-gnu",
-        ])
-        .arg(&runner)
-        .args(["--backend", "tract", "--model"])
-        .arg(&onnx_path)
-        .arg("--input")
-        .arg(&frames)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("qemu runs");
+    let run = on_qemu(
+        &runner,
+        &[
+            "--backend".as_ref(),
+            "tract".as_ref(),
+            "--model".as_ref(),
+            onnx_path.as_ref(),
+            "--input".as_ref(),
+            frames.as_ref(),
+            "--out".as_ref(),
+            out.as_ref(),
+        ],
+    );
     assert!(
         run.status.success(),
         "runner (tract) failed:\n{}\n{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    for i in 0..3u64 {
+    let reference =
+        depthling_host::train::predict(&net.net, &samples, &candle_core::Device::Cpu).unwrap();
+    for (i, reference) in reference.iter().enumerate() {
         let name = format!("{i:03}.png");
-        let rgb = image::open(frames.join(&name)).unwrap().into_rgb8();
-        let x = depthling_host::nets::graph::images_to_tensor(
-            &[rgb.as_raw()],
-            w,
-            h,
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        let reference: Vec<f32> = net
-            .net
-            .forward_t(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
         let got = image::open(out.join(&name)).unwrap().into_luma16();
+        assert_eq!(got.as_raw().len(), reference.len(), "{name}: depth size");
         let worst = got
             .as_raw()
             .iter()
-            .zip(&reference)
+            .zip(reference)
             .map(|(&mm, &r)| (mm as f32 - (r * 1000.0).round().clamp(0.0, 65535.0)).abs())
             .fold(0f32, f32::max);
         assert!(
@@ -186,4 +163,21 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             .last()
             .unwrap_or("")
     );
+}
+
+/// Runs `runner args` under `qemu-aarch64 -cpu cortex-a72` (at most 300 s).
+fn on_qemu(runner: &std::path::Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("timeout")
+        .args([
+            "300",
+            "qemu-aarch64",
+            "-cpu",
+            "cortex-a72",
+            "-L",
+            "/usr/aarch64-linux-gnu",
+        ])
+        .arg(runner)
+        .args(args)
+        .output()
+        .expect("qemu runs")
 }

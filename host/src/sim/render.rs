@@ -716,8 +716,8 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
     let tiles_x = w.div_ceil(TILE);
     let candidates_at = |x: usize, y: usize| &tiles[(y / TILE) * tiles_x + x / TILE][..];
 
-    // Pass 1: pixel centres give depth, instance and the object each centre sees.
-    let mut centres: Vec<Option<Hit>> = Vec::with_capacity(w * h);
+    // Pass 1: pixel centres give depth, instance, the object each centre sees and the point hit.
+    let mut centres: Vec<Option<(Hit, V3)>> = Vec::with_capacity(w * h);
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -730,10 +730,13 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
                     instance[i] = scene.objects[hit.object].instance;
                 }
             }
-            centres.push(centre);
+            centres.push(centre.map(|hit| {
+                let p = cam.position + d * hit.t;
+                (hit, p)
+            }));
         }
     }
-    let seen = |i: usize| centres[i].as_ref().map(|hit| hit.object);
+    let seen = |i: usize| centres[i].as_ref().map(|(hit, _)| hit.object);
     let mut hints: ShadowHints = [NO_HINT; MAX_LIGHTS];
 
     // Pass 2: shading with 2×2 subsamples.
@@ -745,13 +748,11 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
                 (x.saturating_sub(1)..(x + 2).min(w)).all(|nx| seen(ny * w + nx) == object)
             });
             let candidates = candidates_at(x, y);
-            let centre = &centres[i];
             // Shadows are computed once per pixel at the centre hit and shared by subsamples
             // that land on the same object; subsamples on another object (edges) get their own.
-            let centre_vis = centre.as_ref().map(|hit| {
-                let d = cam.ray(x as f32 + 0.5, y as f32 + 0.5);
-                tracer.visibility(cam.position + d * hit.t, hit.normal, &mut hints)
-            });
+            let centre_vis = centres[i]
+                .as_ref()
+                .map(|(hit, p)| (hit.object, tracer.visibility(*p, hit.normal, &mut hints)));
             let mut c = V3::default();
             for (sx, sy) in SUB {
                 let dir = cam.ray(x as f32 + sx, y as f32 + sy);
@@ -765,8 +766,8 @@ pub fn render(scene: &Scene, cam: &Camera, sensor: Sensor, rng: &mut Rng) -> Vie
                 c = c + match hit {
                     None => sky,
                     Some(hit) => {
-                        let vis = match (centre, &centre_vis) {
-                            (Some(ch), Some(v)) if ch.object == hit.object => *v,
+                        let vis = match centre_vis {
+                            Some((object, v)) if object == hit.object => v,
                             _ => tracer.visibility(
                                 cam.position + dir * hit.t,
                                 hit.normal,
