@@ -330,10 +330,17 @@ pub fn run(
 pub struct Profile {
     pub params: u64,
     pub macs: u64,
-    pub flash_bytes: u64,
-    pub arena_bytes: u64,
+    /// Parameters as PyTorch counts them (BatchNorm's γ and β separate): the papers' figure.
+    pub train_params: u64,
+    /// Size of the int8 `.dlm` (or of the ONNX file from `export --format onnx`); `None` for an
+    /// architecture the int8 engine does not run (teachers) or a size it cannot export.
+    pub flash_bytes: Option<u64>,
+    /// The int8 engine's arena; `None` where there is no `.dlm` (teachers, ONNX).
+    pub arena_bytes: Option<u64>,
     pub board: Option<String>,
     pub fits: Option<bool>,
+    /// Why flash and arena are missing, if they are.
+    pub note: Option<String>,
 }
 
 /// Profile of a `.dlm`.
@@ -342,20 +349,37 @@ pub fn profile_model(path: &Path) -> Result<Profile> {
     let m = file.model()?;
     Ok(Profile {
         params: m.params(),
+        train_params: m.params(),
         macs: m.macs(),
-        flash_bytes: file.bytes.len() as u64,
-        arena_bytes: m.arena_bytes as u64,
+        flash_bytes: Some(file.bytes.len() as u64),
+        arena_bytes: Some(m.arena_bytes as u64),
         board: None,
         fits: None,
+        note: None,
     })
 }
 
 /// Profile of an architecture at `width × height`: counts from the spec, and flash and arena from
-/// a real int8 export of randomly initialised weights.
+/// a real int8 export of randomly initialised weights where the int8 engine runs the architecture.
 pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) -> Result<Profile> {
     let spec = preset(arch, width_mult)?;
     let macs = spec.macs(width, height)?;
-    let params = spec.params() as u64;
+    let (params, train_params) = (spec.params() as u64, spec.train_params() as u64);
+    let shapes = spec.shapes(width, height)?;
+    let mut profile = Profile {
+        params,
+        train_params,
+        macs,
+        flash_bytes: None,
+        arena_bytes: None,
+        board: None,
+        fits: None,
+        note: None,
+    };
+    if let Err(e) = spec.check_int8(&shapes) {
+        profile.note = Some(format!("no int8 export: {e}"));
+        return Ok(profile);
+    }
     let device = Device::Cpu;
     let net = Net::new(spec, &device, 0)?;
     let probe = Sample {
@@ -380,14 +404,9 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
     )?;
     let m = Model::from_bytes(&bytes)
         .map_err(|e| Error::Runtime(format!("profile export invalid: {e}")))?;
-    Ok(Profile {
-        params,
-        macs,
-        flash_bytes: bytes.len() as u64,
-        arena_bytes: m.arena_bytes as u64,
-        board: None,
-        fits: None,
-    })
+    profile.flash_bytes = Some(bytes.len() as u64);
+    profile.arena_bytes = Some(m.arena_bytes as u64);
+    Ok(profile)
 }
 
 /// Training options shared by `train-teacher` and `distill`.
@@ -637,7 +656,7 @@ pub fn export(
     }
     let mut p = profile_model(model)?;
     if let Some(b) = board {
-        if let Err(m) = b.check(p.flash_bytes, p.arena_bytes) {
+        if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.arena_bytes.unwrap_or(0)) {
             return Err(Error::bad_input(model, b.explain(&m)));
         }
         p.fits = Some(true);
@@ -691,13 +710,15 @@ fn export_onnx(
     let spec = net.net.spec();
     let profile = Profile {
         params: spec.params() as u64,
+        train_params: spec.train_params() as u64,
         macs: spec.macs(width, height)?,
-        flash_bytes: bytes.len() as u64,
+        flash_bytes: Some(bytes.len() as u64),
         // tract plans its own memory; the arena is the int8 engine's
-        arena_bytes: 0,
+        arena_bytes: None,
         // checked above: a misfit never gets here
         fits: board.as_ref().map(|_| true),
         board: board.map(|b| b.name),
+        note: None,
     };
     write_atomic(out, &bytes)?;
     Ok(profile)

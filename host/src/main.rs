@@ -401,8 +401,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                     out.display(),
                     r.calibration,
                     p.params,
-                    p.flash_bytes,
-                    p.arena_bytes
+                    p.flash_bytes.unwrap_or(0),
+                    p.arena_bytes.unwrap_or(0)
                 );
             }
         }
@@ -422,14 +422,12 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!(
                     "{} written: {} bytes, {} params, {} MACs{}{}",
                     out.display(),
-                    p.flash_bytes,
+                    p.flash_bytes.unwrap_or(0),
                     p.params,
                     p.macs,
-                    if p.arena_bytes > 0 {
-                        format!(", arena {} bytes", p.arena_bytes)
-                    } else {
-                        String::new()
-                    },
+                    p.arena_bytes
+                        .map(|a| format!(", arena {a} bytes"))
+                        .unwrap_or_default(),
                     p.board.map(|b| format!(", fits {b}")).unwrap_or_default()
                 );
             }
@@ -514,16 +512,26 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             if let Some(b) = board {
                 let b = depthling_host::boards::Board::find(&b)?;
-                p.fits = Some(b.check(p.flash_bytes, p.arena_bytes).is_ok());
+                if let (Some(f), Some(a)) = (p.flash_bytes, p.arena_bytes) {
+                    p.fits = Some(b.check(f, a).is_ok());
+                }
                 p.board = Some(b.name);
             }
             if json {
                 print_json(&p)?;
             } else {
+                let bytes = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} bytes"));
                 println!(
-                    "params {}  MACs {}  flash {} bytes  arena {} bytes",
-                    p.params, p.macs, p.flash_bytes, p.arena_bytes
+                    "params {} ({} counting BatchNorm γ/β)  MACs {}  flash {}  arena {}",
+                    p.params,
+                    p.train_params,
+                    p.macs,
+                    bytes(p.flash_bytes),
+                    bytes(p.arena_bytes)
                 );
+                if let Some(n) = &p.note {
+                    println!("{n}");
+                }
             }
         }
         Command::Bench { what, json } => {

@@ -11,8 +11,8 @@
 //! The protobuf encoding is written here (a few dozen lines for the handful of messages ONNX
 //! needs), so the export does not depend on the runtime that reads it back in the tests.
 
-use crate::error::Result;
-use crate::nets::graph::{Act, GraphNet, Node};
+use crate::error::{Error, Result};
+use crate::nets::graph::{Act, GraphNet, Interp, Node};
 
 /// ONNX IR version 7 goes with opset 13.
 const IR_VERSION: u64 = 7;
@@ -77,6 +77,13 @@ impl Pb {
 fn attr_int(name: &str, v: i64) -> Pb {
     let mut a = Pb::default();
     a.string(1, name).int(3, v).uint(20, 2);
+    a
+}
+
+/// `AttributeProto` of type STRING (3).
+fn attr_string(name: &str, v: &str) -> Pb {
+    let mut a = Pb::default();
+    a.string(1, name).string(4, v).uint(20, 3);
     a
 }
 
@@ -177,6 +184,15 @@ impl Graph {
 pub fn export(net: &GraphNet, width: usize, height: usize) -> Result<Vec<u8>> {
     let spec = net.spec();
     let shapes = spec.shapes(width, height)?;
+    if spec.input_channels != 3 {
+        return Err(Error::Usage(format!(
+            "architecture {} takes a stereo pair; the ONNX export takes one RGB image",
+            spec.name
+        )));
+    }
+    for i in 0..spec.nodes.len() {
+        spec.check_uncropped(i, &shapes)?;
+    }
     let channels = spec.channels();
     let last = spec.nodes.len() - 1;
     let mut g = Graph::default();
@@ -231,7 +247,43 @@ pub fn export(net: &GraphNet, width: usize, height: usize) -> Result<Vec<u8>> {
                 g.node("Concat", &ins, &y, vec![attr_int("axis", 1)]);
                 y
             }
-            Node::Upsample { input, factor } => {
+            Node::Upsample {
+                input,
+                factor,
+                mode: Interp::Bilinear,
+                ..
+            } => {
+                let scales = g.fresh("scales");
+                let f = *factor as f32;
+                g.initializers
+                    .push(tensor_f32(&scales, &[4], &[1.0, 1.0, f, f]));
+                let y = g.fresh("up");
+                g.node(
+                    "Resize",
+                    &[&names[*input], "", &scales],
+                    &y,
+                    vec![
+                        attr_string("mode", "linear"),
+                        attr_string("coordinate_transformation_mode", "half_pixel"),
+                    ],
+                );
+                y
+            }
+            Node::MaxPool { input } => {
+                let y = g.fresh("pool");
+                g.node(
+                    "MaxPool",
+                    &[&names[*input]],
+                    &y,
+                    vec![
+                        attr_ints("kernel_shape", &[3, 3]),
+                        attr_ints("strides", &[2, 2]),
+                        attr_ints("pads", &[1, 1, 1, 1]),
+                    ],
+                );
+                y
+            }
+            Node::Upsample { input, factor, .. } => {
                 let s = shapes[*input];
                 let (c, h, w, f) = (
                     s.channels as i64,

@@ -17,6 +17,15 @@ pub enum Act {
     Sigmoid,
 }
 
+/// Upsampling interpolation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Interp {
+    #[default]
+    Nearest,
+    /// Half-pixel centres, clamped edges (PyTorch `align_corners=False`, the engine's rule).
+    Bilinear,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Node {
     /// The RGB image in [0, 1], N×3×H×W.
@@ -38,10 +47,21 @@ pub enum Node {
     Concat {
         inputs: Vec<usize>,
     },
-    /// Nearest-neighbour upsampling by an integer factor (power of two).
+    /// Upsampling by an integer factor (power of two). With `like`, the result is cropped to
+    /// that node's height and width (top-left): a stride-32 feature map of an image whose size is
+    /// not a multiple of 32 covers slightly more than the image, and the crop drops the part that
+    /// lies over the padding. Exports need the uncropped form (sizes divisible by the stride).
     Upsample {
         input: usize,
         factor: usize,
+        #[serde(default)]
+        mode: Interp,
+        #[serde(default)]
+        like: Option<usize>,
+    },
+    /// 3×3 max pooling, stride 2, padding 1 (the ResNet stem; teachers only, not an int8 op).
+    MaxPool {
+        input: usize,
     },
     GlobalAvgPool {
         input: usize,
@@ -60,6 +80,13 @@ pub struct GraphSpec {
     pub nodes: Vec<Node>,
     /// Initial bias of the output convolution (a typical depth in metres).
     pub output_bias: f32,
+    /// Channels of the input: 3 (RGB), or 6 for a stereo teacher (left RGB, right RGB).
+    #[serde(default = "rgb_channels")]
+    pub input_channels: usize,
+}
+
+fn rgb_channels() -> usize {
+    3
 }
 
 /// Shape of one node's output for a given input size.
@@ -90,7 +117,7 @@ impl GraphSpec {
                         return Err(bad(i, "input must be the first node"));
                     }
                     NodeShape {
-                        channels: 3,
+                        channels: self.input_channels,
                         height,
                         width,
                     }
@@ -107,8 +134,8 @@ impl GraphSpec {
                     if *depthwise && *out_channels != x.channels {
                         return Err(bad(i, "depthwise conv must keep the channel count"));
                     }
-                    if !matches!(kernel, 1 | 3 | 5) || !matches!(stride, 1 | 2) {
-                        return Err(bad(i, "kernel must be 1, 3 or 5 and stride 1 or 2"));
+                    if !matches!(kernel, 1 | 3 | 5 | 7) || !matches!(stride, 1 | 2) {
+                        return Err(bad(i, "kernel must be 1, 3, 5 or 7 and stride 1 or 2"));
                     }
                     NodeShape {
                         channels: *out_channels,
@@ -138,12 +165,42 @@ impl GraphSpec {
                         ..first
                     }
                 }
-                Node::Upsample { input, factor } => {
+                Node::Upsample {
+                    input,
+                    factor,
+                    like,
+                    ..
+                } => {
+                    let x = get(*input)?;
+                    if !matches!(factor, 2 | 4 | 8 | 16) {
+                        return Err(bad(i, "upsampling factor must be 2, 4, 8 or 16"));
+                    }
+                    let (height, width) = (x.height * factor, x.width * factor);
+                    match like {
+                        None => NodeShape {
+                            channels: x.channels,
+                            height,
+                            width,
+                        },
+                        Some(j) => {
+                            let t = get(*j)?;
+                            if t.height > height || t.width > width {
+                                return Err(bad(i, "upsampled map is smaller than its crop"));
+                            }
+                            NodeShape {
+                                channels: x.channels,
+                                height: t.height,
+                                width: t.width,
+                            }
+                        }
+                    }
+                }
+                Node::MaxPool { input } => {
                     let x = get(*input)?;
                     NodeShape {
-                        channels: x.channels,
-                        height: x.height * factor,
-                        width: x.width * factor,
+                        height: x.height.div_ceil(2),
+                        width: x.width.div_ceil(2),
+                        ..x
                     }
                 }
                 Node::GlobalAvgPool { input } => NodeShape {
@@ -179,11 +236,12 @@ impl GraphSpec {
         for node in &self.nodes {
             let at = |j: usize| channels.get(j).copied().unwrap_or(0);
             let c = match node {
-                Node::Input => 3,
+                Node::Input => self.input_channels,
                 Node::Conv { out_channels, .. } => *out_channels,
                 Node::Add { a, .. } => at(*a),
                 Node::Concat { inputs } => inputs.iter().map(|&j| at(j)).sum(),
                 Node::Upsample { input, .. }
+                | Node::MaxPool { input }
                 | Node::GlobalAvgPool { input }
                 | Node::Mul { input, .. } => at(*input),
             };
@@ -205,8 +263,16 @@ impl GraphSpec {
             let refs: Vec<usize> = match node {
                 Node::Input => return Err(bad(i, "only node 0 may be the input")),
                 Node::Conv { input, .. }
-                | Node::Upsample { input, .. }
+                | Node::Upsample {
+                    input, like: None, ..
+                }
+                | Node::MaxPool { input }
                 | Node::GlobalAvgPool { input } => vec![*input],
+                Node::Upsample {
+                    input,
+                    like: Some(like),
+                    ..
+                } => vec![*input, *like],
                 Node::Add { a, b, .. } => vec![*a, *b],
                 Node::Concat { inputs } if inputs.is_empty() => return Err(bad(i, "empty concat")),
                 Node::Concat { inputs } => inputs.clone(),
@@ -214,6 +280,43 @@ impl GraphSpec {
             };
             if refs.iter().any(|&j| j >= i) {
                 return Err(bad(i, "reads a node that does not come before it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses what the int8 IR cannot express (`what` names the export in the message): 7×7
+    /// kernels, max pooling, cropped upsampling and stereo input belong to teachers only.
+    pub fn check_int8(&self, shapes: &[NodeShape]) -> Result<()> {
+        let bad = |i: usize, msg: &str| {
+            Error::Usage(format!(
+                "architecture {}: node {i}: {msg}; the int8 engine runs students (mbv2-mff, micro, demo-student)",
+                self.name
+            ))
+        };
+        if self.input_channels != 3 {
+            return Err(bad(0, "stereo input"));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node {
+                Node::Conv { kernel: 7, .. } => return Err(bad(i, "7×7 convolution")),
+                Node::MaxPool { .. } => return Err(bad(i, "max pooling")),
+                _ => {}
+            }
+            self.check_uncropped(i, shapes)?;
+        }
+        Ok(())
+    }
+
+    /// A cropping upsample (input size not a multiple of the network's stride) has no export.
+    pub fn check_uncropped(&self, i: usize, shapes: &[NodeShape]) -> Result<()> {
+        if let Node::Upsample { input, factor, .. } = &self.nodes[i] {
+            let (x, y) = (shapes[*input], shapes[i]);
+            if (y.height, y.width) != (x.height * factor, x.width * factor) {
+                return Err(Error::Usage(format!(
+                    "architecture {}: node {i} crops its upsampled map because the input size is not a multiple of the network's stride; export at a size divisible by 32 (e.g. 320x224 or 128x96)",
+                    self.name
+                )));
             }
         }
         Ok(())
@@ -242,6 +345,25 @@ impl GraphSpec {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Parameters as PyTorch counts them while training: convolution weights, biases where there
+    /// is no BatchNorm, and BatchNorm's γ and β (running statistics are buffers, not parameters).
+    pub fn train_params(&self) -> usize {
+        let bn: usize = self
+            .nodes
+            .iter()
+            .map(|node| match node {
+                Node::Conv {
+                    out_channels,
+                    batch_norm: true,
+                    ..
+                } => *out_channels,
+                _ => 0,
+            })
+            .sum();
+        // params() counts one bias per channel; BatchNorm has two (γ, β)
+        self.params() + bn
     }
 
     /// Multiply-accumulates at `width × height` (convolutions and multiplies).
@@ -396,6 +518,13 @@ impl GraphNet {
                         .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
                     let mut y = if self.custom_ops && layer.groups == 1 {
                         super::ops::conv2d(&v(*input), &layer.weight, layer.padding, layer.stride)?
+                    } else if self.custom_ops {
+                        super::ops::depthwise_conv2d(
+                            &v(*input),
+                            &layer.weight,
+                            layer.padding,
+                            layer.stride,
+                        )?
                     } else {
                         v(*input).conv2d(
                             &layer.weight,
@@ -419,10 +548,30 @@ impl GraphNet {
                     let xs: Vec<Tensor> = inputs.iter().map(|&j| v(j)).collect();
                     (Tensor::cat(&xs, 1)?, None)
                 }
-                Node::Upsample { input, factor } => {
+                Node::Upsample {
+                    input,
+                    factor,
+                    mode,
+                    like,
+                } => {
                     let t = v(*input);
                     let (_, _, h, w) = t.dims4()?;
-                    (t.upsample_nearest2d(h * factor, w * factor)?, None)
+                    let mut y = match mode {
+                        Interp::Nearest => t.upsample_nearest2d(h * factor, w * factor)?,
+                        Interp::Bilinear => super::ops::upsample_bilinear(&t, *factor)?,
+                    };
+                    if let Some(j) = like {
+                        let (_, _, th, tw) = values[*j].0.dims4()?;
+                        if (th, tw) != (h * factor, w * factor) {
+                            y = y.narrow(2, 0, th)?.narrow(3, 0, tw)?;
+                        }
+                    }
+                    (y, None)
+                }
+                Node::MaxPool { input } => {
+                    // zero padding equals −∞ padding here: the stem's input is post-ReLU
+                    let t = v(*input).pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+                    (t.max_pool2d_with_stride(3, 2)?, None)
                 }
                 Node::GlobalAvgPool { input } => {
                     (v(*input).mean_keepdim(2)?.mean_keepdim(3)?, None)

@@ -2,22 +2,34 @@
 //! checkpoints (safetensors with the architecture in the metadata).
 
 pub mod graph;
+mod mff;
+mod mobilenet;
 pub mod ops;
+mod resnet;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use graph::{Act, GraphNet, GraphSpec, Node};
+use graph::{Act, GraphNet, GraphSpec, Interp, Node};
 
 use crate::error::{Error, Result};
 
 /// Architectures this build knows.
-pub const PRESETS: &[&str] = &["demo-teacher", "demo-student"];
+pub const PRESETS: &[&str] = &[
+    "demo-teacher",
+    "demo-student",
+    "resnet18-mff",
+    "resnet34-mff",
+    "resnet18-mff-stereo",
+    "resnet34-mff-stereo",
+    "mbv2-mff",
+    "micro",
+];
 
 /// Builds node lists with running indices.
-struct Builder {
+pub(crate) struct Builder {
     nodes: Vec<Node>,
 }
 
@@ -31,6 +43,7 @@ impl Builder {
         self.nodes.push(n);
         self.nodes.len() - 1
     }
+    /// Convolution + BatchNorm + activation.
     fn conv(
         &mut self,
         input: usize,
@@ -49,20 +62,68 @@ impl Builder {
             act,
         })
     }
-    fn up(&mut self, input: usize) -> usize {
-        self.push(Node::Upsample { input, factor: 2 })
-    }
-    /// The depth head: a biased conv without BatchNorm or activation.
-    fn head(&mut self, input: usize) -> usize {
+    /// Depthwise convolution + BatchNorm + activation (`channels` = the input's).
+    fn depthwise(
+        &mut self,
+        input: usize,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        act: Act,
+    ) -> usize {
         self.push(Node::Conv {
             input,
-            out_channels: 1,
-            kernel: 3,
+            out_channels: channels,
+            kernel,
+            stride,
+            depthwise: true,
+            batch_norm: true,
+            act,
+        })
+    }
+    /// Convolution with a bias and no BatchNorm.
+    fn biased(&mut self, input: usize, out_channels: usize, kernel: usize, act: Act) -> usize {
+        self.push(Node::Conv {
+            input,
+            out_channels,
+            kernel,
             stride: 1,
             depthwise: false,
             batch_norm: false,
-            act: Act::None,
+            act,
         })
+    }
+    fn up(&mut self, input: usize) -> usize {
+        self.upsample(input, 2, Interp::Nearest, None)
+    }
+    fn upsample(
+        &mut self,
+        input: usize,
+        factor: usize,
+        mode: Interp,
+        like: Option<usize>,
+    ) -> usize {
+        self.push(Node::Upsample {
+            input,
+            factor,
+            mode,
+            like,
+        })
+    }
+    fn add(&mut self, a: usize, b: usize, act: Act) -> usize {
+        self.push(Node::Add { a, b, act })
+    }
+    /// The depth head: a biased conv without BatchNorm or activation.
+    fn head(&mut self, input: usize) -> usize {
+        self.biased(input, 1, 3, Act::None)
+    }
+    fn finish(self, name: &str, output_bias: f32, input_channels: usize) -> GraphSpec {
+        GraphSpec {
+            name: name.into(),
+            nodes: self.nodes,
+            output_bias,
+            input_channels,
+        }
     }
 }
 
@@ -102,11 +163,7 @@ fn demo_teacher(width: f32) -> GraphSpec {
     let u = b.up(x);
     let u = b.conv(u, c1, 3, 1, Act::Relu);
     b.head(u);
-    GraphSpec {
-        name: "demo-teacher".into(),
-        nodes: b.nodes,
-        output_bias: 3.0,
-    }
+    b.finish("demo-teacher", 3.0, 3)
 }
 
 /// A small student (stride 8) with squeeze-excitation at the bottleneck, an add skip and a concat
@@ -150,11 +207,7 @@ fn demo_student(width: f32) -> GraphSpec {
     let x = b.conv(x, c1, 3, 1, Act::Relu);
     let x = b.up(x);
     b.head(x);
-    GraphSpec {
-        name: "demo-student".into(),
-        nodes: b.nodes,
-        output_bias: 3.0,
-    }
+    b.finish("demo-student", 3.0, 3)
 }
 
 /// The architecture named `name` at width multiplier `width`.
@@ -167,9 +220,12 @@ pub fn preset(name: &str, width: f32) -> Result<GraphSpec> {
     match name {
         "demo-teacher" => Ok(demo_teacher(width)),
         "demo-student" => Ok(demo_student(width)),
-        "resnet18-mff" | "resnet34-mff" | "mbv2-mff" | "micro" => Err(Error::NotAvailable(
-            "this architecture (arrives with the networks release)",
-        )),
+        "resnet18-mff" => Ok(resnet::resnet_mff(18, width, false)),
+        "resnet34-mff" => Ok(resnet::resnet_mff(34, width, false)),
+        "resnet18-mff-stereo" => Ok(resnet::resnet_mff(18, width, true)),
+        "resnet34-mff-stereo" => Ok(resnet::resnet_mff(34, width, true)),
+        "mbv2-mff" => Ok(mobilenet::mbv2_mff(width)),
+        "micro" => Ok(mobilenet::micro(width)),
         other => Err(Error::Usage(format!(
             "unknown architecture {other:?}; known: {}",
             PRESETS.join(", ")
@@ -317,6 +373,8 @@ mod tests {
             vec![graph::Node::Upsample {
                 input: 0,
                 factor: 2,
+                mode: Interp::Nearest,
+                like: None,
             }],
             vec![graph::Node::Input, graph::Node::Input],
             vec![graph::Node::Input, graph::Node::Concat { inputs: vec![] }],
@@ -326,8 +384,76 @@ mod tests {
                 name: "bad".into(),
                 nodes,
                 output_bias: 0.0,
+                input_channels: 3,
             };
             assert!(Net::new(spec, &Device::Cpu, 0).is_err());
+        }
+    }
+
+    /// The papers' sizes: the LW student has 1.67–1.70 M parameters (PyTorch's count) and about
+    /// 4.0 GMACs at 304×228; ResNet-34-MFF about 21.9 M; MobileNetV2's taps are 24/32/96/160
+    /// channels at strides 4/8/16/32.
+    #[test]
+    fn presets_match_the_papers_sizes() {
+        let mbv2 = preset("mbv2-mff", 1.0).unwrap();
+        let p = mbv2.train_params();
+        assert!((1_670_000..=1_700_000).contains(&p), "mbv2-mff: {p} params");
+        let macs = mbv2.macs(304, 228).unwrap();
+        assert!(
+            (3.8e9..4.3e9).contains(&(macs as f64)),
+            "mbv2-mff: {macs} MACs"
+        );
+        let r34 = preset("resnet34-mff", 1.0).unwrap().train_params();
+        assert!(
+            (21_700_000..=22_100_000).contains(&r34),
+            "resnet34-mff: {r34}"
+        );
+        let r18 = preset("resnet18-mff", 1.0).unwrap().train_params();
+        assert!(r18 < r34 && r18 > 11_000_000, "resnet18-mff: {r18}");
+        // the four sigmoid gates of the MFF sit on the taps: their channel counts and strides
+        let shapes = mbv2.shapes(128, 96).unwrap();
+        let taps: Vec<(usize, usize)> = mbv2
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Mul { input, .. } => {
+                    Some((shapes[*input].channels, 128 / shapes[*input].width))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(taps, vec![(24, 4), (32, 8), (96, 16), (160, 32)]);
+        // the micro student is a tenth of the LW student and runs in 1 MB of SRAM (see profile)
+        let micro = preset("micro", 1.0).unwrap();
+        assert!(
+            micro.train_params() * 5 < p,
+            "micro: {}",
+            micro.train_params()
+        );
+    }
+
+    /// Every preset runs forward at a size that is not a multiple of 32 (cropped upsampling) and
+    /// at one that is; the stereo teacher takes six channels.
+    #[test]
+    fn presets_run_forward_at_any_size() {
+        let dev = Device::Cpu;
+        for name in PRESETS {
+            let width = if name.starts_with("resnet") {
+                0.125
+            } else {
+                1.0
+            };
+            let spec = preset(name, width).unwrap();
+            let c = spec.input_channels;
+            let net = Net::new(spec, &dev, 1).unwrap();
+            for (w, h) in [(64usize, 32usize), (40, 36)] {
+                if name.starts_with("demo") && (w, h) == (40, 36) {
+                    continue; // the demo nets need multiples of their stride
+                }
+                let x = candle_core::Tensor::zeros((2, c, h, w), DType::F32, &dev).unwrap();
+                let y = net.net.forward_t(&x, true).unwrap();
+                assert_eq!(y.dims(), &[2, 1, h, w], "{name} at {w}x{h}");
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use depthling_model::{
 
 use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::nets::graph::{images_to_tensor, Act, GraphNet, Node};
+use crate::nets::graph::{images_to_tensor, Act, GraphNet, Interp, Node};
 
 /// How activation ranges are chosen from calibration data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +250,7 @@ pub fn quantize(
     let (width, height) = (first.width, first.height);
     let spec = net.spec();
     let shapes = spec.shapes(width, height)?;
+    spec.check_int8(&shapes)?;
     let (post, pre) = observe_ranges(net, calib, device)?;
     let (post, pre) = if calibration == Calibration::MinMax {
         (post, pre)
@@ -446,13 +447,26 @@ pub fn quantize(
                     output: id,
                 });
             }
-            Node::Upsample { input, factor } => {
+            Node::Upsample {
+                input,
+                factor,
+                mode,
+                ..
+            } => {
                 b.push(Op::Upsample {
                     input: ids[*input],
                     output: id,
-                    mode: UpsampleMode::Nearest,
+                    mode: match mode {
+                        Interp::Nearest => UpsampleMode::Nearest,
+                        Interp::Bilinear => UpsampleMode::Bilinear,
+                    },
                     factor: *factor as u8,
                 });
+            }
+            Node::MaxPool { .. } => {
+                return Err(Error::Runtime(format!(
+                    "node {i}: max pooling has no int8 op"
+                )))
             }
             Node::GlobalAvgPool { input } => {
                 let si = shapes[*input];
@@ -611,6 +625,8 @@ mod tests {
                     Node::Upsample {
                         input: 1,
                         factor: 2,
+                        mode: Interp::Nearest,
+                        like: None,
                     },
                     conv(2, 1, 3, 1, false, Act::None),
                 ],
@@ -670,6 +686,7 @@ mod tests {
                     name: name.into(),
                     nodes,
                     output_bias: 0.5,
+                    input_channels: 3,
                 },
                 &dev,
                 3,
@@ -734,6 +751,8 @@ mod tests {
             Node::Upsample {
                 input: 1,
                 factor: 2,
+                mode: Interp::Bilinear,
+                like: None,
             },
             conv(2, 1, 3, 1, false, Act::None),
         ];
@@ -742,6 +761,7 @@ mod tests {
                 name: "r".into(),
                 nodes,
                 output_bias: 0.5,
+                input_channels: 3,
             },
             &dev,
             1,

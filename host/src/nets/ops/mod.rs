@@ -6,6 +6,12 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+pub mod bilinear;
+pub mod depthwise;
+
+pub use bilinear::upsample_bilinear;
+pub use depthwise::depthwise_conv2d;
+
 /// Geometry of one convolution's patch extraction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patches {
@@ -198,11 +204,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn random(shape: &[usize], seed: u64) -> Tensor {
         let mut rng = crate::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         Tensor::from_vec(
@@ -213,7 +219,7 @@ mod tests {
         .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
