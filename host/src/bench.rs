@@ -71,21 +71,31 @@ pub struct TrainFigure {
 pub struct TrainBench {
     pub threads: usize,
     pub results: Vec<TrainFigure>,
-    /// Student step time without / with the custom ops.
+    /// mbv2-mff student step time without / with the custom ops.
     pub student_speedup: f64,
 }
 
-/// Training-step time (forward, loss, backward, AdamW update) of the demo student and teacher on
-/// simulated indoor images, batch 8, with and without the custom convolution op.
+/// Architectures timed by `bench train`: the LW student, the microcontroller student, the demo's
+/// teacher and a half-width ResNet-18 teacher.
+pub const TRAIN_ARCHS: [(&str, f32); 4] = [
+    ("mbv2-mff", 1.0),
+    ("micro", 1.0),
+    ("demo-teacher", 1.0),
+    ("resnet18-mff", 0.5),
+];
+
+/// Training-step time (forward, loss, backward, Adam update) on simulated indoor images, batch 8,
+/// with and without the custom convolution ops (dense im2col/gemm and depthwise; bilinear
+/// upsampling always uses ours: candle's has no backward).
 pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
     use crate::nets::{preset, Net};
     use crate::train::{train as train_steps, Target, TrainConfig};
     let device = candle_core::Device::Cpu;
     let data = render_many(Domain::Indoor, width, height, 5, 0, 16, false);
     let mut results = Vec::new();
-    for arch in ["demo-student", "demo-teacher"] {
+    for (arch, width_mult) in TRAIN_ARCHS {
         for custom_ops in [false, true] {
-            let spec = preset(arch, 1.0)?;
+            let spec = preset(arch, width_mult)?;
             let params = spec.params();
             let mut net = Net::new(spec, &device, 0)?;
             net.net.set_custom_ops(custom_ops);
@@ -99,8 +109,12 @@ pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
             let start = Instant::now();
             train_steps(&net, &data, Target::Labels, &cfg, |_| {})?;
             let step_ms = 1e3 * start.elapsed().as_secs_f64() / steps as f64;
+            eprintln!(
+                "bench train: {arch}@{width_mult}, custom ops {}: {step_ms:.0} ms/step",
+                if custom_ops { "on" } else { "off" }
+            );
             results.push(TrainFigure {
-                arch: arch.into(),
+                arch: format!("{arch}@{width_mult}"),
                 params,
                 custom_ops,
                 width,

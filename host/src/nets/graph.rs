@@ -516,7 +516,18 @@ impl GraphNet {
                     let layer = self.convs[i]
                         .as_ref()
                         .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
-                    let mut y = if self.custom_ops && layer.groups == 1 {
+                    let (o, cin, k, _) = layer.weight.dims4()?;
+                    let mut y = if self.custom_ops
+                        && layer.groups == 1
+                        && o == 1
+                        && layer.stride == 1
+                    {
+                        // one output channel (a depth head): a depthwise pass and a channel sum,
+                        // without im2col's C·k² copies of a full-resolution map
+                        let w = layer.weight.reshape((cin, 1, k, k))?;
+                        super::ops::depthwise_conv2d(&v(*input), &w, layer.padding, 1)?
+                            .sum_keepdim(1)?
+                    } else if self.custom_ops && layer.groups == 1 {
                         super::ops::conv2d(&v(*input), &layer.weight, layer.padding, layer.stride)?
                     } else if self.custom_ops {
                         super::ops::depthwise_conv2d(
@@ -568,11 +579,7 @@ impl GraphNet {
                     }
                     (y, None)
                 }
-                Node::MaxPool { input } => {
-                    // zero padding equals −∞ padding here: the stem's input is post-ReLU
-                    let t = v(*input).pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-                    (t.max_pool2d_with_stride(3, 2)?, None)
-                }
+                Node::MaxPool { input } => (max_pool_3x3_s2(&v(*input))?, None),
                 Node::GlobalAvgPool { input } => {
                     (v(*input).mean_keepdim(2)?.mean_keepdim(3)?, None)
                 }
@@ -641,6 +648,30 @@ impl Module for GraphNet {
     }
 }
 
+/// 3×3 max pooling with stride 2 and padding 1 as maxima of strided views (candle's max pool has
+/// no backward unless the kernel equals the stride). Zero padding stands in for −∞: the input is
+/// post-ReLU.
+fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    // along `dim` (size n, output ⌈n/2⌉ = m): pad to 2m + 2, then the window of output o is
+    // padded positions 2o, 2o + 1, 2o + 2
+    let along = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+        let n = x.dim(dim)?;
+        let m = n.div_ceil(2);
+        let p = x.pad_with_zeros(dim, 1, 2 * m + 1 - n)?;
+        let pick = |start: usize, phase: usize| -> candle_core::Result<Tensor> {
+            let mut dims = p.dims().to_vec();
+            dims[dim] = 2;
+            dims.insert(dim, m);
+            p.narrow(dim, start, 2 * m)?
+                .reshape(dims)?
+                .narrow(dim + 1, phase, 1)?
+                .squeeze(dim + 1)
+        };
+        pick(0, 0)?.maximum(&pick(0, 1)?)?.maximum(&pick(2, 0)?)
+    };
+    along(&along(x, 2)?, 3)
+}
+
 /// Input tensor from RGB samples: N×3×H×W in [0, 1].
 pub fn images_to_tensor(
     images: &[&[u8]],
@@ -666,4 +697,39 @@ pub fn images_to_tensor(
         }
     }
     Ok(Tensor::from_vec(data, (n, 3, height, width), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The strided-view max pool equals candle's padded max pool, and its gradient reaches
+    /// exactly the window maxima.
+    #[test]
+    fn max_pool_matches_candle_and_routes_gradients_to_maxima() {
+        let dev = Device::Cpu;
+        for (h, w) in [(7usize, 6usize), (4, 4), (1, 3), (5, 1)] {
+            let mut rng = crate::rng::Rng::new((h * 10 + w) as u64);
+            let values: Vec<f32> = (0..2 * 3 * h * w).map(|_| rng.f32()).collect();
+            let x = candle_core::Var::from_vec(values, (2, 3, h, w), &dev).unwrap();
+            let ours = max_pool_3x3_s2(&x).unwrap();
+            let padded = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap();
+            let theirs = padded.max_pool2d_with_stride(3, 2).unwrap();
+            assert_eq!(ours.dims(), &[2, 3, h.div_ceil(2), w.div_ceil(2)]);
+            let (a, b) = (
+                ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(a, b, "{h}x{w}");
+            let g = ours.sum_all().unwrap().backward().unwrap();
+            let g = g.get(x.as_tensor()).unwrap();
+            // one unit of gradient per output (values are distinct, so no ties)
+            let total = g.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(total as usize, a.len(), "{h}x{w}");
+        }
+    }
 }
