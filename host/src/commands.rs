@@ -409,6 +409,11 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
     Ok(profile)
 }
 
+/// Where a run writing `out` keeps its checkpoint: `T.safetensors` → `T.ckpt.safetensors`.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.with_extension("ckpt.safetensors")
+}
+
 /// Training options shared by `train-teacher` and `distill`.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -421,17 +426,50 @@ pub struct TrainOptions {
     /// Depth units per metre of CSV lists (dataset folders carry theirs in the manifest).
     pub depth_scale: f32,
     pub quiet: bool,
+    pub loss: crate::losses::Loss,
+    /// Steps between checkpoints (`OUT` with the extension `.ckpt.safetensors`); 0: a tenth of
+    /// the run.
+    pub checkpoint_every: usize,
+    /// Continue from the checkpoint if there is one.
+    pub resume: bool,
+    /// `cpu` or `cuda`.
+    pub device: String,
+}
+
+/// The candle device named `name`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            Error::Usage(format!(
+                "--device cuda: {e} (build with `cargo build --release --features cuda` on a machine with CUDA)"
+            ))
+        }),
+        other => Err(Error::Usage(format!(
+            "unknown device {other:?}; known: cpu, cuda"
+        ))),
+    }
 }
 
 impl TrainOptions {
-    /// Steps for `epochs` passes over `n` images.
-    fn config(&self, n: usize) -> TrainConfig {
+    /// Steps for `epochs` passes over `n` images; checkpoints beside `out`.
+    fn config(&self, n: usize, out: &Path) -> TrainConfig {
         let steps = (self.epochs * n.div_ceil(self.batch_size.max(1))).max(1);
+        let every = match self.checkpoint_every {
+            0 => steps.div_ceil(10),
+            e => e,
+        };
         TrainConfig {
             steps,
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
+            loss: self.loss,
+            checkpoint: Some(crate::train::Checkpointing {
+                path: checkpoint_path(out),
+                every,
+                resume: self.resume,
+            }),
             ..Default::default()
         }
     }
@@ -494,9 +532,9 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::Eva
         ));
     }
     let (w, h) = (train_set[0].width, train_set[0].height);
-    let device = Device::Cpu;
+    let device = device(&o.device)?;
     let net = o.network(w, h, &device)?;
-    let tc = o.config(train_set.len());
+    let tc = o.config(train_set.len(), &cfg.out);
     train(
         &net,
         &train_set,
@@ -541,13 +579,13 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
         }
     }
     let o = &cfg.options;
-    let device = Device::Cpu;
+    let device = device(&o.device)?;
     let (teacher, _) = Net::load(&cfg.teacher, &device)?;
     let samples = Dataset::open(&cfg.images, o.depth_scale)?.load_all(None)?;
     let (w, h) = (samples[0].width, samples[0].height);
     teacher.net.spec().shapes(w, h)?;
     let student = o.network(w, h, &device)?;
-    let tc = o.config(samples.len());
+    let tc = o.config(samples.len(), &cfg.out);
     train(
         &student,
         &samples,

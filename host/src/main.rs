@@ -62,11 +62,25 @@ struct TrainFlags {
     /// Depth units per metre of CSV lists (dataset folders carry theirs).
     #[arg(long, default_value_t = 1000.0)]
     depth_scale: f32,
+    /// Depth loss: l1, berhu, silog or hu (Hu et al.: depth + Sobel gradient + normal).
+    #[arg(long, default_value = "l1")]
+    loss: String,
+    /// Steps between checkpoints (OUT.ckpt.safetensors: weights, Adam state, step, RNG);
+    /// 0 means a tenth of the run.
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue from OUT.ckpt.safetensors where an earlier run stopped (same settings), with
+    /// the same result as an uninterrupted run.
+    #[arg(long)]
+    resume: bool,
+    /// cpu, or cuda (a build with `--features cuda`; GPU 0).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 impl TrainFlags {
-    fn options(self, arch: String, quiet: bool) -> commands::TrainOptions {
-        commands::TrainOptions {
+    fn options(self, arch: String, quiet: bool) -> Result<commands::TrainOptions> {
+        Ok(commands::TrainOptions {
             arch,
             width: self.width,
             epochs: self.epochs,
@@ -75,7 +89,11 @@ impl TrainFlags {
             seed: self.seed,
             depth_scale: self.depth_scale,
             quiet,
-        }
+            loss: depthling_host::losses::Loss::parse(&self.loss)?,
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume,
+            device: self.device,
+        })
     }
 }
 
@@ -122,8 +140,6 @@ enum Command {
         train: TrainFlags,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        resume: bool,
     },
     /// Distill a student from a teacher.
     #[command(
@@ -144,8 +160,6 @@ enum Command {
         train: TrainFlags,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        resume: bool,
     },
     /// Quantize a student to int8 and write a .dlm.
     #[command(
@@ -340,21 +354,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             test_fraction,
             train,
             out,
-            resume,
         } => {
-            if stereo {
-                return Err(Error::NotAvailable(
-                    "the stereo teacher (arrives with the networks release)",
-                ));
-            }
-            if resume {
-                return Err(Error::NotAvailable(
-                    "--resume (arrives with the training release)",
-                ));
-            }
+            let arch = if stereo {
+                format!("{arch}-stereo")
+            } else {
+                arch
+            };
             let cfg = commands::TrainTeacherConfig {
                 data,
-                options: train.options(arch, quiet),
+                options: train.options(arch, quiet)?,
                 test_fraction,
                 out: out.clone(),
             };
@@ -375,23 +383,17 @@ fn dispatch(cli: Cli) -> Result<()> {
             arch,
             train,
             out,
-            resume,
         } => {
             if labeled.is_some() {
                 return Err(Error::NotAvailable(
                     "--labeled (arrives with the aux method)",
                 ));
             }
-            if resume {
-                return Err(Error::NotAvailable(
-                    "--resume (arrives with the training release)",
-                ));
-            }
             commands::distill(&commands::DistillConfig {
                 method,
                 teacher,
                 images,
-                options: train.options(arch, quiet),
+                options: train.options(arch, quiet)?,
                 out: out.clone(),
             })?;
             println!("student written to {}", out.display());

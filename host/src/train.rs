@@ -1,13 +1,16 @@
 //! Supervised and distillation training of a [`Net`] on in-memory samples.
 
-use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use std::path::{Path, PathBuf};
 
-use crate::data::batch::{to_tensors, Batcher, HorizontalFlip};
+use candle_core::{Device, Tensor};
+
+use crate::data::batch::{input_tensor, to_tensors, Batcher, HorizontalFlip};
 use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::nets::graph::{images_to_tensor, GraphNet};
+use crate::losses::Loss;
+use crate::nets::graph::GraphNet;
 use crate::nets::Net;
+use crate::optim::Adam;
 
 /// What the network learns to predict.
 pub enum Target<'a> {
@@ -15,6 +18,17 @@ pub enum Target<'a> {
     Labels,
     /// The teacher's prediction on the same (augmented) image: knowledge distillation.
     Teacher(&'a GraphNet),
+}
+
+/// Periodic checkpoints of a run: weights, BatchNorm statistics, Adam moments, the step, the data
+/// order's random state and the loss history, so that `resume` continues bit for bit.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    pub path: PathBuf,
+    /// Steps between checkpoints (the last step always writes one).
+    pub every: usize,
+    /// Continue from `path` if it exists.
+    pub resume: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +42,8 @@ pub struct TrainConfig {
     /// Random horizontal flips.
     pub flip: bool,
     pub seed: u64,
+    pub loss: Loss,
+    pub checkpoint: Option<Checkpointing>,
 }
 
 impl Default for TrainConfig {
@@ -40,7 +56,26 @@ impl Default for TrainConfig {
             decay_at: 0.75,
             flip: true,
             seed: 0,
+            loss: Loss::L1,
+            checkpoint: None,
         }
+    }
+}
+
+impl TrainConfig {
+    /// What a checkpoint must agree on to be resumed by this run.
+    fn fingerprint(&self) -> String {
+        format!(
+            "steps={} batch={} lr={} wd={} decay_at={} flip={} seed={} loss={:?}",
+            self.steps,
+            self.batch_size,
+            self.lr,
+            self.weight_decay,
+            self.decay_at,
+            self.flip,
+            self.seed,
+            self.loss
+        )
     }
 }
 
@@ -53,12 +88,73 @@ pub struct StepInfo {
 
 /// Masked L1: mean |d − g| over pixels with `mask = 1`.
 pub fn masked_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let diff = ((pred - target)?.abs()? * mask)?;
-    let count = mask.sum_all()?.maximum(1f32)?;
-    Ok(diff.sum_all()?.div(&count)?)
+    Loss::L1.compute(pred, target, mask)
+}
+
+/// Writes a checkpoint (through a temporary name: an interrupted write never replaces the last
+/// good one).
+fn save_checkpoint(
+    net: &Net,
+    opt: &Adam,
+    path: &Path,
+    meta: &[(&str, String)],
+    losses: &[f32],
+) -> Result<()> {
+    let mut tensors = net.named_tensors()?;
+    tensors.extend(opt.state());
+    let mut all: Vec<(&str, String)> = meta.to_vec();
+    // loadable as a network too (`Net::load`), e.g. to evaluate the last good state
+    all.push((
+        "depthling.arch",
+        serde_json::to_string(net.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?,
+    ));
+    all.push((
+        "train.losses",
+        serde_json::to_string(losses).map_err(|e| Error::Runtime(e.to_string()))?,
+    ));
+    crate::nets::write_safetensors(path, &tensors, &all)
+}
+
+/// Restores a checkpoint written by [`save_checkpoint`]; returns `(step, rng state, losses)`.
+fn load_checkpoint(
+    net: &Net,
+    opt: &mut Adam,
+    path: &Path,
+    fingerprint: &str,
+) -> Result<(usize, u64, Vec<f32>)> {
+    let bad = |m: String| Error::bad_input(path, m);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("not a training checkpoint (no {k})")))
+    };
+    let theirs = get("train.config")?;
+    if theirs != fingerprint {
+        return Err(bad(format!(
+            "written by a run with other settings ({theirs}); this run has {fingerprint}"
+        )));
+    }
+    let parse = |k: &str| -> Result<u64> {
+        get(k)?
+            .parse::<u64>()
+            .map_err(|_| bad(format!("unreadable {k}")))
+    };
+    let (step, rng) = (parse("train.step")? as usize, parse("train.rng")?);
+    let losses: Vec<f32> = serde_json::from_str(&get("train.losses")?)
+        .map_err(|_| bad("unreadable train.losses".into()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &net.device)?;
+    net.restore(&tensors).map_err(|e| bad(e.to_string()))?;
+    opt.restore(&tensors, step)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((step, rng, losses))
 }
 
 /// Trains `net` for `cfg.steps` steps. `on_step` sees every step (for progress and loss curves).
+/// Returns the loss of every step (including those before a resume).
 pub fn train(
     net: &Net,
     data: &[Sample],
@@ -69,50 +165,98 @@ pub fn train(
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
-    let mut opt = AdamW::new(
-        net.vars.all_vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let named = net
+        .vars
+        .data()
+        .lock()
+        .map_err(|_| Error::Runtime("variable store poisoned".into()))?
+        .clone();
+    let mut opt = Adam::new(named, cfg.lr, cfg.weight_decay)?;
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
         batches = batches.with(HorizontalFlip { p: 0.5 });
     }
-    let mut losses = Vec::with_capacity(cfg.steps);
-    let decay_step = (cfg.steps as f64 * cfg.decay_at) as usize;
-    for step in 0..cfg.steps {
-        if step == decay_step {
-            opt.set_learning_rate(cfg.lr * 0.1);
+    let fingerprint = cfg.fingerprint();
+    let channels = net.net.spec().input_channels;
+    if let Target::Teacher(t) = &target {
+        if t.spec().input_channels != channels {
+            return Err(Error::Usage(format!(
+                "the teacher takes {} input channels and the student {channels}; a stereo teacher's predictions are distilled by the adu method",
+                t.spec().input_channels
+            )));
         }
-        let (x, gt, mask) = to_tensors(&batches.next_samples(), &net.device)?;
+    }
+    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut start = 0;
+    if let Some(c) = cfg
+        .checkpoint
+        .as_ref()
+        .filter(|c| c.resume && c.path.exists())
+    {
+        let (step, rng, before) = load_checkpoint(net, &mut opt, &c.path, &fingerprint)?;
+        batches.set_rng_state(rng);
+        (start, losses) = (step, before);
+    }
+    let mut last_good: Option<(usize, PathBuf)> = None;
+    let decay_step = (cfg.steps as f64 * cfg.decay_at) as usize;
+    for step in start..cfg.steps {
+        opt.lr = if step >= decay_step {
+            cfg.lr * 0.1
+        } else {
+            cfg.lr
+        };
+        let (x, gt, mask) = to_tensors(&batches.next_samples(), channels, &net.device)?;
         let (target, mask) = match &target {
             Target::Labels => (gt, mask),
             Target::Teacher(t) => (t.forward_t(&x, false)?.detach(), mask.ones_like()?),
         };
         let pred = net.net.forward_t(&x, true)?;
-        let loss = masked_l1(&pred, &target, &mask)?;
+        let loss = cfg.loss.compute(&pred, &target, &mask)?;
         let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
+        let step_result = if value.is_finite() {
+            loss.backward()
+                .map_err(Error::from)
+                .and_then(|g| opt.step(&g))
+        } else {
+            Err(Error::Runtime(format!("the loss is {value}")))
+        };
+        if let Err(e) = step_result {
+            let kept = match &last_good {
+                Some((s, p)) => format!(
+                    "; the last good checkpoint is {} (step {s}): resume from it with a lower --lr",
+                    p.display()
+                ),
+                None => "; no checkpoint was written yet".into(),
+            };
             return Err(Error::Runtime(format!(
-                "training diverged at step {step}: loss is {value}"
+                "training diverged at step {}: {e}{kept}",
+                step + 1
             )));
         }
-        opt.backward_step(&loss)?;
         losses.push(value);
         on_step(StepInfo { step, loss: value });
+        if let Some(c) = &cfg.checkpoint {
+            let done = step + 1;
+            if done % c.every.max(1) == 0 || done == cfg.steps {
+                let meta = [
+                    ("train.config", fingerprint.clone()),
+                    ("train.step", done.to_string()),
+                    ("train.rng", batches.rng_state().to_string()),
+                ];
+                save_checkpoint(net, &opt, &c.path, &meta, &losses)?;
+                last_good = Some((done, c.path.clone()));
+            }
+        }
     }
     Ok(losses)
 }
 
-/// f32 predictions (eval mode) for every sample, row-major H×W each.
+/// f32 predictions (eval mode) for every sample, row-major H×W each (stereo networks read each
+/// sample's right view too).
 pub fn predict(net: &GraphNet, samples: &[Sample], device: &Device) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(16) {
-        let refs: Vec<&[u8]> = chunk.iter().map(|s| s.rgb.as_slice()).collect();
-        let x = images_to_tensor(&refs, chunk[0].width, chunk[0].height, device)?;
+        let x = input_tensor(chunk, net.spec().input_channels, device)?;
         let y = net.forward_t(&x, false)?;
         let y = y.flatten_from(1)?;
         for row in 0..chunk.len() {
@@ -120,4 +264,117 @@ pub fn predict(net: &GraphNet, samples: &[Sample], device: &Device) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nets::preset;
+    use crate::sim::{render_many, Domain};
+
+    fn weights(net: &Net) -> Vec<(String, Vec<f32>)> {
+        net.named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect()
+    }
+
+    fn config(steps: usize, path: &Path, resume: bool) -> TrainConfig {
+        TrainConfig {
+            steps,
+            batch_size: 2,
+            lr: 1e-3,
+            seed: 3,
+            loss: Loss::Hu,
+            checkpoint: Some(Checkpointing {
+                path: path.to_path_buf(),
+                every: 3,
+                resume,
+            }),
+            ..TrainConfig::default()
+        }
+    }
+
+    /// A run stopped after its step-3 checkpoint and resumed ends with the same weights, BatchNorm
+    /// statistics and losses, bit for bit, as the run that was never stopped.
+    #[test]
+    fn resume_reproduces_the_uninterrupted_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = render_many(Domain::Indoor, 32, 24, 5, 0, 6, false);
+        let dev = Device::Cpu;
+        let (full, saved) = (
+            dir.path().join("full.ckpt"),
+            dir.path().join("stopped.ckpt"),
+        );
+        let net = Net::new(preset("demo-student", 0.5).unwrap(), &dev, 1).unwrap();
+        let losses = train(&net, &data, Target::Labels, &config(7, &full, false), |s| {
+            if s.step == 3 {
+                // the file now holds the checkpoint written after step 3
+                std::fs::copy(&full, &saved).unwrap();
+            }
+        })
+        .unwrap();
+        let resumed = Net::new(preset("demo-student", 0.5).unwrap(), &dev, 1).unwrap();
+        let mut seen = Vec::new();
+        let again = train(
+            &resumed,
+            &data,
+            Target::Labels,
+            &config(7, &saved, true),
+            |s| seen.push(s.step),
+        )
+        .unwrap();
+        assert_eq!(seen, vec![3, 4, 5, 6], "resumed at the wrong step");
+        assert_eq!(again, losses);
+        assert_eq!(weights(&resumed), weights(&net));
+        // a checkpoint of a run with other settings is refused, naming the file
+        let other = TrainConfig {
+            lr: 2e-3,
+            ..config(7, &saved, true)
+        };
+        let e = train(&resumed, &data, Target::Labels, &other, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("stopped.ckpt"), "{e}");
+    }
+
+    /// A run whose loss blows up stops with a message naming the step and the last good
+    /// checkpoint, which is left intact and loadable.
+    #[test]
+    fn divergence_stops_and_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = render_many(Domain::Indoor, 32, 24, 5, 0, 4, false);
+        let path = dir.path().join("run.ckpt");
+        let net = Net::new(preset("demo-student", 0.5).unwrap(), &Device::Cpu, 1).unwrap();
+        let mut cfg = TrainConfig {
+            loss: Loss::L1,
+            ..config(40, &path, false)
+        };
+        // sane for 3 steps, then absurd: the step-3 checkpoint is the last good one
+        train(
+            &net,
+            &data,
+            Target::Labels,
+            &TrainConfig {
+                steps: 3,
+                ..cfg.clone()
+            },
+            |_| {},
+        )
+        .unwrap();
+        cfg.lr = 1e38;
+        cfg.checkpoint = Some(Checkpointing {
+            path: dir.path().join("wild.ckpt"),
+            every: 1,
+            resume: false,
+        });
+        let e = train(&net, &data, Target::Labels, &cfg, |_| {}).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("training diverged at step"), "{msg}");
+        assert!(
+            msg.contains("wild.ckpt") || msg.contains("no checkpoint"),
+            "{msg}"
+        );
+        let (loaded, _) = Net::load(&path, &Device::Cpu).unwrap();
+        assert!(!weights(&loaded).is_empty());
+    }
 }

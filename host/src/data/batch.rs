@@ -95,6 +95,16 @@ impl<'a> Batcher<'a> {
         self
     }
 
+    /// The random state (for checkpoints): batches drawn after [`Batcher::set_rng_state`] with it
+    /// are the ones an uninterrupted run would have drawn.
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    pub fn set_rng_state(&mut self, state: u64) {
+        self.rng = Rng::from_state(state);
+    }
+
     /// The next batch of (augmented) samples.
     pub fn next_samples(&mut self) -> Vec<Sample> {
         (0..self.batch_size)
@@ -110,14 +120,18 @@ impl<'a> Batcher<'a> {
     }
 }
 
-/// Tensors of a batch: images N×3×H×W in [0, 1], depth N×1×H×W in metres, valid mask N×1×H×W.
-pub fn to_tensors(samples: &[Sample], device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+/// Tensors of a batch: images N×C×H×W in [0, 1] (C = 3, or 6 with the right view stacked after
+/// the left for a stereo network), depth N×1×H×W in metres, valid mask N×1×H×W.
+pub fn to_tensors(
+    samples: &[Sample],
+    channels: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let first = samples
         .first()
         .ok_or_else(|| Error::Runtime("empty batch".into()))?;
     let (w, h) = (first.width, first.height);
-    let refs: Vec<&[u8]> = samples.iter().map(|s| s.rgb.as_slice()).collect();
-    let x = images_to_tensor(&refs, w, h, device)?;
+    let x = input_tensor(samples, channels, device)?;
     let depth: Vec<f32> = samples
         .iter()
         .flat_map(|s| s.depth.iter().copied())
@@ -125,6 +139,35 @@ pub fn to_tensors(samples: &[Sample], device: &Device) -> Result<(Tensor, Tensor
     let d = Tensor::from_vec(depth, (samples.len(), 1, h, w), device)?;
     let mask = d.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
     Ok((x, d, mask))
+}
+
+/// The network input of `samples`: RGB (3 channels) or left and right RGB (6 channels).
+pub fn input_tensor(samples: &[Sample], channels: usize, device: &Device) -> Result<Tensor> {
+    let first = samples
+        .first()
+        .ok_or_else(|| Error::Runtime("empty batch".into()))?;
+    let (w, h) = (first.width, first.height);
+    let left: Vec<&[u8]> = samples.iter().map(|s| s.rgb.as_slice()).collect();
+    let x = images_to_tensor(&left, w, h, device)?;
+    match channels {
+        3 => Ok(x),
+        6 => {
+            let right = samples
+                .iter()
+                .map(|s| s.right.as_deref())
+                .collect::<Option<Vec<&[u8]>>>()
+                .ok_or_else(|| {
+                    Error::Usage(
+                        "a stereo network needs right views: simulate with --stereo".into(),
+                    )
+                })?;
+            let r = images_to_tensor(&right, w, h, device)?;
+            Ok(Tensor::cat(&[&x, &r], 1)?)
+        }
+        c => Err(Error::Runtime(format!(
+            "networks take 3 or 6 channels, not {c}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +214,7 @@ mod tests {
             .unwrap()
             .with(HorizontalFlip { p: 0.5 });
         let batch = b.next_samples();
-        let (x, d, m) = to_tensors(&batch, &Device::Cpu).unwrap();
+        let (x, d, m) = to_tensors(&batch, 3, &Device::Cpu).unwrap();
         assert_eq!(x.dims(), &[3, 3, 2, 4]);
         assert_eq!(d.dims(), &[3, 1, 2, 4]);
         assert_eq!(m.sum_all().unwrap().to_scalar::<f32>().unwrap(), 24.0);

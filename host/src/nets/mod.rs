@@ -233,6 +233,30 @@ pub fn preset(name: &str, width: f32) -> Result<GraphSpec> {
     }
 }
 
+/// Writes named tensors and string metadata to a safetensors file through a temporary name (an
+/// interrupted write leaves the previous file intact).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, candle_core::Tensor)],
+    meta: &[(&str, String)],
+) -> Result<()> {
+    let meta: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(k, t)| (k.as_str(), t)),
+        Some(meta),
+        &tmp,
+    )
+    .map_err(|e| Error::Runtime(format!("{}: cannot write checkpoint: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// A network with its variables.
 pub struct Net {
     pub net: GraphNet,
@@ -274,38 +298,58 @@ impl Net {
         })
     }
 
-    /// Writes weights, BatchNorm statistics and the architecture (metadata `depthling.arch`) to a
-    /// safetensors file, through a temporary name.
-    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
+    /// Every variable (weights and BatchNorm statistics) by name.
+    pub fn named_tensors(&self) -> Result<Vec<(String, candle_core::Tensor)>> {
         let data = self
             .vars
             .data()
             .lock()
             .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        let tensors: Vec<(String, candle_core::Tensor)> = data
+        let mut out: Vec<(String, candle_core::Tensor)> = data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
-        drop(data);
-        let mut meta: HashMap<String, String> = HashMap::new();
-        meta.insert(
-            "depthling.arch".into(),
-            serde_json::to_string(self.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?,
-        );
-        for (k, v) in extra {
-            meta.insert(format!("depthling.{k}"), v.clone());
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Sets every variable from `tensors` (a checkpoint); all must be present with their shapes.
+    pub fn restore(&self, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
+        let data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| Error::Runtime(format!("checkpoint lacks {name}")))?;
+            if t.dims() != var.as_tensor().dims() {
+                return Err(Error::Runtime(format!(
+                    "checkpoint's {name} is {:?}, the network's {:?}",
+                    t.dims(),
+                    var.as_tensor().dims()
+                )));
+            }
+            var.set(&t.to_device(&self.device)?)?;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        safetensors::serialize_to_file(
-            tensors.iter().map(|(k, t)| (k.as_str(), t)),
-            Some(meta),
-            &tmp,
-        )
-        .map_err(|e| Error::Runtime(format!("{}: cannot write checkpoint: {e}", path.display())))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        Ok(())
+    }
+
+    /// Writes weights, BatchNorm statistics and the architecture (metadata `depthling.arch`) to a
+    /// safetensors file, through a temporary name.
+    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
+        let tensors = self.named_tensors()?;
+        let mut meta: Vec<(&str, String)> = extra.to_vec();
+        let arch =
+            serde_json::to_string(self.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?;
+        meta.push(("arch", arch));
+        let meta: Vec<(String, String)> = meta
+            .into_iter()
+            .map(|(k, v)| (format!("depthling.{k}"), v))
+            .collect();
+        let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        write_safetensors(path, &tensors, &meta)
     }
 
     /// Loads a checkpoint written by [`Net::save`].
