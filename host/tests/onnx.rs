@@ -81,7 +81,13 @@ fn candle_depth(net: &Net, chw: &[f32], width: usize, height: usize) -> Vec<f32>
 
 #[test]
 fn folded_convolutions_compute_what_conv_plus_batchnorm_computes() {
-    for (arch, w, h) in [("demo-student", 64, 48), ("demo-teacher", 32, 32)] {
+    for (arch, w, h) in [
+        ("demo-student", 64, 48),
+        ("demo-teacher", 32, 32),
+        ("micro", 64, 32),
+        ("mbv2-mff", 64, 32),
+        ("resnet18-mff", 64, 32),
+    ] {
         let net = randomized(arch, 11);
         let x = Tensor::from_vec(image(w, h, 5), (1, 3, h, w), &Device::Cpu).unwrap();
         let values = net.net.forward_nodes(&x, false).unwrap();
@@ -136,7 +142,13 @@ fn folded_convolutions_compute_what_conv_plus_batchnorm_computes() {
 
 #[test]
 fn onnx_export_runs_in_tract_as_candle_computes() {
-    for (arch, w, h) in [("demo-student", 64, 48), ("demo-teacher", 32, 32)] {
+    for (arch, w, h) in [
+        ("demo-student", 64, 48),
+        ("demo-teacher", 32, 32),
+        ("micro", 64, 32),
+        ("mbv2-mff", 64, 32),
+        ("resnet18-mff", 64, 32),
+    ] {
         let net = randomized(arch, 3);
         let bytes = depthling_host::onnx::export(&net.net, w, h).unwrap();
         let model = TractModel::from_bytes(&bytes).unwrap();

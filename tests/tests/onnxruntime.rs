@@ -37,70 +37,76 @@ fn onnxruntime_agrees_with_candle() {
         );
         return;
     }
-    let (w, h) = (64, 48);
-    let device = Device::Cpu;
-    let net = Net::new(preset("demo-student", 1.0).unwrap(), &device, 21).unwrap();
-    // move the BatchNorm statistics away from their initial values, so folding is exercised
-    let mut v = 0u32;
-    let mut noise = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                v = v.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (v >> 8) as f32 / (1u32 << 24) as f32
-            })
-            .collect()
-    };
-    for _ in 0..3 {
-        let x = Tensor::from_vec(noise(2 * 3 * h * w), (2, 3, h, w), &device).unwrap();
-        net.net.forward_t(&x, true).unwrap();
-    }
-    let image = noise(3 * h * w);
-    let x = Tensor::from_vec(image.clone(), (1, 3, h, w), &device).unwrap();
-    let reference: Vec<f32> = net
-        .net
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    // the demo student (nearest upsampling) and the micro student (depthwise convolutions,
+    // bilinear Resize)
+    for (arch, w, h) in [("demo-student", 64usize, 48usize), ("micro", 64, 32)] {
+        let device = Device::Cpu;
+        let net = Net::new(preset(arch, 1.0).unwrap(), &device, 21).unwrap();
+        // move the BatchNorm statistics away from their initial values, so folding is exercised
+        let mut v = 0u32;
+        let mut noise = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    v = v.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (v >> 8) as f32 / (1u32 << 24) as f32
+                })
+                .collect()
+        };
+        for _ in 0..3 {
+            let x = Tensor::from_vec(noise(2 * 3 * h * w), (2, 3, h, w), &device).unwrap();
+            net.net.forward_t(&x, true).unwrap();
+        }
+        let image = noise(3 * h * w);
+        let x = Tensor::from_vec(image.clone(), (1, 3, h, w), &device).unwrap();
+        let reference: Vec<f32> = net
+            .net
+            .forward_t(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("s.onnx");
-    std::fs::write(
-        &model,
-        depthling_host::onnx::export(&net.net, w, h).unwrap(),
-    )
-    .unwrap();
-    let (inp, out) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
-    let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&inp, bytes).unwrap();
-    let o = Command::new(&python)
-        .args(["-c", SCRIPT])
-        .arg(&model)
-        .arg(&inp)
-        .arg(&out)
-        .arg(h.to_string())
-        .arg(w.to_string())
-        .output()
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("s.onnx");
+        std::fs::write(
+            &model,
+            depthling_host::onnx::export(&net.net, w, h).unwrap(),
+        )
         .unwrap();
-    assert!(
-        o.status.success(),
-        "onnxruntime failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let got: Vec<f32> = std::fs::read(&out)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    assert_eq!(got.len(), reference.len());
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(&reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale;
-    eprintln!("onnxruntime vs candle: max relative difference {err:e}");
-    assert!(err <= 1e-4, "onnxruntime differs from candle by {err:e}");
+        let (inp, out) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
+        let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&inp, bytes).unwrap();
+        let o = Command::new(&python)
+            .args(["-c", SCRIPT])
+            .arg(&model)
+            .arg(&inp)
+            .arg(&out)
+            .arg(h.to_string())
+            .arg(w.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "onnxruntime failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got: Vec<f32> = std::fs::read(&out)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got.len(), reference.len());
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&reference)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        eprintln!("{arch}: onnxruntime vs candle: max relative difference {err:e}");
+        assert!(
+            err <= 1e-4,
+            "{arch}: onnxruntime differs from candle by {err:e}"
+        );
+    }
 }

@@ -718,6 +718,70 @@ mod tests {
         }
     }
 
+    /// The student presets (depthwise convolutions, squeeze-excitation, bilinear upsampling, a
+    /// full-resolution head) quantize and run in the int8 engine close to f32; the teachers and a
+    /// cropping size are refused with the reason.
+    #[test]
+    fn student_presets_quantize_and_teachers_are_refused() {
+        let dev = Device::Cpu;
+        let data = render_many(Domain::Ood, 64, 32, 9, 0, 4, false);
+        for arch in ["micro", "mbv2-mff"] {
+            let net = Net::new(crate::nets::preset(arch, 1.0).unwrap(), &dev, 4).unwrap();
+            // BatchNorm statistics from a few training-mode passes, as after training
+            for chunk in data.chunks(2) {
+                let (x, _, _) = crate::data::batch::to_tensors(chunk, 3, &dev).unwrap();
+                net.net.forward_t(&x, true).unwrap();
+            }
+            let bytes = quantize(
+                &net.net,
+                &data,
+                Calibration::MinMax,
+                &Provenance::default(),
+                &dev,
+            )
+            .unwrap();
+            let model = depthling_model::Model::from_bytes(&bytes).unwrap();
+            let (f, q) = (
+                predict(&net.net, &data, &dev).unwrap(),
+                run_int8(&model, &data).unwrap(),
+            );
+            let (mut err, mut mag) = (0.0f64, 0.0f64);
+            for (a, b) in f.iter().zip(&q) {
+                for (x, y) in a.iter().zip(b) {
+                    err += (x - y).abs() as f64;
+                    mag += x.abs() as f64;
+                }
+            }
+            assert!(
+                err / mag < 0.05,
+                "{arch}: int8 differs from f32 by {:.3}",
+                err / mag
+            );
+        }
+        let teacher =
+            Net::new(crate::nets::preset("resnet18-mff", 0.25).unwrap(), &dev, 4).unwrap();
+        let e = quantize(
+            &teacher.net,
+            &data,
+            Calibration::MinMax,
+            &Provenance::default(),
+            &dev,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("7×7"), "{e}");
+        let odd = render_many(Domain::Ood, 40, 36, 9, 0, 1, false);
+        let micro = Net::new(crate::nets::preset("micro", 1.0).unwrap(), &dev, 4).unwrap();
+        let e = quantize(
+            &micro.net,
+            &odd,
+            Calibration::MinMax,
+            &Provenance::default(),
+            &dev,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("divisible by 32"), "{e}");
+    }
+
     #[test]
     fn calibrators_clip_outliers_and_stay_inside_the_observed_range() {
         // 10 000 values in [0, 1] and one outlier at 100
