@@ -560,14 +560,19 @@ pub struct DistillConfig {
     pub images: PathBuf,
     pub options: TrainOptions,
     pub out: PathBuf,
+    /// DDD's switches (method `ddd`).
+    pub ddd: crate::distill::DddOptions,
+    /// Share of the images used (DDD's image budget).
+    pub images_fraction: f64,
 }
 
-/// `depthling distill --method kd`: the student learns the teacher's predictions on (unlabeled)
-/// images.
+/// `depthling distill --method kd|ddd`: the student learns the teacher's predictions on
+/// (unlabeled) images; `ddd` adds object mixing and the transformation network.
 pub fn distill(cfg: &DistillConfig) -> Result<()> {
-    match cfg.method.as_str() {
-        "kd" => {}
-        "ddd" | "aux" | "adu" => {
+    let ddd = match cfg.method.as_str() {
+        "kd" => crate::distill::DddOptions::kd(),
+        "ddd" => cfg.ddd.clone(),
+        "aux" | "adu" => {
             return Err(Error::NotAvailable(
                 "this distillation method (arrives with the distillation release)",
             ))
@@ -577,20 +582,22 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
                 "unknown method {other:?}; known: kd, ddd, aux, adu"
             )))
         }
-    }
+    };
     let o = &cfg.options;
     let device = device(&o.device)?;
     let (teacher, _) = Net::load(&cfg.teacher, &device)?;
     let samples = Dataset::open(&cfg.images, o.depth_scale)?.load_all(None)?;
+    let samples = crate::distill::budget(samples, cfg.images_fraction)?;
     let (w, h) = (samples[0].width, samples[0].height);
     teacher.net.spec().shapes(w, h)?;
     let student = o.network(w, h, &device)?;
     let tc = o.config(samples.len(), &cfg.out);
-    train(
+    crate::distill::distill(
         &student,
+        &teacher.net,
         &samples,
-        Target::Teacher(&teacher.net),
         &tc,
+        &ddd,
         training_progress(o.quiet, "distill", tc.steps, tc.batch_size),
     )?;
     student.save(

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod boards;
 pub mod commands;
 pub mod demo;
+pub mod distill;
 pub mod eval;
 pub mod losses;
 pub mod onnx;

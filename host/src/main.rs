@@ -78,6 +78,42 @@ struct TrainFlags {
     device: String,
 }
 
+/// DDD's switches (`distill --method ddd`).
+#[derive(clap::Args)]
+struct DddFlags {
+    /// No object-wise mixing.
+    #[arg(long)]
+    no_mix: bool,
+    /// Up to this many objects pasted into each image.
+    #[arg(long, default_value_t = 3)]
+    max_objects: usize,
+    /// No transformation network.
+    #[arg(long)]
+    no_transform: bool,
+    /// Weight of mean|x′ − x| in the transformation network's loss.
+    #[arg(long, default_value_t = 0.1)]
+    identity_weight: f64,
+    /// The transformation network is updated once every this many student steps.
+    #[arg(long, default_value_t = 1)]
+    transform_every: usize,
+    /// Share of the images used, e.g. 1/6 (the image budget).
+    #[arg(long, default_value = "1")]
+    images_fraction: String,
+}
+
+impl DddFlags {
+    fn options(&self) -> depthling_host::distill::DddOptions {
+        depthling_host::distill::DddOptions {
+            mix: !self.no_mix,
+            max_objects: self.max_objects,
+            transform: !self.no_transform,
+            identity_weight: self.identity_weight,
+            transform_every: self.transform_every,
+            ..Default::default()
+        }
+    }
+}
+
 impl TrainFlags {
     fn options(self, arch: String, quiet: bool) -> Result<commands::TrainOptions> {
         Ok(commands::TrainOptions {
@@ -158,6 +194,8 @@ enum Command {
         arch: String,
         #[command(flatten)]
         train: TrainFlags,
+        #[command(flatten)]
+        ddd: DddFlags,
         #[arg(long)]
         out: PathBuf,
     },
@@ -382,6 +420,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             labeled,
             arch,
             train,
+            ddd,
             out,
         } => {
             if labeled.is_some() {
@@ -395,6 +434,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 images,
                 options: train.options(arch, quiet)?,
                 out: out.clone(),
+                ddd: ddd.options(),
+                images_fraction: depthling_host::distill::parse_fraction(&ddd.images_fraction)?,
             })?;
             println!("student written to {}", out.display());
         }

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::data::batch::{input_tensor, to_tensors, Batcher, HorizontalFlip};
+use crate::data::batch::{input_tensor, to_tensors, Augment, Batcher, HorizontalFlip};
 use crate::data::Sample;
+use crate::distill::TransformStage;
 use crate::error::{Error, Result};
 use crate::losses::Loss;
 use crate::nets::graph::GraphNet;
@@ -44,6 +45,8 @@ pub struct TrainConfig {
     pub seed: u64,
     pub loss: Loss,
     pub checkpoint: Option<Checkpointing>,
+    /// Further settings a resumed run must share (e.g. DDD's switches).
+    pub tag: String,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +61,7 @@ impl Default for TrainConfig {
             seed: 0,
             loss: Loss::L1,
             checkpoint: None,
+            tag: String::new(),
         }
     }
 }
@@ -66,7 +70,7 @@ impl TrainConfig {
     /// What a checkpoint must agree on to be resumed by this run.
     fn fingerprint(&self) -> String {
         format!(
-            "steps={} batch={} lr={} wd={} decay_at={} flip={} seed={} loss={:?}",
+            "steps={} batch={} lr={} wd={} decay_at={} flip={} seed={} loss={:?} {}",
             self.steps,
             self.batch_size,
             self.lr,
@@ -74,9 +78,18 @@ impl TrainConfig {
             self.decay_at,
             self.flip,
             self.seed,
-            self.loss
+            self.loss,
+            self.tag
         )
     }
+}
+
+/// What DDD adds to a run: augmentations after the flip (object mixing) and an input stage
+/// (the transformation network) between the batch and the networks.
+#[derive(Default)]
+pub struct Extras<'a> {
+    pub augment: Vec<Box<dyn Augment>>,
+    pub stage: Option<&'a mut TransformStage<'a>>,
 }
 
 /// Per-step record.
@@ -96,12 +109,20 @@ pub fn masked_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor
 fn save_checkpoint(
     net: &Net,
     opt: &Adam,
+    stage: Option<&TransformStage>,
     path: &Path,
     meta: &[(&str, String)],
     losses: &[f32],
 ) -> Result<()> {
     let mut tensors = net.named_tensors()?;
     tensors.extend(opt.state());
+    if let Some(st) = stage {
+        tensors.extend(
+            st.state()?
+                .into_iter()
+                .map(|(k, t)| (format!("transform.{k}"), t)),
+        );
+    }
     let mut all: Vec<(&str, String)> = meta.to_vec();
     // loadable as a network too (`Net::load`), e.g. to evaluate the last good state
     all.push((
@@ -119,6 +140,7 @@ fn save_checkpoint(
 fn load_checkpoint(
     net: &Net,
     opt: &mut Adam,
+    stage: Option<&mut TransformStage>,
     path: &Path,
     fingerprint: &str,
 ) -> Result<(usize, u64, Vec<f32>)> {
@@ -150,6 +172,16 @@ fn load_checkpoint(
     net.restore(&tensors).map_err(|e| bad(e.to_string()))?;
     opt.restore(&tensors, step)
         .map_err(|e| bad(e.to_string()))?;
+    if let Some(st) = stage {
+        let own: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, t)| {
+                k.strip_prefix("transform.")
+                    .map(|k| (k.to_string(), t.clone()))
+            })
+            .collect();
+        st.restore(&own).map_err(|e| bad(e.to_string()))?;
+    }
     Ok((step, rng, losses))
 }
 
@@ -160,8 +192,21 @@ pub fn train(
     data: &[Sample],
     target: Target<'_>,
     cfg: &TrainConfig,
+    on_step: impl FnMut(StepInfo),
+) -> Result<Vec<f32>> {
+    train_with(net, data, target, cfg, Extras::default(), on_step)
+}
+
+/// [`train`] with DDD's augmentations and input stage.
+pub fn train_with(
+    net: &Net,
+    data: &[Sample],
+    target: Target<'_>,
+    cfg: &TrainConfig,
+    extras: Extras<'_>,
     mut on_step: impl FnMut(StepInfo),
 ) -> Result<Vec<f32>> {
+    let Extras { augment, mut stage } = extras;
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
@@ -175,6 +220,9 @@ pub fn train(
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
         batches = batches.with(HorizontalFlip { p: 0.5 });
+    }
+    for a in augment {
+        batches = batches.with_boxed(a);
     }
     let fingerprint = cfg.fingerprint();
     let channels = net.net.spec().input_channels;
@@ -193,7 +241,8 @@ pub fn train(
         .as_ref()
         .filter(|c| c.resume && c.path.exists())
     {
-        let (step, rng, before) = load_checkpoint(net, &mut opt, &c.path, &fingerprint)?;
+        let (step, rng, before) =
+            load_checkpoint(net, &mut opt, stage.as_deref_mut(), &c.path, &fingerprint)?;
         batches.set_rng_state(rng);
         (start, losses) = (step, before);
     }
@@ -206,6 +255,10 @@ pub fn train(
             cfg.lr
         };
         let (x, gt, mask) = to_tensors(&batches.next_samples(), channels, &net.device)?;
+        let x = match stage.as_deref_mut() {
+            Some(st) => st.apply(step, &x)?,
+            None => x,
+        };
         let (target, mask) = match &target {
             Target::Labels => (gt, mask),
             Target::Teacher(t) => (t.forward_t(&x, false)?.detach(), mask.ones_like()?),
@@ -243,7 +296,7 @@ pub fn train(
                     ("train.step", done.to_string()),
                     ("train.rng", batches.rng_state().to_string()),
                 ];
-                save_checkpoint(net, &opt, &c.path, &meta, &losses)?;
+                save_checkpoint(net, &opt, stage.as_deref(), &c.path, &meta, &losses)?;
                 last_good = Some((done, c.path.clone()));
             }
         }

@@ -95,6 +95,11 @@ impl<'a> Batcher<'a> {
         self
     }
 
+    pub fn with_boxed(mut self, augment: Box<dyn Augment>) -> Self {
+        self.augment.push(augment);
+        self
+    }
+
     /// The random state (for checkpoints): batches drawn after [`Batcher::set_rng_state`] with it
     /// are the ones an uninterrupted run would have drawn.
     pub fn rng_state(&self) -> u64 {

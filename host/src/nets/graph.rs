@@ -507,6 +507,24 @@ impl GraphNet {
     /// Runs the graph; returns every node's output (post-activation) and, for convolutions with a
     /// sigmoid, the pre-activation value (needed to calibrate the sigmoid's LUT input).
     pub fn forward_nodes(&self, x: &Tensor, train: bool) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+        self.forward_impl(x, train, None)
+    }
+
+    /// Runs the graph in eval mode and returns, for every BatchNorm layer, its input (the
+    /// convolution's output) with the layer's running mean and variance: what DDD's
+    /// transformation network matches.
+    pub fn batch_norm_inputs(&self, x: &Tensor) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
+        let mut captured = Vec::new();
+        self.forward_impl(x, false, Some(&mut captured))?;
+        Ok(captured)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut capture: Option<&mut Vec<(Tensor, Tensor, Tensor)>>,
+    ) -> Result<Vec<(Tensor, Option<Tensor>)>> {
         let mut values: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(self.spec.nodes.len());
         for (i, node) in self.spec.nodes.iter().enumerate() {
             let v = |j: usize| values[j].0.clone();
@@ -549,6 +567,13 @@ impl GraphNet {
                         y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                     }
                     if let Some(bn) = &layer.bn {
+                        if let Some(c) = capture.as_deref_mut() {
+                            c.push((
+                                y.clone(),
+                                bn.running_mean().clone(),
+                                bn.running_var().clone(),
+                            ));
+                        }
                         y = bn.forward_t(&y, train)?;
                     }
                     let pre = (*act == Act::Sigmoid).then(|| y.clone());

@@ -1,0 +1,548 @@
+//! Data-free distillation from out-of-distribution images (DDD, DESIGN §6): object-wise mixing
+//! of instance-masked objects between simulated images, and a transformation network trained so
+//! that the teacher's BatchNorm layers see their training statistics on x′ = x + T(x).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::data::batch::Augment;
+use crate::data::Sample;
+use crate::error::{Error, Result};
+use crate::nets::graph::GraphNet;
+use crate::optim::Adam;
+use crate::rng::Rng;
+
+/// Where and how big one pasted object is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placement {
+    /// The donor's instance id (≥ 1).
+    pub instance: u16,
+    /// Scale of the pasted object relative to the donor.
+    pub scale: f32,
+    /// Shift of the object's bounding box corner, in base-image pixels.
+    pub dx: isize,
+    pub dy: isize,
+}
+
+/// The bounding box `(x0, y0, x1, y1)` (exclusive ends) of instance `id` in `mask`.
+fn bounding_box(mask: &[u16], width: usize, id: u16) -> Option<(usize, usize, usize, usize)> {
+    let mut b: Option<(usize, usize, usize, usize)> = None;
+    for (i, _) in mask.iter().enumerate().filter(|(_, &m)| m == id) {
+        let (x, y) = (i % width, i / width);
+        b = Some(match b {
+            None => (x, y, x + 1, y + 1),
+            Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)),
+        });
+    }
+    b
+}
+
+/// Pastes instance `p.instance` of `donor` onto `base`: the object's pixels (RGB, depth, and a
+/// new instance id) replace the base's where the scaled object lands; every other pixel of the
+/// base is left as it was. Nearest-neighbour scaling keeps pasted pixels exact donor pixels.
+pub fn paste(base: &Sample, donor: &Sample, p: Placement) -> Result<Sample> {
+    if (base.width, base.height) != (donor.width, donor.height) {
+        return Err(Error::Runtime(
+            "object mixing needs images of one size".into(),
+        ));
+    }
+    let mask = donor
+        .instance
+        .as_ref()
+        .ok_or_else(|| Error::Usage("object mixing needs instance masks (OOD images from `depthling simulate --domain ood`)".into()))?;
+    let (w, h) = (base.width, base.height);
+    let mut out = base.clone();
+    let Some((x0, y0, x1, y1)) = bounding_box(mask, w, p.instance) else {
+        return Ok(out);
+    };
+    let new_id = base.instance.as_ref().map_or(1, |m| {
+        m.iter().copied().max().unwrap_or(0).saturating_add(1)
+    });
+    let mut inst = base.instance.clone().unwrap_or_else(|| vec![0; w * h]);
+    let (bw, bh) = (x1 - x0, y1 - y0);
+    let (sw, sh) = (
+        ((bw as f32 * p.scale).round() as usize).max(1),
+        ((bh as f32 * p.scale).round() as usize).max(1),
+    );
+    for ty in 0..sh {
+        let y = y0 as isize + p.dy + ty as isize;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        let sy = y0 + (ty * bh / sh).min(bh - 1);
+        for tx in 0..sw {
+            let x = x0 as isize + p.dx + tx as isize;
+            if x < 0 || x >= w as isize {
+                continue;
+            }
+            let sx = x0 + (tx * bw / sw).min(bw - 1);
+            let (src, dst) = (sy * w + sx, y as usize * w + x as usize);
+            if mask[src] != p.instance {
+                continue;
+            }
+            out.rgb[dst * 3..dst * 3 + 3].copy_from_slice(&donor.rgb[src * 3..src * 3 + 3]);
+            out.depth[dst] = donor.depth[src];
+            inst[dst] = new_id;
+        }
+    }
+    out.instance = Some(inst);
+    out.right = None;
+    Ok(out)
+}
+
+/// Object-wise mixing as a batch augmentation: pastes 1–`max_objects` objects from other images
+/// of the set at random scale (0.5–1.5) and position.
+pub struct ObjectMix {
+    pub donors: Arc<Vec<Sample>>,
+    pub max_objects: usize,
+}
+
+impl Augment for ObjectMix {
+    fn apply(&self, sample: &Sample, rng: &mut Rng) -> Sample {
+        let mut out = sample.clone();
+        if self.donors.is_empty() {
+            return out;
+        }
+        let n = rng.int(1, self.max_objects.max(1));
+        for _ in 0..n {
+            let donor = &self.donors[rng.int(0, self.donors.len() - 1)];
+            let Some(mask) = &donor.instance else {
+                continue;
+            };
+            let top = mask.iter().copied().max().unwrap_or(0);
+            if top == 0 {
+                continue;
+            }
+            let instance = rng.int(1, top as usize) as u16;
+            let p = Placement {
+                instance,
+                scale: rng.range(0.5, 1.5),
+                dx: rng.int(0, out.width) as isize - out.width as isize / 2,
+                dy: rng.int(0, out.height) as isize - out.height as isize / 2,
+            };
+            if let Ok(mixed) = paste(&out, donor, p) {
+                out = mixed;
+            }
+        }
+        out
+    }
+}
+
+/// The transformation network T: three 3×3 convolutions (3→16→16→3, ReLU between), the last
+/// initialised to zero so that x + T(x) starts as the identity.
+pub struct Transform {
+    pub vars: VarMap,
+    convs: Vec<(Tensor, Tensor)>,
+}
+
+impl Transform {
+    pub fn new(device: &Device, seed: u64) -> Result<Transform> {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+        let mut rng = Rng::new(seed);
+        let mut convs = Vec::new();
+        for (i, (cin, cout)) in [(3usize, 16usize), (16, 16), (16, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = vb.get_with_hints(
+                (cout, cin, 3, 3),
+                &format!("t{i}.weight"),
+                candle_nn::Init::Const(0.0),
+            )?;
+            let b = vb.get_with_hints(cout, &format!("t{i}.bias"), candle_nn::Init::Const(0.0))?;
+            convs.push((w, b));
+        }
+        // He-normal for the first two from our seeded RNG; the last stays zero
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        for i in 0..2 {
+            let var = &data[&format!("t{i}.weight")];
+            let dims = var.as_tensor().dims().to_vec();
+            let std = (2.0 / (dims[1] * 9) as f32).sqrt();
+            let v: Vec<f32> = (0..dims.iter().product::<usize>())
+                .map(|_| rng.normal() * std)
+                .collect();
+            var.set(&Tensor::from_vec(v, dims, device)?)?;
+        }
+        drop(data);
+        Ok(Transform { vars, convs })
+    }
+
+    /// x′ = x + T(x).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        for (i, (w, b)) in self.convs.iter().enumerate() {
+            y = crate::nets::ops::conv2d(&y, w, 1, 1)?.broadcast_add(&b.reshape((
+                1,
+                (),
+                1,
+                1,
+            ))?)?;
+            if i + 1 < self.convs.len() {
+                y = y.relu()?;
+            }
+        }
+        Ok((x + y)?)
+    }
+}
+
+/// The DeepInversion-form loss: Σ_l ‖μ_l(x′) − μ̂_l‖₂ + ‖σ²_l(x′) − σ̂²_l‖₂ over the inputs of
+/// the teacher's BatchNorm layers (batch statistics against the running ones), plus
+/// `identity · mean|x′ − x|`.
+pub fn bn_statistics_loss(
+    teacher: &GraphNet,
+    x: &Tensor,
+    x_prime: &Tensor,
+    identity: f64,
+) -> Result<Tensor> {
+    let captured = teacher.batch_norm_inputs(x_prime)?;
+    if captured.is_empty() {
+        return Err(Error::Usage(
+            "the teacher has no BatchNorm layers: the transformation network has nothing to match"
+                .into(),
+        ));
+    }
+    let mut total = Tensor::zeros((), DType::F32, x.device())?;
+    for (input, mean, var) in captured {
+        let mu = input
+            .mean_keepdim(0)?
+            .mean_keepdim(2)?
+            .mean_keepdim(3)?
+            .flatten_all()?;
+        let centred = input.broadcast_sub(&mu.reshape((1, (), 1, 1))?)?;
+        let sigma2 = centred
+            .sqr()?
+            .mean_keepdim(0)?
+            .mean_keepdim(2)?
+            .mean_keepdim(3)?
+            .flatten_all()?;
+        let dm = (mu - mean)?.sqr()?.sum_all()?.sqrt()?;
+        let dv = (sigma2 - var)?.sqr()?.sum_all()?.sqrt()?;
+        total = ((total + dm)? + dv)?;
+    }
+    let keep = ((x_prime - x)?.abs()?.mean_all()? * identity)?;
+    Ok((total + keep)?)
+}
+
+/// DDD's input stage: every `every` student steps, one Adam step of T on the batch; the student
+/// then trains on x′ = x + T(x) (detached) against the teacher's prediction on x′.
+pub struct TransformStage<'a> {
+    pub transform: Transform,
+    pub teacher: &'a GraphNet,
+    pub opt: Adam,
+    pub identity: f64,
+    pub every: usize,
+    /// BatchNorm-statistics loss of every T update (falls as T learns).
+    pub losses: Vec<f32>,
+}
+
+impl<'a> TransformStage<'a> {
+    pub fn new(teacher: &'a GraphNet, device: &Device, seed: u64, lr: f64) -> Result<Self> {
+        let transform = Transform::new(device, seed)?;
+        let named = transform
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?
+            .clone();
+        Ok(TransformStage {
+            opt: Adam::new(named, lr, 0.0)?,
+            transform,
+            teacher,
+            identity: 0.1,
+            every: 1,
+            losses: Vec::new(),
+        })
+    }
+
+    /// T's weights and Adam moments (for checkpoints).
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let data = self
+            .transform
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        let mut out: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        out.extend(self.opt.state());
+        out.push((
+            "losses".into(),
+            Tensor::new(self.losses.as_slice(), &Device::Cpu)?,
+        ));
+        Ok(out)
+    }
+
+    /// Restores [`TransformStage::state`].
+    pub fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let data = self
+            .transform
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| Error::Runtime(format!("checkpoint lacks transform.{name}")))?;
+            var.set(&t.to_device(var.device())?)?;
+        }
+        drop(data);
+        let losses = tensors
+            .get("losses")
+            .ok_or_else(|| Error::Runtime("checkpoint lacks transform.losses".into()))?;
+        self.losses = losses.to_vec1::<f32>()?;
+        self.opt.restore(tensors, self.losses.len())
+    }
+
+    /// Updates T (on schedule) and returns x′ for the student.
+    pub fn apply(&mut self, step: usize, x: &Tensor) -> Result<Tensor> {
+        if step % self.every.max(1) == 0 {
+            let xp = self.transform.forward(x)?;
+            let loss = bn_statistics_loss(self.teacher, x, &xp, self.identity)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(Error::Runtime(format!(
+                    "the transformation network diverged at step {}: BatchNorm loss {value}",
+                    step + 1
+                )));
+            }
+            self.opt.step(&loss.backward()?)?;
+            self.losses.push(value);
+        }
+        Ok(self.transform.forward(x)?.detach())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nets::{preset, Net};
+    use crate::sim::{render_many, Domain};
+
+    /// Pasted pixels are exactly the donor object's pixels; every other pixel of the base
+    /// (RGB, depth, instance id) is unchanged.
+    #[test]
+    fn mixing_pastes_the_object_and_leaves_the_rest_unchanged() {
+        let imgs = render_many(Domain::Ood, 48, 32, 3, 0, 2, false);
+        let (base, donor) = (&imgs[0], &imgs[1]);
+        let mask = donor.instance.as_ref().unwrap();
+        let id = *mask.iter().filter(|&&m| m > 0).max().unwrap();
+        let p = Placement {
+            instance: id,
+            scale: 1.0,
+            dx: 3,
+            dy: -2,
+        };
+        let out = paste(base, donor, p).unwrap();
+        let new_id = base.instance.as_ref().unwrap().iter().max().unwrap() + 1;
+        let (w, h) = (48usize, 32usize);
+        let mut pasted = 0;
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                let (sx, sy) = (x as isize - 3, y as isize + 2);
+                let from_donor = sx >= 0
+                    && sy >= 0
+                    && (sx as usize) < w
+                    && (sy as usize) < h
+                    && mask[sy as usize * w + sx as usize] == id;
+                if from_donor {
+                    let s = sy as usize * w + sx as usize;
+                    assert_eq!(out.rgb[i * 3..i * 3 + 3], donor.rgb[s * 3..s * 3 + 3]);
+                    assert_eq!(out.depth[i], donor.depth[s]);
+                    assert_eq!(out.instance.as_ref().unwrap()[i], new_id);
+                    pasted += 1;
+                } else {
+                    assert_eq!(out.rgb[i * 3..i * 3 + 3], base.rgb[i * 3..i * 3 + 3]);
+                    assert_eq!(out.depth[i], base.depth[i]);
+                    assert_eq!(
+                        out.instance.as_ref().unwrap()[i],
+                        base.instance.as_ref().unwrap()[i]
+                    );
+                }
+            }
+        }
+        assert!(pasted > 0, "nothing was pasted");
+        // the augmentation pastes something somewhere and keeps the image size
+        let mix = ObjectMix {
+            donors: Arc::new(imgs.clone()),
+            max_objects: 3,
+        };
+        let mut rng = Rng::new(5);
+        let changed = (0..8)
+            .map(|_| mix.apply(base, &mut rng))
+            .filter(|m| m.rgb != base.rgb)
+            .count();
+        assert!(
+            changed >= 6,
+            "only {changed} of 8 mixed images differ from the base"
+        );
+    }
+
+    /// T starts at the identity, and the BatchNorm-statistics loss falls while T trains.
+    #[test]
+    fn bn_statistics_loss_falls_while_the_transform_trains() {
+        let dev = Device::Cpu;
+        let teacher = Net::new(preset("demo-teacher", 0.5).unwrap(), &dev, 2).unwrap();
+        // give the teacher indoor BatchNorm statistics: training-mode passes on indoor images
+        let indoor = render_many(Domain::Indoor, 32, 32, 4, 0, 8, false);
+        let (xi, _, _) = crate::data::batch::to_tensors(&indoor, 3, &dev).unwrap();
+        for _ in 0..30 {
+            teacher.net.forward_t(&xi, true).unwrap();
+        }
+        let ood = render_many(Domain::Ood, 32, 32, 6, 0, 8, false);
+        let (x, _, _) = crate::data::batch::to_tensors(&ood, 3, &dev).unwrap();
+        let mut stage = TransformStage::new(&teacher.net, &dev, 1, 1e-3).unwrap();
+        let first = stage.transform.forward(&x).unwrap();
+        let same = (first - &x).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(
+            same.to_scalar::<f32>().unwrap(),
+            0.0,
+            "T does not start at identity"
+        );
+        for step in 0..40 {
+            stage.apply(step, &x).unwrap();
+        }
+        let (a, b) = (stage.losses[0], *stage.losses.last().unwrap());
+        assert!(b < 0.8 * a, "BatchNorm loss {a} → {b}");
+    }
+}
+
+/// DDD's switches (DESIGN §6, §10).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DddOptions {
+    /// Object-wise mixing.
+    pub mix: bool,
+    /// Up to this many pasted objects per image.
+    pub max_objects: usize,
+    /// The transformation network.
+    pub transform: bool,
+    /// Weight of mean|x′ − x| in T's loss.
+    pub identity_weight: f64,
+    /// T is updated once every this many student steps.
+    pub transform_every: usize,
+    pub transform_lr: f64,
+}
+
+impl Default for DddOptions {
+    fn default() -> Self {
+        DddOptions {
+            mix: true,
+            max_objects: 3,
+            transform: true,
+            identity_weight: 0.1,
+            transform_every: 1,
+            transform_lr: 1e-3,
+        }
+    }
+}
+
+impl DddOptions {
+    /// Plain KD: neither mixing nor the transformation network.
+    pub fn kd() -> Self {
+        DddOptions {
+            mix: false,
+            transform: false,
+            ..Default::default()
+        }
+    }
+
+    /// What a checkpoint must agree on (see `TrainConfig::tag`).
+    pub fn tag(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// The first `⌈fraction · n⌉` images (at least one): DDD's image budget (`--images-fraction`).
+pub fn budget(samples: Vec<Sample>, fraction: f64) -> Result<Vec<Sample>> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(Error::Usage(format!(
+            "--images-fraction must be in (0, 1], got {fraction}"
+        )));
+    }
+    let keep = ((samples.len() as f64 * fraction).ceil() as usize).clamp(1, samples.len().max(1));
+    Ok(samples.into_iter().take(keep).collect())
+}
+
+/// Parses `1/6` or `0.1667`.
+pub fn parse_fraction(s: &str) -> Result<f64> {
+    let bad = || {
+        Error::Usage(format!(
+            "--images-fraction: {s:?} is not a fraction like 1/6 or 0.5"
+        ))
+    };
+    let v = match s.split_once('/') {
+        Some((a, b)) => {
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            if b == 0.0 {
+                return Err(bad());
+            }
+            a / b
+        }
+        None => s.trim().parse().map_err(|_| bad())?,
+    };
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
+/// Distills `student` from `teacher` on `images` with DDD's switches (all off: plain KD).
+/// Returns the student's per-step losses.
+pub fn distill(
+    student: &crate::nets::Net,
+    teacher: &GraphNet,
+    images: &[Sample],
+    cfg: &crate::train::TrainConfig,
+    ddd: &DddOptions,
+    on_step: impl FnMut(crate::train::StepInfo),
+) -> Result<Vec<f32>> {
+    use crate::train::{train_with, Extras, Target};
+    let mut augment: Vec<Box<dyn Augment>> = Vec::new();
+    if ddd.mix {
+        if images.iter().any(|s| s.instance.is_none()) {
+            return Err(Error::Usage(
+                "object mixing needs instance masks: distill on OOD images from `depthling simulate --domain ood`, or pass --no-mix".into(),
+            ));
+        }
+        augment.push(Box::new(ObjectMix {
+            donors: Arc::new(images.to_vec()),
+            max_objects: ddd.max_objects,
+        }));
+    }
+    let mut stage = if ddd.transform {
+        let mut st =
+            TransformStage::new(teacher, &student.device, cfg.seed ^ 0x7A, ddd.transform_lr)?;
+        st.identity = ddd.identity_weight;
+        st.every = ddd.transform_every;
+        Some(st)
+    } else {
+        None
+    };
+    let cfg = crate::train::TrainConfig {
+        tag: ddd.tag(),
+        ..cfg.clone()
+    };
+    train_with(
+        student,
+        images,
+        Target::Teacher(teacher),
+        &cfg,
+        Extras {
+            augment,
+            stage: stage.as_mut(),
+        },
+        on_step,
+    )
+}
