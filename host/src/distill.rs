@@ -304,7 +304,7 @@ impl<'a> TransformStage<'a> {
 
     /// Updates T (on schedule) and returns x′ for the student.
     pub fn apply(&mut self, step: usize, x: &Tensor) -> Result<Tensor> {
-        if step % self.every.max(1) == 0 {
+        if step.is_multiple_of(self.every.max(1)) {
             let xp = self.transform.forward(x)?;
             let loss = bn_statistics_loss(self.teacher, x, &xp, self.identity)?;
             let value = loss.to_scalar::<f32>()?;
