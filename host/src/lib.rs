@@ -14,6 +14,7 @@ pub mod commands;
 pub mod demo;
 pub mod distill;
 pub mod eval;
+pub mod experiment;
 pub mod losses;
 pub mod onnx;
 pub mod optim;

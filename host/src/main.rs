@@ -309,10 +309,13 @@ enum Command {
     Experiment {
         #[arg(long)]
         preset: String,
+        /// A small run of every row (for tests and a first look).
         #[arg(long)]
         quick: bool,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// The whole pipeline on built-in defaults.
     #[command(after_help = "Example: depthling demo --quick --out demo-out")]
@@ -616,10 +619,26 @@ fn dispatch(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Experiment { .. } => {
-            return Err(Error::NotAvailable(
-                "experiment (arrives with the distillation release)",
-            ))
+        Command::Experiment {
+            preset,
+            quick,
+            out,
+            json,
+        } => {
+            let r =
+                depthling_host::experiment::run(&depthling_host::experiment::ExperimentConfig {
+                    preset,
+                    quick,
+                    out: out.clone(),
+                    seed: 1,
+                    quiet,
+                })?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print!("{}", r.markdown());
+                println!("results in {}", out.display());
+            }
         }
         Command::Demo { quick, out, json } => {
             let mut cfg = if quick {

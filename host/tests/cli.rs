@@ -322,6 +322,62 @@ fn stage_commands_chain_end_to_end() {
         &p("s.safetensors"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // DDD (mixing + transformation network) on a sixth of the images, with the Hu loss; a
+    // resume of the finished run leaves the same student
+    let ddd = |out: &str, resume: bool| {
+        let mut args = vec![
+            "distill",
+            "--method",
+            "ddd",
+            "--teacher",
+            &p("t.safetensors"),
+            "--images",
+            &p("ood"),
+            "--images-fraction",
+            "1/6",
+            "--epochs",
+            "2",
+            "--loss",
+            "hu",
+            "--out",
+            out,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if resume {
+            args.push("--resume".into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = depthling(&refs);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // the weights (the file's metadata order may differ between writes)
+        let (net, _) =
+            depthling_host::nets::Net::load(Path::new(out), &candle_core::Device::Cpu).unwrap();
+        net.named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let first = ddd(&p("ddd.safetensors"), false);
+    assert!(dir.path().join("ddd.ckpt.safetensors").exists());
+    assert_eq!(ddd(&p("ddd.safetensors"), true), first);
+    // object mixing needs instance masks: indoor datasets have none
+    let o = depthling(&[
+        "distill",
+        "--method",
+        "ddd",
+        "--teacher",
+        &p("t.safetensors"),
+        "--images",
+        &p("indoor"),
+        "--out",
+        &p("never.safetensors"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("instance masks"), "{}", stderr(&o));
+    assert!(!dir.path().join("never.safetensors").exists());
     let q = json(&depthling(&[
         "quantize",
         "--model",
@@ -580,7 +636,7 @@ fn bad_input_exits_2_naming_the_problem() {
             vec![
                 "experiment".into(),
                 "--preset".into(),
-                "ddd".into(),
+                "lw".into(),
                 "--out".into(),
                 out.display().to_string(),
             ],
@@ -618,4 +674,63 @@ fn bad_input_exits_2_naming_the_problem() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn experiment_quick_runs_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ddd");
+    let o = depthling(&[
+        "experiment",
+        "--preset",
+        "ddd",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json(&o), r, "--json prints what results.json holds");
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "student_gt",
+            "kd",
+            "ddd_mix",
+            "ddd_transform",
+            "ddd",
+            "kd_1of6",
+            "ddd_1of6"
+        ]
+    );
+    for row in r["rows"].as_array().unwrap() {
+        let rmse = row["rmse"].as_f64().unwrap();
+        assert!(rmse.is_finite() && rmse > 0.0, "{row}");
+        assert!(row["params"].as_u64().unwrap() > 0);
+    }
+    // a sixth of the OOD images for the 1/6 rows
+    assert_eq!(r["rows"][6]["images"], 8);
+    assert_eq!(r["claims"].as_array().unwrap().len(), 4);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("| ddd_1of6 |") && md.contains("## Claims"),
+        "{md}"
+    );
+    let o = depthling(&[
+        "experiment",
+        "--preset",
+        "nope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
 }
