@@ -7,14 +7,23 @@ pub fn demo_student_and_frame(
     width: usize,
     height: usize,
 ) -> Result<(Vec<u8>, Vec<u8>), depthling_host::Error> {
+    student_and_frame("demo-student", width, height)
+}
+
+/// A freshly quantized student of architecture `arch` (e.g. `micro`) and an indoor frame.
+pub fn student_and_frame(
+    arch: &str,
+    width: usize,
+    height: usize,
+) -> Result<(Vec<u8>, Vec<u8>), depthling_host::Error> {
     use depthling_host::nets::{preset, Net};
     use depthling_host::quant::{quantize, Calibration, Provenance};
     use depthling_host::sim::{render_many, render_sample, Domain};
     let device = candle_core::Device::Cpu;
-    let net = Net::new(preset("demo-student", 1.0)?, &device, 0)?;
+    let net = Net::new(preset(arch, 1.0)?, &device, 0)?;
     let calib = render_many(Domain::Ood, width, height, 3, 0, 8, false);
     let prov = Provenance {
-        name: "demo-student".into(),
+        name: arch.into(),
         ..Default::default()
     };
     let model = quantize(&net.net, &calib, Calibration::MinMax, &prov, &device)?;
