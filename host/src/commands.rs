@@ -434,6 +434,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// `cpu` or `cuda`.
     pub device: String,
+    /// Small rotations and colour jitter on top of the flips.
+    pub augment: bool,
 }
 
 /// The candle device named `name`.
@@ -465,6 +467,7 @@ impl TrainOptions {
             lr: self.lr,
             seed: self.seed,
             loss: self.loss,
+            augment: self.augment,
             checkpoint: Some(crate::train::Checkpointing {
                 path: checkpoint_path(out),
                 every,

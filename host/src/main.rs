@@ -76,6 +76,9 @@ struct TrainFlags {
     /// cpu, or cuda (a build with `--features cuda`; GPU 0).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Only horizontal flips: no small rotations (±5°) or colour jitter (±20 %).
+    #[arg(long)]
+    no_augment: bool,
 }
 
 /// DDD's switches (`distill --method ddd`).
@@ -129,6 +132,7 @@ impl TrainFlags {
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
             device: self.device,
+            augment: !self.no_augment,
         })
     }
 }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::data::batch::{input_tensor, to_tensors, Augment, Batcher, HorizontalFlip};
+use crate::data::batch::{
+    input_tensor, to_tensors, Augment, Batcher, ColourJitter, HorizontalFlip, SmallRotation,
+};
 use crate::data::Sample;
 use crate::distill::TransformStage;
 use crate::error::{Error, Result};
@@ -42,6 +44,8 @@ pub struct TrainConfig {
     pub decay_at: f64,
     /// Random horizontal flips.
     pub flip: bool,
+    /// Small rotations (±5°) and colour jitter (±20 %), after the flip.
+    pub augment: bool,
     pub seed: u64,
     pub loss: Loss,
     pub checkpoint: Option<Checkpointing>,
@@ -58,6 +62,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             decay_at: 0.75,
             flip: true,
+            augment: false,
             seed: 0,
             loss: Loss::L1,
             checkpoint: None,
@@ -70,13 +75,14 @@ impl TrainConfig {
     /// What a checkpoint must agree on to be resumed by this run.
     fn fingerprint(&self) -> String {
         format!(
-            "steps={} batch={} lr={} wd={} decay_at={} flip={} seed={} loss={:?} {}",
+            "steps={} batch={} lr={} wd={} decay_at={} flip={} augment={} seed={} loss={:?} {}",
             self.steps,
             self.batch_size,
             self.lr,
             self.weight_decay,
             self.decay_at,
             self.flip,
+            self.augment,
             self.seed,
             self.loss,
             self.tag
@@ -220,6 +226,11 @@ pub fn train_with(
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
         batches = batches.with(HorizontalFlip { p: 0.5 });
+    }
+    if cfg.augment {
+        batches = batches
+            .with(SmallRotation { max_degrees: 5.0 })
+            .with(ColourJitter { amount: 0.2 });
     }
     for a in augment {
         batches = batches.with_boxed(a);

@@ -62,6 +62,83 @@ impl Augment for HorizontalFlip {
     }
 }
 
+/// Colour jitter: brightness, contrast and saturation each scaled by a factor in
+/// `[1 − amount, 1 + amount]` (depth unchanged).
+#[derive(Clone, Copy, Debug)]
+pub struct ColourJitter {
+    pub amount: f32,
+}
+
+impl Augment for ColourJitter {
+    fn apply(&self, s: &Sample, rng: &mut Rng) -> Sample {
+        let mut f = || rng.range(1.0 - self.amount, 1.0 + self.amount);
+        let (brightness, contrast, saturation) = (f(), f(), f());
+        let n = (s.rgb.len() / 3).max(1) as f32;
+        let mean = s.rgb.iter().map(|&v| v as f32).sum::<f32>() / (3.0 * n);
+        let jitter = |rgb: &[u8]| -> Vec<u8> {
+            let mut out = Vec::with_capacity(rgb.len());
+            for px in rgb.chunks_exact(3) {
+                let grey = 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32;
+                for &c in px {
+                    let v = grey + (c as f32 - grey) * saturation;
+                    let v = mean + (v - mean) * contrast;
+                    out.push((v * brightness).round().clamp(0.0, 255.0) as u8);
+                }
+            }
+            out
+        };
+        Sample {
+            rgb: jitter(&s.rgb),
+            right: s.right.as_deref().map(jitter),
+            ..s.clone()
+        }
+    }
+}
+
+/// A small rotation about the image centre by up to `max_degrees` (nearest neighbour): pixels
+/// that come from outside the image are black with invalid (0) depth, so losses skip them.
+#[derive(Clone, Copy, Debug)]
+pub struct SmallRotation {
+    pub max_degrees: f32,
+}
+
+impl Augment for SmallRotation {
+    fn apply(&self, s: &Sample, rng: &mut Rng) -> Sample {
+        let angle = rng.range(-self.max_degrees, self.max_degrees).to_radians();
+        if s.right.is_some() {
+            // a rotated pair is no longer rectified: leave stereo samples alone
+            return s.clone();
+        }
+        let (w, h) = (s.width, s.height);
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let (sin, cos) = angle.sin_cos();
+        let mut out = Sample {
+            rgb: vec![0; w * h * 3],
+            depth: vec![0.0; w * h],
+            instance: s.instance.as_ref().map(|_| vec![0; w * h]),
+            ..s.clone()
+        };
+        for y in 0..h {
+            for x in 0..w {
+                // inverse map: where in the source does output (x, y) come from
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                let sx = (cos * dx + sin * dy + cx).round();
+                let sy = (-sin * dx + cos * dy + cy).round();
+                if sx < 0.0 || sy < 0.0 || sx >= w as f32 || sy >= h as f32 {
+                    continue;
+                }
+                let (src, dst) = (sy as usize * w + sx as usize, y * w + x);
+                out.rgb[dst * 3..dst * 3 + 3].copy_from_slice(&s.rgb[src * 3..src * 3 + 3]);
+                out.depth[dst] = s.depth[src];
+                if let (Some(o), Some(i)) = (out.instance.as_mut(), s.instance.as_ref()) {
+                    o[dst] = i[src];
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Draws random batches (with replacement) and applies the augmentations in order.
 pub struct Batcher<'a> {
     samples: &'a [Sample],
@@ -224,5 +301,31 @@ mod tests {
         assert_eq!(d.dims(), &[3, 1, 2, 4]);
         assert_eq!(m.sum_all().unwrap().to_scalar::<f32>().unwrap(), 24.0);
         assert!(Batcher::new(&[sample(4, 2), sample(2, 2)], 2, 0).is_err());
+    }
+
+    /// Jitter keeps depth and size; rotation keeps every pixel it moves (values come from the
+    /// source) and marks what came from outside as invalid; zero rotation is the identity.
+    #[test]
+    fn jitter_and_rotation_keep_labels_consistent() {
+        let s = sample(9, 7);
+        let mut rng = Rng::new(3);
+        let j = ColourJitter { amount: 0.2 }.apply(&s, &mut rng);
+        assert_eq!(
+            (j.depth.clone(), j.rgb.len()),
+            (s.depth.clone(), s.rgb.len())
+        );
+        assert_ne!(j.rgb, s.rgb);
+        let still = SmallRotation { max_degrees: 0.0 }.apply(&s, &mut rng);
+        assert_eq!((still.rgb, still.depth), (s.rgb.clone(), s.depth.clone()));
+        let r = SmallRotation { max_degrees: 10.0 }.apply(&s, &mut rng);
+        for (i, &d) in r.depth.iter().enumerate() {
+            if d == 0.0 {
+                assert_eq!(r.rgb[i * 3..i * 3 + 3], [0, 0, 0]);
+            } else {
+                // a source pixel: its depth value exists in the original, with its colour
+                let src = s.depth.iter().position(|&v| v == d).unwrap();
+                assert_eq!(r.rgb[i * 3..i * 3 + 3], s.rgb[src * 3..src * 3 + 3]);
+            }
+        }
     }
 }
