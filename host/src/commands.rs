@@ -331,7 +331,8 @@ pub struct Profile {
     pub params: u64,
     pub macs: u64,
     /// Parameters as PyTorch counts them (BatchNorm's γ and β separate): the papers' figure.
-    pub train_params: u64,
+    /// `None` for a `.dlm`, whose BatchNorm is folded away.
+    pub train_params: Option<u64>,
     /// Size of the int8 `.dlm` (or of the ONNX file from `export --format onnx`); `None` for an
     /// architecture the int8 engine does not run (teachers) or a size it cannot export.
     pub flash_bytes: Option<u64>,
@@ -349,7 +350,7 @@ pub fn profile_model(path: &Path) -> Result<Profile> {
     let m = file.model()?;
     Ok(Profile {
         params: m.params(),
-        train_params: m.params(),
+        train_params: None,
         macs: m.macs(),
         flash_bytes: Some(file.bytes.len() as u64),
         arena_bytes: Some(m.arena_bytes as u64),
@@ -368,7 +369,7 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
     let shapes = spec.shapes(width, height)?;
     let mut profile = Profile {
         params,
-        train_params,
+        train_params: Some(train_params),
         macs,
         flash_bytes: None,
         arena_bytes: None,
@@ -758,7 +759,7 @@ fn export_onnx(
     let spec = net.net.spec();
     let profile = Profile {
         params: spec.params() as u64,
-        train_params: spec.train_params() as u64,
+        train_params: Some(spec.train_params() as u64),
         macs: spec.macs(width, height)?,
         flash_bytes: Some(bytes.len() as u64),
         // tract plans its own memory; the arena is the int8 engine's

@@ -244,14 +244,8 @@ pub struct TransformStage<'a> {
 impl<'a> TransformStage<'a> {
     pub fn new(teacher: &'a GraphNet, device: &Device, seed: u64, lr: f64) -> Result<Self> {
         let transform = Transform::new(device, seed)?;
-        let named = transform
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| Error::Runtime("variable store poisoned".into()))?
-            .clone();
         Ok(TransformStage {
-            opt: Adam::new(named, lr, 0.0)?,
+            opt: Adam::new(crate::nets::vars_by_name(&transform.vars)?, lr, 0.0)?,
             transform,
             teacher,
             identity: 0.1,
@@ -262,16 +256,7 @@ impl<'a> TransformStage<'a> {
 
     /// T's weights and Adam moments (for checkpoints).
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        let data = self
-            .transform
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        let mut out: Vec<(String, Tensor)> = data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let mut out = crate::nets::var_tensors(&self.transform.vars)?;
         out.extend(self.opt.state());
         out.push((
             "losses".into(),
@@ -282,19 +267,7 @@ impl<'a> TransformStage<'a> {
 
     /// Restores [`TransformStage::state`].
     pub fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
-        let data = self
-            .transform
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        for (name, var) in data.iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| Error::Runtime(format!("checkpoint lacks transform.{name}")))?;
-            var.set(&t.to_device(var.device())?)?;
-        }
-        drop(data);
+        crate::nets::set_vars(&self.transform.vars, tensors)?;
         let losses = tensors
             .get("losses")
             .ok_or_else(|| Error::Runtime("checkpoint lacks transform.losses".into()))?;

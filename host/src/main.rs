@@ -600,9 +600,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 let bytes = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} bytes"));
                 println!(
-                    "params {} ({} counting BatchNorm γ/β)  MACs {}  flash {}  arena {}",
+                    "params {}{}  MACs {}  flash {}  arena {}",
                     p.params,
-                    p.train_params,
+                    p.train_params
+                        .map(|t| format!(" ({t} counting BatchNorm γ/β)"))
+                        .unwrap_or_default(),
                     p.macs,
                     bytes(p.flash_bytes),
                     bytes(p.arena_bytes)

@@ -44,12 +44,30 @@ impl Adam {
     /// One update from `grads`; `Err` naming the variable if a gradient is not finite, before
     /// anything is changed.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (name, var, _, _) in &self.vars {
+        // one device sync: a NaN or Inf anywhere makes the sum of |g| non-finite; only then
+        // look for the variable to name
+        let mut total: Option<Tensor> = None;
+        for (_, var, _, _) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let s = g.abs()?.sum_all()?.to_scalar::<f32>()?;
-                if !s.is_finite() {
-                    return Err(Error::Runtime(format!("the gradient of {name} is {s}")));
+                let s = g.abs()?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => (t + s)?,
+                    None => s,
+                });
+            }
+        }
+        if let Some(t) = total {
+            let sum = t.to_scalar::<f32>()?;
+            if !sum.is_finite() {
+                for (name, var, _, _) in &self.vars {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        let s = g.abs()?.sum_all()?.to_scalar::<f32>()?;
+                        if !s.is_finite() {
+                            return Err(Error::Runtime(format!("the gradient of {name} is {s}")));
+                        }
+                    }
                 }
+                return Err(Error::Runtime(format!("the gradients sum to {sum}")));
             }
         }
         self.t += 1;

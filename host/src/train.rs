@@ -105,11 +105,6 @@ pub struct StepInfo {
     pub loss: f32,
 }
 
-/// Masked L1: mean |d − g| over pixels with `mask = 1`.
-pub fn masked_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    Loss::L1.compute(pred, target, mask)
-}
-
 /// Writes a checkpoint (through a temporary name: an interrupted write never replaces the last
 /// good one).
 fn save_checkpoint(
@@ -216,13 +211,11 @@ pub fn train_with(
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
-    let named = net
-        .vars
-        .data()
-        .lock()
-        .map_err(|_| Error::Runtime("variable store poisoned".into()))?
-        .clone();
-    let mut opt = Adam::new(named, cfg.lr, cfg.weight_decay)?;
+    let mut opt = Adam::new(
+        crate::nets::vars_by_name(&net.vars)?,
+        cfg.lr,
+        cfg.weight_decay,
+    )?;
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
         batches = batches.with(HorizontalFlip { p: 0.5 });

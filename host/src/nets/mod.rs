@@ -257,6 +257,43 @@ pub fn write_safetensors(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The variables of `vars` by name (what an optimizer updates).
+pub fn vars_by_name(vars: &VarMap) -> Result<HashMap<String, candle_core::Var>> {
+    Ok(vars
+        .data()
+        .lock()
+        .map_err(|_| Error::Runtime("variable store poisoned".into()))?
+        .clone())
+}
+
+/// The values of `vars` by name, sorted (what a checkpoint stores).
+pub fn var_tensors(vars: &VarMap) -> Result<Vec<(String, candle_core::Tensor)>> {
+    let mut out: Vec<(String, candle_core::Tensor)> = vars_by_name(vars)?
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Sets every variable of `vars` from `tensors`; all must be present with their shapes.
+pub fn set_vars(vars: &VarMap, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
+    for (name, var) in vars_by_name(vars)? {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| Error::Runtime(format!("checkpoint lacks {name}")))?;
+        if t.dims() != var.as_tensor().dims() {
+            return Err(Error::Runtime(format!(
+                "checkpoint's {name} is {:?}, the network's {:?}",
+                t.dims(),
+                var.as_tensor().dims()
+            )));
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
 /// A network with its variables.
 pub struct Net {
     pub net: GraphNet,
@@ -300,40 +337,12 @@ impl Net {
 
     /// Every variable (weights and BatchNorm statistics) by name.
     pub fn named_tensors(&self) -> Result<Vec<(String, candle_core::Tensor)>> {
-        let data = self
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        let mut out: Vec<(String, candle_core::Tensor)> = data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        var_tensors(&self.vars)
     }
 
     /// Sets every variable from `tensors` (a checkpoint); all must be present with their shapes.
     pub fn restore(&self, tensors: &HashMap<String, candle_core::Tensor>) -> Result<()> {
-        let data = self
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-        for (name, var) in data.iter() {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| Error::Runtime(format!("checkpoint lacks {name}")))?;
-            if t.dims() != var.as_tensor().dims() {
-                return Err(Error::Runtime(format!(
-                    "checkpoint's {name} is {:?}, the network's {:?}",
-                    t.dims(),
-                    var.as_tensor().dims()
-                )));
-            }
-            var.set(&t.to_device(&self.device)?)?;
-        }
-        Ok(())
+        set_vars(&self.vars, tensors)
     }
 
     /// Writes weights, BatchNorm statistics and the architecture (metadata `depthling.arch`) to a

@@ -139,7 +139,7 @@ pub fn upsample_bilinear(x: &Tensor, factor: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nets::ops::tests::random;
+    use crate::nets::ops::tests::{max_diff, random};
     use candle_core::{Device, Var};
 
     /// Matches candle's own forward (`align_corners = false`) away from candle's edge rule, and
@@ -156,16 +156,7 @@ mod tests {
         let x = random(&[2, 3, 5, 4], 3);
         let ours = upsample_bilinear(&x, 2).unwrap();
         let theirs = x.upsample_bilinear2d(10, 8, false).unwrap();
-        let d = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&ours, &theirs);
         assert!(d < 1e-5, "differs from candle's bilinear by {d}");
     }
 
