@@ -498,7 +498,7 @@ pub struct TrainTeacherConfig {
 /// Prints training progress (step, loss, ETA) on stderr about 20 times per run, unless quiet.
 pub fn training_progress(
     quiet: bool,
-    label: &'static str,
+    label: &str,
     steps: usize,
     batch_size: usize,
 ) -> impl FnMut(crate::train::StepInfo) {
@@ -521,9 +521,50 @@ pub fn training_progress(
     }
 }
 
+/// What `train-teacher` and `distill` report (`--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub out: PathBuf,
+    pub arch: String,
+    pub params: u64,
+    /// Training images (after `--images-fraction`; without the held-out split).
+    pub images: usize,
+    pub steps: usize,
+    pub seconds: f64,
+    pub loss_first: f32,
+    pub loss_last: f32,
+    /// `train-teacher`: metrics on the held-out split (none when it is empty).
+    pub test: Option<crate::eval::EvalReport>,
+}
+
+impl TrainReport {
+    fn new(
+        o: &TrainOptions,
+        net: &Net,
+        images: usize,
+        losses: &[f32],
+        start: Instant,
+        out: &Path,
+    ) -> Self {
+        TrainReport {
+            out: out.to_path_buf(),
+            arch: o.arch.clone(),
+            params: net.net.spec().params() as u64,
+            images,
+            steps: losses.len(),
+            seconds: start.elapsed().as_secs_f64(),
+            loss_first: losses.first().copied().unwrap_or(f32::NAN),
+            loss_last: losses.last().copied().unwrap_or(f32::NAN),
+            test: None,
+        }
+    }
+}
+
 /// `depthling train-teacher`: supervised training on a labeled dataset; a deterministic share is
-/// held out and evaluated at the end (`None` when the dataset is too small to hold any out).
-pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::EvalReport>> {
+/// held out and evaluated at the end (`test` is `None` when the dataset is too small to hold any
+/// out).
+pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<TrainReport> {
+    let start = Instant::now();
     let o = &cfg.options;
     let samples = Dataset::open(&cfg.data, o.depth_scale)?.load_all(None)?;
     let (train_idx, test_idx) = crate::data::batch::split(samples.len(), cfg.test_fraction, o.seed);
@@ -539,7 +580,7 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::Eva
     let device = device(&o.device)?;
     let net = o.network(w, h, &device)?;
     let tc = o.config(train_set.len(), &cfg.out);
-    train(
+    let losses = train(
         &net,
         &train_set,
         Target::Labels,
@@ -550,11 +591,16 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<Option<crate::eval::Eva
         &cfg.out,
         &[("kind", "teacher".into()), ("size", format!("{w}x{h}"))],
     )?;
-    if test_set.is_empty() {
-        return Ok(None);
+    let mut report = TrainReport::new(o, &net, train_set.len(), &losses, start, &cfg.out);
+    if !test_set.is_empty() {
+        let preds = crate::train::predict(&net.net, &test_set, &device)?;
+        report.test = Some(crate::eval::evaluate(
+            &preds,
+            &test_set,
+            &depthling_metrics::EvalConfig::default(),
+        )?);
     }
-    let preds = crate::train::predict(&net.net, &test_set, &device)?;
-    crate::eval::evaluate(&preds, &test_set, &depthling_metrics::EvalConfig::default()).map(Some)
+    Ok(report)
 }
 
 #[derive(Clone, Debug)]
@@ -572,7 +618,8 @@ pub struct DistillConfig {
 
 /// `depthling distill --method kd|ddd`: the student learns the teacher's predictions on
 /// (unlabeled) images; `ddd` adds object mixing and the transformation network.
-pub fn distill(cfg: &DistillConfig) -> Result<()> {
+pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
+    let start = Instant::now();
     let ddd = match cfg.method.as_str() {
         "kd" => crate::distill::DddOptions::kd(),
         "ddd" => cfg.ddd.clone(),
@@ -596,7 +643,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
     teacher.net.spec().shapes(w, h)?;
     let student = o.network(w, h, &device)?;
     let tc = o.config(samples.len(), &cfg.out);
-    crate::distill::distill(
+    let losses = crate::distill::distill(
         &student,
         &teacher.net,
         &samples,
@@ -612,7 +659,15 @@ pub fn distill(cfg: &DistillConfig) -> Result<()> {
             ("method", cfg.method.clone()),
             ("teacher", cfg.teacher.display().to_string()),
         ],
-    )
+    )?;
+    Ok(TrainReport::new(
+        o,
+        &student,
+        samples.len(),
+        &losses,
+        start,
+        &cfg.out,
+    ))
 }
 
 /// What `depthling quantize` reports.
@@ -621,54 +676,132 @@ pub struct QuantizeReport {
     #[serde(flatten)]
     pub profile: Profile,
     pub calibration: String,
-    /// Per-layer SQNR of int8 against f32 on calibration images.
+    /// Per-layer SQNR of int8 against f32 (after QAT: the fine-tuned f32 network) on calibration
+    /// images.
     pub layers: Vec<crate::quant::LayerError>,
+    /// Mean |int8 depth − f32 depth| in metres over the calibration images (f32: the network as
+    /// loaded, before any QAT).
+    pub int8_vs_f32_m: f64,
     /// Metrics of the f32 and int8 models on the calibration images, where they have depth.
     pub metrics_f32: Option<crate::eval::EvalReport>,
     pub metrics_int8: Option<crate::eval::EvalReport>,
+    /// The QAT fine-tune, when `--qat-epochs` > 0, with the post-training result it replaced.
+    pub qat: Option<QatReport>,
 }
 
-/// `depthling quantize`: int8 PTQ of a student checkpoint, calibrated on a dataset's images; reports
-/// per-layer SQNR and the end-to-end metric change.
+/// A QAT fine-tune inside `depthling quantize`.
+#[derive(Clone, Debug, Serialize)]
+pub struct QatReport {
+    pub epochs: usize,
+    pub lr: f64,
+    pub steps: usize,
+    /// Mean |fake-quantized − f32| depth (metres) of the first and last step.
+    pub loss_first: f32,
+    pub loss_last: f32,
+    /// The post-training-quantized model before QAT: mean |int8 − f32| (metres) and metrics.
+    pub ptq_int8_vs_f32_m: f64,
+    pub ptq_metrics_int8: Option<crate::eval::EvalReport>,
+}
+
+/// Mean absolute difference of two sets of depth maps.
+fn mean_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for (u, v) in x.iter().zip(y) {
+            sum += (u - v).abs() as f64;
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f64
+}
+
+/// Settings of `depthling quantize`.
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    pub calibration: Calibration,
+    /// Depth units per metre of a CSV calibration list.
+    pub depth_scale: f32,
+    /// QAT fine-tune epochs over the calibration images (0: post-training quantization only).
+    pub qat: crate::quant::QatConfig,
+    pub quiet: bool,
+}
+
+/// `depthling quantize`: int8 quantization of a student checkpoint, calibrated on a dataset's
+/// images, optionally fine-tuned quantization-aware; reports per-layer SQNR and the end-to-end
+/// change.
 pub fn quantize_file(
     model: &Path,
     calib: &Path,
-    depth_scale: f32,
-    calibration: Calibration,
     out: &Path,
-    quiet: bool,
+    o: &QuantizeOptions,
 ) -> Result<QuantizeReport> {
+    use crate::progress::Progress;
+    use crate::quant::{calibrate_observed, calibration_passes, quantize_with, run_int8};
     let device = Device::Cpu;
     let (net, meta) = Net::load(model, &device)?;
-    let ds = Dataset::open(calib, depth_scale)?;
+    let ds = Dataset::open(calib, o.depth_scale)?;
     let samples = ds.load_all(None)?;
-    net.net.spec().shapes(samples[0].width, samples[0].height)?;
-    progress(
-        quiet,
-        &format!("quantize: calibrating on {} images", samples.len()),
-    );
+    let size = (samples[0].width, samples[0].height);
+    net.net.spec().shapes(size.0, size.1)?;
     let prov = Provenance {
         name: net.net.spec().name.clone(),
         teacher: meta.get("depthling.teacher").cloned().unwrap_or_default(),
         method: meta.get("depthling.method").cloned().unwrap_or_default(),
         metrics: vec![],
     };
-    let bytes = quantize(&net.net, &samples, calibration, &prov, &device)?;
+    let passes = calibration_passes(o.calibration);
+    let mut p = Progress::new(
+        o.quiet,
+        &format!("quantize: calibrate ({})", o.calibration.name()),
+        passes * samples.len(),
+        "img",
+    );
+    let plan = calibrate_observed(&net.net, &samples, o.calibration, &device, |n| {
+        p.advance(n, None)
+    })?;
+    p.finish(&format!("{} images, {passes} pass(es)", samples.len()));
+    let cfg = depthling_metrics::EvalConfig::default();
+    let f32_pred = crate::train::predict(&net.net, &samples, &device)?;
+    let qat = if o.qat.epochs > 0 {
+        let ptq = quantize_with(&net.net, &plan, size, &prov)?;
+        let ptq = Model::from_bytes(&ptq)
+            .map_err(|e| Error::Runtime(format!("quantized model invalid: {e}")))?;
+        let ptq_pred = run_int8(&ptq, &samples)?;
+        let steps = o.qat.epochs * samples.len().div_ceil(o.qat.batch_size.max(1));
+        let mut p = Progress::new(o.quiet, "quantize: QAT", steps, "steps");
+        let losses = crate::quant::qat::finetune(&net, &plan, &samples, &o.qat, |_, _, loss| {
+            p.advance(1, Some(format!("loss {loss:.4} m")))
+        })?;
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        p.finish(&format!("{steps} steps, loss {first:.4} → {last:.4} m"));
+        Some(QatReport {
+            epochs: o.qat.epochs,
+            lr: o.qat.lr,
+            steps,
+            loss_first: first,
+            loss_last: last,
+            ptq_int8_vs_f32_m: mean_abs_diff(&ptq_pred, &f32_pred),
+            ptq_metrics_int8: crate::eval::evaluate(&ptq_pred, &samples, &cfg).ok(),
+        })
+    } else {
+        None
+    };
+    let bytes = quantize_with(&net.net, &plan, size, &prov)?;
     let m = Model::from_bytes(&bytes)
         .map_err(|e| Error::Runtime(format!("quantized model invalid: {e}")))?;
     let layers = crate::quant::layer_report(&net.net, &m, &samples, &device)?;
-    let cfg = depthling_metrics::EvalConfig::default();
-    let f32_pred = crate::train::predict(&net.net, &samples, &device)?;
-    let int8_pred = crate::quant::run_int8(&m, &samples)?;
+    let int8_pred = run_int8(&m, &samples)?;
     let metrics_f32 = crate::eval::evaluate(&f32_pred, &samples, &cfg).ok();
     let metrics_int8 = crate::eval::evaluate(&int8_pred, &samples, &cfg).ok();
     write_atomic(out, &bytes)?;
     Ok(QuantizeReport {
         profile: profile_model(out)?,
-        calibration: calibration.name().into(),
+        calibration: o.calibration.name().into(),
         layers,
+        int8_vs_f32_m: mean_abs_diff(&int8_pred, &f32_pred),
         metrics_f32,
         metrics_int8,
+        qat,
     })
 }
 
@@ -783,8 +916,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// `depthling eval --model M --data DIR`: a `.dlm` through the int8 engine, or a safetensors
-/// checkpoint in f32, on a dataset.
+/// What `eval --model` computed: the metrics, and what its report shows.
+pub struct ModelEval {
+    pub report: crate::eval::EvalReport,
+    /// `int8` (a `.dlm` through the engine) or `f32` (a checkpoint through candle).
+    pub kind: &'static str,
+    pub params: u64,
+    pub file_bytes: u64,
+    /// The int8 engine's arena (`.dlm` only).
+    pub arena_bytes: Option<u64>,
+    /// Wall time per image of the predictions on this machine (all cores).
+    pub ms_per_image: f64,
+    pub samples: Vec<Sample>,
+    pub preds: Vec<Vec<f32>>,
+}
+
+/// `depthling eval --model M --data DIR`: runs a `.dlm` (int8 engine) or a checkpoint (f32) on a
+/// dataset and evaluates it, with progress over the images.
 pub fn eval_model(
     model: &Path,
     data: &Path,
@@ -792,15 +940,24 @@ pub fn eval_model(
     protocol: depthling_metrics::Protocol,
     median_scaling: bool,
     quiet: bool,
-) -> Result<crate::eval::EvalReport> {
+) -> Result<ModelEval> {
     let ds = Dataset::open(data, depth_scale)?;
     let samples = ds.load_all(None)?;
-    progress(quiet, &format!("eval: {} images", samples.len()));
     let cfg = depthling_metrics::EvalConfig {
         median_scaling,
         ..protocol.config()
     };
-    let preds = if model
+    let file_bytes = std::fs::metadata(model)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::bad_input(model, "model file not found"),
+            _ => Error::io(model, e),
+        })?
+        .len();
+    let mut p = crate::progress::Progress::new(quiet, "eval", samples.len(), "img");
+    let start = Instant::now();
+    let mut preds = Vec::with_capacity(samples.len());
+    let (kind, params, arena_bytes);
+    if model
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("dlm"))
     {
@@ -818,12 +975,103 @@ pub fn eval_model(
                 ),
             ));
         }
-        crate::quant::run_int8(&m, &samples)?
+        for chunk in samples.chunks(32) {
+            preds.extend(crate::quant::run_int8(&m, chunk)?);
+            p.advance(chunk.len(), None);
+        }
+        (kind, params, arena_bytes) = ("int8", m.params(), Some(m.arena_bytes as u64));
     } else {
         let device = Device::Cpu;
         let (net, _) = Net::load(model, &device)?;
         net.net.spec().shapes(samples[0].width, samples[0].height)?;
-        crate::train::predict(&net.net, &samples, &device)?
+        for chunk in samples.chunks(32) {
+            preds.extend(crate::train::predict(&net.net, chunk, &device)?);
+            p.advance(chunk.len(), None);
+        }
+        (kind, params, arena_bytes) = ("f32", net.net.spec().params() as u64, None);
+    }
+    let ms_per_image = start.elapsed().as_secs_f64() * 1e3 / samples.len() as f64;
+    let report = crate::eval::evaluate(&preds, &samples, &cfg)?;
+    p.finish(&format!(
+        "{} images ({kind}), RMSE {:.4}, δ1 {:.4}",
+        samples.len(),
+        report.rmse,
+        report.delta1
+    ));
+    Ok(ModelEval {
+        report,
+        kind,
+        params,
+        file_bytes,
+        arena_bytes,
+        ms_per_image,
+        samples,
+        preds,
+    })
+}
+
+/// `eval --model … --report DIR`: `DIR/index.html` with the metrics table, a metrics chart, the
+/// error by ground-truth depth, a sample grid (RGB | ground truth | prediction | error), model
+/// size, arena and speed.
+pub fn write_eval_report(dir: &Path, model: &Path, data: &Path, e: &ModelEval) -> Result<()> {
+    use crate::report::{
+        error_by_depth, esc, metrics_table, sample_sheet, sheet_img, write_page, MetricRow,
     };
-    crate::eval::evaluate(&preds, &samples, &cfg)
+    std::fs::create_dir_all(dir).map_err(|err| Error::io(dir, err))?;
+    let sheet = sample_sheet(&dir.join("samples.png"), &e.samples, &[&e.preds], 8)?;
+    let m = &e.report;
+    crate::plot::bar_chart(
+        "metrics",
+        "value",
+        &[
+            "AbsRel (lower)",
+            "RMSE m (lower)",
+            "δ1 (higher)",
+            "δ2 (higher)",
+        ],
+        &[(e.kind, vec![m.abs_rel, m.rmse, m.delta1, m.delta2])],
+    )
+    .save(&dir.join("metrics.png"))?;
+    let (labels, errors) = error_by_depth(&e.samples, &e.preds, 8);
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    crate::plot::bar_chart(
+        "mean |error| by ground-truth depth",
+        "metres",
+        &labels,
+        &[("mean |d - g|", errors)],
+    )
+    .save(&dir.join("error_by_depth.png"))?;
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let first = &e.samples[0];
+    let body = format!(
+        "<p><code>{model}</code> ({kind}) on <code>{data}</code>: {n} images at {w}×{h}.</p>
+{table}<p>{params} parameters, file {bytes} bytes{arena}, {ms:.2} ms per image on this machine.</p>
+<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">
+<h2>Error by depth</h2><img src=\"error_by_depth.png\" width=\"720\">
+<h2>Samples</h2><p>RGB | ground truth | prediction | error (dark = large)</p>{img}
+",
+        model = esc(&model.display().to_string()),
+        kind = e.kind,
+        data = esc(&data.display().to_string()),
+        n = m.images,
+        w = first.width,
+        h = first.height,
+        table = metrics_table(&[MetricRow {
+            name: &name,
+            metrics: m,
+            params: Some(e.params),
+        }]),
+        params = e.params,
+        bytes = e.file_bytes,
+        arena = e
+            .arena_bytes
+            .map(|a| format!(", arena {a} bytes"))
+            .unwrap_or_default(),
+        ms = e.ms_per_image,
+        img = sheet_img("samples.png", sheet),
+    );
+    write_page(dir, &format!("depthling eval: {name}"), &body)
 }

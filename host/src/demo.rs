@@ -11,7 +11,7 @@ use depthling_metrics::Protocol;
 use serde::Serialize;
 
 use crate::commands::{progress, training_progress, write_atomic, DlmFile};
-use crate::data::{png, Sample};
+use crate::data::Sample;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::nets::{preset, Net};
@@ -343,7 +343,7 @@ fn write_charts(dir: &Path, result: &DemoResult, losses: &[&Vec<f32>; 2]) -> Res
 }
 
 /// `report/index.html` with a sample grid (RGB | ground truth | teacher | student f32 | student
-/// int8 | |error| of int8) and the metrics table.
+/// int8 | error of int8), the metrics table and charts, model size, arena and speed.
 fn write_report(
     out: &Path,
     result: &DemoResult,
@@ -351,71 +351,47 @@ fn write_report(
     preds: &[&Vec<Vec<f32>>; 3],
     losses: &[&Vec<f32>; 2],
 ) -> Result<()> {
+    use crate::report::{metrics_table, sample_sheet, sheet_img, write_page, MetricRow};
     let dir = out.join("report");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let n = samples.len().min(6);
-    let Some(first) = samples.first() else {
-        return Ok(());
-    };
-    let (w, h) = (first.width, first.height);
-    let cols = 6;
-    let (sw, sh) = (cols * (w + 2), n * (h + 2));
-    let mut sheet = vec![255u8; sw * sh * 3];
-    for (row, s) in samples.iter().take(n).enumerate() {
-        let (lo, hi) = png::depth_range(&s.depth);
-        let err: Vec<f32> = preds[2][row]
-            .iter()
-            .zip(&s.depth)
-            .map(|(p, g)| if *g > 0.0 { (p - g).abs() } else { 0.0 })
-            .collect();
-        let mut tiles = vec![s.rgb.clone(), png::colorize_depth(&s.depth, lo, hi)];
-        for p in preds {
-            tiles.push(png::colorize_depth(&p[row], lo, hi));
-        }
-        tiles.push(png::colorize_depth(
-            &err.iter()
-                .map(|e| if *e > 0.0 { 1.0 / (1.0 + e) } else { 0.0 })
-                .collect::<Vec<_>>(),
-            0.0,
-            1.0,
-        ));
-        for (col, tile) in tiles.iter().enumerate() {
-            for y in 0..h {
-                let dst = ((row * (h + 2) + y) * sw + col * (w + 2)) * 3;
-                sheet[dst..dst + w * 3].copy_from_slice(&tile[y * w * 3..(y + 1) * w * 3]);
-            }
-        }
-    }
-    png::write_rgb(&dir.join("samples.png"), sw, sh, &sheet)?;
+    let sheet = sample_sheet(
+        &dir.join("samples.png"),
+        samples,
+        &[preds[0], preds[1], preds[2]],
+        6,
+    )?;
     write_charts(&dir, result, losses)?;
-    let mut rows = String::new();
-    for r in &result.rows {
-        let m = &r.metrics;
-        rows += &format!(
-            "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>\n",
-            r.name, m.abs_rel, m.sq_rel, m.rmse, m.rmse_log, m.delta1, r.params
-        );
-    }
+    let mut rows: Vec<MetricRow> = result
+        .rows
+        .iter()
+        .map(|r| MetricRow {
+            name: &r.name,
+            metrics: &r.metrics,
+            params: Some(r.params),
+        })
+        .collect();
+    rows.push(MetricRow {
+        name: "mean depth (baseline)",
+        metrics: &result.mean_depth_baseline,
+        params: Some(0),
+    });
     let b = &result.mean_depth_baseline;
-    rows += &format!(
-        "<tr><td>mean depth (baseline)</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>0</td></tr>\n",
-        b.abs_rel, b.sq_rel, b.rmse, b.rmse_log, b.delta1
-    );
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>depthling demo</title>\
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>\
-<h1>depthling demo</h1><p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; wall time {wall:.0} s.</p>\
-<table><tr><th>model</th><th>AbsRel</th><th>SqRel</th><th>RMSE</th><th>RMSElog</th><th>δ1</th><th>params</th></tr>\n{rows}</table>\
-<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>\
-<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\"><h2>Training</h2><img src=\"loss.png\" width=\"720\">\
-<h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error (dark = large)</p><img src=\"samples.png\" style=\"image-rendering:pixelated;width:{dw}px\"></body></html>\n",
+    let body = format!(
+        "<p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; wall time {wall:.0} s.</p>
+{table}<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>
+<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\"><h2>Training</h2><img src=\"loss.png\" width=\"720\">
+<h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error (dark = large)</p>{img}
+",
+        w = result.width,
+        h = result.height,
         proto = result.protocol,
         imgs = b.images,
+        table = metrics_table(&rows),
         bytes = result.dlm_bytes,
         arena = result.arena_bytes,
         ms = result.int8_ms_per_image,
         wall = result.wall_seconds,
-        dw = sw * 2,
+        img = sheet_img("samples.png", sheet),
     );
-    write_atomic(&dir.join("index.html"), html.as_bytes())
+    write_page(&dir, "depthling demo", &body)
 }

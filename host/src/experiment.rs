@@ -8,7 +8,7 @@ use candle_core::Device;
 use depthling_metrics::Protocol;
 use serde::Serialize;
 
-use crate::commands::{progress, write_atomic};
+use crate::commands::{progress, training_progress, write_atomic};
 use crate::data::Sample;
 use crate::distill::{budget, distill, DddOptions};
 use crate::error::{Error, Result};
@@ -208,8 +208,21 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         ..TrainConfig::default()
     };
     let mut rows = Vec::new();
+    // predictions on the first test images (the report's sample grid) and losses, per row
+    let preview = &test[..test.len().min(6)];
+    let mut previews: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    let mut curves: Vec<(String, Vec<f32>)> = Vec::new();
+    let bar = |name: &str, steps: usize| {
+        training_progress(
+            cfg.quiet,
+            &format!("experiment ddd: {name}"),
+            steps,
+            b.batch_size,
+        )
+    };
     let mut row = |name: &str, net: &Net, images: usize, t: Instant, setting: String| {
         let metrics = eval(net, &test, &device)?;
+        previews.push((name.into(), predict(&net.net, preview, &device)?));
         note(&format!(
             "{name}: RMSE {:.4}, δ1 {:.4} ({:.0} s)",
             metrics.rmse,
@@ -229,13 +242,16 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
 
     let t = Instant::now();
     let teacher = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
-    train(
-        &teacher,
-        &target,
-        Target::Labels,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        |_| {},
-    )?;
+    curves.push((
+        "teacher".into(),
+        train(
+            &teacher,
+            &target,
+            Target::Labels,
+            &train_cfg(b.teacher_steps, cfg.seed),
+            bar("teacher", b.teacher_steps),
+        )?,
+    ));
     row(
         "teacher",
         &teacher,
@@ -247,13 +263,16 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
     let student = |seed: u64| Net::new(preset("demo-student", 1.0)?, &device, seed);
     let t = Instant::now();
     let gt = student(cfg.seed + 1)?;
-    train(
-        &gt,
-        &target,
-        Target::Labels,
-        &train_cfg(b.student_steps, cfg.seed + 1),
-        |_| {},
-    )?;
+    curves.push((
+        "student_gt".into(),
+        train(
+            &gt,
+            &target,
+            Target::Labels,
+            &train_cfg(b.student_steps, cfg.seed + 1),
+            bar("student_gt", b.student_steps),
+        )?,
+    ));
     row(
         "student_gt",
         &gt,
@@ -303,14 +322,15 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         let images = budget(ood.clone(), fraction)?;
         // every student row starts from the same weights and sees the same number of steps
         let s = student(cfg.seed + 1)?;
-        distill(
+        let losses = distill(
             &s,
             &teacher.net,
             &images,
             &train_cfg(b.student_steps, cfg.seed + 1),
             &options,
-            |_| {},
+            bar(name, b.student_steps),
         )?;
+        curves.push((name.into(), losses));
         row(name, &s, images.len(), t, setting.into())?;
     }
 
@@ -355,7 +375,101 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         },
     ];
     write_results(&cfg.out, &results)?;
+    write_report(&cfg.out, &results, preview, &previews, &curves)?;
     Ok(results)
+}
+
+/// `report/index.html`: the table, the claims, RMSE and δ1 per row, every row's loss curve, and a
+/// sample grid (RGB | ground truth | teacher | kd | ddd | error of ddd).
+fn write_report(
+    out: &Path,
+    r: &Results,
+    samples: &[Sample],
+    previews: &[(String, Vec<Vec<f32>>)],
+    curves: &[(String, Vec<f32>)],
+) -> Result<()> {
+    use crate::report::{esc, metrics_table, sample_sheet, sheet_img, write_page, MetricRow};
+    let dir = out.join("report");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let shown = ["teacher", "kd", "ddd"];
+    let preds: Vec<&[Vec<f32>]> = shown
+        .iter()
+        .filter_map(|n| previews.iter().find(|(m, _)| m == n))
+        .map(|(_, p)| p.as_slice())
+        .collect();
+    let sheet = sample_sheet(&dir.join("samples.png"), samples, &preds, 6)?;
+    let series: Vec<(&str, Vec<f64>)> = r
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.name.as_str(),
+                vec![row.metrics.rmse, row.metrics.delta1],
+            )
+        })
+        .collect();
+    crate::plot::bar_chart(
+        "held-out target images",
+        "value",
+        &["RMSE m (lower)", "δ1 (higher)"],
+        &series,
+    )
+    .save(&dir.join("metrics.png"))?;
+    let lines: Vec<(&str, &[f32])> = curves
+        .iter()
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    let smooth = (curves.iter().map(|(_, l)| l.len()).max().unwrap_or(0) / 50).max(1);
+    crate::plot::line_chart("training loss", "step", "loss", &lines, smooth)
+        .save(&dir.join("loss.png"))?;
+    let rows: Vec<MetricRow> = r
+        .rows
+        .iter()
+        .map(|row| MetricRow {
+            name: &row.name,
+            metrics: &row.metrics,
+            params: Some(row.params),
+        })
+        .collect();
+    let mut claims = String::from("<ul>\n");
+    for c in &r.claims {
+        claims += &format!(
+            "<li class=\"{}\">{} {}: {}</li>\n",
+            if c.holds { "ok" } else { "no" },
+            if c.holds { "✓" } else { "✗" },
+            esc(&c.claim.replace('`', "")),
+            esc(&c.numbers)
+        );
+    }
+    claims += "</ul>\n";
+    let mut settings = String::from(
+        "<table><tr><th>row</th><th>images</th><th>seconds</th><th>setting</th></tr>\n",
+    );
+    for row in &r.rows {
+        settings += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td></tr>\n",
+            esc(&row.name),
+            row.images,
+            row.seconds,
+            esc(&row.setting)
+        );
+    }
+    settings += "</table>\n";
+    let body = format!(
+        "<p>Reproduce: <code>{cmd}</code> ({w}×{h}, wall time {wall:.0} s; the budget is in <code>results.json</code>).</p>\n\
+<h2>Claims</h2>{claims}<h2>Results</h2>{table}{settings}\
+<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">\n<h2>Training</h2><img src=\"loss.png\" width=\"720\">\n\
+<h2>Samples</h2><p>RGB | ground truth | {cols} | error of {last} (dark = large)</p>{img}\n",
+        cmd = esc(&r.command),
+        w = r.budget.width,
+        h = r.budget.height,
+        wall = r.wall_seconds,
+        table = metrics_table(&rows),
+        cols = shown.join(" | "),
+        last = shown[shown.len() - 1],
+        img = sheet_img("samples.png", sheet),
+    );
+    write_page(&dir, &format!("depthling experiment: {}", r.preset), &body)
 }
 
 fn write_results(out: &Path, r: &Results) -> Result<()> {

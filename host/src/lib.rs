@@ -21,4 +21,5 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod quant;
+pub mod report;
 pub mod train;

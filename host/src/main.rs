@@ -39,7 +39,7 @@ use depthling_host::{demo, eval, quant, sim, Error, Result};
 )]
 struct Cli {
     /// No progress on stderr.
-    #[arg(long, global = true)]
+    #[arg(short, long, global = true)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
@@ -180,6 +180,8 @@ enum Command {
         train: TrainFlags,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Distill a student from a teacher.
     #[command(
@@ -202,10 +204,12 @@ enum Command {
         ddd: DddFlags,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Quantize a student to int8 and write a .dlm.
     #[command(
-        after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm"
+        after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm\nWith a QAT fine-tune: depthling quantize --model student.safetensors --calib data/ood --calibration mse --qat-epochs 2 --out student.dlm"
     )]
     Quantize {
         #[arg(long)]
@@ -215,8 +219,17 @@ enum Command {
         /// Depth units per metre of a CSV calibration list.
         #[arg(long, default_value_t = 1000.0)]
         depth_scale: f32,
+        /// minmax, percentile (0.01 %/99.99 % quantiles) or mse (clip range with the least
+        /// expected squared error).
         #[arg(long, default_value = "minmax")]
         calibration: String,
+        /// Quantization-aware fine-tune: passes over the calibration images with int8 rounding
+        /// simulated (straight-through gradients), matching the f32 model's own depth; 0 = none.
+        #[arg(long, default_value_t = 0)]
+        qat_epochs: usize,
+        /// Adam learning rate of the QAT fine-tune.
+        #[arg(long, default_value_t = 2e-5)]
+        qat_lr: f64,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -244,7 +257,7 @@ enum Command {
     },
     /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
     #[command(
-        after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json"
+        after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json\nA model with an HTML report: depthling eval --model student.dlm --data data/indoor-test --protocol nyu --report eval-report"
     )]
     Eval {
         #[arg(long)]
@@ -262,6 +275,9 @@ enum Command {
         depth_scale: f32,
         #[arg(long)]
         median_scaling: bool,
+        /// With --model: also write an HTML report (index.html, samples, charts) into this folder.
+        #[arg(long)]
+        report: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -399,6 +415,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             test_fraction,
             train,
             out,
+            json,
         } => {
             let arch = if stereo {
                 format!("{arch}-stereo")
@@ -412,12 +429,23 @@ fn dispatch(cli: Cli) -> Result<()> {
                 out: out.clone(),
             };
             let report = commands::train_teacher(&cfg)?;
-            println!("teacher written to {}", out.display());
-            if let Some(m) = report {
+            if json {
+                print_json(&report)?;
+            } else {
                 println!(
-                    "held-out {} images: abs_rel {:.4}  rmse {:.4}  δ1 {:.4}",
-                    m.images, m.abs_rel, m.rmse, m.delta1
+                    "teacher written to {} ({} steps, loss {:.4} → {:.4}, {:.0} s)",
+                    out.display(),
+                    report.steps,
+                    report.loss_first,
+                    report.loss_last,
+                    report.seconds
                 );
+                if let Some(m) = &report.test {
+                    println!(
+                        "held-out {} images: abs_rel {:.4}  rmse {:.4}  δ1 {:.4}",
+                        m.images, m.abs_rel, m.rmse, m.delta1
+                    );
+                }
             }
         }
         Command::Distill {
@@ -429,13 +457,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             train,
             ddd,
             out,
+            json,
         } => {
             if labeled.is_some() {
                 return Err(Error::NotAvailable(
                     "--labeled (arrives with the aux method)",
                 ));
             }
-            commands::distill(&commands::DistillConfig {
+            let r = commands::distill(&commands::DistillConfig {
                 method,
                 teacher,
                 images,
@@ -444,24 +473,66 @@ fn dispatch(cli: Cli) -> Result<()> {
                 ddd: ddd.options(),
                 images_fraction: depthling_host::distill::parse_fraction(&ddd.images_fraction)?,
             })?;
-            println!("student written to {}", out.display());
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "student written to {} ({} steps on {} images, loss {:.4} → {:.4}, {:.0} s)",
+                    out.display(),
+                    r.steps,
+                    r.images,
+                    r.loss_first,
+                    r.loss_last,
+                    r.seconds
+                );
+            }
         }
         Command::Quantize {
             model,
             calib,
             depth_scale,
             calibration,
+            qat_epochs,
+            qat_lr,
             out,
             json,
         } => {
-            let c = quant::Calibration::parse(&calibration)?;
-            let r = commands::quantize_file(&model, &calib, depth_scale, c, &out, quiet)?;
+            if !(qat_lr > 0.0 && qat_lr.is_finite()) {
+                return Err(Error::Usage(format!(
+                    "--qat-lr must be a positive number, got {qat_lr}"
+                )));
+            }
+            let o = commands::QuantizeOptions {
+                calibration: quant::Calibration::parse(&calibration)?,
+                depth_scale,
+                qat: quant::QatConfig {
+                    epochs: qat_epochs,
+                    lr: qat_lr,
+                    ..Default::default()
+                },
+                quiet,
+            };
+            let r = commands::quantize_file(&model, &calib, &out, &o)?;
             if json {
                 print_json(&r)?;
             } else {
                 println!("{:>4} {:<18} {:>9}", "op", "kind", "SQNR dB");
                 for l in &r.layers {
                     println!("{:>4} {:<18} {:>9.1}", l.op, l.kind, l.sqnr_db);
+                }
+                if let Some(qat) = &r.qat {
+                    println!(
+                        "QAT: {} epochs, {} steps: mean |int8 − f32| {:.4} m (post-training) → {:.4} m",
+                        qat.epochs, qat.steps, qat.ptq_int8_vs_f32_m, r.int8_vs_f32_m
+                    );
+                    if let (Some(f), Some(q)) = (&qat.ptq_metrics_int8, &r.metrics_int8) {
+                        println!(
+                            "QAT on the calibration images: δ1 {:.4} (post-training) → {:.4}",
+                            f.delta1, q.delta1
+                        );
+                    }
+                } else {
+                    println!("mean |int8 − f32| {:.4} m", r.int8_vs_f32_m);
                 }
                 if let (Some(f), Some(q)) = (&r.metrics_f32, &r.metrics_int8) {
                     println!("on the calibration images: AbsRel {:.4} → {:.4}, δ1 {:.4} → {:.4} (f32 → int8)", f.abs_rel, q.abs_rel, f.delta1, q.delta1);
@@ -511,15 +582,36 @@ fn dispatch(cli: Cli) -> Result<()> {
             protocol: proto,
             depth_scale,
             median_scaling,
+            report: report_dir,
             json,
         } => {
             let proto = protocol(proto.as_deref())?;
             let report = match (model, data, pred, gt) {
                 (None, None, Some(pred), Some(gt)) => {
+                    if report_dir.is_some() {
+                        return Err(Error::Usage(
+                            "--report needs --model and --data (it shows the model's predictions)"
+                                .into(),
+                        ));
+                    }
                     eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?
                 }
                 (Some(model), Some(data), None, None) => {
-                    commands::eval_model(&model, &data, depth_scale, proto, median_scaling, quiet)?
+                    let e = commands::eval_model(
+                        &model,
+                        &data,
+                        depth_scale,
+                        proto,
+                        median_scaling,
+                        quiet,
+                    )?;
+                    if let Some(dir) = &report_dir {
+                        commands::write_eval_report(dir, &model, &data, &e)?;
+                        if !json {
+                            println!("report: {}", dir.join("index.html").display());
+                        }
+                    }
+                    e.report
                 }
                 _ => {
                     return Err(Error::Usage(

@@ -8,14 +8,16 @@ use crate::error::Result;
 
 pub type Rgb = [u8; 3];
 
-/// Colours of series, in order (colour-blind-safe Okabe–Ito).
-pub const PALETTE: [Rgb; 6] = [
+/// Colours of series, in order (colour-blind-safe Okabe–Ito, with grey for its black).
+pub const PALETTE: [Rgb; 8] = [
     [0, 114, 178],
     [230, 159, 0],
     [0, 158, 115],
     [204, 121, 167],
     [86, 180, 233],
     [213, 94, 0],
+    [110, 110, 110],
+    [240, 228, 66],
 ];
 
 const BLACK: Rgb = [30, 30, 30];
@@ -170,16 +172,21 @@ fn framed<'a>(title: &str, names: impl Iterator<Item = &'a str>) -> (Canvas, Fra
         2,
         BLACK,
     );
-    let mut x = 70;
+    // the legend wraps onto more lines when the names do not fit on one
+    let (mut x, mut y) = (70, 36);
     for (i, name) in names.enumerate() {
-        c.fill_rect(x, 36, x + 14, 44, colour(i));
-        c.text(x + 18, 36, name, 1, BLACK);
-        x += 18 + Canvas::text_width(name, 1) + 20;
+        let w = 18 + Canvas::text_width(name, 1) + 20;
+        if x + w > c.width as i64 - 8 && x > 70 {
+            (x, y) = (70, y + 14);
+        }
+        c.fill_rect(x, y, x + 14, y + 8, colour(i));
+        c.text(x + 18, y, name, 1, BLACK);
+        x += w;
     }
     let f = Frame {
         left: 64.0,
         right: c.width as f64 - 16.0,
-        top: 70.0,
+        top: (y + 34) as f64,
         bottom: c.height as f64 - 40.0,
     };
     (c, f)
@@ -237,7 +244,12 @@ pub fn line_chart(
     let to_x = |i: usize| f.left + i as f64 / (n - 1) as f64 * (f.right - f.left);
     for t in ticks(0.0, (n - 1) as f64, 6) {
         let x = to_x(t as usize);
-        let label = tick_label(t);
+        // x is an index (a step): whole numbers
+        let label = if t >= 1000.0 {
+            tick_label(t)
+        } else {
+            format!("{t:.0}")
+        };
         c.text(
             x as i64 - Canvas::text_width(&label, 1) / 2,
             f.bottom as i64 + 6,
@@ -298,6 +310,10 @@ pub fn bar_chart(
                 colour,
             );
             let label = format!("{v:.3}");
+            if (Canvas::text_width(&label, 1) as f64) > bar_w + 2.0 {
+                // too narrow for its value: the report's table has the numbers
+                continue;
+            }
             c.text(
                 (x0 + bar_w / 2.0) as i64 - Canvas::text_width(&label, 1) / 2,
                 to_y(v) as i64 - 11,

@@ -392,6 +392,75 @@ fn stage_commands_chain_end_to_end() {
     ]));
     assert_eq!(q["calibration"], "mse");
     assert!(!q["layers"].as_array().unwrap().is_empty());
+    assert!(q["qat"].is_null());
+    // QAT: a fine-tune through the fake-quantized network, reported beside the PTQ result it
+    // replaced; the model it writes is a valid .dlm
+    let qat = json(&depthling(&[
+        "quantize",
+        "--model",
+        &p("s.safetensors"),
+        "--calib",
+        &p("ood"),
+        "--qat-epochs",
+        "1",
+        "--out",
+        &p("s-qat.dlm"),
+        "--json",
+    ]));
+    assert!(qat["qat"]["steps"].as_u64().unwrap() > 0, "{qat}");
+    assert!(
+        qat["qat"]["ptq_int8_vs_f32_m"].as_f64().unwrap() > 0.0,
+        "{qat}"
+    );
+    assert!(qat["int8_vs_f32_m"].as_f64().unwrap() > 0.0, "{qat}");
+    let e = json(&depthling(&[
+        "eval",
+        "--model",
+        &p("s-qat.dlm"),
+        "--data",
+        &p("indoor"),
+        "--json",
+    ]));
+    assert!(e["rmse"].as_f64().unwrap().is_finite());
+    // eval's HTML report: table, charts and a sample grid of RGB | GT | prediction | error
+    let report = dir.path().join("eval-report");
+    let r = json(&depthling(&[
+        "eval",
+        "--model",
+        &p("s-qat.dlm"),
+        "--data",
+        &p("indoor"),
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(r, e, "--report does not change the numbers");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("int8") && html.contains("arena"), "{html}");
+    let sheet = image::open(report.join("samples.png")).unwrap();
+    assert!(
+        sheet.width() > 0 && sheet.width().is_multiple_of(4),
+        "four columns: RGB, ground truth, prediction, error"
+    );
+    for png in ["metrics.png", "error_by_depth.png"] {
+        assert!(image::open(report.join(png)).is_ok(), "{png}");
+    }
+    let o = depthling(&[
+        "quantize",
+        "--model",
+        &p("s.safetensors"),
+        "--calib",
+        &p("ood"),
+        "--qat-epochs",
+        "1",
+        "--qat-lr",
+        "0",
+        "--out",
+        &p("never.dlm"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--qat-lr"), "{}", stderr(&o));
+    assert!(!dir.path().join("never.dlm").exists());
     // a CSV list over the indoor dataset: depth PNGs are in millimetres
     let rows: String = (0..12)
         .map(|i| format!("indoor/rgb/{i:06}.png,indoor/depth/{i:06}.png\n"))
@@ -725,6 +794,16 @@ fn experiment_quick_runs_every_row() {
         md.contains("| ddd_1of6 |") && md.contains("## Claims"),
         "{md}"
     );
+    // the HTML report: every row in the table, each claim, and the PNGs it shows
+    let html = std::fs::read_to_string(out.join("report/index.html")).unwrap();
+    for name in ["ddd_1of6", "student_gt", "Claims"] {
+        assert!(html.contains(name), "{name} missing from the report");
+    }
+    for png in ["samples.png", "metrics.png", "loss.png"] {
+        assert!(html.contains(png), "{png} not shown");
+        let img = image::open(out.join("report").join(png)).unwrap();
+        assert!(img.width() > 0, "{png}");
+    }
     let o = depthling(&[
         "experiment",
         "--preset",

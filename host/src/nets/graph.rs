@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
+use depthling_model::QuantParams;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -404,6 +405,31 @@ struct ConvLayer {
     groups: usize,
 }
 
+impl ConvLayer {
+    /// `(weight, bias)` with the BatchNorm folded in (`w·γ/√(σ²+ε)`, `β + (b − μ)·γ/√(σ²+ε)`),
+    /// differentiable in the weights, γ and β; the running statistics are constants.
+    fn folded(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let oc = self.weight.dim(0)?;
+        let bias = match &self.bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(oc, self.weight.dtype(), self.weight.device())?,
+        };
+        let Some(bn) = &self.bn else {
+            return Ok((self.weight.clone(), bias));
+        };
+        let mean = bn.running_mean().detach();
+        let var = bn.running_var().detach();
+        let (gamma, beta) = match bn.weight_and_bias() {
+            Some((g, b)) => (g.clone(), b.clone()),
+            None => (mean.ones_like()?, mean.zeros_like()?),
+        };
+        let f = (gamma / (var + BN_EPS)?.sqrt()?)?;
+        let weight = self.weight.broadcast_mul(&f.reshape((oc, 1, 1, 1))?)?;
+        let bias = (beta + ((bias - mean)? * &f)?)?;
+        Ok((weight, bias))
+    }
+}
+
 /// The candle module of a [`GraphSpec`]. Variables live under `n{index}.` in the `VarBuilder`.
 pub struct GraphNet {
     spec: GraphSpec,
@@ -414,6 +440,35 @@ pub struct GraphNet {
 }
 
 pub const BN_EPS: f64 = 1e-5;
+
+/// The int8 grids a quantization-aware forward pass rounds to ([`GraphNet::forward_fake_quant`]):
+/// `post[i]` for node `i`'s output (`None`: left in f32), `pre[i]` for a sigmoid conv's input.
+/// Made by `quant::ActPlan::fake_quant` from the same calibration the `.dlm` gets.
+#[derive(Clone, Debug)]
+pub struct FakeQuant {
+    pub post: Vec<Option<QuantParams>>,
+    pub pre: Vec<Option<QuantParams>>,
+}
+
+/// `x` rounded to the int8 grid of `q` and clipped to its 256 levels; the gradient passes
+/// straight through inside the levels and is zero outside (clipped straight-through estimator).
+pub fn fake_quant(x: &Tensor, q: QuantParams) -> candle_core::Result<Tensor> {
+    let s = q.scale as f64;
+    let z = q.zero_point as f64;
+    let clipped = x.clamp(((-128.0 - z) * s) as f32, ((127.0 - z) * s) as f32)?;
+    let rounded = ((&clipped * (1.0 / s))?.round()? * s)?;
+    &clipped + (rounded - &clipped)?.detach()
+}
+
+/// Weights `[O, …]` rounded per output channel to the symmetric grid `max|w|/127 · [−127, 127]`
+/// the quantizer uses, with a straight-through gradient.
+pub fn fake_quant_weights(w: &Tensor) -> candle_core::Result<Tensor> {
+    let flat = w.flatten_from(1)?;
+    let scale =
+        (flat.abs()?.max_keepdim(1)?.detach() * (1.0 / 127.0))?.clamp(1e-12f32, f32::MAX)?;
+    let rounded = flat.broadcast_div(&scale)?.round()?.broadcast_mul(&scale)?;
+    (&flat + (rounded - &flat)?.detach())?.reshape(w.shape())
+}
 
 fn activate(x: Tensor, act: Act) -> candle_core::Result<Tensor> {
     match act {
@@ -507,7 +562,25 @@ impl GraphNet {
     /// Runs the graph; returns every node's output (post-activation) and, for convolutions with a
     /// sigmoid, the pre-activation value (needed to calibrate the sigmoid's LUT input).
     pub fn forward_nodes(&self, x: &Tensor, train: bool) -> Result<Vec<(Tensor, Option<Tensor>)>> {
-        self.forward_impl(x, train, None)
+        self.forward_impl(x, train, None, None)
+    }
+
+    /// Depth in metres as the int8 model computes it, approximately and differentiably: BatchNorm
+    /// folded with its running statistics, weights rounded per channel, every activation rounded
+    /// to its grid in `fq` (quantization-aware training).
+    pub fn forward_fake_quant(&self, x: &Tensor, fq: &FakeQuant) -> Result<Tensor> {
+        if fq.post.len() != self.spec.nodes.len() || fq.pre.len() != self.spec.nodes.len() {
+            return Err(Error::Runtime(format!(
+                "fake-quantization plan has {} nodes, the network {}",
+                fq.post.len(),
+                self.spec.nodes.len()
+            )));
+        }
+        let mut values = self.forward_impl(x, false, None, Some(fq))?;
+        values
+            .pop()
+            .map(|(t, _)| t)
+            .ok_or_else(|| Error::Runtime("empty graph".into()))
     }
 
     /// Runs the graph in eval mode and returns, for every BatchNorm layer, its input (the
@@ -515,7 +588,7 @@ impl GraphNet {
     /// transformation network matches.
     pub fn batch_norm_inputs(&self, x: &Tensor) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
         let mut captured = Vec::new();
-        self.forward_impl(x, false, Some(&mut captured))?;
+        self.forward_impl(x, false, Some(&mut captured), None)?;
         Ok(captured)
     }
 
@@ -524,6 +597,7 @@ impl GraphNet {
         x: &Tensor,
         train: bool,
         mut capture: Option<&mut Vec<(Tensor, Tensor, Tensor)>>,
+        fq: Option<&FakeQuant>,
     ) -> Result<Vec<(Tensor, Option<Tensor>)>> {
         let mut values: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(self.spec.nodes.len());
         for (i, node) in self.spec.nodes.iter().enumerate() {
@@ -534,7 +608,18 @@ impl GraphNet {
                     let layer = self.convs[i]
                         .as_ref()
                         .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
-                    let (o, cin, k, _) = layer.weight.dims4()?;
+                    let (folded, bn) = match fq {
+                        Some(_) => {
+                            let (w, b) = layer.folded()?;
+                            ((fake_quant_weights(&w)?, Some(b)), None)
+                        }
+                        None => (
+                            (layer.weight.clone(), layer.bias.clone()),
+                            layer.bn.as_ref(),
+                        ),
+                    };
+                    let (weight, bias) = folded;
+                    let (o, cin, k, _) = weight.dims4()?;
                     let mut y = if self.custom_ops
                         && layer.groups == 1
                         && o == 1
@@ -542,31 +627,25 @@ impl GraphNet {
                     {
                         // one output channel (a depth head): a depthwise pass and a channel sum,
                         // without im2col's C·k² copies of a full-resolution map
-                        let w = layer.weight.reshape((cin, 1, k, k))?;
+                        let w = weight.reshape((cin, 1, k, k))?;
                         super::ops::depthwise_conv2d(&v(*input), &w, layer.padding, 1)?
                             .sum_keepdim(1)?
                     } else if self.custom_ops && layer.groups == 1 {
-                        super::ops::conv2d(&v(*input), &layer.weight, layer.padding, layer.stride)?
+                        super::ops::conv2d(&v(*input), &weight, layer.padding, layer.stride)?
                     } else if self.custom_ops {
                         super::ops::depthwise_conv2d(
                             &v(*input),
-                            &layer.weight,
+                            &weight,
                             layer.padding,
                             layer.stride,
                         )?
                     } else {
-                        v(*input).conv2d(
-                            &layer.weight,
-                            layer.padding,
-                            layer.stride,
-                            1,
-                            layer.groups,
-                        )?
+                        v(*input).conv2d(&weight, layer.padding, layer.stride, 1, layer.groups)?
                     };
-                    if let Some(b) = &layer.bias {
+                    if let Some(b) = &bias {
                         y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                     }
-                    if let Some(bn) = &layer.bn {
+                    if let Some(bn) = bn {
                         if let Some(c) = capture.as_deref_mut() {
                             c.push((
                                 y.clone(),
@@ -575,6 +654,9 @@ impl GraphNet {
                             ));
                         }
                         y = bn.forward_t(&y, train)?;
+                    }
+                    if let Some(p) = fq.and_then(|f| f.pre[i]) {
+                        y = fake_quant(&y, p)?;
                     }
                     let pre = (*act == Act::Sigmoid).then(|| y.clone());
                     (activate(y, *act)?, pre)
@@ -610,6 +692,10 @@ impl GraphNet {
                 }
                 Node::Mul { input, scale } => (v(*input).broadcast_mul(&v(*scale))?, None),
             };
+            let out = match fq.and_then(|f| f.post[i]) {
+                Some(q) => (fake_quant(&out.0, q)?, out.1),
+                None => out,
+            };
             values.push(out);
         }
         Ok(values)
@@ -632,37 +718,11 @@ impl GraphNet {
             .get(i)
             .and_then(|c| c.as_ref())
             .ok_or_else(|| Error::Runtime(format!("node {i} is not a convolution")))?;
-        let oc = layer.weight.dim(0)?;
-        let w = layer
-            .weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut bias = match &layer.bias {
-            Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; oc],
-        };
-        let Some(bn) = &layer.bn else {
-            return Ok((w, bias));
-        };
-        let (mean, var) = (
-            bn.running_mean().to_vec1::<f32>()?,
-            bn.running_var().to_vec1::<f32>()?,
-        );
-        let (gamma, beta) = match bn.weight_and_bias() {
-            Some((g, b)) => (g.to_vec1::<f32>()?, b.to_vec1::<f32>()?),
-            None => (vec![1.0; oc], vec![0.0; oc]),
-        };
-        let per = w.len() / oc;
-        let mut wf = w;
-        for c in 0..oc {
-            let f = gamma[c] / (var[c] + BN_EPS as f32).sqrt();
-            for v in &mut wf[c * per..(c + 1) * per] {
-                *v *= f;
-            }
-            bias[c] = beta[c] + (bias[c] - mean[c]) * f;
-        }
-        Ok((wf, bias))
+        let (w, b) = layer.folded()?;
+        Ok((
+            w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        ))
     }
 }
 
