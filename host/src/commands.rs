@@ -154,6 +154,16 @@ impl DlmFile {
             std::io::ErrorKind::NotFound => Error::bad_input(path, "model file not found"),
             _ => Error::io(path, e),
         })?;
+        if !bytes.starts_with(b"DLM1")
+            && path
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+        {
+            return Err(Error::bad_input(
+                path,
+                "is a checkpoint, not a .dlm: make one with `depthling quantize`, or profile the architecture with `depthling profile --arch A --size WxH`",
+            ));
+        }
         let file = DlmFile {
             path: path.to_path_buf(),
             bytes,
@@ -1051,7 +1061,7 @@ pub fn write_eval_report(dir: &Path, model: &Path, data: &Path, e: &ModelEval) -
 {table}<p>{params} parameters, file {bytes} bytes{arena}, {ms:.2} ms per image on this machine.</p>
 <h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">
 <h2>Error by depth</h2><img src=\"error_by_depth.png\" width=\"720\">
-<h2>Samples</h2><p>RGB | ground truth | prediction | error (dark = large)</p>{img}
+<h2>Samples</h2><p>RGB | ground truth | prediction | error ({cap})</p>{img}
 ",
         model = esc(&model.display().to_string()),
         kind = e.kind,
@@ -1072,6 +1082,7 @@ pub fn write_eval_report(dir: &Path, model: &Path, data: &Path, e: &ModelEval) -
             .unwrap_or_default(),
         ms = e.ms_per_image,
         img = sheet_img("samples.png", sheet),
+        cap = crate::report::ERROR_CAPTION,
     );
     write_page(dir, &format!("depthling eval: {name}"), &body)
 }

@@ -380,7 +380,7 @@ fn write_report(
         "<p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher on OOD images only; wall time {wall:.0} s.</p>
 {table}<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>
 <h2>Metrics</h2><img src=\"metrics.png\" width=\"720\"><h2>Training</h2><img src=\"loss.png\" width=\"720\">
-<h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error (dark = large)</p>{img}
+<h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error ({cap})</p>{img}
 ",
         w = result.width,
         h = result.height,
@@ -392,6 +392,7 @@ fn write_report(
         ms = result.int8_ms_per_image,
         wall = result.wall_seconds,
         img = sheet_img("samples.png", sheet),
+        cap = crate::report::ERROR_CAPTION,
     );
     write_page(&dir, "depthling demo", &body)
 }

@@ -459,7 +459,7 @@ fn write_report(
         "<p>Reproduce: <code>{cmd}</code> ({w}×{h}, wall time {wall:.0} s; the budget is in <code>results.json</code>).</p>\n\
 <h2>Claims</h2>{claims}<h2>Results</h2>{table}{settings}\
 <h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">\n<h2>Training</h2><img src=\"loss.png\" width=\"720\">\n\
-<h2>Samples</h2><p>RGB | ground truth | {cols} | error of {last} (dark = large)</p>{img}\n",
+<h2>Samples</h2><p>RGB | ground truth | {cols} | error of {last} ({cap})</p>{img}\n",
         cmd = esc(&r.command),
         w = r.budget.width,
         h = r.budget.height,
@@ -468,6 +468,7 @@ fn write_report(
         cols = shown.join(" | "),
         last = shown[shown.len() - 1],
         img = sheet_img("samples.png", sheet),
+        cap = crate::report::ERROR_CAPTION,
     );
     write_page(&dir, &format!("depthling experiment: {}", r.preset), &body)
 }

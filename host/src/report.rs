@@ -69,10 +69,17 @@ pub fn metrics_table(rows: &[MetricRow<'_>]) -> String {
     s + "</table>\n"
 }
 
+/// The error column's colour scale: |error| at this share of the row's depth range is full red.
+pub const ERROR_SCALE: f32 = 0.25;
+
+/// How the sample grids' error column reads, for the pages' captions.
+pub const ERROR_CAPTION: &str =
+    "|error|: blue = 0, red ≥ a quarter of the row's depth range, black = no ground truth";
+
 /// Writes a sample grid to `path`: one row per sample (up to `max_rows`), columns RGB | ground
-/// truth | each of `preds` | error of the last prediction (bright = small, dark = large, black =
-/// no ground truth). Depths share the ground truth's colour range per row. Returns the sheet's
-/// width in pixels.
+/// truth | each of `preds` | |error| of the last prediction ([`ERROR_CAPTION`]). Depths share the
+/// ground truth's colour range per row (near = red, far = blue). Returns the sheet's width in
+/// pixels.
 pub fn sample_sheet(
     path: &Path,
     samples: &[Sample],
@@ -96,17 +103,19 @@ pub fn sample_sheet(
                 .ok_or_else(|| Error::Runtime(format!("report: no prediction for sample {row}")))?;
             tiles.push(png::colorize_depth(p, lo, hi));
         }
+        // |error| on turbo from 0 (dark blue) to a quarter of the row's depth range (dark red)
+        let scale = ERROR_SCALE * (hi - lo).max(1e-3);
         let last = preds.last().and_then(|p| p.get(row));
-        let closeness: Vec<f32> = s
+        let error: Vec<u8> = s
             .depth
             .iter()
             .enumerate()
-            .map(|(i, &g)| match last {
-                Some(p) if g > 0.0 => 1.0 / (1.0 + (p[i] - g).abs()),
-                _ => 0.0,
+            .flat_map(|(i, &g)| match last {
+                Some(p) if g > 0.0 => png::turbo(((p[i] - g).abs() / scale).min(1.0)),
+                _ => [0, 0, 0],
             })
             .collect();
-        tiles.push(png::colorize_depth(&closeness, 0.0, 1.0));
+        tiles.push(error);
         for (col, tile) in tiles.iter().enumerate() {
             for y in 0..h {
                 let dst = ((row * (h + 2) + y) * sw + col * (w + 2)) * 3;

@@ -638,6 +638,15 @@ fn bad_input_exits_2_naming_the_problem() {
     let big = dir.path().join("big.png");
     image::RgbImage::new(64, 48).save(&big).unwrap();
     let out = dir.path().join("never");
+    let ckpt = dir.path().join("s.safetensors");
+    depthling_host::nets::Net::new(
+        depthling_host::nets::preset("demo-student", 1.0).unwrap(),
+        &candle_core::Device::Cpu,
+        0,
+    )
+    .unwrap()
+    .save(&ckpt, &[("size", "64x48".into())])
+    .unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![
@@ -700,6 +709,44 @@ fn bad_input_exits_2_naming_the_problem() {
         (
             vec!["profile".into(), "--arch".into(), "nope".into()],
             "unknown architecture",
+        ),
+        (
+            // a size the layer list cannot take: say which sizes it can
+            vec![
+                "export".into(),
+                "--model".into(),
+                ckpt.display().to_string(),
+                "--format".into(),
+                "onnx".into(),
+                "--size".into(),
+                "65x47".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "multiples of 8 work, e.g. 64×48",
+        ),
+        (
+            // a .dlm where a checkpoint is needed, and the other way round
+            vec![
+                "distill".into(),
+                "--method".into(),
+                "kd".into(),
+                "--teacher".into(),
+                model.display().to_string(),
+                "--images".into(),
+                dir.path().display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "is an int8 .dlm model",
+        ),
+        (
+            vec![
+                "profile".into(),
+                "--model".into(),
+                ckpt.display().to_string(),
+            ],
+            "is a checkpoint, not a .dlm",
         ),
         (
             vec![

@@ -104,6 +104,17 @@ impl GraphSpec {
         let bad = |i: usize, msg: &str| {
             Error::Usage(format!("architecture {}: node {i}: {msg}", self.name))
         };
+        // an input size the layer list cannot take: say which sizes it can
+        let size_bad = |i: usize, msg: &str| {
+            let m = self.stride();
+            let near = |v: usize| ((v + m / 2) / m * m).max(m);
+            Error::Usage(format!(
+                "architecture {} cannot run at {width}×{height} (node {i}: {msg}): it downsamples by {m}, so sizes that are multiples of {m} work, e.g. {}×{}",
+                self.name,
+                near(width),
+                near(height)
+            ))
+        };
         let mut shapes: Vec<NodeShape> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let get = |j: usize| {
@@ -146,8 +157,20 @@ impl GraphSpec {
                 }
                 Node::Add { a, b, .. } => {
                     let (x, y) = (get(*a)?, get(*b)?);
+                    if x.channels != y.channels {
+                        return Err(bad(
+                            i,
+                            &format!("add of {} and {} channels", x.channels, y.channels),
+                        ));
+                    }
                     if x != y {
-                        return Err(bad(i, &format!("add of different shapes {x:?} and {y:?}")));
+                        return Err(size_bad(
+                            i,
+                            &format!(
+                                "adds maps of {}×{} and {}×{}",
+                                x.width, x.height, y.width, y.height
+                            ),
+                        ));
                     }
                     x
                 }
@@ -157,7 +180,13 @@ impl GraphSpec {
                     for &j in inputs {
                         let s = get(j)?;
                         if (s.height, s.width) != (first.height, first.width) {
-                            return Err(bad(i, "concat inputs differ in size"));
+                            return Err(size_bad(
+                                i,
+                                &format!(
+                                    "concatenates maps of {}×{} and {}×{}",
+                                    first.width, first.height, s.width, s.height
+                                ),
+                            ));
                         }
                         c += s.channels;
                     }
@@ -186,7 +215,7 @@ impl GraphSpec {
                         Some(j) => {
                             let t = get(*j)?;
                             if t.height > height || t.width > width {
-                                return Err(bad(i, "upsampled map is smaller than its crop"));
+                                return Err(size_bad(i, "upsampled map is smaller than its crop"));
                             }
                             NodeShape {
                                 channels: x.channels,
@@ -220,13 +249,40 @@ impl GraphSpec {
             shapes.push(s);
         }
         let last = shapes.last().ok_or_else(|| bad(0, "empty graph"))?;
-        if last.channels != 1 || (last.height, last.width) != (height, width) {
-            return Err(Error::Usage(format!(
-                "architecture {}: output is {}×{}×{}, expected a 1-channel {width}×{height} depth map (size must be divisible by the network's stride)",
-                self.name, last.channels, last.width, last.height
-            )));
+        if last.channels != 1 {
+            return Err(bad(
+                shapes.len() - 1,
+                &format!("output has {} channels, a depth map has 1", last.channels),
+            ));
+        }
+        if (last.height, last.width) != (height, width) {
+            return Err(size_bad(
+                shapes.len() - 1,
+                &format!("output is {}×{}", last.width, last.height),
+            ));
         }
         Ok(shapes)
+    }
+
+    /// The deepest downsampling in the graph (product of strides and pools on the way to any
+    /// node): input sizes that are multiples of it always work.
+    pub fn stride(&self) -> usize {
+        let mut down: Vec<usize> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let at = |j: usize| down.get(j).copied().unwrap_or(1);
+            let d = match node {
+                Node::Input => 1,
+                Node::Conv { input, stride, .. } => at(*input) * stride,
+                Node::MaxPool { input } => at(*input) * 2,
+                Node::Upsample { input, .. }
+                | Node::GlobalAvgPool { input }
+                | Node::Mul { input, .. } => at(*input),
+                Node::Add { a, b, .. } => at(*a).max(at(*b)),
+                Node::Concat { inputs } => inputs.iter().map(|&j| at(j)).max().unwrap_or(1),
+            };
+            down.push(d);
+        }
+        down.into_iter().max().unwrap_or(1)
     }
 
     /// Output channels of every node (no image size needed). Nodes refer only to earlier nodes

@@ -367,8 +367,20 @@ impl Net {
             std::io::ErrorKind::NotFound => Error::bad_input(path, "checkpoint not found"),
             _ => Error::io(path, e),
         })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::bad_input(path, format!("not a safetensors checkpoint ({e})")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            let what = if bytes.starts_with(b"DLM1") {
+                "is an int8 .dlm model; this needs the f32 .safetensors checkpoint it came from"
+                    .to_string()
+            } else if path
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("onnx"))
+            {
+                "is an ONNX export (run it with `depthling run --backend tract`); this needs a .safetensors checkpoint".to_string()
+            } else {
+                format!("not a depthling .safetensors checkpoint ({e})")
+            };
+            Error::bad_input(path, what)
+        })?;
         let meta: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
         let arch = meta.get("depthling.arch").ok_or_else(|| {
             Error::bad_input(path, "no depthling architecture in the checkpoint metadata")
