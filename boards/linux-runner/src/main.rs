@@ -1,7 +1,8 @@
-//! `depthling-runner --model M.dlm|M.onnx --input PNG|DIR [--backend int8|tract] [--out DIR]
-//! [--repeat N]`
+//! `depthling-runner --model M.dlm|M.onnx (--input PNG|DIR | --camera /dev/videoN [--frames N])
+//! [--backend int8|tract] [--out DIR] [--repeat N]`
 //!
-//! Runs a model on PNG frames and prints, per frame, the depth checksum (FNV-1a over the f32
+//! Runs a model on PNG frames, or on a V4L2 camera's frames (resized to the model's input), and
+//! prints, per frame, the depth checksum (FNV-1a over the f32
 //! depth, as every depthling target prints it), then the mean latency and frame rate. `int8` (the
 //! default) runs a `.dlm` on the int8 engine, bit-identical on every target; `tract` runs the f32
 //! ONNX export (feature `tract`, on by default). With `--out`, writes 16-bit depth PNGs
@@ -14,21 +15,32 @@ use std::time::Instant;
 use depthling_device::Engine;
 use depthling_model::Model;
 
+#[cfg(target_os = "linux")]
+mod v4l2;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Int8,
     Tract,
 }
 
+/// Where frames come from.
+enum Source {
+    /// A PNG or a folder of PNGs.
+    Files(PathBuf),
+    /// A V4L2 device and the number of frames to take from it.
+    Camera(PathBuf, usize),
+}
+
 struct Args {
     model: PathBuf,
-    input: PathBuf,
+    source: Source,
     backend: Backend,
     out: Option<PathBuf>,
     repeat: usize,
 }
 
-const USAGE: &str = "usage: depthling-runner --model M.dlm|M.onnx --input PNG|DIR [--backend int8|tract] [--out DIR] [--repeat N]";
+const USAGE: &str = "usage: depthling-runner --model M.dlm|M.onnx (--input PNG|DIR | --camera /dev/videoN [--frames N]) [--backend int8|tract] [--out DIR] [--repeat N]";
 
 /// An error with its exit code.
 struct Failure(u8, String);
@@ -39,6 +51,7 @@ fn bad(msg: impl Into<String>) -> Failure {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
     let (mut model, mut input, mut out, mut repeat) = (None, None, None, 1usize);
+    let (mut camera, mut frames) = (None, 100usize);
     let mut backend = Backend::Int8;
     while let Some(flag) = argv.next() {
         let mut value = || {
@@ -49,6 +62,14 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
             "--model" => model = Some(PathBuf::from(value()?)),
             "--input" => input = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
+            "--camera" => camera = Some(PathBuf::from(value()?)),
+            "--frames" => {
+                frames = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad("--frames needs a positive number"))?
+            }
             "--backend" => {
                 backend = match value()?.as_str() {
                     "int8" => Backend::Int8,
@@ -69,9 +90,15 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
             other => return Err(bad(format!("unknown argument {other:?} (see --help)"))),
         }
     }
+    let source = match (input, camera) {
+        (Some(i), None) => Source::Files(i),
+        (None, Some(c)) => Source::Camera(c, frames),
+        (Some(_), Some(_)) => return Err(bad("give --input or --camera, not both")),
+        (None, None) => return Err(bad("--input PNG|DIR or --camera /dev/videoN is required")),
+    };
     Ok(Args {
         model: model.ok_or_else(|| bad("--model is required"))?,
-        input: input.ok_or_else(|| bad("--input is required"))?,
+        source,
         backend,
         out,
         repeat: repeat.max(1),
@@ -93,6 +120,9 @@ fn frames(input: &Path) -> Result<Vec<PathBuf>, Failure> {
     }
     Ok(files)
 }
+
+/// What the runner does with one frame: its name and RGB bytes.
+type Process<'a> = dyn FnMut(&str, &[u8]) -> Result<(), Failure> + 'a;
 
 /// One inference: RGB bytes in, depth (metres) and its checksum out.
 type Infer<'a> = Box<dyn FnMut(&[u8]) -> Result<(Vec<f32>, u64), String> + 'a>;
@@ -158,29 +188,17 @@ fn run(args: &Args) -> Result<(), Failure> {
         std::fs::create_dir_all(out).map_err(|e| Failure(1, format!("{}: {e}", out.display())))?;
     }
     let (mut total, mut runs) = (0.0f64, 0usize);
-    for path in frames(&args.input)? {
-        let img = image::open(&path)
-            .map_err(|e| bad(format!("{}: not a readable image ({e})", path.display())))?
-            .to_rgb8();
-        if img.dimensions() != (w as u32, h as u32) {
-            let (iw, ih) = img.dimensions();
-            return Err(bad(format!(
-                "{}: image is {iw}×{ih}, the model takes {w}×{h}",
-                path.display()
-            )));
-        }
-        let rgb = img.into_raw();
+    let mut process = |name: &str, rgb: &[u8]| -> Result<(), Failure> {
         let (mut depth, mut sum) = (Vec::new(), 0);
         for _ in 0..args.repeat {
             let start = Instant::now();
-            (depth, sum) =
-                infer(&rgb).map_err(|e| Failure(1, format!("{}: {e}", path.display())))?;
+            (depth, sum) = infer(rgb).map_err(|e| Failure(1, format!("{name}: {e}")))?;
             total += start.elapsed().as_secs_f64();
             runs += 1;
         }
-        println!("frame {} checksum=0x{sum:016x}", path.display());
+        println!("frame {name} checksum=0x{sum:016x}");
         if let Some(out) = &args.out {
-            let name = path.file_name().unwrap_or_default();
+            let file = Path::new(name).file_name().unwrap_or_default();
             let depth_mm: Vec<u16> = depth
                 .iter()
                 .map(|d| (d.max(0.0) * 1000.0).round().min(65535.0) as u16)
@@ -188,9 +206,28 @@ fn run(args: &Args) -> Result<(), Failure> {
             let buf: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
                 image::ImageBuffer::from_raw(w as u32, h as u32, depth_mm)
                     .ok_or_else(|| Failure(1, "depth buffer size".into()))?;
-            buf.save(out.join(name))
+            buf.save(out.join(file))
                 .map_err(|e| Failure(1, format!("{}: {e}", out.display())))?;
         }
+        Ok(())
+    };
+    match &args.source {
+        Source::Files(input) => {
+            for path in frames(input)? {
+                let img = image::open(&path)
+                    .map_err(|e| bad(format!("{}: not a readable image ({e})", path.display())))?
+                    .to_rgb8();
+                if img.dimensions() != (w as u32, h as u32) {
+                    let (iw, ih) = img.dimensions();
+                    return Err(bad(format!(
+                        "{}: image is {iw}×{ih}, the model takes {w}×{h}",
+                        path.display()
+                    )));
+                }
+                process(&path.display().to_string(), &img.into_raw())?;
+            }
+        }
+        Source::Camera(device, count) => camera_frames(device, *count, (w, h), &mut process)?,
     }
     let mean_ms = 1e3 * total / runs as f64;
     let backend = match args.backend {
@@ -210,6 +247,68 @@ fn run(args: &Args) -> Result<(), Failure> {
         ),
     }
     Ok(())
+}
+
+/// Takes `count` frames from a V4L2 camera, resized to the model's `(width, height)` where the
+/// driver chose another size, and hands each to `process` as `frame_NNNNNN.png`.
+#[cfg(target_os = "linux")]
+fn camera_frames(
+    device: &Path,
+    count: usize,
+    (w, h): (usize, usize),
+    process: &mut Process<'_>,
+) -> Result<(), Failure> {
+    let mut camera = v4l2::Camera::open(device, w, h).map_err(bad)?;
+    eprintln!(
+        "camera {}: {}×{} {:?}{}",
+        device.display(),
+        camera.width,
+        camera.height,
+        camera.format,
+        if (camera.width, camera.height) != (w, h) {
+            format!(", resized to {w}×{h}")
+        } else {
+            String::new()
+        }
+    );
+    let mut rgb = Vec::new();
+    for i in 0..count {
+        camera
+            .next_frame(&mut rgb)
+            .map_err(|e| Failure(1, format!("{}: {e}", device.display())))?;
+        let frame = if (camera.width, camera.height) == (w, h) {
+            std::mem::take(&mut rgb)
+        } else {
+            let img = image::RgbImage::from_raw(camera.width as u32, camera.height as u32, rgb)
+                .ok_or_else(|| Failure(1, "camera frame size".into()))?;
+            let small = image::imageops::resize(
+                &img,
+                w as u32,
+                h as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            rgb = img.into_raw();
+            small.into_raw()
+        };
+        process(&format!("frame_{i:06}.png"), &frame)?;
+        if rgb.is_empty() {
+            rgb = frame;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn camera_frames(
+    device: &Path,
+    _: usize,
+    _: (usize, usize),
+    _: &mut Process<'_>,
+) -> Result<(), Failure> {
+    Err(bad(format!(
+        "{}: cameras are read through V4L2, which needs Linux",
+        device.display()
+    )))
 }
 
 fn main() -> ExitCode {
