@@ -85,10 +85,65 @@ fn main() -> ! {
         model.arena_bytes,
         MODEL.len()
     );
+    #[cfg(feature = "op-profile")]
+    op_profile(&model, &mut engine);
     hprintln!("Test OK");
     debug::exit(debug::EXIT_SUCCESS);
     loop {
         cortex_m::asm::wfi();
+    }
+}
+
+/// Runs the frame again and prints instructions and MACs per op kind (conv by kernel size).
+#[cfg(feature = "op-profile")]
+fn op_profile(model: &Model<'_>, engine: &mut Engine<'_, '_>) {
+    use depthling_model::Op;
+    const KINDS: [&str; 9] = [
+        "conv1x1",
+        "conv3x3",
+        "conv5x5",
+        "depthwise",
+        "add",
+        "concat",
+        "upsample",
+        "pool",
+        "mul",
+    ];
+    let mut instr = [0u64; KINDS.len()];
+    let mut macs = [0u64; KINDS.len()];
+    let kind = |op: &Op| match op {
+        Op::Conv2d(c) if c.depthwise => 3,
+        Op::Conv2d(c) if c.kernel == 1 => 0,
+        Op::Conv2d(c) if c.kernel == 3 => 1,
+        Op::Conv2d(_) => 2,
+        Op::Add { .. } => 4,
+        Op::Concat { .. } => 5,
+        Op::Upsample { .. } => 6,
+        Op::GlobalAvgPool { .. } => 7,
+        _ => 8,
+    };
+    let mut last = ticks();
+    let run = engine.run_observed(FRAME, |i, _, _| {
+        let now = ticks();
+        if let Some(op) = model.ops.get(i) {
+            let k = kind(op);
+            instr[k] += (now - last) * INSTRUCTIONS_PER_TICK;
+            macs[k] += model.op_macs(i);
+        }
+        last = ticks();
+    });
+    if let Err(e) = run {
+        fail(&e);
+    }
+    for k in 0..KINDS.len() {
+        if instr[k] > 0 {
+            hprintln!(
+                "depthling: op {} instructions={} macs={}",
+                KINDS[k],
+                instr[k],
+                macs[k]
+            );
+        }
     }
 }
 

@@ -535,18 +535,28 @@ mod dsp {
         let (xp, wp) = (input.as_ptr(), weights.as_ptr());
         let mut out = [[0i32; 4]; 2];
         let words = t.span / 4;
-        for (acc, &x0) in out.iter_mut().zip(&t.xs).take(P) {
-            for r in 0..t.rows {
-                // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
-                unsafe {
-                    let xr = xp.add(x0 + r * t.x_row);
-                    for j in 0..words {
-                        let xw = (xr.add(4 * j) as *const u32).read_unaligned();
-                        let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
-                        for (a, &w) in acc.iter_mut().zip(&t.ws).take(C) {
-                            let ww =
-                                (wp.add(w + r * t.w_row + 4 * j) as *const u32).read_unaligned();
-                            *a = smlad(xo, sxtb16_ror8(ww), smlad(xe, sxtb16(ww), *a));
+        for r in 0..t.rows {
+            // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
+            unsafe {
+                let xr: [*const u8; P] =
+                    core::array::from_fn(|i| xp.add(t.xs[i] + r * t.x_row) as *const u8);
+                let wr: [*const u8; C] =
+                    core::array::from_fn(|c| wp.add(t.ws[c] + r * t.w_row) as *const u8);
+                for j in 0..words {
+                    // the pixels' inputs are widened once and each weight word once, for all
+                    // the products it takes part in
+                    let mut xe = [0u32; P];
+                    let mut xo = [0u32; P];
+                    for i in 0..P {
+                        let xw = (xr[i].add(4 * j) as *const u32).read_unaligned();
+                        xe[i] = ssub16(sxtb16(xw), zp2);
+                        xo[i] = ssub16(sxtb16_ror8(xw), zp2);
+                    }
+                    for c in 0..C {
+                        let ww = (wr[c].add(4 * j) as *const u32).read_unaligned();
+                        let (we, wo) = (sxtb16(ww), sxtb16_ror8(ww));
+                        for i in 0..P {
+                            out[i][c] = smlad(xo[i], wo, smlad(xe[i], we, out[i][c]));
                         }
                     }
                 }

@@ -414,23 +414,25 @@ impl<'a> Model<'a> {
 
     /// Multiply-accumulates of one inference (convolutions and per-channel multiplies).
     pub fn macs(&self) -> u64 {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                Op::Conv2d(c) => {
-                    let out = self.tensor(c.output).map_or(0, |t| t.elements() as u64);
-                    let k = c.kernel as u64 * c.kernel as u64;
-                    let cin = if c.depthwise {
-                        1
-                    } else {
-                        self.tensor(c.input).map_or(0, |t| t.channels as u64)
-                    };
-                    out * k * cin
-                }
-                Op::Mul { output, .. } => self.tensor(*output).map_or(0, |t| t.elements() as u64),
-                _ => 0,
-            })
-            .sum()
+        (0..self.ops.len()).map(|i| self.op_macs(i)).sum()
+    }
+
+    /// Multiply-accumulates of op `i` (0 for ops without multiplies, or out of range).
+    pub fn op_macs(&self, i: usize) -> u64 {
+        match self.ops.get(i) {
+            Some(Op::Conv2d(c)) => {
+                let out = self.tensor(c.output).map_or(0, |t| t.elements() as u64);
+                let k = c.kernel as u64 * c.kernel as u64;
+                let cin = if c.depthwise {
+                    1
+                } else {
+                    self.tensor(c.input).map_or(0, |t| t.channels as u64)
+                };
+                out * k * cin
+            }
+            Some(Op::Mul { output, .. }) => self.tensor(*output).map_or(0, |t| t.elements() as u64),
+            _ => 0,
+        }
     }
 
     /// Encodes to `.dlm` bytes (payload + CRC-32). Validates first, so no invalid file is written.
