@@ -617,7 +617,14 @@ pub fn train_teacher(cfg: &TrainTeacherConfig) -> Result<TrainReport> {
 pub struct DistillConfig {
     pub method: String,
     pub teacher: PathBuf,
-    pub images: PathBuf,
+    /// Unlabeled images (their depth, if any, is not used): required by `kd` and `ddd`; `aux`'s
+    /// auxiliary set U.
+    pub images: Option<PathBuf>,
+    /// Labeled datasets (`aux` only): the target set X, and for the X∪U′ setting the labeled
+    /// auxiliary set too.
+    pub labeled: Vec<PathBuf>,
+    /// Weight of the KD term against the ground-truth term (`aux`).
+    pub kd_weight: f64,
     pub options: TrainOptions,
     pub out: PathBuf,
     /// DDD's switches (method `ddd`).
@@ -626,16 +633,18 @@ pub struct DistillConfig {
     pub images_fraction: f64,
 }
 
-/// `depthling distill --method kd|ddd`: the student learns the teacher's predictions on
-/// (unlabeled) images; `ddd` adds object mixing and the transformation network.
+/// `depthling distill --method kd|ddd|aux`: the student learns the teacher's predictions on
+/// (unlabeled) images; `ddd` adds object mixing and the transformation network; `aux` adds the
+/// ground truth of labeled sets (the LW paper's settings X, U, X∪U, X∪U′).
 pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
     let start = Instant::now();
     let ddd = match cfg.method.as_str() {
-        "kd" => crate::distill::DddOptions::kd(),
-        "ddd" => cfg.ddd.clone(),
-        "aux" | "adu" => {
+        "kd" => Some(crate::distill::DddOptions::kd()),
+        "ddd" => Some(cfg.ddd.clone()),
+        "aux" => None,
+        "adu" => {
             return Err(Error::NotAvailable(
-                "this distillation method (arrives with the distillation release)",
+                "the adu method (stereo-teacher distillation with attention, focal depth and uncertainty)",
             ))
         }
         other => {
@@ -644,23 +653,55 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
             )))
         }
     };
+    if ddd.is_some() && !cfg.labeled.is_empty() {
+        return Err(Error::Usage(format!(
+            "--labeled is for --method aux (ground truth plus KD); {} distills from unlabeled --images only",
+            cfg.method
+        )));
+    }
     let o = &cfg.options;
     let device = device(&o.device)?;
     let (teacher, _) = Net::load(&cfg.teacher, &device)?;
-    let samples = Dataset::open(&cfg.images, o.depth_scale)?.load_all(None)?;
-    let samples = crate::distill::budget(samples, cfg.images_fraction)?;
-    let (w, h) = (samples[0].width, samples[0].height);
+    let open = |p: &Path| Dataset::open(p, o.depth_scale)?.load_all(None);
+    let unlabeled = match &cfg.images {
+        Some(p) => crate::distill::budget(open(p)?, cfg.images_fraction)?,
+        None if ddd.is_some() => {
+            return Err(Error::Usage(format!(
+                "--method {} needs --images DIR",
+                cfg.method
+            )))
+        }
+        None => Vec::new(),
+    };
+    let mut labeled = Vec::new();
+    for p in &cfg.labeled {
+        labeled.extend(open(p)?);
+    }
+    let Some(first) = labeled.first().or(unlabeled.first()) else {
+        return Err(Error::Usage(
+            "--method aux needs --labeled DIR (the target set X), --images DIR (auxiliary set U), or both".into(),
+        ));
+    };
+    let (w, h) = (first.width, first.height);
     teacher.net.spec().shapes(w, h)?;
     let student = o.network(w, h, &device)?;
-    let tc = o.config(samples.len(), &cfg.out);
-    let losses = crate::distill::distill(
-        &student,
-        &teacher.net,
-        &samples,
-        &tc,
-        &ddd,
-        training_progress(o.quiet, "distill", tc.steps, tc.batch_size),
-    )?;
+    let images = labeled.len() + unlabeled.len();
+    let tc = o.config(images, &cfg.out);
+    let progress = training_progress(o.quiet, "distill", tc.steps, tc.batch_size);
+    let losses = match &ddd {
+        Some(ddd) => {
+            crate::distill::distill(&student, &teacher.net, &unlabeled, &tc, ddd, progress)?
+        }
+        None => crate::distill::aux(
+            &student,
+            &teacher.net,
+            &labeled,
+            &unlabeled,
+            &tc,
+            cfg.kd_weight,
+            progress,
+        )?,
+    };
     student.save(
         &cfg.out,
         &[
@@ -671,12 +712,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         ],
     )?;
     Ok(TrainReport::new(
-        o,
-        &student,
-        samples.len(),
-        &losses,
-        start,
-        &cfg.out,
+        o, &student, images, &losses, start, &cfg.out,
     ))
 }
 

@@ -361,6 +361,56 @@ mod tests {
     }
 
     /// T starts at the identity, and the BatchNorm-statistics loss falls while T trains.
+    /// The aux objective reduces to its parts: on labeled images with no KD weight it is plain
+    /// supervised training, and on unlabeled images it is plain KD (same losses, same weights,
+    /// bit for bit). With both, unlabeled images change the result only through the KD term.
+    #[test]
+    fn aux_reduces_to_supervised_and_to_kd() {
+        use crate::train::{train, Target, TrainConfig};
+        let dev = Device::Cpu;
+        let teacher = Net::new(preset("demo-teacher", 0.5).unwrap(), &dev, 2).unwrap();
+        let x = render_many(Domain::Indoor, 32, 32, 5, 0, 8, false);
+        let u = render_many(Domain::IndoorAlt, 32, 32, 6, 0, 8, false);
+        let cfg = TrainConfig {
+            steps: 4,
+            batch_size: 4,
+            seed: 3,
+            ..TrainConfig::default()
+        };
+        let weights = |n: &Net| -> Vec<Vec<f32>> {
+            n.named_tensors()
+                .unwrap()
+                .iter()
+                .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let fresh = || Net::new(preset("demo-student", 0.5).unwrap(), &dev, 7).unwrap();
+
+        let (a, b) = (fresh(), fresh());
+        let la = aux(&a, &teacher.net, &x, &[], &cfg, 0.0, |_| {}).unwrap();
+        let lb = train(&b, &x, Target::Labels, &cfg, |_| {}).unwrap();
+        assert_eq!(la, lb, "labeled only, no KD: supervised training");
+        assert_eq!(weights(&a), weights(&b));
+
+        let (a, b) = (fresh(), fresh());
+        let la = aux(&a, &teacher.net, &[], &u, &cfg, 1.0, |_| {}).unwrap();
+        let lb = train(&b, &u, Target::Teacher(&teacher.net), &cfg, |_| {}).unwrap();
+        assert_eq!(la, lb, "unlabeled only: KD");
+        assert_eq!(weights(&a), weights(&b));
+
+        // the unlabeled images' depth is dropped: giving U with or without its labels is the
+        // same run
+        let mut u_blank = u.clone();
+        for s in &mut u_blank {
+            s.depth.iter_mut().for_each(|d| *d = 0.0);
+        }
+        let (a, b) = (fresh(), fresh());
+        let la = aux(&a, &teacher.net, &x, &u, &cfg, 0.5, |_| {}).unwrap();
+        let lb = aux(&b, &teacher.net, &x, &u_blank, &cfg, 0.5, |_| {}).unwrap();
+        assert_eq!(la, lb);
+        assert!(aux(&fresh(), &teacher.net, &x, &u, &cfg, -1.0, |_| {}).is_err());
+    }
+
     #[test]
     fn bn_statistics_loss_falls_while_the_transform_trains() {
         let dev = Device::Cpu;
@@ -516,6 +566,55 @@ pub fn distill(
             augment,
             stage: stage.as_mut(),
         },
+        on_step,
+    )
+}
+
+/// The LW paper's KD with auxiliary data: `student` learns the ground truth of `labeled` and the
+/// teacher's predictions (weight `kd_weight`) on `labeled` and `unlabeled` together. The
+/// unlabeled images' depth, if any, is dropped. Its four settings are which sets are given:
+/// X (`labeled` = target set), U (`unlabeled` = auxiliary set), X∪U (both), X∪U′ (the auxiliary
+/// set labeled too, with a teacher trained on X∪U′).
+pub fn aux(
+    student: &crate::nets::Net,
+    teacher: &GraphNet,
+    labeled: &[Sample],
+    unlabeled: &[Sample],
+    cfg: &crate::train::TrainConfig,
+    kd_weight: f64,
+    on_step: impl FnMut(crate::train::StepInfo),
+) -> Result<Vec<f32>> {
+    use crate::train::{train_with, Extras, Target};
+    if !(kd_weight.is_finite() && kd_weight >= 0.0) {
+        return Err(Error::Usage(format!(
+            "--kd-weight must be a non-negative number, got {kd_weight}"
+        )));
+    }
+    let mut data = labeled.to_vec();
+    data.extend(unlabeled.iter().map(|s| Sample {
+        depth: vec![0.0; s.depth.len()],
+        ..s.clone()
+    }));
+    if let (Some(a), Some(b)) = (
+        data.first(),
+        data.iter()
+            .find(|s| (s.width, s.height) != (data[0].width, data[0].height)),
+    ) {
+        return Err(Error::Usage(format!(
+            "labeled and unlabeled images differ in size ({}×{} and {}×{})",
+            a.width, a.height, b.width, b.height
+        )));
+    }
+    let cfg = crate::train::TrainConfig {
+        tag: format!("aux kd_weight={kd_weight} labeled={}", labeled.len()),
+        ..cfg.clone()
+    };
+    train_with(
+        student,
+        &data,
+        Target::Aux { teacher, kd_weight },
+        &cfg,
+        Extras::default(),
         on_step,
     )
 }

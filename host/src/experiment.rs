@@ -34,8 +34,10 @@ pub struct Budget {
     /// Labeled target-domain images (teacher training, the `student_gt` upper bound).
     pub target_train: usize,
     pub target_test: usize,
-    /// Unlabeled OOD images for distillation.
+    /// Unlabeled OOD images for distillation (`ddd`).
     pub ood_images: usize,
+    /// Images of the related auxiliary domain, `indoor-alt` (`lw`: U, and U′ with its labels).
+    pub aux_images: usize,
     pub teacher_steps: usize,
     /// Steps of every student row.
     pub student_steps: usize,
@@ -51,6 +53,7 @@ impl Budget {
                 target_train: 48,
                 target_test: 12,
                 ood_images: 48,
+                aux_images: 0,
                 teacher_steps: 12,
                 student_steps: 12,
                 batch_size: 4,
@@ -62,9 +65,32 @@ impl Budget {
                 target_train: 1024,
                 target_test: 200,
                 ood_images: 1200,
+                aux_images: 0,
                 teacher_steps: 1500,
                 student_steps: 1500,
                 batch_size: 8,
+            }
+        }
+    }
+}
+
+impl Budget {
+    /// The `lw` preset: a small labeled target set X, a larger auxiliary set U.
+    fn lw(quick: bool) -> Budget {
+        let b = Budget::for_run(quick);
+        if quick {
+            Budget {
+                target_train: 24,
+                ood_images: 0,
+                aux_images: 48,
+                ..b
+            }
+        } else {
+            Budget {
+                target_train: 256,
+                ood_images: 0,
+                aux_images: 1024,
+                ..b
             }
         }
     }
@@ -96,6 +122,8 @@ pub struct Claim {
 pub struct Results {
     pub preset: String,
     pub command: String,
+    /// The data and budget in words.
+    pub setup: String,
     pub budget: Budget,
     pub rows: Vec<ResultRow>,
     pub claims: Vec<Claim>,
@@ -112,20 +140,9 @@ impl Results {
 
     /// `results.md`: the table, the claims, and how to reproduce.
     pub fn markdown(&self) -> String {
-        let b = &self.budget;
         let mut s = format!(
-            "# `{}` preset\n\nReproduce: `{}`\n\nSimulated indoor target domain at {}×{}; {} labeled target images (teacher, `student_gt`), {} held-out target images (NYU protocol), {} unlabeled OOD images; teacher {} steps, every student row {} steps of batch {}. Wall time {:.0} s.\n\n",
-            self.preset,
-            self.command,
-            b.width,
-            b.height,
-            b.target_train,
-            b.target_test,
-            b.ood_images,
-            b.teacher_steps,
-            b.student_steps,
-            b.batch_size,
-            self.wall_seconds
+            "# `{}` preset\n\nReproduce: `{}`\n\n{} Wall time {:.0} s.\n\n",
+            self.preset, self.command, self.setup, self.wall_seconds
         );
         s += "| row | AbsRel | RMSE | δ1 | params | images | seconds | setting |\n";
         s += "|---|---:|---:|---:|---:|---:|---:|---|\n";
@@ -163,8 +180,9 @@ impl Results {
 pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
     match cfg.preset.as_str() {
         "ddd" => ddd(cfg),
-        "lw" | "adu" => Err(Error::NotAvailable(
-            "this preset (arrives with the aux and adu methods)",
+        "lw" => lw(cfg),
+        "adu" => Err(Error::NotAvailable(
+            "this preset (arrives with the adu method)",
         )),
         other => Err(Error::Usage(format!(
             "unknown preset {other:?}; known: ddd, lw, adu"
@@ -207,78 +225,42 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         seed,
         ..TrainConfig::default()
     };
-    let mut rows = Vec::new();
-    // predictions on the first test images (the report's sample grid) and losses, per row
-    let preview = &test[..test.len().min(6)];
-    let mut previews: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
-    let mut curves: Vec<(String, Vec<f32>)> = Vec::new();
-    let bar = |name: &str, steps: usize| {
-        training_progress(
-            cfg.quiet,
-            &format!("experiment ddd: {name}"),
-            steps,
-            b.batch_size,
-        )
-    };
-    let mut row = |name: &str, net: &Net, images: usize, t: Instant, setting: String| {
-        let metrics = eval(net, &test, &device)?;
-        previews.push((name.into(), predict(&net.net, preview, &device)?));
-        note(&format!(
-            "{name}: RMSE {:.4}, δ1 {:.4} ({:.0} s)",
-            metrics.rmse,
-            metrics.delta1,
-            t.elapsed().as_secs_f64()
-        ));
-        rows.push(ResultRow {
-            name: name.into(),
-            metrics,
-            params: net.net.spec().params() as u64,
-            images,
-            seconds: t.elapsed().as_secs_f64(),
-            setting,
-        });
-        Result::<()>::Ok(())
-    };
-
+    let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
     let t = Instant::now();
     let teacher = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
-    curves.push((
-        "teacher".into(),
-        train(
-            &teacher,
-            &target,
-            Target::Labels,
-            &train_cfg(b.teacher_steps, cfg.seed),
-            bar("teacher", b.teacher_steps),
-        )?,
-    ));
-    row(
+    let losses = train(
+        &teacher,
+        &target,
+        Target::Labels,
+        &train_cfg(b.teacher_steps, cfg.seed),
+        table.bar("teacher", b.teacher_steps),
+    )?;
+    table.record(
         "teacher",
         &teacher,
         target.len(),
         t,
-        "train-teacher --arch demo-teacher on indoor labels".into(),
+        "train-teacher --arch demo-teacher on indoor labels",
+        losses,
     )?;
 
     let student = |seed: u64| Net::new(preset("demo-student", 1.0)?, &device, seed);
     let t = Instant::now();
     let gt = student(cfg.seed + 1)?;
-    curves.push((
-        "student_gt".into(),
-        train(
-            &gt,
-            &target,
-            Target::Labels,
-            &train_cfg(b.student_steps, cfg.seed + 1),
-            bar("student_gt", b.student_steps),
-        )?,
-    ));
-    row(
+    let losses = train(
+        &gt,
+        &target,
+        Target::Labels,
+        &train_cfg(b.student_steps, cfg.seed + 1),
+        table.bar("student_gt", b.student_steps),
+    )?;
+    table.record(
         "student_gt",
         &gt,
         target.len(),
         t,
-        "student on indoor labels (upper bound)".into(),
+        "student on indoor labels (upper bound)",
+        losses,
     )?;
 
     let kd = DddOptions::kd();
@@ -328,24 +310,16 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
             &images,
             &train_cfg(b.student_steps, cfg.seed + 1),
             &options,
-            bar(name, b.student_steps),
+            table.bar(name, b.student_steps),
         )?;
-        curves.push((name.into(), losses));
-        row(name, &s, images.len(), t, setting.into())?;
+        table.record(name, &s, images.len(), t, setting, losses)?;
     }
 
-    let mut results = Results {
-        preset: "ddd".into(),
-        command: format!(
-            "depthling experiment --preset ddd{} --out {}",
-            if cfg.quick { " --quick" } else { "" },
-            cfg.out.display()
-        ),
-        budget: b,
-        rows,
-        claims: Vec::new(),
-        wall_seconds: start.elapsed().as_secs_f64(),
-    };
+    let setup = format!(
+        "Simulated indoor target domain at {w}×{h}; {} labeled target images (teacher, `student_gt`), {} held-out target images (NYU protocol), {} unlabeled OOD images; teacher {} steps, every student row {} steps of batch {}.",
+        b.target_train, b.target_test, b.ood_images, b.teacher_steps, b.student_steps, b.batch_size
+    );
+    let (mut results, previews, curves) = table.finish(b, setup, start);
     let (kd, ddd) = (results.rmse("kd"), results.rmse("ddd"));
     let (mix, tr, ddd6) = (
         results.rmse("ddd_mix"),
@@ -375,7 +349,319 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         },
     ];
     write_results(&cfg.out, &results)?;
-    write_report(&cfg.out, &results, preview, &previews, &curves)?;
+    write_report(
+        &cfg.out,
+        &results,
+        &test,
+        &previews,
+        &curves,
+        &["teacher", "kd", "ddd"],
+    )?;
+    Ok(results)
+}
+
+/// Each row's predictions on the first test images.
+type Previews = Vec<(String, Vec<Vec<f32>>)>;
+/// Each row's training losses.
+type Curves = Vec<(String, Vec<f32>)>;
+
+/// The rows of a run as they finish: metrics on the test set, predictions on the first test
+/// images (the report's sample grid), loss curves, and a progress bar per row.
+struct Table<'a> {
+    cfg: &'a ExperimentConfig,
+    test: &'a [Sample],
+    batch_size: usize,
+    preset: &'static str,
+    device: Device,
+    rows: Vec<ResultRow>,
+    previews: Previews,
+    curves: Curves,
+}
+
+impl<'a> Table<'a> {
+    fn new(
+        cfg: &'a ExperimentConfig,
+        test: &'a [Sample],
+        batch_size: usize,
+        preset: &'static str,
+    ) -> Self {
+        Table {
+            cfg,
+            test,
+            batch_size,
+            preset,
+            device: Device::Cpu,
+            rows: Vec::new(),
+            previews: Vec::new(),
+            curves: Vec::new(),
+        }
+    }
+
+    /// Training progress for row `name`.
+    fn bar(&self, name: &str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
+        training_progress(
+            self.cfg.quiet,
+            &format!("experiment {}: {name}", self.preset),
+            steps,
+            self.batch_size,
+        )
+    }
+
+    fn record(
+        &mut self,
+        name: &str,
+        net: &Net,
+        images: usize,
+        t: Instant,
+        setting: &str,
+        losses: Vec<f32>,
+    ) -> Result<()> {
+        let metrics = eval(net, self.test, &self.device)?;
+        progress(
+            self.cfg.quiet,
+            &format!(
+                "experiment {}: {name}: RMSE {:.4}, δ1 {:.4} ({:.0} s)",
+                self.preset,
+                metrics.rmse,
+                metrics.delta1,
+                t.elapsed().as_secs_f64()
+            ),
+        );
+        let preview = &self.test[..self.test.len().min(6)];
+        self.previews
+            .push((name.into(), predict(&net.net, preview, &self.device)?));
+        self.curves.push((name.into(), losses));
+        self.rows.push(ResultRow {
+            name: name.into(),
+            metrics,
+            params: net.net.spec().params() as u64,
+            images,
+            seconds: t.elapsed().as_secs_f64(),
+            setting: setting.into(),
+        });
+        Ok(())
+    }
+
+    /// The results (claims still empty), the previews and the curves.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        self,
+        budget: Budget,
+        setup: String,
+        start: Instant,
+    ) -> (
+        Results,
+        Vec<(String, Vec<Vec<f32>>)>,
+        Vec<(String, Vec<f32>)>,
+    ) {
+        let results = Results {
+            preset: self.preset.into(),
+            command: format!(
+                "depthling experiment --preset {}{} --out {}",
+                self.preset,
+                if self.cfg.quick { " --quick" } else { "" },
+                self.cfg.out.display()
+            ),
+            setup,
+            budget,
+            rows: self.rows,
+            claims: Vec::new(),
+            wall_seconds: start.elapsed().as_secs_f64(),
+        };
+        (results, self.previews, self.curves)
+    }
+}
+
+/// The LW paper's table: teacher, student_no_kd, kd_X, kd_U, kd_XU, kd_XU_labeled. X is a small
+/// labeled indoor set, U the related `indoor-alt` domain (U′: with its labels); the teacher is
+/// 12× the student.
+fn lw(cfg: &ExperimentConfig) -> Result<Results> {
+    let start = Instant::now();
+    let b = Budget::lw(cfg.quick);
+    let device = Device::Cpu;
+    let (w, h) = (b.width, b.height);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    progress(
+        cfg.quiet,
+        &format!(
+            "experiment lw: rendering {} indoor and {} indoor-alt images at {w}×{h}",
+            b.target_train + b.target_test,
+            b.aux_images
+        ),
+    );
+    let x = render_many(Domain::Indoor, w, h, cfg.seed, 0, b.target_train, false);
+    let test = render_many(
+        Domain::Indoor,
+        w,
+        h,
+        cfg.seed ^ 0x7E57,
+        0,
+        b.target_test,
+        false,
+    );
+    let u = render_many(
+        Domain::IndoorAlt,
+        w,
+        h,
+        cfg.seed + 202,
+        0,
+        b.aux_images,
+        false,
+    );
+    let train_cfg = |steps: usize, seed: u64| TrainConfig {
+        steps,
+        batch_size: b.batch_size,
+        seed,
+        ..TrainConfig::default()
+    };
+    let mut table = Table::new(cfg, &test, b.batch_size, "lw");
+    let (teacher_arch, teacher_width) = ("demo-teacher", 2.0);
+
+    let mut teachers = Vec::new();
+    for (name, labeled, setting) in [
+        (
+            "teacher",
+            x.clone(),
+            "train-teacher --arch demo-teacher --width 2 on X",
+        ),
+        (
+            "teacher_XU_labeled",
+            [x.clone(), u.clone()].concat(),
+            "train-teacher --arch demo-teacher --width 2 on X∪U′ (for kd_XU_labeled)",
+        ),
+    ] {
+        let t = Instant::now();
+        let teacher = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
+        let losses = train(
+            &teacher,
+            &labeled,
+            Target::Labels,
+            &train_cfg(b.teacher_steps, cfg.seed),
+            table.bar(name, b.teacher_steps),
+        )?;
+        if name == "teacher" {
+            table.record(name, &teacher, labeled.len(), t, setting, losses)?;
+        }
+        teachers.push(teacher);
+    }
+
+    let student = || Net::new(preset("demo-student", 1.0)?, &device, cfg.seed + 1);
+    let t = Instant::now();
+    let s = student()?;
+    let losses = train(
+        &s,
+        &x,
+        Target::Labels,
+        &train_cfg(b.student_steps, cfg.seed + 1),
+        table.bar("student_no_kd", b.student_steps),
+    )?;
+    table.record(
+        "student_no_kd",
+        &s,
+        x.len(),
+        t,
+        "train-teacher --arch demo-student on X (no teacher)",
+        losses,
+    )?;
+    let none: &[Sample] = &[];
+    // (name, labeled, unlabeled, teacher index, setting)
+    type AuxRow<'s> = (
+        &'static str,
+        &'s [Sample],
+        &'s [Sample],
+        usize,
+        &'static str,
+    );
+    let xu = [x.clone(), u.clone()].concat();
+    let rows: [AuxRow; 4] = [
+        ("kd_X", &x, none, 0, "distill --method aux --labeled X"),
+        ("kd_U", none, &u, 0, "distill --method aux --images U"),
+        (
+            "kd_XU",
+            &x,
+            &u,
+            0,
+            "distill --method aux --labeled X --images U",
+        ),
+        (
+            "kd_XU_labeled",
+            &xu,
+            none,
+            1,
+            "distill --method aux --labeled X --labeled U′ (teacher trained on X∪U′)",
+        ),
+    ];
+    for (name, labeled, unlabeled, teacher, setting) in rows {
+        let t = Instant::now();
+        let s = student()?;
+        let losses = crate::distill::aux(
+            &s,
+            &teachers[teacher].net,
+            labeled,
+            unlabeled,
+            &train_cfg(b.student_steps, cfg.seed + 1),
+            1.0,
+            table.bar(name, b.student_steps),
+        )?;
+        table.record(
+            name,
+            &s,
+            labeled.len() + unlabeled.len(),
+            t,
+            setting,
+            losses,
+        )?;
+    }
+
+    let setup = format!(
+        "Simulated indoor target domain at {w}×{h}: X = {} labeled indoor images, U = {} images of the related `indoor-alt` domain (rooms in another style; U′ = the same with labels), {} held-out indoor images (NYU protocol). Teacher `demo-teacher` at width 2 ({} steps), student `demo-student`; every student row {} steps of batch {}, KD weight 1.",
+        b.target_train, b.aux_images, b.target_test, b.teacher_steps, b.student_steps, b.batch_size
+    );
+    let (mut results, previews, curves) = table.finish(b, setup, start);
+    let rmse = |n: &str| results.rmse(n);
+    let (none_, kx, kxu, kxul) = (
+        rmse("student_no_kd"),
+        rmse("kd_X"),
+        rmse("kd_XU"),
+        rmse("kd_XU_labeled"),
+    );
+    let params = |n: &str| {
+        results
+            .rows
+            .iter()
+            .find(|r| r.name == n)
+            .map_or(0, |r| r.params)
+    };
+    let (pt, ps) = (params("teacher"), params("kd_X"));
+    results.claims = vec![
+        Claim {
+            claim: "`kd_XU` < `kd_X` < `student_no_kd` (RMSE)".into(),
+            holds: kxu < kx && kx < none_,
+            numbers: format!("{kxu:.4} < {kx:.4} < {none_:.4}"),
+        },
+        Claim {
+            claim: "`kd_XU_labeled` at least as good as `kd_XU`".into(),
+            holds: kxul <= kxu,
+            numbers: format!("{kxul:.4} vs {kxu:.4}"),
+        },
+        Claim {
+            claim: "the student has ≤ 10 % of the teacher's parameters".into(),
+            holds: ps as f64 <= 0.1 * pt as f64,
+            numbers: format!(
+                "{ps} vs {pt} ({:.1} %)",
+                100.0 * ps as f64 / pt.max(1) as f64
+            ),
+        },
+    ];
+    write_results(&cfg.out, &results)?;
+    write_report(
+        &cfg.out,
+        &results,
+        &test,
+        &previews,
+        &curves,
+        &["teacher", "student_no_kd", "kd_XU"],
+    )?;
     Ok(results)
 }
 
@@ -387,11 +673,11 @@ fn write_report(
     samples: &[Sample],
     previews: &[(String, Vec<Vec<f32>>)],
     curves: &[(String, Vec<f32>)],
+    shown: &[&str],
 ) -> Result<()> {
     use crate::report::{esc, metrics_table, sample_sheet, sheet_img, write_page, MetricRow};
     let dir = out.join("report");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let shown = ["teacher", "kd", "ddd"];
     let preds: Vec<&[Vec<f32>]> = shown
         .iter()
         .filter_map(|n| previews.iter().find(|(m, _)| m == n))
@@ -456,13 +742,12 @@ fn write_report(
     }
     settings += "</table>\n";
     let body = format!(
-        "<p>Reproduce: <code>{cmd}</code> ({w}×{h}, wall time {wall:.0} s; the budget is in <code>results.json</code>).</p>\n\
+        "<p>Reproduce: <code>{cmd}</code>. {setup} Wall time {wall:.0} s.</p>\n\
 <h2>Claims</h2>{claims}<h2>Results</h2>{table}{settings}\
 <h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">\n<h2>Training</h2><img src=\"loss.png\" width=\"720\">\n\
 <h2>Samples</h2><p>RGB | ground truth | {cols} | error of {last} ({cap})</p>{img}\n",
         cmd = esc(&r.command),
-        w = r.budget.width,
-        h = r.budget.height,
+        setup = esc(&r.setup.replace('`', "")),
         wall = r.wall_seconds,
         table = metrics_table(&rows),
         cols = shown.join(" | "),

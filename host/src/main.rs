@@ -144,6 +144,8 @@ enum Command {
         after_help = "Example: depthling simulate --domain indoor --count 100 --size 128x96 --seed 1 --preview --out data/indoor"
     )]
     Simulate {
+        /// indoor (the target stand-in), indoor-alt (rooms in another style: auxiliary data),
+        /// outdoor, or ood (random primitives with instance masks, for data-free KD).
         #[arg(long)]
         domain: String,
         #[arg(long)]
@@ -185,17 +187,26 @@ enum Command {
     },
     /// Distill a student from a teacher.
     #[command(
-        after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors"
+        after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors\nWith labels and auxiliary images (LW, X∪U): depthling distill --method aux --teacher teacher.safetensors --labeled data/indoor --images data/indoor-alt --out student.safetensors"
     )]
     Distill {
+        /// kd (teacher's predictions on --images), ddd (kd + object mixing + transformation
+        /// network), aux (ground truth of --labeled + KD on --labeled and --images), adu.
         #[arg(long)]
         method: String,
         #[arg(long)]
         teacher: PathBuf,
+        /// Unlabeled images (depth, if present, is not used): kd and ddd need them; for aux the
+        /// auxiliary set U.
         #[arg(long)]
-        images: PathBuf,
+        images: Option<PathBuf>,
+        /// aux: a labeled dataset, the target set X; give it again for a labeled auxiliary set
+        /// (the X∪U′ setting).
         #[arg(long)]
-        labeled: Option<PathBuf>,
+        labeled: Vec<PathBuf>,
+        /// aux: weight of the KD term against the ground-truth term.
+        #[arg(long, default_value_t = 1.0)]
+        kd_weight: f64,
         #[arg(long, default_value = "demo-student")]
         arch: String,
         #[command(flatten)]
@@ -378,7 +389,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let domain = sim::Domain::parse(&domain).ok_or_else(|| {
                 Error::Usage(format!(
-                    "unknown domain {domain:?}; known: indoor, outdoor, ood"
+                    "unknown domain {domain:?}; known: indoor, indoor-alt, outdoor, ood"
                 ))
             })?;
             let (width, height) = commands::parse_size(&size)?;
@@ -453,21 +464,19 @@ fn dispatch(cli: Cli) -> Result<()> {
             teacher,
             images,
             labeled,
+            kd_weight,
             arch,
             train,
             ddd,
             out,
             json,
         } => {
-            if labeled.is_some() {
-                return Err(Error::NotAvailable(
-                    "--labeled (arrives with the aux method)",
-                ));
-            }
             let r = commands::distill(&commands::DistillConfig {
                 method,
                 teacher,
                 images,
+                labeled,
+                kd_weight,
                 options: train.options(arch, quiet)?,
                 out: out.clone(),
                 ddd: ddd.options(),
@@ -807,10 +816,26 @@ fn expand_config(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString
             toml::Value::String(s) => extra.extend([flag.into(), s.into()]),
             toml::Value::Integer(i) => extra.extend([flag.into(), i.to_string().into()]),
             toml::Value::Float(f) => extra.extend([flag.into(), f.to_string().into()]),
+            // a flag given several times (`labeled = ["data/indoor", "data/indoor-alt"]`)
+            toml::Value::Array(items) => {
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => extra.extend([flag.clone().into(), s.into()]),
+                        _ => {
+                            return Err(Error::bad_input(
+                                &path,
+                                format!("{key}: lists may hold only strings"),
+                            ))
+                        }
+                    }
+                }
+            }
             _ => {
                 return Err(Error::bad_input(
                     &path,
-                    format!("{key}: only strings, numbers and booleans are supported"),
+                    format!(
+                        "{key}: only strings, numbers, booleans and lists of strings are supported"
+                    ),
                 ))
             }
         }

@@ -21,6 +21,13 @@ pub enum Target<'a> {
     Labels,
     /// The teacher's prediction on the same (augmented) image: knowledge distillation.
     Teacher(&'a GraphNet),
+    /// Both (the LW paper's auxiliary-data KD): the ground-truth loss where a sample has labels
+    /// (unlabeled samples carry depth 0 everywhere) plus `kd_weight` × the loss against the
+    /// teacher's prediction on every sample.
+    Aux {
+        teacher: &'a GraphNet,
+        kd_weight: f64,
+    },
 }
 
 /// Periodic checkpoints of a run: weights, BatchNorm statistics, Adam moments, the step, the data
@@ -230,7 +237,7 @@ pub fn train_with(
     }
     let fingerprint = cfg.fingerprint();
     let channels = net.net.spec().input_channels;
-    if let Target::Teacher(t) = &target {
+    if let Target::Teacher(t) | Target::Aux { teacher: t, .. } = &target {
         if t.spec().input_channels != channels {
             return Err(Error::Usage(format!(
                 "the teacher takes {} input channels and the student {channels}; a stereo teacher's predictions are distilled by the adu method",
@@ -263,12 +270,28 @@ pub fn train_with(
             Some(st) => st.apply(step, &x)?,
             None => x,
         };
-        let (target, mask) = match &target {
-            Target::Labels => (gt, mask),
-            Target::Teacher(t) => (t.forward_t(&x, false)?.detach(), mask.ones_like()?),
+        let loss = match &target {
+            Target::Labels => {
+                let pred = net.net.forward_t(&x, true)?;
+                cfg.loss.compute(&pred, &gt, &mask)?
+            }
+            Target::Teacher(t) => {
+                let y = t.forward_t(&x, false)?.detach();
+                let pred = net.net.forward_t(&x, true)?;
+                cfg.loss.compute(&pred, &y, &mask.ones_like()?)?
+            }
+            Target::Aux { teacher, kd_weight } => {
+                let y = teacher.forward_t(&x, false)?.detach();
+                let pred = net.net.forward_t(&x, true)?;
+                let kd = (cfg.loss.compute(&pred, &y, &mask.ones_like()?)? * *kd_weight)?;
+                // a batch of unlabeled images only has no ground-truth term
+                if mask.sum_all()?.to_scalar::<f32>()? > 0.0 {
+                    (cfg.loss.compute(&pred, &gt, &mask)? + kd)?
+                } else {
+                    kd
+                }
+            }
         };
-        let pred = net.net.forward_t(&x, true)?;
-        let loss = cfg.loss.compute(&pred, &target, &mask)?;
         let value = loss.to_scalar::<f32>()?;
         let step_result = if value.is_finite() {
             loss.backward()

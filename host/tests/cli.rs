@@ -291,6 +291,7 @@ fn stage_commands_chain_end_to_end() {
     };
     sim("indoor", "indoor");
     sim("ood", "ood");
+    sim("indoor-alt", "alt");
     let o = depthling(&[
         "train-teacher",
         "--data",
@@ -378,6 +379,53 @@ fn stage_commands_chain_end_to_end() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("instance masks"), "{}", stderr(&o));
     assert!(!dir.path().join("never.safetensors").exists());
+    // aux (LW, X∪U): ground truth of the labeled set plus KD on it and on the auxiliary images
+    let aux = json(&depthling(&[
+        "distill",
+        "--method",
+        "aux",
+        "--teacher",
+        &p("t.safetensors"),
+        "--labeled",
+        &p("indoor"),
+        "--images",
+        &p("alt"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        &p("s-aux.safetensors"),
+        "--json",
+    ]));
+    assert_eq!(aux["images"], 24, "{aux}");
+    assert_eq!(aux["steps"], 6, "{aux}");
+    assert!(aux["loss_last"].as_f64().unwrap().is_finite());
+    assert!(dir.path().join("s-aux.safetensors").exists());
+    for (args, needle) in [
+        (
+            vec![
+                "--method",
+                "kd",
+                "--labeled",
+                &p("indoor"),
+                "--images",
+                &p("ood"),
+            ],
+            "--labeled is for --method aux",
+        ),
+        (vec!["--method", "aux"], "needs --labeled DIR"),
+        (vec!["--method", "kd"], "needs --images DIR"),
+    ] {
+        let (teacher, never) = (p("t.safetensors"), p("never.safetensors"));
+        let mut all = vec!["distill", "--teacher", &teacher];
+        all.extend(args);
+        all.extend(["--out", &never]);
+        let o = depthling(&all);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+        assert!(!dir.path().join("never.safetensors").exists());
+    }
     let q = json(&depthling(&[
         "quantize",
         "--model",
@@ -752,7 +800,7 @@ fn bad_input_exits_2_naming_the_problem() {
             vec![
                 "experiment".into(),
                 "--preset".into(),
-                "lw".into(),
+                "adu".into(),
                 "--out".into(),
                 out.display().to_string(),
             ],
@@ -790,6 +838,52 @@ fn bad_input_exits_2_naming_the_problem() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn experiment_lw_quick_runs_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lw");
+    let r = json(&depthling(&[
+        "experiment",
+        "--preset",
+        "lw",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "student_no_kd",
+            "kd_X",
+            "kd_U",
+            "kd_XU",
+            "kd_XU_labeled"
+        ]
+    );
+    // X = 24 labeled, U = 48 auxiliary images in the quick budget
+    let images: Vec<u64> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["images"].as_u64().unwrap())
+        .collect();
+    assert_eq!(images, [24, 24, 24, 48, 72, 72]);
+    assert_eq!(r["claims"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        r["claims"][2]["holds"], true,
+        "student ≤ 10 % of the teacher"
+    );
+    assert!(out.join("results.md").exists() && out.join("report/index.html").exists());
 }
 
 #[test]

@@ -16,6 +16,9 @@ use crate::rng::Rng;
 pub enum Domain {
     /// Rooms with furniture: the target domain (a stand-in for NYUv2).
     Indoor,
+    /// Rooms in another style: larger, brightly painted, seen from a low robot-height camera,
+    /// more furniture. A related domain of its own: the LW paper's auxiliary data U.
+    IndoorAlt,
     /// Streets: road, sidewalks, buildings, cars, poles, trees; sky is invalid depth.
     Outdoor,
     /// Random primitives in random layouts: the out-of-distribution source for data-free KD.
@@ -26,6 +29,7 @@ impl Domain {
     pub fn parse(s: &str) -> Option<Domain> {
         match s {
             "indoor" => Some(Domain::Indoor),
+            "indoor-alt" => Some(Domain::IndoorAlt),
             "outdoor" => Some(Domain::Outdoor),
             "ood" => Some(Domain::Ood),
             _ => None,
@@ -35,6 +39,7 @@ impl Domain {
     pub fn name(self) -> &'static str {
         match self {
             Domain::Indoor => "indoor",
+            Domain::IndoorAlt => "indoor-alt",
             Domain::Outdoor => "outdoor",
             Domain::Ood => "ood",
         }
@@ -60,7 +65,7 @@ impl Domain {
     pub fn focal_fraction(self) -> f32 {
         match self {
             // NYUv2: 518.8 px at 640 px wide
-            Domain::Indoor | Domain::Ood => 0.81,
+            Domain::Indoor | Domain::IndoorAlt | Domain::Ood => 0.81,
             // KITTI: ~721 px at 1242 px wide
             Domain::Outdoor => 0.58,
         }
@@ -99,11 +104,39 @@ fn boxed(center: V3, half: V3, yaw: f32, material: Material, instance: u16) -> O
     }
 }
 
+/// What distinguishes the two indoor domains.
+struct RoomStyle {
+    /// Room width and depth range, metres.
+    size: (f32, f32),
+    /// Saturated (painted, colourful) wall colours instead of muted ones.
+    saturated_walls: bool,
+    /// Camera height range, metres.
+    camera: (f32, f32),
+    furniture: (usize, usize),
+    ambient: (f32, f32),
+}
+
+const ROOM: RoomStyle = RoomStyle {
+    size: (3.0, 8.0),
+    saturated_walls: false,
+    camera: (1.0, 1.8),
+    furniture: (3, 8),
+    ambient: (0.25, 0.4),
+};
+
+const ROOM_ALT: RoomStyle = RoomStyle {
+    size: (4.0, 9.0),
+    saturated_walls: true,
+    camera: (0.5, 1.1),
+    furniture: (5, 11),
+    ambient: (0.35, 0.5),
+};
+
 /// A room: floor, ceiling and four walls as planes, furniture from boxes and cylinders.
-fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
+fn indoor(rng: &mut Rng, width: usize, height: usize, style: &RoomStyle) -> (Scene, Camera) {
     let (rw, rd, rh) = (
-        rng.range(3.0, 8.0),
-        rng.range(3.0, 8.0),
+        rng.range(style.size.0, style.size.1),
+        rng.range(style.size.0, style.size.1),
         rng.range(2.4, 3.2),
     );
     let mut objects = Vec::new();
@@ -113,7 +146,7 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         Texture::Checker,
         Texture::Fabric,
     ]);
-    let wall = material(rng, Texture::Painted, false);
+    let wall = material(rng, Texture::Painted, style.saturated_walls);
     let plane = |normal: V3, d: f32, m: Material| Object {
         shape: Shape::Plane { normal, d },
         material: m,
@@ -130,7 +163,7 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
         material(rng, Texture::Painted, false),
     ));
     let side_wall = if rng.chance(0.3) {
-        material(rng, Texture::Painted, false)
+        material(rng, Texture::Painted, style.saturated_walls)
     } else {
         wall
     };
@@ -141,10 +174,10 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
 
     let cam_pos = v3(
         rng.range(0.3, 0.7) * rw,
-        rng.range(1.0, 1.8),
+        rng.range(style.camera.0, style.camera.1),
         rng.range(0.15, 0.5),
     );
-    let furniture = rng.int(3, 8) as u16;
+    let furniture = rng.int(style.furniture.0, style.furniture.1) as u16;
     for instance in 1..=furniture {
         let kind = rng.int(0, 5);
         let against_wall = rng.chance(0.5);
@@ -290,7 +323,7 @@ fn indoor(rng: &mut Rng, width: usize, height: usize) -> (Scene, Camera) {
     let scene = Scene {
         objects,
         lights,
-        ambient: rng.range(0.25, 0.4),
+        ambient: rng.range(style.ambient.0, style.ambient.1),
         sky: None,
         max_depth: Domain::Indoor.max_depth(),
     };
@@ -557,7 +590,8 @@ pub fn render_sample(
 ) -> Sample {
     let mut rng = Rng::derive(seed, index);
     let (scene, cam) = match domain {
-        Domain::Indoor => indoor(&mut rng, width, height),
+        Domain::Indoor => indoor(&mut rng, width, height, &ROOM),
+        Domain::IndoorAlt => indoor(&mut rng, width, height, &ROOM_ALT),
         Domain::Outdoor => outdoor(&mut rng, width, height),
         Domain::Ood => ood(&mut rng, width, height),
     };
