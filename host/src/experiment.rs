@@ -515,19 +515,20 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         ..TrainConfig::default()
     };
     let mut table = Table::new(cfg, &test, b.batch_size, "lw");
-    let (teacher_arch, teacher_width) = ("demo-teacher", 2.0);
+    // the student at ≤ 10 % of the teacher, both small enough for a CPU run
+    let (teacher_arch, teacher_width, student_width) = ("demo-teacher", 1.5, 0.75);
 
     let mut teachers = Vec::new();
     for (name, labeled, setting) in [
         (
             "teacher",
             x.clone(),
-            "train-teacher --arch demo-teacher --width 2 on X",
+            "train-teacher --arch demo-teacher --width 1.5 on X",
         ),
         (
             "teacher_XU_labeled",
             [x.clone(), u.clone()].concat(),
-            "train-teacher --arch demo-teacher --width 2 on X∪U′ (for kd_XU_labeled)",
+            "train-teacher --arch demo-teacher --width 1.5 on X∪U′ (for kd_XU_labeled)",
         ),
     ] {
         let t = Instant::now();
@@ -545,7 +546,13 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         teachers.push(teacher);
     }
 
-    let student = || Net::new(preset("demo-student", 1.0)?, &device, cfg.seed + 1);
+    let student = || {
+        Net::new(
+            preset("demo-student", student_width)?,
+            &device,
+            cfg.seed + 1,
+        )
+    };
     let t = Instant::now();
     let s = student()?;
     let losses = train(
@@ -560,7 +567,7 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         &s,
         x.len(),
         t,
-        "train-teacher --arch demo-student on X (no teacher)",
+        "train-teacher --arch demo-student --width 0.75 on X (no teacher)",
         losses,
     )?;
     let none: &[Sample] = &[];
@@ -614,7 +621,7 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
     }
 
     let setup = format!(
-        "Simulated indoor target domain at {w}×{h}: X = {} labeled indoor images, U = {} images of the related `indoor-alt` domain (rooms in another style; U′ = the same with labels), {} held-out indoor images (NYU protocol). Teacher `demo-teacher` at width 2 ({} steps), student `demo-student`; every student row {} steps of batch {}, KD weight 1.",
+        "Simulated indoor target domain at {w}×{h}: X = {} labeled indoor images, U = {} images of the related `indoor-alt` domain (rooms in another style; U′ = the same with labels), {} held-out indoor images (NYU protocol). Teacher `demo-teacher` at width 1.5 ({} steps), student `demo-student` at width 0.75; every student row {} steps of batch {}, KD weight 1.",
         b.target_train, b.aux_images, b.target_test, b.teacher_steps, b.student_steps, b.batch_size
     );
     let (mut results, previews, curves) = table.finish(b, setup, start);
