@@ -294,7 +294,85 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     if !p.depthwise {
         return dense_dsp(p, input, out);
     }
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if depthwise_by_channels(p, input, out) {
+        return;
+    }
     optimized_portable(p, input, out)
+}
+
+/// Depthwise convolution one group of four channels at a time over the whole map (Cortex-M DSP):
+/// each group's requantization constants are decoded once, its four accumulators stay in
+/// registers, and a tap is one word of input and one of weights (`SMLABB`/`SMLATT`, one product
+/// each). Channels left over past a multiple of four run one at a time. Returns `false` (nothing
+/// written) where the buffers are not the sizes the shapes say, for the portable path.
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+fn depthwise_by_channels(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
+    let k = p.kernel;
+    if input.len() < ih * iw * c || p.weights.len() < k * k * c || p.output.channels != c {
+        return false;
+    }
+    let (s, pad, ow, zp) = (p.stride, k / 2, p.output.width, p.input_zero_point);
+    let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+    let (xp, wp) = (input.as_ptr(), p.weights.as_ptr());
+    let groups = c / 4;
+    for g in 0..groups {
+        let c0 = 4 * g;
+        let finish: [Finish; 4] = core::array::from_fn(|j| Finish::new(&p.stage, p.bias, c0 + j));
+        for oy in 0..p.output.height {
+            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+            for ox in 0..ow {
+                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+                let mut acc = [0i32; 4];
+                for (ky, y) in (ky0..ky1).zip(y0..) {
+                    for (kx, x) in (kx0..kx1).zip(x0..) {
+                        // SAFETY: y < ih, x < iw (valid taps) and c0 + 4 ≤ c, so the word lies
+                        // inside `input` (checked ≥ ih·iw·c); likewise ky, kx < k for the
+                        // weights (≥ k·k·c). Cortex-M7 loads words unaligned.
+                        let (xw, ww) = unsafe {
+                            (
+                                (xp.add((y * iw + x) * c + c0) as *const u32).read_unaligned(),
+                                (wp.add((ky * k + kx) * c + c0) as *const u32).read_unaligned(),
+                            )
+                        };
+                        let (xe, xo) = (
+                            dsp::ssub16(dsp::sxtb16(xw), zp2),
+                            dsp::ssub16(dsp::sxtb16_ror8(xw), zp2),
+                        );
+                        let (we, wo) = (dsp::sxtb16(ww), dsp::sxtb16_ror8(ww));
+                        // bytes 0, 2 are in the even halves, 1, 3 in the odd ones
+                        acc[0] = dsp::smlabb(xe, we, acc[0]);
+                        acc[2] = dsp::smlatt(xe, we, acc[2]);
+                        acc[1] = dsp::smlabb(xo, wo, acc[1]);
+                        acc[3] = dsp::smlatt(xo, wo, acc[3]);
+                    }
+                }
+                let base = (oy * ow + ox) * c + c0;
+                for (j, f) in finish.iter().enumerate() {
+                    f.store(out, base + j, acc[j]);
+                }
+            }
+        }
+    }
+    for ch in 4 * groups..c {
+        let finish = Finish::new(&p.stage, p.bias, ch);
+        for oy in 0..p.output.height {
+            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+            for ox in 0..ow {
+                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+                let mut acc = 0i32;
+                for (ky, y) in (ky0..ky1).zip(y0..) {
+                    for (kx, x) in (kx0..kx1).zip(x0..) {
+                        let xv = input[(y * iw + x) * c + ch] as i32 - zp;
+                        acc += xv * p.weights[(ky * k + kx) * c + ch] as i32;
+                    }
+                }
+                finish.store(out, (oy * ow + ox) * c + ch, acc);
+            }
+        }
+    }
+    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -477,7 +555,7 @@ mod dsp {
 
     /// Bytes 0 and 2 of `x`, sign-extended to two halfwords.
     #[inline(always)]
-    fn sxtb16(x: u32) -> u32 {
+    pub fn sxtb16(x: u32) -> u32 {
         let r;
         // SAFETY: a register-only DSP instruction (Armv7E-M).
         unsafe {
@@ -488,7 +566,7 @@ mod dsp {
 
     /// Bytes 1 and 3 of `x`, sign-extended to two halfwords.
     #[inline(always)]
-    fn sxtb16_ror8(x: u32) -> u32 {
+    pub fn sxtb16_ror8(x: u32) -> u32 {
         let r;
         // SAFETY: as above.
         unsafe {
@@ -499,11 +577,33 @@ mod dsp {
 
     /// Halfword-wise `a − b` (wrapping; sets the GE flags, which nothing reads).
     #[inline(always)]
-    fn ssub16(a: u32, b: u32) -> u32 {
+    pub fn ssub16(a: u32, b: u32) -> u32 {
         let r;
         // SAFETY: as above.
         unsafe {
             asm!("ssub16 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack))
+        };
+        r
+    }
+
+    /// `acc + a.lo·b.lo` (halfwords; wrapping, Q flag as `smlad`).
+    #[inline(always)]
+    pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
+        let r;
+        // SAFETY: as above.
+        unsafe {
+            asm!("smlabb {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
+        };
+        r
+    }
+
+    /// `acc + a.hi·b.hi` (halfwords; wrapping, Q flag as `smlad`).
+    #[inline(always)]
+    pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
+        let r;
+        // SAFETY: as above.
+        unsafe {
+            asm!("smlatt {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
         };
         r
     }
