@@ -749,18 +749,6 @@ pub struct QatReport {
     pub ptq_metrics_int8: Option<crate::eval::EvalReport>,
 }
 
-/// Mean absolute difference of two sets of depth maps.
-fn mean_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    let (mut sum, mut n) = (0f64, 0usize);
-    for (x, y) in a.iter().zip(b) {
-        for (u, v) in x.iter().zip(y) {
-            sum += (u - v).abs() as f64;
-            n += 1;
-        }
-    }
-    sum / n.max(1) as f64
-}
-
 /// Settings of `depthling quantize`.
 #[derive(Clone, Debug)]
 pub struct QuantizeOptions {
@@ -826,7 +814,7 @@ pub fn quantize_file(
             steps,
             loss_first: first,
             loss_last: last,
-            ptq_int8_vs_f32_m: mean_abs_diff(&ptq_pred, &f32_pred),
+            ptq_int8_vs_f32_m: crate::eval::mean_abs_diff(&ptq_pred, &f32_pred),
             ptq_metrics_int8: crate::eval::evaluate(&ptq_pred, &samples, &cfg).ok(),
         })
     } else {
@@ -844,7 +832,7 @@ pub fn quantize_file(
         profile: profile_model(out)?,
         calibration: o.calibration.name().into(),
         layers,
-        int8_vs_f32_m: mean_abs_diff(&int8_pred, &f32_pred),
+        int8_vs_f32_m: crate::eval::mean_abs_diff(&int8_pred, &f32_pred),
         metrics_f32,
         metrics_int8,
         qat,

@@ -151,3 +151,16 @@ pub fn eval_folders(
         .ok_or_else(|| Error::bad_input(&gt_dir, "no image has a valid ground-truth pixel"))?;
     Ok(EvalReport::from_metrics(&mean, acc.images()))
 }
+
+/// Mean |a − b| over every pixel of two sets of depth maps (metres): how far two models' outputs
+/// are apart, e.g. int8 against f32.
+pub fn mean_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        for (u, v) in x.iter().zip(y) {
+            sum += (u - v).abs() as f64;
+            n += 1;
+        }
+    }
+    sum / n.max(1) as f64
+}

@@ -176,6 +176,22 @@ impl Results {
     }
 }
 
+/// The labeled indoor training set and the held-out indoor test set of a run.
+fn target_sets(cfg: &ExperimentConfig, b: &Budget) -> (Vec<Sample>, Vec<Sample>) {
+    let (w, h) = (b.width, b.height);
+    let train = render_many(Domain::Indoor, w, h, cfg.seed, 0, b.target_train, false);
+    let test = render_many(
+        Domain::Indoor,
+        w,
+        h,
+        cfg.seed ^ 0x7E57,
+        0,
+        b.target_test,
+        false,
+    );
+    (train, test)
+}
+
 /// Runs `cfg.preset` and writes `results.json` and `results.md` into `cfg.out`.
 pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
     match cfg.preset.as_str() {
@@ -208,16 +224,7 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         b.target_train + b.target_test,
         b.ood_images
     ));
-    let target = render_many(Domain::Indoor, w, h, cfg.seed, 0, b.target_train, false);
-    let test = render_many(
-        Domain::Indoor,
-        w,
-        h,
-        cfg.seed ^ 0x7E57,
-        0,
-        b.target_test,
-        false,
-    );
+    let (target, test) = target_sets(cfg, &b);
     let ood = render_many(Domain::Ood, w, h, cfg.seed + 101, 0, b.ood_images, false);
     let train_cfg = |steps: usize, seed: u64| TrainConfig {
         steps,
@@ -489,16 +496,7 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
             b.aux_images
         ),
     );
-    let x = render_many(Domain::Indoor, w, h, cfg.seed, 0, b.target_train, false);
-    let test = render_many(
-        Domain::Indoor,
-        w,
-        h,
-        cfg.seed ^ 0x7E57,
-        0,
-        b.target_test,
-        false,
-    );
+    let (x, test) = target_sets(cfg, &b);
     let u = render_many(
         Domain::IndoorAlt,
         w,

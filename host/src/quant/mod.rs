@@ -678,6 +678,7 @@ pub fn run_int8(model: &depthling_model::Model<'_>, samples: &[Sample]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::mean_abs_diff;
     use crate::nets::graph::GraphSpec;
     use crate::nets::Net;
     use crate::sim::{render_many, Domain};
@@ -723,17 +724,6 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         let g = g.get(w.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(g, [[1.0; 3], [1.0; 3]]);
-    }
-
-    fn mean_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-        let (mut sum, mut n) = (0f64, 0usize);
-        for (x, y) in a.iter().zip(b) {
-            for (u, v) in x.iter().zip(y) {
-                sum += (u - v).abs() as f64;
-                n += 1;
-            }
-        }
-        sum / n as f64
     }
 
     /// The fake-quantized forward pass is a model of the int8 engine: much closer to what the
