@@ -233,41 +233,22 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         ..TrainConfig::default()
     };
     let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
-    let t = Instant::now();
     let teacher = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
-    let losses = train(
-        &teacher,
-        &target,
-        Target::Labels,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        table.bar("teacher", b.teacher_steps),
-    )?;
-    table.record(
+    table.supervised(
         "teacher",
         &teacher,
-        target.len(),
-        t,
+        &target,
+        &train_cfg(b.teacher_steps, cfg.seed),
         "train-teacher --arch demo-teacher on indoor labels",
-        losses,
     )?;
 
     let student = |seed: u64| Net::new(preset("demo-student", 1.0)?, &device, seed);
-    let t = Instant::now();
-    let gt = student(cfg.seed + 1)?;
-    let losses = train(
-        &gt,
-        &target,
-        Target::Labels,
-        &train_cfg(b.student_steps, cfg.seed + 1),
-        table.bar("student_gt", b.student_steps),
-    )?;
-    table.record(
+    table.supervised(
         "student_gt",
-        &gt,
-        target.len(),
-        t,
+        &student(cfg.seed + 1)?,
+        &target,
+        &train_cfg(b.student_steps, cfg.seed + 1),
         "student on indoor labels (upper bound)",
-        losses,
     )?;
 
     let kd = DddOptions::kd();
@@ -414,6 +395,26 @@ impl<'a> Table<'a> {
         )
     }
 
+    /// Trains `net` on the labels of `data` and records it as row `name`.
+    fn supervised(
+        &mut self,
+        name: &str,
+        net: &Net,
+        data: &[Sample],
+        train_cfg: &TrainConfig,
+        setting: &str,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let losses = train(
+            net,
+            data,
+            Target::Labels,
+            train_cfg,
+            self.bar(name, train_cfg.steps),
+        )?;
+        self.record(name, net, data.len(), t, setting, losses)
+    }
+
     fn record(
         &mut self,
         name: &str,
@@ -516,33 +517,25 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
     // the student at ≤ 10 % of the teacher, both small enough for a CPU run
     let (teacher_arch, teacher_width, student_width) = ("demo-teacher", 1.5, 0.75);
 
-    let mut teachers = Vec::new();
-    for (name, labeled, setting) in [
-        (
-            "teacher",
-            x.clone(),
-            "train-teacher --arch demo-teacher --width 1.5 on X",
-        ),
-        (
-            "teacher_XU_labeled",
-            [x.clone(), u.clone()].concat(),
-            "train-teacher --arch demo-teacher --width 1.5 on X∪U′ (for kd_XU_labeled)",
-        ),
-    ] {
-        let t = Instant::now();
-        let teacher = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
-        let losses = train(
-            &teacher,
-            &labeled,
-            Target::Labels,
-            &train_cfg(b.teacher_steps, cfg.seed),
-            table.bar(name, b.teacher_steps),
-        )?;
-        if name == "teacher" {
-            table.record(name, &teacher, labeled.len(), t, setting, losses)?;
-        }
-        teachers.push(teacher);
-    }
+    let teacher = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
+    table.supervised(
+        "teacher",
+        &teacher,
+        &x,
+        &train_cfg(b.teacher_steps, cfg.seed),
+        "train-teacher --arch demo-teacher --width 1.5 on X",
+    )?;
+    // the X∪U′ setting's teacher also learns the auxiliary labels (not a row of its own)
+    let xu = [x.clone(), u.clone()].concat();
+    let teacher_xu = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
+    train(
+        &teacher_xu,
+        &xu,
+        Target::Labels,
+        &train_cfg(b.teacher_steps, cfg.seed),
+        table.bar("teacher on X∪U′", b.teacher_steps),
+    )?;
+    let teachers = [teacher, teacher_xu];
 
     let student = || {
         Net::new(
@@ -551,22 +544,12 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
             cfg.seed + 1,
         )
     };
-    let t = Instant::now();
-    let s = student()?;
-    let losses = train(
-        &s,
-        &x,
-        Target::Labels,
-        &train_cfg(b.student_steps, cfg.seed + 1),
-        table.bar("student_no_kd", b.student_steps),
-    )?;
-    table.record(
+    table.supervised(
         "student_no_kd",
-        &s,
-        x.len(),
-        t,
+        &student()?,
+        &x,
+        &train_cfg(b.student_steps, cfg.seed + 1),
         "train-teacher --arch demo-student --width 0.75 on X (no teacher)",
-        losses,
     )?;
     let none: &[Sample] = &[];
     // (name, labeled, unlabeled, teacher index, setting)
