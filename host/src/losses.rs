@@ -1,5 +1,7 @@
 //! Depth losses (DESIGN §6), each a masked mean over valid pixels of `N×1×H×W` maps: L1, BerHu,
-//! SILog, and Hu et al.'s depth + Sobel-gradient + surface-normal loss.
+//! SILog, and Hu et al.'s depth + Sobel-gradient + surface-normal loss; and ADU-Depth's
+//! distillation losses (spatial attention, attention-weighted feature distillation, focal-depth
+//! response distillation with Laplacian uncertainty), for the `adu` method.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -107,9 +109,57 @@ fn hu(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     Ok(((l_depth + l_grad)? + l_normal)?)
 }
 
+/// ADU-Depth's spatial attention of a teacher feature map `N×C×H×W`: the channel mean of the
+/// squared activations, normalised to sum 1 over each image's positions → `N×1×H×W` (DESIGN §6).
+pub fn spatial_attention(features: &Tensor) -> Result<Tensor> {
+    let a = features.sqr()?.mean_keepdim(1)?;
+    let total = a.sum_keepdim(2)?.sum_keepdim(3)?.maximum(1e-12f32)?;
+    Ok(a.broadcast_div(&total)?)
+}
+
+/// Attention-weighted feature distillation at one tap: Σ_p M_t(p)·‖A(F_s)(p) − F_t(p)‖², with
+/// `M_t` the teacher's [`spatial_attention`] (no gradient), averaged over the batch. `adapted` is
+/// the student's feature after its 1×1 adapter, the same shape as `teacher`.
+pub fn attention_feature_loss(adapted: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    if adapted.dims() != teacher.dims() {
+        return Err(Error::Runtime(format!(
+            "feature distillation: student {:?} and teacher {:?} differ",
+            adapted.dims(),
+            teacher.dims()
+        )));
+    }
+    let n = teacher.dim(0)? as f64;
+    let m = spatial_attention(&teacher.detach())?.detach();
+    let sq = (adapted - teacher.detach())?.sqr()?.sum_keepdim(1)?;
+    Ok(((sq * m)?.sum_all()? / n)?)
+}
+
+/// ADU-Depth's response distillation: mean(w·(|d_s − d_t|·e^(−u) + u)) with the focal weight
+/// w = (|d_s − d_t| / d_t)^γ (no gradient) and u = log b the student's Laplacian uncertainty.
+/// Pixels where the teacher's depth is not positive are left out.
+pub fn focal_uncertainty_loss(
+    student: &Tensor,
+    teacher: &Tensor,
+    log_b: &Tensor,
+    gamma: f64,
+) -> Result<Tensor> {
+    let t = teacher.detach();
+    let valid = t.gt(0f32)?.to_dtype(DType::F32)?;
+    let diff = (student - &t)?.abs()?;
+    let rel = (diff.detach() / t.maximum(1e-6f32)?)?;
+    let w = if gamma == 0.0 {
+        rel.ones_like()?
+    } else {
+        rel.maximum(1e-12f32)?.powf(gamma)?
+    };
+    let per = (w * ((diff * log_b.neg()?.exp()?)? + log_b)?)?;
+    masked_mean(&per, &valid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Var;
 
     fn t(v: &[f32], h: usize, w: usize) -> Tensor {
         Tensor::from_vec(v.to_vec(), (1, 1, h, w), &Device::Cpu).unwrap()
@@ -121,6 +171,42 @@ mod tests {
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-4 * b.abs().max(1.0)
+    }
+
+    /// ADU's losses against values worked out by hand.
+    #[test]
+    fn adu_losses_match_hand_computed_values() {
+        let dev = Device::Cpu;
+        // two channels on a 1×2 map: squares (1, 9) and (1, 1) → channel means 1, 5 → M = 1/6, 5/6
+        let f = Tensor::from_vec(vec![1f32, 3., 1., -1.], (1, 2, 1, 2), &dev).unwrap();
+        let m = spatial_attention(&f).unwrap().flatten_all().unwrap();
+        let m = m.to_vec1::<f32>().unwrap();
+        assert!(close(m[0], 1.0 / 6.0) && close(m[1], 5.0 / 6.0), "{m:?}");
+        // student differs by (1, 0) at p0 and (0, 2) at p1: 1/6·1 + 5/6·4 = 3.5
+        let s = Tensor::from_vec(vec![2f32, 3., 1., 1.], (1, 2, 1, 2), &dev).unwrap();
+        let l = attention_feature_loss(&s, &f)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(close(l, 3.5), "{l}");
+        assert!(attention_feature_loss(&s.narrow(1, 0, 1).unwrap(), &f).is_err());
+
+        // d_t = 2, 4, 0 (left out); d_s = 3, 2, 5; u = 0, ln 2, 0; γ = 2:
+        // p0: |e| = 1, w = (1/2)² = 1/4, term = 1/4·(1·1 + 0) = 0.25
+        // p1: |e| = 2, w = (2/4)² = 1/4, term = 1/4·(2/2 + ln 2) = 0.25 + ln2/4
+        let (ds, dt) = (t(&[3., 2., 5.], 1, 3), t(&[2., 4., 0.], 1, 3));
+        let u = t(&[0., 2f32.ln(), 0.], 1, 3);
+        let v = Var::from_tensor(&ds).unwrap();
+        let l = focal_uncertainty_loss(v.as_tensor(), &dt, &u, 2.0).unwrap();
+        let want = (0.25 + 0.25 + 2f32.ln() / 4.0) / 2.0;
+        assert!(close(l.to_scalar::<f32>().unwrap(), want));
+        // the focal weight carries no gradient: ∂/∂d_s = w·sign(e)·e^(−u) / 2 valid pixels
+        let g = l.backward().unwrap();
+        let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+        let g = g.to_vec1::<f32>().unwrap();
+        assert!(close(g[0], 0.25 * 1.0 / 2.0), "{g:?}");
+        assert!(close(g[1], 0.25 * -0.5 / 2.0), "{g:?}");
+        assert_eq!(g[2], 0.0);
     }
 
     /// Each loss against values worked out by hand (in the comments).
