@@ -72,4 +72,4 @@ echo "== cargo test (release profile: the demo test trains real networks)"
 cargo test --release --workspace
 
 echo "== firmware lints (boards/cortex-m7 is its own workspace)"
-(cd boards/cortex-m7 && cargo fmt -- --check && cargo clippy --release -- -D warnings)
+(cd boards/cortex-m7 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo clippy --release --features op-profile -- -D warnings)
