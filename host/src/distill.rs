@@ -572,7 +572,8 @@ pub fn distill(
 
 /// The LW paper's KD with auxiliary data: `student` learns the ground truth of `labeled` and the
 /// teacher's predictions (weight `kd_weight`) on `labeled` and `unlabeled` together. The
-/// unlabeled images' depth, if any, is dropped. Its four settings are which sets are given:
+/// unlabeled images' depth, if any, is dropped; where they outnumber the labeled ones, the labeled
+/// images are repeated so that about half of every batch has ground truth. Its four settings are which sets are given:
 /// X (`labeled` = target set), U (`unlabeled` = auxiliary set), X∪U (both), X∪U′ (the auxiliary
 /// set labeled too, with a teacher trained on X∪U′).
 pub fn aux(
@@ -590,7 +591,18 @@ pub fn aux(
             "--kd-weight must be a non-negative number, got {kd_weight}"
         )));
     }
-    let mut data = labeled.to_vec();
+    // Balanced sampling: with more unlabeled than labeled images, the labeled ones are repeated
+    // so that about half of each batch has ground truth; otherwise a large U dilutes the labels
+    // (one image in five for 256 X and 1024 U).
+    let repeat = if labeled.is_empty() {
+        0
+    } else {
+        (unlabeled.len() / labeled.len()).max(1)
+    };
+    let mut data = Vec::with_capacity(repeat * labeled.len() + unlabeled.len());
+    for _ in 0..repeat {
+        data.extend_from_slice(labeled);
+    }
     data.extend(unlabeled.iter().map(|s| Sample {
         depth: vec![0.0; s.depth.len()],
         ..s.clone()
@@ -606,7 +618,10 @@ pub fn aux(
         )));
     }
     let cfg = crate::train::TrainConfig {
-        tag: format!("aux kd_weight={kd_weight} labeled={}", labeled.len()),
+        tag: format!(
+            "aux kd_weight={kd_weight} labeled={}×{repeat}",
+            labeled.len()
+        ),
         ..cfg.clone()
     };
     train_with(
