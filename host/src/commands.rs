@@ -673,11 +673,12 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         }
         None => Vec::new(),
     };
-    let mut labeled = Vec::new();
-    for p in &cfg.labeled {
-        labeled.extend(open(p)?);
-    }
-    let Some(first) = labeled.first().or(unlabeled.first()) else {
+    let labeled = cfg
+        .labeled
+        .iter()
+        .map(|p| open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = labeled.iter().flatten().next().or(unlabeled.first()) else {
         return Err(Error::Usage(
             "--method aux needs --labeled DIR (the target set X), --images DIR (auxiliary set U), or both".into(),
         ));
@@ -685,7 +686,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
     let (w, h) = (first.width, first.height);
     teacher.net.spec().shapes(w, h)?;
     let student = o.network(w, h, &device)?;
-    let images = labeled.len() + unlabeled.len();
+    let images = labeled.iter().map(Vec::len).sum::<usize>() + unlabeled.len();
     let tc = o.config(images, &cfg.out);
     let progress = training_progress(o.quiet, "distill", tc.steps, tc.batch_size);
     let losses = match &ddd {
@@ -695,7 +696,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         None => crate::distill::aux(
             &student,
             &teacher.net,
-            &labeled,
+            &labeled.iter().map(Vec::as_slice).collect::<Vec<_>>(),
             &unlabeled,
             &tc,
             cfg.kd_weight,

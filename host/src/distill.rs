@@ -387,7 +387,7 @@ mod tests {
         let fresh = || Net::new(preset("demo-student", 0.5).unwrap(), &dev, 7).unwrap();
 
         let (a, b) = (fresh(), fresh());
-        let la = aux(&a, &teacher.net, &x, &[], &cfg, 0.0, |_| {}).unwrap();
+        let la = aux(&a, &teacher.net, &[&x], &[], &cfg, 0.0, |_| {}).unwrap();
         let lb = train(&b, &x, Target::Labels, &cfg, |_| {}).unwrap();
         assert_eq!(la, lb, "labeled only, no KD: supervised training");
         assert_eq!(weights(&a), weights(&b));
@@ -405,10 +405,19 @@ mod tests {
             s.depth.iter_mut().for_each(|d| *d = 0.0);
         }
         let (a, b) = (fresh(), fresh());
-        let la = aux(&a, &teacher.net, &x, &u, &cfg, 0.5, |_| {}).unwrap();
-        let lb = aux(&b, &teacher.net, &x, &u_blank, &cfg, 0.5, |_| {}).unwrap();
+        let la = aux(&a, &teacher.net, &[&x], &u, &cfg, 0.5, |_| {}).unwrap();
+        let lb = aux(&b, &teacher.net, &[&x], &u_blank, &cfg, 0.5, |_| {}).unwrap();
         assert_eq!(la, lb);
-        assert!(aux(&fresh(), &teacher.net, &x, &u, &cfg, -1.0, |_| {}).is_err());
+        assert!(aux(&fresh(), &teacher.net, &[&x], &u, &cfg, -1.0, |_| {}).is_err());
+
+        // balancing: 2 + 6 images → the 2 repeated 3 times; an empty set is left out
+        let b = balanced([&x[..2], &u[..6], &[][..]]);
+        assert_eq!(b.len(), 12);
+        assert!(b[..6]
+            .iter()
+            .zip(x[..2].iter().cycle())
+            .all(|(s, t)| s.rgb == t.rgb));
+        assert!(b[6..].iter().zip(&u[..6]).all(|(s, t)| s.rgb == t.rgb));
     }
 
     #[test]
@@ -570,16 +579,18 @@ pub fn distill(
     )
 }
 
-/// The LW paper's KD with auxiliary data: `student` learns the ground truth of `labeled` and the
-/// teacher's predictions (weight `kd_weight`) on `labeled` and `unlabeled` together. The
-/// unlabeled images' depth, if any, is dropped; where they outnumber the labeled ones, the labeled
-/// images are repeated so that about half of every batch has ground truth. Its four settings are which sets are given:
-/// X (`labeled` = target set), U (`unlabeled` = auxiliary set), X∪U (both), X∪U′ (the auxiliary
-/// set labeled too, with a teacher trained on X∪U′).
+/// The LW paper's KD with auxiliary data: `student` learns the ground truth of the `labeled`
+/// sets and the teacher's predictions (weight `kd_weight`) on every image. The unlabeled images'
+/// depth, if any, is dropped. Its four settings are which sets are given: X (`labeled` = [target
+/// set]), U (`unlabeled` = auxiliary set), X∪U (both), X∪U′ (`labeled` = [X, U′], with a teacher
+/// trained on X∪U′).
+///
+/// The sets are balanced: each is repeated until it is about as large as the largest, so a large
+/// auxiliary set does not dilute the target set's labels (one image in five for 256 X and 1024 U).
 pub fn aux(
     student: &crate::nets::Net,
     teacher: &GraphNet,
-    labeled: &[Sample],
+    labeled: &[&[Sample]],
     unlabeled: &[Sample],
     cfg: &crate::train::TrainConfig,
     kd_weight: f64,
@@ -591,37 +602,30 @@ pub fn aux(
             "--kd-weight must be a non-negative number, got {kd_weight}"
         )));
     }
-    // Balanced sampling: with more unlabeled than labeled images, the labeled ones are repeated
-    // so that about half of each batch has ground truth; otherwise a large U dilutes the labels
-    // (one image in five for 256 X and 1024 U).
-    let repeat = if labeled.is_empty() {
-        0
-    } else {
-        (unlabeled.len() / labeled.len()).max(1)
-    };
-    let mut data = Vec::with_capacity(repeat * labeled.len() + unlabeled.len());
-    for _ in 0..repeat {
-        data.extend_from_slice(labeled);
-    }
-    data.extend(unlabeled.iter().map(|s| Sample {
-        depth: vec![0.0; s.depth.len()],
-        ..s.clone()
-    }));
-    if let (Some(a), Some(b)) = (
-        data.first(),
-        data.iter()
-            .find(|s| (s.width, s.height) != (data[0].width, data[0].height)),
-    ) {
+    let blank: Vec<Sample> = unlabeled
+        .iter()
+        .map(|s| Sample {
+            depth: vec![0.0; s.depth.len()],
+            ..s.clone()
+        })
+        .collect();
+    let data = balanced(labeled.iter().copied().chain([blank.as_slice()]));
+    if let Some(b) = data
+        .iter()
+        .find(|s| (s.width, s.height) != (data[0].width, data[0].height))
+    {
         return Err(Error::Usage(format!(
             "labeled and unlabeled images differ in size ({}×{} and {}×{})",
-            a.width, a.height, b.width, b.height
+            data[0].width, data[0].height, b.width, b.height
         )));
     }
+    let sizes: Vec<String> = labeled
+        .iter()
+        .map(|l| l.len().to_string())
+        .chain([unlabeled.len().to_string()])
+        .collect();
     let cfg = crate::train::TrainConfig {
-        tag: format!(
-            "aux kd_weight={kd_weight} labeled={}×{repeat}",
-            labeled.len()
-        ),
+        tag: format!("aux kd_weight={kd_weight} sets={}", sizes.join("+")),
         ..cfg.clone()
     };
     train_with(
@@ -632,4 +636,19 @@ pub fn aux(
         Extras::default(),
         on_step,
     )
+}
+
+/// The non-empty `sets` concatenated, each repeated `round(largest / its size)` times (at least
+/// once), so that every set contributes about equally to the batches.
+pub fn balanced<'s>(sets: impl IntoIterator<Item = &'s [Sample]>) -> Vec<Sample> {
+    let sets: Vec<&[Sample]> = sets.into_iter().filter(|s| !s.is_empty()).collect();
+    let largest = sets.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for set in sets {
+        let times = ((largest as f64 / set.len() as f64).round() as usize).max(1);
+        for _ in 0..times {
+            out.extend_from_slice(set);
+        }
+    }
+    out
 }

@@ -526,7 +526,8 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         "train-teacher --arch demo-teacher --width 1.5 on X",
     )?;
     // the X∪U′ setting's teacher also learns the auxiliary labels (not a row of its own)
-    let xu = [x.clone(), u.clone()].concat();
+    // balanced like the students' sets (X repeated to about U's size)
+    let xu = crate::distill::balanced([x.as_slice(), u.as_slice()]);
     let teacher_xu = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
     train(
         &teacher_xu,
@@ -552,28 +553,33 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         "train-teacher --arch demo-student --width 0.75 on X (no teacher)",
     )?;
     let none: &[Sample] = &[];
-    // (name, labeled, unlabeled, teacher index, setting)
+    // (name, labeled sets, unlabeled, teacher index, setting)
     type AuxRow<'s> = (
         &'static str,
-        &'s [Sample],
+        Vec<&'s [Sample]>,
         &'s [Sample],
         usize,
         &'static str,
     );
-    let xu = [x.clone(), u.clone()].concat();
     let rows: [AuxRow; 4] = [
-        ("kd_X", &x, none, 0, "distill --method aux --labeled X"),
-        ("kd_U", none, &u, 0, "distill --method aux --images U"),
+        (
+            "kd_X",
+            vec![&x],
+            none,
+            0,
+            "distill --method aux --labeled X",
+        ),
+        ("kd_U", vec![], &u, 0, "distill --method aux --images U"),
         (
             "kd_XU",
-            &x,
+            vec![&x],
             &u,
             0,
             "distill --method aux --labeled X --images U",
         ),
         (
             "kd_XU_labeled",
-            &xu,
+            vec![&x, &u],
             none,
             1,
             "distill --method aux --labeled X --labeled U′ (teacher trained on X∪U′)",
@@ -585,24 +591,18 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         let losses = crate::distill::aux(
             &s,
             &teachers[teacher].net,
-            labeled,
+            &labeled,
             unlabeled,
             &train_cfg(b.student_steps, cfg.seed + 1),
             1.0,
             table.bar(name, b.student_steps),
         )?;
-        table.record(
-            name,
-            &s,
-            labeled.len() + unlabeled.len(),
-            t,
-            setting,
-            losses,
-        )?;
+        let images = labeled.iter().map(|l| l.len()).sum::<usize>() + unlabeled.len();
+        table.record(name, &s, images, t, setting, losses)?;
     }
 
     let setup = format!(
-        "Simulated indoor target domain at {w}×{h}: X = {} labeled indoor images, U = {} images of the related `indoor-alt` domain (rooms in another style; U′ = the same with labels), {} held-out indoor images (NYU protocol). Teacher `demo-teacher` at width 1.5 ({} steps), student `demo-student` at width 0.75; every student row {} steps of batch {}, KD weight 1.",
+        "Simulated indoor target domain at {w}×{h}: X = {} labeled indoor images, U = {} images of the related `indoor-alt` domain (rooms in another style; U′ = the same with labels), {} held-out indoor images (NYU protocol); sets are balanced (X repeated to about U's size). Teacher `demo-teacher` at width 1.5 ({} steps), student `demo-student` at width 0.75; every student row {} steps of batch {}, KD weight 1.",
         b.target_train, b.aux_images, b.target_test, b.teacher_steps, b.student_steps, b.batch_size
     );
     let (mut results, previews, curves) = table.finish(b, setup, start);
