@@ -75,6 +75,16 @@ impl Budget {
 }
 
 impl Budget {
+    /// Training settings of one row: `steps` of this budget's batch size.
+    fn train_cfg(&self, steps: usize, seed: u64) -> TrainConfig {
+        TrainConfig {
+            steps,
+            batch_size: self.batch_size,
+            seed,
+            ..TrainConfig::default()
+        }
+    }
+
     /// The `lw` preset: a small labeled target set X, a larger auxiliary set U.
     fn lw(quick: bool) -> Budget {
         let b = Budget::for_run(quick);
@@ -226,12 +236,7 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
     ));
     let (target, test) = target_sets(cfg, &b);
     let ood = render_many(Domain::Ood, w, h, cfg.seed + 101, 0, b.ood_images, false);
-    let train_cfg = |steps: usize, seed: u64| TrainConfig {
-        steps,
-        batch_size: b.batch_size,
-        seed,
-        ..TrainConfig::default()
-    };
+    let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
     let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
     let teacher = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
     table.supervised(
@@ -507,12 +512,7 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         b.aux_images,
         false,
     );
-    let train_cfg = |steps: usize, seed: u64| TrainConfig {
-        steps,
-        batch_size: b.batch_size,
-        seed,
-        ..TrainConfig::default()
-    };
+    let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
     let mut table = Table::new(cfg, &test, b.batch_size, "lw");
     // the student at ≤ 10 % of the teacher, both small enough for a CPU run
     let (teacher_arch, teacher_width, student_width) = ("demo-teacher", 1.5, 0.75);

@@ -337,6 +337,11 @@ pub fn convert(
     rgb: &mut Vec<u8>,
 ) -> Result<(), String> {
     let line = width * if format == PixelFormat::Yuyv { 2 } else { 3 };
+    if width == 0 || height == 0 {
+        return Err(format!(
+            "the driver reports an empty {width}×{height} frame"
+        ));
+    }
     if stride < line || data.len() < stride * (height - 1) + line {
         return Err(format!(
             "short frame: {} bytes for {width}×{height} ({format:?}, {stride} bytes per row)",
@@ -431,6 +436,8 @@ mod tests {
         );
         let err = convert(&data[..8], PixelFormat::Yuyv, 2, 2, 10, &mut rgb).unwrap_err();
         assert!(err.contains("short frame"), "{err}");
+        let err = convert(&data, PixelFormat::Yuyv, 2, 0, 10, &mut rgb).unwrap_err();
+        assert!(err.contains("empty"), "{err}");
     }
 
     #[test]
