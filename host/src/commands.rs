@@ -631,31 +631,36 @@ pub struct DistillConfig {
     pub ddd: crate::distill::DddOptions,
     /// Share of the images used (DDD's image budget).
     pub images_fraction: f64,
+    /// ADU-Depth's switches and weights (method `adu`; its response weight is `kd_weight`).
+    pub adu: crate::adu::AduOptions,
 }
 
-/// `depthling distill --method kd|ddd|aux`: the student learns the teacher's predictions on
+/// `depthling distill --method kd|ddd|aux|adu`: the student learns the teacher's predictions on
 /// (unlabeled) images; `ddd` adds object mixing and the transformation network; `aux` adds the
-/// ground truth of labeled sets (the LW paper's settings X, U, X∪U, X∪U′).
+/// ground truth of labeled sets (the LW paper's settings X, U, X∪U, X∪U′); `adu` distills a
+/// stereo teacher's features and depth with ADU-Depth's weighting, plus the ground truth.
 pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
     let start = Instant::now();
     let ddd = match cfg.method.as_str() {
         "kd" => Some(crate::distill::DddOptions::kd()),
         "ddd" => Some(cfg.ddd.clone()),
-        "aux" => None,
-        "adu" => {
-            return Err(Error::NotAvailable(
-                "the adu method (stereo-teacher distillation with attention, focal depth and uncertainty)",
-            ))
-        }
+        "aux" | "adu" => None,
         other => {
             return Err(Error::Usage(format!(
                 "unknown method {other:?}; known: kd, ddd, aux, adu"
             )))
         }
     };
+    if cfg.method == "adu" {
+        crate::adu::AduOptions {
+            response_weight: cfg.kd_weight,
+            ..cfg.adu.clone()
+        }
+        .check()?;
+    }
     if ddd.is_some() && !cfg.labeled.is_empty() {
         return Err(Error::Usage(format!(
-            "--labeled is for --method aux (ground truth plus KD); {} distills from unlabeled --images only",
+            "--labeled is for --method aux or adu (ground truth plus distillation); {} distills from unlabeled --images only",
             cfg.method
         )));
     }
@@ -679,9 +684,10 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         .map(|p| open(p))
         .collect::<Result<Vec<_>>>()?;
     let Some(first) = labeled.iter().flatten().next().or(unlabeled.first()) else {
-        return Err(Error::Usage(
-            "--method aux needs --labeled DIR (the target set X), --images DIR (auxiliary set U), or both".into(),
-        ));
+        return Err(Error::Usage(format!(
+            "--method {} needs --labeled DIR (labeled images), --images DIR (unlabeled images), or both",
+            cfg.method
+        )));
     };
     let (w, h) = (first.width, first.height);
     teacher.net.spec().shapes(w, h)?;
@@ -693,6 +699,18 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         Some(ddd) => {
             crate::distill::distill(&student, &teacher.net, &unlabeled, &tc, ddd, progress)?
         }
+        None if cfg.method == "adu" => crate::adu::adu(
+            &student,
+            &teacher.net,
+            &labeled.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            &unlabeled,
+            &tc,
+            &crate::adu::AduOptions {
+                response_weight: cfg.kd_weight,
+                ..cfg.adu.clone()
+            },
+            progress,
+        )?,
         None => crate::distill::aux(
             &student,
             &teacher.net,

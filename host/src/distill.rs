@@ -602,23 +602,7 @@ pub fn aux(
             "--kd-weight must be a non-negative number, got {kd_weight}"
         )));
     }
-    let blank: Vec<Sample> = unlabeled
-        .iter()
-        .map(|s| Sample {
-            depth: vec![0.0; s.depth.len()],
-            ..s.clone()
-        })
-        .collect();
-    let data = balanced(labeled.iter().copied().chain([blank.as_slice()]));
-    if let Some(b) = data
-        .iter()
-        .find(|s| (s.width, s.height) != (data[0].width, data[0].height))
-    {
-        return Err(Error::Usage(format!(
-            "labeled and unlabeled images differ in size ({}×{} and {}×{})",
-            data[0].width, data[0].height, b.width, b.height
-        )));
-    }
+    let data = labeled_and_unlabeled(labeled, unlabeled)?;
     let sizes: Vec<String> = labeled
         .iter()
         .map(|l| l.len().to_string())
@@ -636,6 +620,29 @@ pub fn aux(
         Extras::default(),
         on_step,
     )
+}
+
+/// The training set of a run with labeled and unlabeled images: the unlabeled images' depth
+/// set to 0 (no ground truth), every set [`balanced`]; all images must be of one size.
+pub fn labeled_and_unlabeled(labeled: &[&[Sample]], unlabeled: &[Sample]) -> Result<Vec<Sample>> {
+    let blank: Vec<Sample> = unlabeled
+        .iter()
+        .map(|s| Sample {
+            depth: vec![0.0; s.depth.len()],
+            ..s.clone()
+        })
+        .collect();
+    let data = balanced(labeled.iter().copied().chain([blank.as_slice()]));
+    if let Some(b) = data
+        .iter()
+        .find(|s| (s.width, s.height) != (data[0].width, data[0].height))
+    {
+        return Err(Error::Usage(format!(
+            "labeled and unlabeled images differ in size ({}×{} and {}×{})",
+            data[0].width, data[0].height, b.width, b.height
+        )));
+    }
+    Ok(data)
 }
 
 /// The non-empty `sets` concatenated, each repeated `round(largest / its size)` times (at least

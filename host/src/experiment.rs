@@ -85,6 +85,27 @@ impl Budget {
         }
     }
 
+    /// The `adu` preset: labeled outdoor stereo pairs X (teachers, ground truth) and a larger set
+    /// of unlabeled stereo pairs U (`aux_images`), as a stereo rig collects them.
+    fn adu(quick: bool) -> Budget {
+        let b = Budget::for_run(quick);
+        if quick {
+            Budget {
+                target_train: 24,
+                ood_images: 0,
+                aux_images: 48,
+                ..b
+            }
+        } else {
+            Budget {
+                target_train: 512,
+                ood_images: 0,
+                aux_images: 1024,
+                ..b
+            }
+        }
+    }
+
     /// The `lw` preset: a small labeled target set X, a larger auxiliary set U.
     fn lw(quick: bool) -> Budget {
         let b = Budget::for_run(quick);
@@ -207,18 +228,16 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
     match cfg.preset.as_str() {
         "ddd" => ddd(cfg),
         "lw" => lw(cfg),
-        "adu" => Err(Error::NotAvailable(
-            "this preset (arrives with the adu method)",
-        )),
+        "adu" => adu(cfg),
         other => Err(Error::Usage(format!(
             "unknown preset {other:?}; known: ddd, lw, adu"
         ))),
     }
 }
 
-fn eval(net: &Net, test: &[Sample], device: &Device) -> Result<EvalReport> {
+fn eval(net: &Net, test: &[Sample], device: &Device, protocol: Protocol) -> Result<EvalReport> {
     let preds = predict(&net.net, test, device)?;
-    evaluate(&preds, test, &Protocol::Nyu.config())
+    evaluate(&preds, test, &protocol.config())
 }
 
 /// DDD's table: teacher, student_gt, kd, ddd_mix, ddd_transform, ddd, kd_1of6, ddd_1of6.
@@ -366,6 +385,8 @@ struct Table<'a> {
     batch_size: usize,
     preset: &'static str,
     device: Device,
+    /// NYU (indoor, 10 m cap) unless the preset's target domain is outdoor.
+    protocol: Protocol,
     rows: Vec<ResultRow>,
     previews: Previews,
     curves: Curves,
@@ -384,6 +405,7 @@ impl<'a> Table<'a> {
             batch_size,
             preset,
             device: Device::Cpu,
+            protocol: Protocol::Nyu,
             rows: Vec::new(),
             previews: Vec::new(),
             curves: Vec::new(),
@@ -429,7 +451,7 @@ impl<'a> Table<'a> {
         setting: &str,
         losses: Vec<f32>,
     ) -> Result<()> {
-        let metrics = eval(net, self.test, &self.device)?;
+        let metrics = eval(net, self.test, &self.device, self.protocol)?;
         progress(
             self.cfg.quiet,
             &format!(
@@ -649,6 +671,163 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         &previews,
         &curves,
         &["teacher", "student_no_kd", "kd_XU"],
+    )?;
+    Ok(results)
+}
+
+/// ADU-Depth's table on the outdoor domain: stereo_teacher, mono_teacher (same network on the
+/// left image only), student_no_kd, kd_mono (ground truth + plain KD from the monocular teacher),
+/// adu_response, adu_feature and adu (ground truth + ADU's terms from the stereo teacher). The
+/// teachers learn the labeled pairs X; the students also see the unlabeled pairs U.
+fn adu(cfg: &ExperimentConfig) -> Result<Results> {
+    use crate::adu::AduOptions;
+    let start = Instant::now();
+    let b = Budget::adu(cfg.quick);
+    let device = Device::Cpu;
+    let (w, h) = (b.width, b.height);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    progress(
+        cfg.quiet,
+        &format!(
+            "experiment adu: rendering {} outdoor stereo pairs at {w}×{h}",
+            b.target_train + b.aux_images + b.target_test
+        ),
+    );
+    let outdoor = |seed: u64, n: usize| render_many(Domain::Outdoor, w, h, seed, 0, n, true);
+    let x = outdoor(cfg.seed + 303, b.target_train);
+    let u = outdoor(cfg.seed + 304, b.aux_images);
+    let test = outdoor(cfg.seed ^ 0x7E57, b.target_test);
+    let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
+    let mut table = Table::new(cfg, &test, b.batch_size, "adu");
+    table.protocol = Protocol::Kitti;
+
+    let stereo = Net::new(preset("demo-teacher-stereo", 1.0)?, &device, cfg.seed)?;
+    table.supervised(
+        "stereo_teacher",
+        &stereo,
+        &x,
+        &train_cfg(b.teacher_steps, cfg.seed),
+        "train-teacher --arch demo-teacher --stereo on X",
+    )?;
+    let mono = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
+    table.supervised(
+        "mono_teacher",
+        &mono,
+        &x,
+        &train_cfg(b.teacher_steps, cfg.seed),
+        "train-teacher --arch demo-teacher on X (left images)",
+    )?;
+    let student = || Net::new(preset("demo-student", 1.0)?, &device, cfg.seed + 1);
+    table.supervised(
+        "student_no_kd",
+        &student()?,
+        &x,
+        &train_cfg(b.student_steps, cfg.seed + 1),
+        "train-teacher --arch demo-student on X (no teacher)",
+    )?;
+    let sc = train_cfg(b.student_steps, cfg.seed + 1);
+    let t = Instant::now();
+    let s = student()?;
+    let losses = crate::distill::aux(
+        &s,
+        &mono.net,
+        &[&x],
+        &u,
+        &sc,
+        1.0,
+        table.bar("kd_mono", b.student_steps),
+    )?;
+    let images = x.len() + u.len();
+    table.record(
+        "kd_mono",
+        &s,
+        images,
+        t,
+        "distill --method aux --teacher mono --labeled X --images U",
+        losses,
+    )?;
+    let full = AduOptions::default();
+    let rows = [
+        (
+            "adu_response",
+            AduOptions {
+                feature: false,
+                ..full.clone()
+            },
+            "distill --method adu --no-feature",
+        ),
+        (
+            "adu_feature",
+            AduOptions {
+                response: false,
+                ..full.clone()
+            },
+            "distill --method adu --no-response",
+        ),
+        ("adu", full, "distill --method adu"),
+    ];
+    for (name, options, setting) in rows {
+        let t = Instant::now();
+        let s = student()?;
+        let losses = crate::adu::adu(
+            &s,
+            &stereo.net,
+            &[&x],
+            &u,
+            &sc,
+            &options,
+            table.bar(name, b.student_steps),
+        )?;
+        table.record(
+            name,
+            &s,
+            images,
+            t,
+            &format!("{setting} --teacher stereo --labeled X --images U"),
+            losses,
+        )?;
+    }
+
+    let setup = format!(
+        "Simulated outdoor domain at {w}×{h} (stereo baseline 0.54 m): X = {} labeled stereo pairs, U = {} unlabeled stereo pairs, {} held-out pairs (KITTI protocol, 80 m cap); sets are balanced (X repeated to about U's size). Teachers `demo-teacher` (stereo: left and right stacked into 6 channels; mono: left only), {} steps on X; student `demo-student`, every student row {} steps of batch {}; ADU γ = {}, response weight {}, feature weight {}.",
+        b.target_train,
+        b.aux_images,
+        b.target_test,
+        b.teacher_steps,
+        b.student_steps,
+        b.batch_size,
+        AduOptions::default().gamma,
+        AduOptions::default().response_weight,
+        AduOptions::default().feature_weight,
+    );
+    let (mut results, previews, curves) = table.finish(b, setup, start);
+    let rmse = |n: &str| results.rmse(n);
+    let (st, mt, kd, full) = (
+        rmse("stereo_teacher"),
+        rmse("mono_teacher"),
+        rmse("kd_mono"),
+        rmse("adu"),
+    );
+    results.claims = vec![
+        Claim {
+            claim: "`stereo_teacher` better than `mono_teacher` (RMSE)".into(),
+            holds: st < mt,
+            numbers: format!("{st:.4} vs {mt:.4}"),
+        },
+        Claim {
+            claim: "`adu` better than `kd_mono` (RMSE)".into(),
+            holds: full < kd,
+            numbers: format!("{full:.4} vs {kd:.4}"),
+        },
+    ];
+    write_results(&cfg.out, &results)?;
+    write_report(
+        &cfg.out,
+        &results,
+        &test,
+        &previews,
+        &curves,
+        &["stereo_teacher", "kd_mono", "adu"],
     )?;
     Ok(results)
 }

@@ -8,6 +8,7 @@ pub mod rng;
 pub mod sim;
 
 pub use error::{Error, Result};
+pub mod adu;
 pub mod bench;
 pub mod boards;
 pub mod commands;

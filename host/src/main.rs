@@ -104,6 +104,35 @@ struct DddFlags {
     images_fraction: String,
 }
 
+/// ADU-Depth's switches (`distill --method adu`).
+#[derive(clap::Args)]
+struct AduFlags {
+    /// No response distillation (focal-depth and uncertainty weighted).
+    #[arg(long)]
+    no_response: bool,
+    /// No attention-weighted feature distillation at the encoder taps.
+    #[arg(long)]
+    no_feature: bool,
+    /// γ of the focal-depth weight (|d_s − d_t|/d_t)^γ.
+    #[arg(long, default_value_t = 1.0)]
+    focal_gamma: f64,
+    /// Weight of the feature-distillation term.
+    #[arg(long, default_value_t = 0.1)]
+    feature_weight: f64,
+}
+
+impl AduFlags {
+    fn options(&self, kd_weight: f64) -> depthling_host::adu::AduOptions {
+        depthling_host::adu::AduOptions {
+            response: !self.no_response,
+            feature: !self.no_feature,
+            gamma: self.focal_gamma,
+            response_weight: kd_weight,
+            feature_weight: self.feature_weight,
+        }
+    }
+}
+
 impl DddFlags {
     fn options(&self) -> depthling_host::distill::DddOptions {
         depthling_host::distill::DddOptions {
@@ -187,11 +216,13 @@ enum Command {
     },
     /// Distill a student from a teacher.
     #[command(
-        after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors\nWith labels and auxiliary images (LW, X∪U): depthling distill --method aux --teacher teacher.safetensors --labeled data/indoor --images data/indoor-alt --out student.safetensors"
+        after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors\nWith labels and auxiliary images (LW, X∪U): depthling distill --method aux --teacher teacher.safetensors --labeled data/indoor --images data/indoor-alt --out student.safetensors\nFrom a stereo teacher (ADU-Depth): depthling train-teacher --arch demo-teacher --stereo --data data/outdoor --out stereo.safetensors, then depthling distill --method adu --teacher stereo.safetensors --labeled data/outdoor --images data/outdoor-pairs --out student.safetensors"
     )]
     Distill {
         /// kd (teacher's predictions on --images), ddd (kd + object mixing + transformation
-        /// network), aux (ground truth of --labeled + KD on --labeled and --images), adu.
+        /// network), aux (ground truth of --labeled + KD on --labeled and --images), adu (ground
+        /// truth of --labeled + a stereo teacher's features and depth, weighted by attention,
+        /// focal depth and the student's uncertainty, on --labeled and --images).
         #[arg(long)]
         method: String,
         #[arg(long)]
@@ -204,7 +235,7 @@ enum Command {
         /// (the X∪U′ setting).
         #[arg(long)]
         labeled: Vec<PathBuf>,
-        /// aux: weight of the KD term against the ground-truth term.
+        /// aux: weight of the KD term against the ground-truth term; adu: of the response term.
         #[arg(long, default_value_t = 1.0)]
         kd_weight: f64,
         #[arg(long, default_value = "demo-student")]
@@ -213,6 +244,8 @@ enum Command {
         train: TrainFlags,
         #[command(flatten)]
         ddd: DddFlags,
+        #[command(flatten)]
+        adu: AduFlags,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -468,10 +501,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             arch,
             train,
             ddd,
+            adu,
             out,
             json,
         } => {
             let r = commands::distill(&commands::DistillConfig {
+                adu: adu.options(kd_weight),
                 method,
                 teacher,
                 images,

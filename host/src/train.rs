@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use crate::adu::AduHeads;
 use crate::data::batch::{
     input_tensor, to_tensors, Augment, Batcher, ColourJitter, HorizontalFlip, SmallRotation,
 };
@@ -27,6 +28,12 @@ pub enum Target<'a> {
     Aux {
         teacher: &'a GraphNet,
         kd_weight: f64,
+    },
+    /// ADU-Depth: the ground-truth loss where a sample has labels, plus the distillation terms
+    /// of `heads` against a teacher that may be stereo (it then reads the right views too).
+    Adu {
+        teacher: &'a GraphNet,
+        heads: &'a AduHeads,
     },
 }
 
@@ -118,12 +125,16 @@ fn save_checkpoint(
     net: &Net,
     opt: &Adam,
     stage: Option<&TransformStage>,
+    heads: Option<&AduHeads>,
     path: &Path,
     meta: &[(&str, String)],
     losses: &[f32],
 ) -> Result<()> {
     let mut tensors = net.named_tensors()?;
     tensors.extend(opt.state());
+    if let Some(h) = heads {
+        tensors.extend(h.state()?);
+    }
     if let Some(st) = stage {
         tensors.extend(
             st.state()?
@@ -149,6 +160,7 @@ fn load_checkpoint(
     net: &Net,
     opt: &mut Adam,
     stage: Option<&mut TransformStage>,
+    heads: Option<&AduHeads>,
     path: &Path,
     fingerprint: &str,
 ) -> Result<(usize, u64, Vec<f32>)> {
@@ -178,6 +190,9 @@ fn load_checkpoint(
         .map_err(|_| bad("unreadable train.losses".into()))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &net.device)?;
     net.restore(&tensors).map_err(|e| bad(e.to_string()))?;
+    if let Some(h) = heads {
+        h.restore(&tensors).map_err(|e| bad(e.to_string()))?;
+    }
     opt.restore(&tensors, step)
         .map_err(|e| bad(e.to_string()))?;
     if let Some(st) = stage {
@@ -218,11 +233,15 @@ pub fn train_with(
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
-    let mut opt = Adam::new(
-        crate::nets::vars_by_name(&net.vars)?,
-        cfg.lr,
-        cfg.weight_decay,
-    )?;
+    let heads = match &target {
+        Target::Adu { heads, .. } => Some(*heads),
+        _ => None,
+    };
+    let mut trained = crate::nets::vars_by_name(&net.vars)?;
+    if let Some(h) = heads {
+        trained.extend(h.named_vars()?);
+    }
+    let mut opt = Adam::new(trained, cfg.lr, cfg.weight_decay)?;
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
         batches = batches.with(HorizontalFlip { p: 0.5 });
@@ -237,7 +256,14 @@ pub fn train_with(
     }
     let fingerprint = cfg.fingerprint();
     let channels = net.net.spec().input_channels;
-    if let Target::Teacher(t) | Target::Aux { teacher: t, .. } = &target {
+    if let Target::Adu { teacher: t, .. } = &target {
+        let tc = t.spec().input_channels;
+        if tc != channels && tc != 2 * channels {
+            return Err(Error::Usage(format!(
+                "the teacher takes {tc} input channels and the student {channels}: ADU needs a monocular or stereo teacher of the student's images"
+            )));
+        }
+    } else if let Target::Teacher(t) | Target::Aux { teacher: t, .. } = &target {
         if t.spec().input_channels != channels {
             return Err(Error::Usage(format!(
                 "the teacher takes {} input channels and the student {channels}; a stereo teacher's predictions are distilled by the adu method",
@@ -252,8 +278,14 @@ pub fn train_with(
         .as_ref()
         .filter(|c| c.resume && c.path.exists())
     {
-        let (step, rng, before) =
-            load_checkpoint(net, &mut opt, stage.as_deref_mut(), &c.path, &fingerprint)?;
+        let (step, rng, before) = load_checkpoint(
+            net,
+            &mut opt,
+            stage.as_deref_mut(),
+            heads,
+            &c.path,
+            &fingerprint,
+        )?;
         batches.set_rng_state(rng);
         (start, losses) = (step, before);
     }
@@ -265,7 +297,8 @@ pub fn train_with(
         } else {
             cfg.lr
         };
-        let (x, gt, mask) = to_tensors(&batches.next_samples(), channels, &net.device)?;
+        let samples = batches.next_samples();
+        let (x, gt, mask) = to_tensors(&samples, channels, &net.device)?;
         let x = match stage.as_deref_mut() {
             Some(st) => st.apply(step, &x)?,
             None => x,
@@ -289,6 +322,23 @@ pub fn train_with(
                     (cfg.loss.compute(&pred, &gt, &mask)? + kd)?
                 } else {
                     kd
+                }
+            }
+            Target::Adu { teacher, heads } => {
+                let tc = teacher.spec().input_channels;
+                let xt = if tc == channels {
+                    x.clone()
+                } else {
+                    input_tensor(&samples, tc, &net.device)?
+                };
+                let t = teacher.forward_nodes(&xt, false)?;
+                let s = net.net.forward_nodes(&x, true)?;
+                let distill = heads.loss(&s, &t)?;
+                let pred = &s[s.len() - 1].0;
+                if mask.sum_all()?.to_scalar::<f32>()? > 0.0 {
+                    (cfg.loss.compute(pred, &gt, &mask)? + distill)?
+                } else {
+                    distill
                 }
             }
         };
@@ -323,7 +373,7 @@ pub fn train_with(
                     ("train.step", done.to_string()),
                     ("train.rng", batches.rng_state().to_string()),
                 ];
-                save_checkpoint(net, &opt, stage.as_deref(), &c.path, &meta, &losses)?;
+                save_checkpoint(net, &opt, stage.as_deref(), heads, &c.path, &meta, &losses)?;
                 last_good = Some((done, c.path.clone()));
             }
         }

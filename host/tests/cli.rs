@@ -798,13 +798,18 @@ fn bad_input_exits_2_naming_the_problem() {
         ),
         (
             vec![
-                "experiment".into(),
-                "--preset".into(),
+                "distill".into(),
+                "--method".into(),
                 "adu".into(),
+                "--teacher".into(),
+                ckpt.display().to_string(),
+                "--images".into(),
+                dir.path().display().to_string(),
+                "--focal-gamma=-1".into(),
                 "--out".into(),
                 out.display().to_string(),
             ],
-            "not available yet",
+            "--focal-gamma must be a non-negative number",
         ),
         (vec!["frobnicate".into()], "unrecognized subcommand"),
     ];
@@ -953,4 +958,150 @@ fn experiment_quick_runs_every_row() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// ADU end to end: a stereo teacher trained on stereo pairs, a monocular student distilled from
+/// it with ground truth on the labeled pairs, and the refusals that name the problem.
+#[test]
+fn distill_adu_from_a_stereo_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    for (out, seed, stereo) in [("x", "1", true), ("u", "2", true), ("mono", "3", false)] {
+        let mut args = vec![
+            "simulate", "--domain", "outdoor", "--count", "8", "--size", "32x32", "--seed", seed,
+        ];
+        if stereo {
+            args.push("--stereo");
+        }
+        let target = p(out);
+        args.extend(["--out", &target]);
+        let o = depthling(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let t = json(&depthling(&[
+        "train-teacher",
+        "--arch",
+        "demo-teacher",
+        "--stereo",
+        "--data",
+        &p("x"),
+        "--epochs",
+        "1",
+        "--out",
+        &p("stereo.safetensors"),
+        "--json",
+    ]));
+    assert_eq!(t["arch"], "demo-teacher-stereo", "{t}");
+    let adu = |out: &str, extra: &[&str]| {
+        let (teacher, x, u, out) = (p("stereo.safetensors"), p("x"), p("u"), p(out));
+        let mut args = vec![
+            "distill",
+            "--method",
+            "adu",
+            "--teacher",
+            &teacher,
+            "--labeled",
+            &x,
+            "--images",
+            &u,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            &out,
+            "--json",
+        ];
+        args.extend(extra);
+        depthling(&args)
+    };
+    let r = json(&adu("s.safetensors", &[]));
+    assert_eq!(r["images"], 16, "{r}");
+    assert_eq!(r["arch"], "demo-student", "{r}");
+    assert!(r["loss_last"].as_f64().unwrap().is_finite(), "{r}");
+    // the student is monocular: it profiles and quantizes like any other
+    let (net, meta) =
+        depthling_host::nets::Net::load(Path::new(&p("s.safetensors")), &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(net.net.spec().input_channels, 3);
+    assert_eq!(meta["depthling.method"], "adu");
+    // the switches change the run
+    let response = json(&adu("r.safetensors", &["--no-feature"]));
+    assert_ne!(response["loss_first"], r["loss_first"], "{response} vs {r}");
+    // a stereo teacher needs right views
+    let o = depthling(&[
+        "distill",
+        "--method",
+        "adu",
+        "--teacher",
+        &p("stereo.safetensors"),
+        "--labeled",
+        &p("mono"),
+        "--out",
+        &p("never.safetensors"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("right views"), "{}", stderr(&o));
+    // plain KD cannot feed a stereo teacher the student's images
+    let o = depthling(&[
+        "distill",
+        "--method",
+        "kd",
+        "--teacher",
+        &p("stereo.safetensors"),
+        "--images",
+        &p("u"),
+        "--out",
+        &p("never.safetensors"),
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("adu method"), "{}", stderr(&o));
+    assert!(!dir.path().join("never.safetensors").exists());
+}
+
+#[test]
+fn experiment_adu_quick_runs_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adu");
+    let r = json(&depthling(&[
+        "experiment",
+        "--preset",
+        "adu",
+        "--quick",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "stereo_teacher",
+            "mono_teacher",
+            "student_no_kd",
+            "kd_mono",
+            "adu_response",
+            "adu_feature",
+            "adu"
+        ]
+    );
+    for row in r["rows"].as_array().unwrap() {
+        let rmse = row["rmse"].as_f64().unwrap();
+        assert!(rmse.is_finite() && rmse > 0.0, "{row}");
+    }
+    // the stereo teacher reads six channels: a few more first-layer weights than the mono one
+    let params = |i: usize| r["rows"][i]["params"].as_u64().unwrap();
+    assert!(params(0) > params(1), "{r}");
+    assert_eq!(r["claims"].as_array().unwrap().len(), 2);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("KITTI protocol") && md.contains("| adu |"),
+        "{md}"
+    );
+    assert!(out.join("report/index.html").exists());
 }

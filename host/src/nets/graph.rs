@@ -285,6 +285,78 @@ impl GraphSpec {
         down.into_iter().max().unwrap_or(1)
     }
 
+    /// The encoder's feature maps, one per downsampling factor, as `(factor, node)` sorted by
+    /// factor (no image size needed): at each factor s below the deepest, the map that feeds the
+    /// first node downsampling to 2s (the end of the stage at s; through an inverted residual's
+    /// 1×1 expansion to the block's output); at the deepest factor, the last map before the
+    /// decoder's first upsampling. These are the taps ADU-Depth's feature distillation reads, on
+    /// teacher and student alike.
+    pub fn encoder_taps(&self) -> Vec<(usize, usize)> {
+        // downsampling factor of every node; None for globally pooled maps (and what reads them)
+        let mut scale: Vec<Option<usize>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let at = |j: usize| scale.get(j).copied().flatten();
+            let s = match node {
+                Node::Input => Some(1),
+                Node::Conv { input, stride, .. } => at(*input).map(|s| s * stride),
+                Node::MaxPool { input } => at(*input).map(|s| s * 2),
+                Node::Upsample { input, factor, .. } => at(*input).map(|s| (s / factor).max(1)),
+                Node::GlobalAvgPool { .. } => None,
+                Node::Mul { input, .. } => at(*input),
+                Node::Add { a, .. } => at(*a),
+                Node::Concat { inputs } => inputs.first().and_then(|&j| at(j)),
+            };
+            scale.push(s);
+        }
+        let first_up = self
+            .nodes
+            .iter()
+            .position(|n| matches!(n, Node::Upsample { .. }))
+            .unwrap_or(self.nodes.len());
+        let deepest = scale[..first_up]
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(1);
+        let channels = self.channels();
+        let expansion_input = |i: usize| match &self.nodes[i] {
+            Node::Conv {
+                input,
+                kernel: 1,
+                stride: 1,
+                depthwise: false,
+                out_channels,
+                ..
+            } if *out_channels > channels[*input] => Some(*input),
+            _ => None,
+        };
+        let mut taps = Vec::new();
+        let mut s = 2;
+        while s < deepest {
+            let feeder = self.nodes[..first_up]
+                .iter()
+                .enumerate()
+                .find_map(|(i, n)| match n {
+                    Node::Conv { input, .. } | Node::MaxPool { input }
+                        if scale[i] == Some(2 * s) && scale[*input] == Some(s) =>
+                    {
+                        Some(expansion_input(*input).unwrap_or(*input))
+                    }
+                    _ => None,
+                });
+            if let Some(j) = feeder {
+                taps.push((s, j));
+            }
+            s *= 2;
+        }
+        let last = (0..first_up).rfind(|&i| scale[i] == Some(deepest));
+        if let Some(j) = last.filter(|_| deepest > 1) {
+            taps.push((deepest, j));
+        }
+        taps
+    }
+
     /// Output channels of every node (no image size needed). Nodes refer only to earlier nodes
     /// in a valid spec; an out-of-range reference counts as 0 channels here and is reported by
     /// [`GraphSpec::shapes`].
@@ -526,6 +598,31 @@ pub fn fake_quant_weights(w: &Tensor) -> candle_core::Result<Tensor> {
     (&flat + (rounded - &flat)?.detach())?.reshape(w.shape())
 }
 
+/// Momentum of the BatchNorm running statistics (candle-nn's default, PyTorch's).
+const BN_MOMENTUM: f64 = 0.1;
+
+/// Training-mode BatchNorm + activation through the fused op, updating `bn`'s running statistics
+/// as candle-nn's `forward_train` does (the variance unbiased, momentum [`BN_MOMENTUM`]).
+fn batch_norm_train(
+    bn: &BatchNorm,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    act: super::ops::BnAct,
+) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    let (y, mean, var) = super::ops::batch_norm_act(x, gamma, beta, BN_EPS, act)?;
+    let m = (n * h * w) as f64;
+    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    let (rm, rv) = (
+        candle_core::Var::from_tensor(bn.running_mean())?,
+        candle_core::Var::from_tensor(bn.running_var())?,
+    );
+    rm.set(&((rm.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?)?;
+    rv.set(&((rv.as_tensor() * (1.0 - BN_MOMENTUM))? + (var * (BN_MOMENTUM * unbiased))?)?)?;
+    Ok(y)
+}
+
 fn activate(x: Tensor, act: Act) -> candle_core::Result<Tensor> {
     match act {
         Act::None => Ok(x),
@@ -569,6 +666,7 @@ impl GraphNet {
                             *out_channels,
                             BatchNormConfig {
                                 eps: BN_EPS,
+                                momentum: BN_MOMENTUM,
                                 ..Default::default()
                             },
                             vb.pp("bn"),
@@ -701,6 +799,15 @@ impl GraphNet {
                     if let Some(b) = &bias {
                         y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
                     }
+                    // training-mode BatchNorm and its activation in one op (CPU)
+                    let fused = match act {
+                        _ if !(train && self.custom_ops && y.device().is_cpu()) => None,
+                        Act::None => Some(super::ops::BnAct::None),
+                        Act::Relu => Some(super::ops::BnAct::Relu),
+                        Act::Relu6 => Some(super::ops::BnAct::Relu6),
+                        Act::Sigmoid => None,
+                    };
+                    let mut activated = false;
                     if let Some(bn) = bn {
                         if let Some(c) = capture.as_deref_mut() {
                             c.push((
@@ -709,13 +816,23 @@ impl GraphNet {
                                 bn.running_var().clone(),
                             ));
                         }
-                        y = bn.forward_t(&y, train)?;
+                        match (fused, bn.weight_and_bias()) {
+                            (Some(a), Some((gamma, beta))) => {
+                                y = batch_norm_train(bn, &y, gamma, beta, a)?;
+                                activated = true;
+                            }
+                            _ => y = bn.forward_t(&y, train)?,
+                        }
                     }
                     if let Some(p) = fq.and_then(|f| f.pre[i]) {
                         y = fake_quant(&y, p)?;
                     }
                     let pre = (*act == Act::Sigmoid).then(|| y.clone());
-                    (activate(y, *act)?, pre)
+                    if activated {
+                        (y, pre)
+                    } else {
+                        (activate(y, *act)?, pre)
+                    }
                 }
                 Node::Add { a, b, act } => (activate((v(*a) + v(*b))?, *act)?, None),
                 Node::Concat { inputs } => {
@@ -843,6 +960,76 @@ pub fn images_to_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A training-mode forward and backward through the custom ops (im2col convolution,
+    /// depthwise, bilinear, fused BatchNorm + activation) computes what candle's own ops compute:
+    /// outputs, every gradient, and the running statistics the step leaves behind.
+    #[test]
+    fn custom_ops_train_as_candle_does() {
+        let dev = Device::Cpu;
+        for (name, width) in [
+            ("demo-student", 0.5),
+            ("micro", 0.5),
+            ("resnet18-mff", 0.125),
+        ] {
+            let nets: Vec<crate::nets::Net> = [true, false]
+                .into_iter()
+                .map(|on| {
+                    let mut n =
+                        crate::nets::Net::new(crate::nets::preset(name, width).unwrap(), &dev, 3)
+                            .unwrap();
+                    n.net.set_custom_ops(on);
+                    n
+                })
+                .collect();
+            let mut rng = crate::rng::Rng::new(11);
+            let x: Vec<f32> = (0..2 * 3 * 64 * 64).map(|_| rng.f32()).collect();
+            let x = Tensor::from_vec(x, (2, 3, 64, 64), &dev).unwrap();
+            let r: Vec<f32> = (0..2 * 64 * 64).map(|_| rng.normal()).collect();
+            let r = Tensor::from_vec(r, (2, 1, 64, 64), &dev).unwrap();
+            let mut results = Vec::new();
+            for n in &nets {
+                let y = n.net.forward_t(&x, true).unwrap();
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut named: Vec<(String, Vec<f32>)> = crate::nets::vars_by_name(&n.vars)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        // a gradient where the variable has one, else its value (running stats)
+                        let t = grads
+                            .get(v.as_tensor())
+                            .cloned()
+                            .unwrap_or_else(|| v.as_tensor().clone());
+                        (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    })
+                    .collect();
+                named.sort_by(|a, b| a.0.cmp(&b.0));
+                let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                results.push((y, named));
+            }
+            // float rounding differs between the kernels; deep nets with BatchNorm over few
+            // values amplify it (and can flip a ReLU near 0), so each tensor is compared relative
+            // to its own largest value plus a floor relative to the network's largest gradient;
+            // a wrong kernel is off by its whole scale
+            let global = results[1]
+                .1
+                .iter()
+                .flat_map(|(_, v)| v.iter())
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    d <= 3e-2 * scale + 1e-5 * global,
+                    "{name} {what}: {d} (scale {scale}, network {global})"
+                );
+            };
+            close(&results[0].0, &results[1].0, "output");
+            for ((k, a), (_, b)) in results[0].1.iter().zip(&results[1].1) {
+                close(a, b, k);
+            }
+        }
+    }
 
     /// The strided-view max pool equals candle's padded max pool, and its gradient reaches
     /// exactly the window maxima.

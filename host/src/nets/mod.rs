@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 /// Architectures this build knows.
 pub const PRESETS: &[&str] = &[
     "demo-teacher",
+    "demo-teacher-stereo",
     "demo-student",
     "resnet18-mff",
     "resnet34-mff",
@@ -128,8 +129,9 @@ impl Builder {
 }
 
 /// A compact ResNet-style encoder (strides 2–16, residual blocks with BatchNorm) and a decoder that
-/// upsamples and adds the encoder's skip features: the demo's indoor teacher.
-fn demo_teacher(width: f32) -> GraphSpec {
+/// upsamples and adds the encoder's skip features: the demo's indoor teacher. The stereo variant
+/// (ADU-Depth's teacher) reads the left and right images stacked into six channels.
+fn demo_teacher(width: f32, stereo: bool) -> GraphSpec {
     let ch = |c: f32| ((c * width).round() as usize).max(4);
     let (c1, c2, c3, c4) = (ch(16.0), ch(32.0), ch(48.0), ch(64.0));
     let mut b = Builder::new();
@@ -163,7 +165,11 @@ fn demo_teacher(width: f32) -> GraphSpec {
     let u = b.up(x);
     let u = b.conv(u, c1, 3, 1, Act::Relu);
     b.head(u);
-    b.finish("demo-teacher", 3.0, 3)
+    if stereo {
+        b.finish("demo-teacher-stereo", 3.0, 6)
+    } else {
+        b.finish("demo-teacher", 3.0, 3)
+    }
 }
 
 /// A small student (stride 8) with squeeze-excitation at the bottleneck, an add skip and a concat
@@ -218,7 +224,8 @@ pub fn preset(name: &str, width: f32) -> Result<GraphSpec> {
         )));
     }
     match name {
-        "demo-teacher" => Ok(demo_teacher(width)),
+        "demo-teacher" => Ok(demo_teacher(width, false)),
+        "demo-teacher-stereo" => Ok(demo_teacher(width, true)),
         "demo-student" => Ok(demo_student(width)),
         "resnet18-mff" => Ok(resnet::resnet_mff(18, width, false)),
         "resnet34-mff" => Ok(resnet::resnet_mff(34, width, false)),
@@ -494,6 +501,29 @@ mod tests {
             micro.train_params() * 5 < p,
             "micro: {}",
             micro.train_params()
+        );
+    }
+
+    /// The encoder taps ADU's feature distillation reads: the end of every stage, by factor.
+    #[test]
+    fn encoder_taps_are_the_ends_of_the_stages() {
+        let taps = |name: &str| {
+            let spec = preset(name, 1.0).unwrap();
+            let c = spec.channels();
+            spec.encoder_taps()
+                .into_iter()
+                .map(|(f, i)| (f, c[i]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(taps("demo-teacher"), [(2, 16), (4, 32), (8, 48), (16, 64)]);
+        assert_eq!(taps("demo-teacher-stereo"), taps("demo-teacher"));
+        assert_eq!(taps("demo-student"), [(2, 16), (4, 32), (8, 48)]);
+        // the LW student's taps: MobileNetV2's 24/32/96/160 channels at strides 4/8/16/32
+        let mbv2 = taps("mbv2-mff");
+        assert_eq!(mbv2[1..], [(4, 24), (8, 32), (16, 96), (32, 160)]);
+        assert_eq!(
+            taps("resnet18-mff")[1..],
+            [(4, 64), (8, 128), (16, 256), (32, 512)]
         );
     }
 

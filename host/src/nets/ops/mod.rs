@@ -6,9 +6,11 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+pub mod batch_norm;
 pub mod bilinear;
 pub mod depthwise;
 
+pub use batch_norm::{batch_norm_act, BnAct};
 pub use bilinear::upsample_bilinear;
 pub use depthwise::depthwise_conv2d;
 
