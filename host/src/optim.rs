@@ -77,8 +77,11 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            *m = ((&*m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-            *v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            // detached: a gradient can carry the backward graph (it is computed from the
+            // variables), and a moment built from it would chain every step's graph to the next
+            let g = g.detach();
+            *m = ((&*m * self.beta1)? + (&g * (1.0 - self.beta1))?)?.detach();
+            *v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?.detach();
             let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.eps)?)?;
             let decayed = (var.as_tensor() * (1.0 - self.lr * self.weight_decay))?;
             var.set(&(decayed - (update * self.lr)?)?)?;
@@ -118,5 +121,32 @@ impl Adam {
         }
         self.t = t;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The moments hold values, not graphs: a gradient computed from the variables carries its
+    /// backward graph, and a moment built from it would keep every step's graph alive (memory
+    /// grew by ~150 MB per mbv2-mff step before they were detached).
+    #[test]
+    fn moments_do_not_keep_the_graph() {
+        let dev = Device::Cpu;
+        let w = Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.25], (2, 2), &dev).unwrap();
+        let x = Tensor::new(&[[1.0f32, 2.0], [3.0, 4.0]], &dev).unwrap();
+        let mut opt = Adam::new(HashMap::from([("w".to_string(), w.clone())]), 1e-2, 0.0).unwrap();
+        for _ in 0..3 {
+            // w appears twice, so its gradient is computed from w itself
+            let y = w.as_tensor().matmul(&x).unwrap().sqr().unwrap();
+            let loss = y.matmul(w.as_tensor()).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            opt.step(&grads).unwrap();
+        }
+        for (name, t) in opt.state() {
+            assert!(!t.track_op(), "{name} keeps the backward graph");
+        }
     }
 }
