@@ -85,44 +85,16 @@ impl Budget {
         }
     }
 
-    /// The `adu` preset: labeled outdoor stereo pairs X (teachers, ground truth) and a larger set
-    /// of unlabeled stereo pairs U (`aux_images`), as a stereo rig collects them.
-    fn adu(quick: bool) -> Budget {
+    /// A labeled set X of `labeled` images and a larger set U of 1024 (`aux_images`; quick: 24
+    /// and 48): `lw`'s target and auxiliary sets, `adu`'s labeled and unlabeled stereo pairs.
+    fn labeled_and_aux(quick: bool, labeled: usize) -> Budget {
         let b = Budget::for_run(quick);
-        if quick {
-            Budget {
-                target_train: 24,
-                ood_images: 0,
-                aux_images: 48,
-                ..b
-            }
-        } else {
-            Budget {
-                target_train: 512,
-                ood_images: 0,
-                aux_images: 1024,
-                ..b
-            }
-        }
-    }
-
-    /// The `lw` preset: a small labeled target set X, a larger auxiliary set U.
-    fn lw(quick: bool) -> Budget {
-        let b = Budget::for_run(quick);
-        if quick {
-            Budget {
-                target_train: 24,
-                ood_images: 0,
-                aux_images: 48,
-                ..b
-            }
-        } else {
-            Budget {
-                target_train: 256,
-                ood_images: 0,
-                aux_images: 1024,
-                ..b
-            }
+        let (target_train, aux_images) = if quick { (24, 48) } else { (labeled, 1024) };
+        Budget {
+            target_train,
+            ood_images: 0,
+            aux_images,
+            ..b
         }
     }
 }
@@ -512,7 +484,7 @@ impl<'a> Table<'a> {
 /// 12× the student.
 fn lw(cfg: &ExperimentConfig) -> Result<Results> {
     let start = Instant::now();
-    let b = Budget::lw(cfg.quick);
+    let b = Budget::labeled_and_aux(cfg.quick, 256);
     let device = Device::Cpu;
     let (w, h) = (b.width, b.height);
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
@@ -682,7 +654,7 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
 fn adu(cfg: &ExperimentConfig) -> Result<Results> {
     use crate::adu::AduOptions;
     let start = Instant::now();
-    let b = Budget::adu(cfg.quick);
+    let b = Budget::labeled_and_aux(cfg.quick, 512);
     let device = Device::Cpu;
     let (w, h) = (b.width, b.height);
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;

@@ -276,6 +276,7 @@ pub fn batch_norm_act(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nets::ops::tests::max_diff;
     use candle_core::{Device, Var};
 
     /// candle's composition of the same computation (what `forward_train` + activation do).
@@ -309,19 +310,6 @@ mod tests {
             BnAct::Relu => z.relu().unwrap(),
             BnAct::Relu6 => z.clamp(0f32, 6f32).unwrap(),
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Output, statistics and all three gradients against candle's composition on random
