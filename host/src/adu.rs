@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 
 use crate::data::Sample;
 use crate::error::{Error, Result};
@@ -131,21 +131,30 @@ impl AduHeads {
             }
         };
         let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
-        let zero = candle_nn::Init::Const(0.0);
+        // a trained variable named `name` with initial value `t`; returns its tensor
+        let var = |name: String, t: Tensor| -> Result<Tensor> {
+            let v = Var::from_tensor(&t)?;
+            let tensor = v.as_tensor().clone();
+            vars.data()
+                .lock()
+                .map_err(|_| Error::Runtime("variable store poisoned".into()))?
+                .insert(name, v);
+            Ok(tensor)
+        };
         let mut rng = Rng::new(seed);
         let mut taps = Vec::with_capacity(pairs.len());
         for (factor, s, t) in pairs {
             let (cin, cout) = (cs[s], ct[t]);
             let name = format!("adapter{factor}");
-            let weight = vb.get_with_hints((cout, cin, 1, 1), &format!("{name}.weight"), zero)?;
-            let bias = vb.get_with_hints(cout, &format!("{name}.bias"), zero)?;
             let std = (2.0 / cin as f32).sqrt();
             let values: Vec<f32> = (0..cout * cin).map(|_| rng.normal() * std).collect();
-            set_var(
-                &vars,
-                &format!("{name}.weight"),
-                &Tensor::from_vec(values, (cout, cin, 1, 1), device)?,
+            let weight = var(
+                format!("{name}.weight"),
+                Tensor::from_vec(values, (cout, cin, 1, 1), device)?,
+            )?;
+            let bias = var(
+                format!("{name}.bias"),
+                Tensor::zeros(cout, DType::F32, device)?,
             )?;
             taps.push(Tap {
                 factor,
@@ -156,8 +165,14 @@ impl AduHeads {
             });
         }
         let uncertainty = (
-            vb.get_with_hints((1, cs[head_input], 3, 3), "uncertainty.weight", zero)?,
-            vb.get_with_hints(1, "uncertainty.bias", zero)?,
+            var(
+                "uncertainty.weight".into(),
+                Tensor::zeros((1, cs[head_input], 3, 3), DType::F32, device)?,
+            )?,
+            var(
+                "uncertainty.bias".into(),
+                Tensor::zeros(1, DType::F32, device)?,
+            )?,
         );
         Ok(AduHeads {
             vars,
@@ -217,33 +232,21 @@ impl AduHeads {
         };
         let mut total = Tensor::zeros((), DType::F32, ds.0.device())?;
         if o.response {
-            let r = focal_uncertainty_loss(&ds.0, &dt.0.detach(), &self.log_b(student)?, o.gamma)?;
+            // both losses detach the teacher's side themselves
+            let r = focal_uncertainty_loss(&ds.0, &dt.0, &self.log_b(student)?, o.gamma)?;
             total = (total + (r * o.response_weight)?)?;
         }
         if o.feature {
             for tap in &self.taps {
                 let fs = &student[tap.student].0;
-                let ft = teacher[tap.teacher].0.detach();
                 let adapted = crate::nets::ops::conv2d(fs, &tap.weight, 0, 1)?
                     .broadcast_add(&tap.bias.reshape((1, (), 1, 1))?)?;
-                let f = attention_feature_loss(&adapted, &ft)?;
+                let f = attention_feature_loss(&adapted, &teacher[tap.teacher].0)?;
                 total = (total + (f * o.feature_weight)?)?;
             }
         }
         Ok(total)
     }
-}
-
-fn set_var(vars: &VarMap, name: &str, value: &Tensor) -> Result<()> {
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| Error::Runtime("variable store poisoned".into()))?;
-    let var = data
-        .get(name)
-        .ok_or_else(|| Error::Runtime(format!("no variable {name}")))?;
-    var.set(value)?;
-    Ok(())
 }
 
 /// Distills `student` from `teacher` (stereo or monocular) with ADU's losses on the `labeled`

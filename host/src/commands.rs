@@ -631,7 +631,8 @@ pub struct DistillConfig {
     pub ddd: crate::distill::DddOptions,
     /// Share of the images used (DDD's image budget).
     pub images_fraction: f64,
-    /// ADU-Depth's switches and weights (method `adu`; its response weight is `kd_weight`).
+    /// ADU-Depth's switches and weights (method `adu`; the CLI's `--kd-weight` sets its
+    /// response weight).
     pub adu: crate::adu::AduOptions,
 }
 
@@ -652,11 +653,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         }
     };
     if cfg.method == "adu" {
-        crate::adu::AduOptions {
-            response_weight: cfg.kd_weight,
-            ..cfg.adu.clone()
-        }
-        .check()?;
+        cfg.adu.check()?;
     }
     if ddd.is_some() && !cfg.labeled.is_empty() {
         return Err(Error::Usage(format!(
@@ -705,10 +702,7 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
             &labeled.iter().map(Vec::as_slice).collect::<Vec<_>>(),
             &unlabeled,
             &tc,
-            &crate::adu::AduOptions {
-                response_weight: cfg.kd_weight,
-                ..cfg.adu.clone()
-            },
+            &cfg.adu,
             progress,
         )?,
         None => crate::distill::aux(

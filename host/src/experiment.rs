@@ -284,19 +284,13 @@ fn ddd(cfg: &ExperimentConfig) -> Result<Results> {
         ),
     ];
     for (name, options, fraction, setting) in variants {
-        let t = Instant::now();
         let images = budget(ood.clone(), fraction)?;
         // every student row starts from the same weights and sees the same number of steps
         let s = student(cfg.seed + 1)?;
-        let losses = distill(
-            &s,
-            &teacher.net,
-            &images,
-            &train_cfg(b.student_steps, cfg.seed + 1),
-            &options,
-            table.bar(name, b.student_steps),
-        )?;
-        table.record(name, &s, images.len(), t, setting, losses)?;
+        let sc = train_cfg(b.student_steps, cfg.seed + 1);
+        table.row(name, &s, images.len(), setting, b.student_steps, |bar| {
+            distill(&s, &teacher.net, &images, &sc, &options, bar)
+        })?;
     }
 
     let setup = format!(
@@ -403,15 +397,25 @@ impl<'a> Table<'a> {
         train_cfg: &TrainConfig,
         setting: &str,
     ) -> Result<()> {
+        self.row(name, net, data.len(), setting, train_cfg.steps, |bar| {
+            train(net, data, Target::Labels, train_cfg, bar)
+        })
+    }
+
+    /// Runs `run` (training `net` for `steps` steps, reporting to the progress bar it is given)
+    /// and records `net` as row `name` with its wall time and losses.
+    fn row(
+        &mut self,
+        name: &str,
+        net: &Net,
+        images: usize,
+        setting: &str,
+        steps: usize,
+        run: impl FnOnce(&mut dyn FnMut(crate::train::StepInfo)) -> Result<Vec<f32>>,
+    ) -> Result<()> {
         let t = Instant::now();
-        let losses = train(
-            net,
-            data,
-            Target::Labels,
-            train_cfg,
-            self.bar(name, train_cfg.steps),
-        )?;
-        self.record(name, net, data.len(), t, setting, losses)
+        let losses = run(&mut self.bar(name, steps))?;
+        self.record(name, net, images, t, setting, losses)
     }
 
     fn record(
@@ -580,19 +584,20 @@ fn lw(cfg: &ExperimentConfig) -> Result<Results> {
         ),
     ];
     for (name, labeled, unlabeled, teacher, setting) in rows {
-        let t = Instant::now();
         let s = student()?;
-        let losses = crate::distill::aux(
-            &s,
-            &teachers[teacher].net,
-            &labeled,
-            unlabeled,
-            &train_cfg(b.student_steps, cfg.seed + 1),
-            1.0,
-            table.bar(name, b.student_steps),
-        )?;
+        let sc = train_cfg(b.student_steps, cfg.seed + 1);
         let images = labeled.iter().map(|l| l.len()).sum::<usize>() + unlabeled.len();
-        table.record(name, &s, images, t, setting, losses)?;
+        table.row(name, &s, images, setting, b.student_steps, |bar| {
+            crate::distill::aux(
+                &s,
+                &teachers[teacher].net,
+                &labeled,
+                unlabeled,
+                &sc,
+                1.0,
+                bar,
+            )
+        })?;
     }
 
     let setup = format!(
@@ -698,27 +703,18 @@ fn adu(cfg: &ExperimentConfig) -> Result<Results> {
         "train-teacher --arch demo-student on X (no teacher)",
     )?;
     let sc = train_cfg(b.student_steps, cfg.seed + 1);
-    let t = Instant::now();
-    let s = student()?;
-    let losses = crate::distill::aux(
-        &s,
-        &mono.net,
-        &[&x],
-        &u,
-        &sc,
-        1.0,
-        table.bar("kd_mono", b.student_steps),
-    )?;
     let images = x.len() + u.len();
-    table.record(
+    let s = student()?;
+    table.row(
         "kd_mono",
         &s,
         images,
-        t,
         "distill --method aux --teacher mono --labeled X --images U",
-        losses,
+        b.student_steps,
+        |bar| crate::distill::aux(&s, &mono.net, &[&x], &u, &sc, 1.0, bar),
     )?;
     let full = AduOptions::default();
+    let defaults = full.clone();
     let rows = [
         (
             "adu_response",
@@ -739,24 +735,14 @@ fn adu(cfg: &ExperimentConfig) -> Result<Results> {
         ("adu", full, "distill --method adu"),
     ];
     for (name, options, setting) in rows {
-        let t = Instant::now();
         let s = student()?;
-        let losses = crate::adu::adu(
-            &s,
-            &stereo.net,
-            &[&x],
-            &u,
-            &sc,
-            &options,
-            table.bar(name, b.student_steps),
-        )?;
-        table.record(
+        table.row(
             name,
             &s,
             images,
-            t,
             &format!("{setting} --teacher stereo --labeled X --images U"),
-            losses,
+            b.student_steps,
+            |bar| crate::adu::adu(&s, &stereo.net, &[&x], &u, &sc, &options, bar),
         )?;
     }
 
@@ -768,9 +754,9 @@ fn adu(cfg: &ExperimentConfig) -> Result<Results> {
         b.teacher_steps,
         b.student_steps,
         b.batch_size,
-        AduOptions::default().gamma,
-        AduOptions::default().response_weight,
-        AduOptions::default().feature_weight,
+        defaults.gamma,
+        defaults.response_weight,
+        defaults.feature_weight,
     );
     let (mut results, previews, curves) = table.finish(b, setup, start);
     let rmse = |n: &str| results.rmse(n);

@@ -114,10 +114,10 @@ struct AduFlags {
     #[arg(long)]
     no_feature: bool,
     /// γ of the focal-depth weight (|d_s − d_t|/d_t)^γ.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = depthling_host::adu::AduOptions::default().gamma)]
     focal_gamma: f64,
     /// Weight of the feature-distillation term.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = depthling_host::adu::AduOptions::default().feature_weight)]
     feature_weight: f64,
 }
 

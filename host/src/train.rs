@@ -317,12 +317,7 @@ pub fn train_with(
                 let y = teacher.forward_t(&x, false)?.detach();
                 let pred = net.net.forward_t(&x, true)?;
                 let kd = (cfg.loss.compute(&pred, &y, &mask.ones_like()?)? * *kd_weight)?;
-                // a batch of unlabeled images only has no ground-truth term
-                if mask.sum_all()?.to_scalar::<f32>()? > 0.0 {
-                    (cfg.loss.compute(&pred, &gt, &mask)? + kd)?
-                } else {
-                    kd
-                }
+                with_labels(&cfg.loss, kd, &pred, &gt, &mask)?
             }
             Target::Adu { teacher, heads } => {
                 let tc = teacher.spec().input_channels;
@@ -334,12 +329,7 @@ pub fn train_with(
                 let t = teacher.forward_nodes(&xt, false)?;
                 let s = net.net.forward_nodes(&x, true)?;
                 let distill = heads.loss(&s, &t)?;
-                let pred = &s[s.len() - 1].0;
-                if mask.sum_all()?.to_scalar::<f32>()? > 0.0 {
-                    (cfg.loss.compute(pred, &gt, &mask)? + distill)?
-                } else {
-                    distill
-                }
+                with_labels(&cfg.loss, distill, &s[s.len() - 1].0, &gt, &mask)?
             }
         };
         let value = loss.to_scalar::<f32>()?;
@@ -379,6 +369,22 @@ pub fn train_with(
         }
     }
     Ok(losses)
+}
+
+/// `distill` plus the ground-truth loss of `pred` where `mask` marks labeled pixels; a batch of
+/// unlabeled images only (depth 0, mask 0) has no ground-truth term.
+fn with_labels(
+    loss: &Loss,
+    distill: Tensor,
+    pred: &Tensor,
+    gt: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    if mask.sum_all()?.to_scalar::<f32>()? > 0.0 {
+        Ok((loss.compute(pred, gt, mask)? + distill)?)
+    } else {
+        Ok(distill)
+    }
 }
 
 /// f32 predictions (eval mode) for every sample, row-major H×W each (stereo networks read each

@@ -17,6 +17,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The row names of an experiment's results.
+fn row_names(r: &serde_json::Value) -> Vec<&str> {
+    r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect()
+}
+
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "failed: {}", stderr(o));
     serde_json::from_slice(&o.stdout).expect("stdout is one JSON object")
@@ -858,12 +868,7 @@ fn experiment_lw_quick_runs_every_row() {
         out.to_str().unwrap(),
         "--json",
     ]));
-    let names: Vec<&str> = r["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["name"].as_str().unwrap())
-        .collect();
+    let names = row_names(&r);
     assert_eq!(
         names,
         [
@@ -908,12 +913,7 @@ fn experiment_quick_runs_every_row() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json(&o), r, "--json prints what results.json holds");
-    let names: Vec<&str> = r["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["name"].as_str().unwrap())
-        .collect();
+    let names = row_names(&r);
     assert_eq!(
         names,
         [
@@ -1072,12 +1072,7 @@ fn experiment_adu_quick_runs_every_row() {
         out.to_str().unwrap(),
         "--json",
     ]));
-    let names: Vec<&str> = r["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["name"].as_str().unwrap())
-        .collect();
+    let names = row_names(&r);
     assert_eq!(
         names,
         [

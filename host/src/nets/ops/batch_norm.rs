@@ -43,11 +43,10 @@ impl BnAct {
     }
 }
 
-fn dims(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
-    match layout.dims() {
-        &[n, c, h, w] => Ok((n, c, h * w)),
-        d => candle_core::bail!("{op}: expected a 4-d tensor, got {d:?}"),
-    }
+/// `(N, C, H·W)` of a 4-d layout.
+fn n_c_plane(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let (n, c, h, w) = super::dims(layout, op)?;
+    Ok((n, c, h * w))
 }
 
 /// Per-channel batch mean and biased variance of `[N, C, H, W]` → `[2, C]` (two-pass, f64
@@ -61,7 +60,7 @@ impl CustomOp1 for ChannelStats {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
-        let (n, c, plane) = dims(layout, self.name())?;
+        let (n, c, plane) = n_c_plane(layout, self.name())?;
         let m = (n * plane).max(1) as f64;
         let stats: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
@@ -129,7 +128,7 @@ impl CustomOp2 for Normalize {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
-        let (_, c, plane) = dims(l1, self.name())?;
+        let (_, c, plane) = n_c_plane(l1, self.name())?;
         let coef = coefficients(params_of(s2, l2, c, self.name())?, c, self.eps);
         let act = self.act;
         let mut y = vec![0f32; x.len()];
@@ -193,7 +192,7 @@ impl CustomOp3 for Backward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
-        let (n, c, plane) = dims(l1, self.name())?;
+        let (n, c, plane) = n_c_plane(l1, self.name())?;
         let p = params_of(s2, l2, c, self.name())?;
         let dy = contiguous_f32(s3, l3, self.name())?;
         if dy.len() != x.len() {

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, dims};
 
 /// Source indices and the weight of the second one for output coordinate `o` of `n · factor`:
 /// the source coordinate is `(o + ½) / f − ½`, clamped to the edges (the engine's integer rule).
@@ -34,13 +34,6 @@ pub struct BilinearDown {
     pub factor: usize,
     pub height: usize,
     pub width: usize,
-}
-
-fn dims(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
-    match layout.dims() {
-        &[n, c, h, w] => Ok((n, c, h, w)),
-        d => candle_core::bail!("{op}: expected a 4-d tensor, got {d:?}"),
-    }
 }
 
 /// Per output column: the two source columns and the second one's weight.

@@ -76,6 +76,14 @@ impl Patches {
     }
 }
 
+/// `(N, C, H, W)` of a 4-d layout.
+fn dims(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+    match layout.dims() {
+        &[n, c, h, w] => Ok((n, c, h, w)),
+        d => candle_core::bail!("{op}: expected a 4-d tensor, got {d:?}"),
+    }
+}
+
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match storage {
         CpuStorage::F32(v) => v.as_slice(),
