@@ -96,16 +96,23 @@ impl CustomOp1 for BilinearDown {
         }
         let (rows, cols) = (table(ho, f, h), table(wo, f, w));
         let mut out = vec![0f32; n * c * h * w];
+        // separable: each gradient row is first folded onto the w source columns, then that row
+        // is spread over the two source rows (2 multiply-adds per output pixel instead of 8
+        // scattered ones)
         out.par_chunks_mut(h * w).enumerate().for_each(|(nc, dst)| {
             let src = &g[nc * ho * wo..(nc + 1) * ho * wo];
+            let mut folded = vec![0f32; w];
             for (oy, &(y0, y1, fy)) in rows.iter().enumerate() {
-                for (ox, &(x0, x1, fx)) in cols.iter().enumerate() {
-                    let v = src[oy * wo + ox];
-                    let (top, bottom) = (v * (1.0 - fy), v * fy);
-                    dst[y0 * w + x0] += top * (1.0 - fx);
-                    dst[y0 * w + x1] += top * fx;
-                    dst[y1 * w + x0] += bottom * (1.0 - fx);
-                    dst[y1 * w + x1] += bottom * fx;
+                folded.fill(0.0);
+                for (&v, &(x0, x1, fx)) in src[oy * wo..(oy + 1) * wo].iter().zip(&cols) {
+                    folded[x0] += v * (1.0 - fx);
+                    folded[x1] += v * fx;
+                }
+                for (d, &r) in dst[y0 * w..(y0 + 1) * w].iter_mut().zip(&folded) {
+                    *d += r * (1.0 - fy);
+                }
+                for (d, &r) in dst[y1 * w..(y1 + 1) * w].iter_mut().zip(&folded) {
+                    *d += r * fy;
                 }
             }
         });

@@ -1,9 +1,11 @@
 //! Fast training kernels as candle custom ops. candle's CPU convolution backward goes through
-//! `conv_transpose2d`, a plain loop; here a convolution is `im2col` followed by one large gemm
-//! (candle's matmul), and the backward pass is two gemms plus `col2im`, the exact adjoint of
-//! `im2col`. Both ops are each other's backward, so gradients of any order compose.
+//! `conv_transpose2d`, a plain loop; here a convolution is `im2col` and gemms (the gemm crate
+//! candle's matmul uses), and its backward pass is two more: `col2im(wᵀ · ∂y)` for the input,
+//! the exact adjoint of `im2col`, and `∂y · im2col(x)ᵀ` for the weights. The column matrices
+//! live inside the ops and never become tensors of candle's graph, whose backward pass would
+//! otherwise zero-fill and add a gradient the size of each of them. Gradients are first order.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 pub mod batch_norm;
@@ -95,97 +97,474 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// `[N, C, H, W]` → `[C·k·k, N·Ho·Wo]` (zero padding).
-#[derive(Clone, Copy, Debug)]
-pub struct Im2Col(pub Patches);
-
-/// `[C·k·k, N·Ho·Wo]` → `[N, C, H, W]`, summing overlapping patches: the adjoint of [`Im2Col`].
-#[derive(Clone, Copy, Debug)]
-pub struct Col2Im(pub Patches);
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "depthling-im2col"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = self.0;
-        let x = contiguous_f32(storage, layout, self.name())?;
-        if x.len() != p.batch * p.channels * p.height * p.width {
-            candle_core::bail!("im2col: input has {} values, expected {:?}", x.len(), p);
-        }
-        let (l, k, plane) = (p.positions(), p.kernel, p.height * p.width);
-        let wo = p.out_width();
-        let mut cols = vec![0f32; p.rows() * p.batch * l];
-        cols.par_chunks_mut(p.batch * l)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                for n in 0..p.batch {
-                    let src = &x[(n * p.channels + c) * plane..(n * p.channels + c + 1) * plane];
-                    let dst = &mut row[n * l..(n + 1) * l];
-                    p.for_rows(ky, kx, |oy, cols, first| {
-                        let out = &mut dst[oy * wo + cols.start..oy * wo + cols.end];
-                        if p.stride == 1 {
-                            out.copy_from_slice(&src[first..first + out.len()]);
-                        } else {
-                            for (j, d) in out.iter_mut().enumerate() {
-                                *d = src[first + j * p.stride];
-                            }
+/// `[N, C, H, W]` → `[C·k·k, N·Ho·Wo]` (zero padding) into `cols`, every element written.
+pub fn im2col(p: Patches, x: &[f32], cols: &mut [f32]) {
+    let (l, k, plane) = (p.positions(), p.kernel, p.height * p.width);
+    let (ho, wo) = (p.out_height(), p.out_width());
+    cols.par_chunks_mut(p.batch * l)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            let (rows, span) = (p.valid(ky, p.height, ho), p.valid(kx, p.width, wo));
+            for n in 0..p.batch {
+                let src = &x[(n * p.channels + c) * plane..(n * p.channels + c + 1) * plane];
+                let dst = &mut row[n * l..(n + 1) * l];
+                for oy in 0..ho {
+                    let out = &mut dst[oy * wo..(oy + 1) * wo];
+                    if !rows.contains(&oy) || span.is_empty() {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    out[..span.start].fill(0.0);
+                    out[span.end..].fill(0.0);
+                    let y = oy * p.stride + ky - p.padding;
+                    let first = y * p.width + span.start * p.stride + kx - p.padding;
+                    let out = &mut out[span.clone()];
+                    if p.stride == 1 {
+                        out.copy_from_slice(&src[first..first + out.len()]);
+                    } else {
+                        for (j, d) in out.iter_mut().enumerate() {
+                            *d = src[first + j * p.stride];
                         }
-                    });
-                }
-            });
-        Ok((CpuStorage::F32(cols), Shape::from((p.rows(), p.batch * l))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im(self.0))?))
-    }
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "depthling-col2im"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = self.0;
-        let cols = contiguous_f32(storage, layout, self.name())?;
-        let (l, k, plane) = (p.positions(), p.kernel, p.height * p.width);
-        if cols.len() != p.rows() * p.batch * l {
-            candle_core::bail!("col2im: input has {} values, expected {:?}", cols.len(), p);
-        }
-        let wo = p.out_width();
-        let mut x = vec![0f32; p.batch * p.channels * plane];
-        // one (n, c) plane per task: disjoint writes
-        x.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
-            let (n, c) = (nc / p.channels, nc % p.channels);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let r = (c * k + ky) * k + kx;
-                    let src = &cols[r * p.batch * l + n * l..r * p.batch * l + (n + 1) * l];
-                    p.for_rows(ky, kx, |oy, range, first| {
-                        let from = &src[oy * wo + range.start..oy * wo + range.end];
-                        for (j, &v) in from.iter().enumerate() {
-                            dst[first + j * p.stride] += v;
-                        }
-                    });
+                    }
                 }
             }
         });
-        Ok((
-            CpuStorage::F32(x),
-            Shape::from((p.batch, p.channels, p.height, p.width)),
-        ))
-    }
+}
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col(self.0))?))
+thread_local! {
+    /// Column matrices are used inside one op and dropped: the buffer stays with the thread.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch buffer of `len` values (contents unspecified: `f` writes before it
+/// reads), kept from one call to the next.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // already in use further up this thread's stack
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
+/// `[C·k·k, N·Ho·Wo]` → `[N, C, H, W]`, summing overlapping patches: the adjoint of [`im2col`].
+pub fn col2im(p: Patches, cols: &[f32]) -> Vec<f32> {
+    let (l, k, plane) = (p.positions(), p.kernel, p.height * p.width);
+    let wo = p.out_width();
+    let mut x = vec![0f32; p.batch * p.channels * plane];
+    // one (n, c) plane per task: disjoint writes
+    x.par_chunks_mut(plane).enumerate().for_each(|(nc, dst)| {
+        let (n, c) = (nc / p.channels, nc % p.channels);
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                let src = &cols[r * p.batch * l + n * l..r * p.batch * l + (n + 1) * l];
+                p.for_rows(ky, kx, |oy, range, first| {
+                    let from = &src[oy * wo + range.start..oy * wo + range.end];
+                    if p.stride == 1 {
+                        for (d, &v) in dst[first..first + from.len()].iter_mut().zip(from) {
+                            *d += v;
+                        }
+                    } else {
+                        for (j, &v) in from.iter().enumerate() {
+                            dst[first + j * p.stride] += v;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    x
+}
+
+/// A strided view of an f32 matrix: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// Index one past the last element of a `rows × cols` matrix with strides `rs`, `cs`.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
     }
 }
 
-/// Dense 2-D convolution (`groups = 1`) as im2col + gemm: `x` `[N, C, H, W]`, `w` `[O, C, k, k]`,
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`), `lhs` m×k, `rhs` k×n, `dst` m×n
+/// with row stride `dst_rs` (columns contiguous), on rayon's threads; the gemm crate candle's
+/// own matmul runs on. Every view is checked to lie inside its slice.
+fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+) -> Result<()> {
+    if extent(m, n, dst_rs, 1) > dst.len()
+        || extent(m, k, lhs.rs, lhs.cs) > lhs.data.len()
+        || extent(k, n, rhs.rs, rhs.cs) > rhs.data.len()
+    {
+        candle_core::bail!("gemm: a {m}×{k}·{k}×{n} product does not fit its buffers");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        ::gemm::Parallelism::Rayon(threads)
+    } else {
+        ::gemm::Parallelism::None
+    };
+    // SAFETY: the extents above keep every element the three views address inside its slice,
+    // and `dst` is borrowed mutably, so it overlaps neither input.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+/// `[N, O, L]` → `[O, N·L]` (`back`: the reverse).
+fn regroup(src: &[f32], n: usize, o: usize, l: usize, back: bool) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    dst.par_chunks_mut(l).enumerate().for_each(|(row, out)| {
+        // row indexes dst's [·, ·, L] blocks: (i, c) of [N, O] going back, (c, i) of [O, N]
+        let (i, c) = if back {
+            (row / o, row % o)
+        } else {
+            (row % n, row / n)
+        };
+        let from = if back { c * n + i } else { i * o + c };
+        out.copy_from_slice(&src[from * l..(from + 1) * l]);
+    });
+    dst
+}
+
+/// Output positions from which a convolution multiplies image by image, writing straight into
+/// `[N, O, L]`; below it the batch goes through one gemm on `[·, N·L]` and a regroup.
+const PER_IMAGE: usize = 256;
+
+/// A dense convolution `(x [N, C, H, W], w [O, C, k, k]) → [N, O, Ho, Wo]`: im2col and a gemm
+/// per image straight into the output (a 1×1, stride-1 convolution skips im2col and multiplies
+/// the image itself). The backward pass is two ops of the same kind, so the column matrix and
+/// its gradient never become tensors of the graph.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv {
+    pub patches: Patches,
+    pub out_channels: usize,
+}
+
+/// ∂loss/∂x of a [`Conv`] from `(w, ∂loss/∂y)`: `col2im(wᵀ · ∂y)`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvInputGrad(pub Conv);
+
+/// ∂loss/∂w of a [`Conv`] from `(x, ∂loss/∂y)`: `Σ_n ∂y_n · im2col(x)_nᵀ`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvWeightGrad(pub Conv);
+
+impl Conv {
+    /// 1×1, stride 1, no padding: the image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        let p = self.patches;
+        p.kernel == 1 && p.stride == 1 && p.padding == 0
+    }
+
+    /// Checks a buffer's length against `len` values.
+    fn expect(&self, op: &str, what: &str, got: usize, len: usize) -> Result<()> {
+        if got != len {
+            candle_core::bail!(
+                "{op}: {what} has {got} values, expected {len} for {:?} → {} channels",
+                self.patches,
+                self.out_channels
+            );
+        }
+        Ok(())
+    }
+
+    fn sizes(&self) -> (usize, usize, usize, usize, usize) {
+        let p = self.patches;
+        (
+            p.batch,
+            p.channels,
+            self.out_channels,
+            p.positions(),
+            p.rows(),
+        )
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        let p = self.patches;
+        let (n, c, o, l, r) = self.sizes();
+        let wm = Mat {
+            data: w,
+            rs: r,
+            cs: 1,
+        };
+        let mut y = vec![0f32; n * o * l];
+        if self.pointwise() && l >= PER_IMAGE {
+            for i in 0..n {
+                let xi = Mat {
+                    data: &x[i * c * l..],
+                    rs: l,
+                    cs: 1,
+                };
+                gemm((o, l, c), &mut y[i * o * l..], l, false, wm, xi)?;
+            }
+            return Ok(y);
+        }
+        with_scratch(r * n * l, |cols| {
+            im2col(p, x, cols);
+            if l >= PER_IMAGE {
+                for i in 0..n {
+                    let ci = Mat {
+                        data: &cols[i * l..],
+                        rs: n * l,
+                        cs: 1,
+                    };
+                    gemm((o, l, r), &mut y[i * o * l..], l, false, wm, ci)?;
+                }
+                Ok(y)
+            } else {
+                let all = Mat {
+                    data: cols,
+                    rs: n * l,
+                    cs: 1,
+                };
+                gemm((o, n * l, r), &mut y, n * l, false, wm, all)?;
+                Ok(regroup(&y, n, o, l, true))
+            }
+        })
+    }
+
+    fn input_grad(&self, w: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+        let (n, c, o, l, r) = self.sizes();
+        // wᵀ: r × o
+        let wt = Mat {
+            data: w,
+            rs: 1,
+            cs: r,
+        };
+        if self.pointwise() && l >= PER_IMAGE {
+            let mut dx = vec![0f32; n * c * l];
+            for i in 0..n {
+                let gi = Mat {
+                    data: &dy[i * o * l..],
+                    rs: l,
+                    cs: 1,
+                };
+                gemm((c, l, o), &mut dx[i * c * l..], l, false, wt, gi)?;
+            }
+            return Ok(dx);
+        }
+        // every element of the column gradient is written by the gemms
+        with_scratch(r * n * l, |dcols| {
+            if l >= PER_IMAGE {
+                for i in 0..n {
+                    let gi = Mat {
+                        data: &dy[i * o * l..],
+                        rs: l,
+                        cs: 1,
+                    };
+                    gemm((r, l, o), &mut dcols[i * l..], n * l, false, wt, gi)?;
+                }
+            } else {
+                let rows = regroup(dy, n, o, l, false);
+                let g = Mat {
+                    data: &rows,
+                    rs: n * l,
+                    cs: 1,
+                };
+                gemm((r, n * l, o), dcols, n * l, false, wt, g)?;
+            }
+            Ok(col2im(self.patches, dcols))
+        })
+    }
+
+    fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+        let (n, c, o, l, r) = self.sizes();
+        let mut dw = vec![0f32; o * r];
+        if self.pointwise() && l >= PER_IMAGE {
+            // images in a fixed order: the sum is the same on every run
+            for i in 0..n {
+                let gi = Mat {
+                    data: &dy[i * o * l..],
+                    rs: l,
+                    cs: 1,
+                };
+                let xt = Mat {
+                    data: &x[i * c * l..],
+                    rs: 1,
+                    cs: l,
+                };
+                gemm((o, c, l), &mut dw, r, i > 0, gi, xt)?;
+            }
+            return Ok(dw);
+        }
+        with_scratch(r * n * l, |cols| {
+            im2col(self.patches, x, cols);
+            if l >= PER_IMAGE {
+                for i in 0..n {
+                    let gi = Mat {
+                        data: &dy[i * o * l..],
+                        rs: l,
+                        cs: 1,
+                    };
+                    let ct = Mat {
+                        data: &cols[i * l..],
+                        rs: 1,
+                        cs: n * l,
+                    };
+                    gemm((o, r, l), &mut dw, r, i > 0, gi, ct)?;
+                }
+            } else {
+                let rows = regroup(dy, n, o, l, false);
+                let g = Mat {
+                    data: &rows,
+                    rs: n * l,
+                    cs: 1,
+                };
+                let ct = Mat {
+                    data: cols,
+                    rs: 1,
+                    cs: n * l,
+                };
+                gemm((o, r, n * l), &mut dw, r, false, g, ct)?;
+            }
+            Ok(dw)
+        })
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "depthling-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, o, l, r) = self.sizes();
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let p = self.patches;
+        self.expect(self.name(), "input", x.len(), n * c * p.height * p.width)?;
+        self.expect(self.name(), "weight", w.len(), o * r)?;
+        let y = self.forward(x, w)?;
+        debug_assert_eq!(y.len(), n * o * l);
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((n, o, p.out_height(), p.out_width())),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let gx = w.apply_op2(&grad, ConvInputGrad(*self))?;
+        let gw = x.apply_op2(&grad, ConvWeightGrad(*self))?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "depthling-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let conv = self.0;
+        let (n, c, o, l, r) = conv.sizes();
+        let w = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        conv.expect(self.name(), "weight", w.len(), o * r)?;
+        conv.expect(self.name(), "gradient", g.len(), n * o * l)?;
+        let p = conv.patches;
+        Ok((
+            CpuStorage::F32(conv.input_grad(w, g)?),
+            Shape::from((n, c, p.height, p.width)),
+        ))
+    }
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "depthling-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let conv = self.0;
+        let (n, c, o, l, _) = conv.sizes();
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let p = conv.patches;
+        conv.expect(self.name(), "input", x.len(), n * c * p.height * p.width)?;
+        conv.expect(self.name(), "gradient", g.len(), n * o * l)?;
+        Ok((
+            CpuStorage::F32(conv.weight_grad(x, g)?),
+            Shape::from((o, c, p.kernel, p.kernel)),
+        ))
+    }
+}
+
+/// Dense 2-D convolution (`groups = 1`) through [`Conv`]: `x` `[N, C, H, W]`, `w` `[O, C, k, k]`,
 /// symmetric padding. Same result as `Tensor::conv2d`, with a fast backward.
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
@@ -197,20 +576,22 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
         // the custom op is CPU-only; elsewhere candle's own kernels are used
         return x.conv2d(w, padding, stride, 1, 1);
     }
-    let p = Patches {
-        batch: n,
-        channels: c,
-        height: h,
-        width: wd,
-        kernel: k,
-        stride,
-        padding,
+    if h + 2 * padding < k || wd + 2 * padding < k {
+        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a padded {wd}×{h} input");
+    }
+    let conv = Conv {
+        patches: Patches {
+            batch: n,
+            channels: c,
+            height: h,
+            width: wd,
+            kernel: k,
+            stride,
+            padding,
+        },
+        out_channels: o,
     };
-    let cols = x.contiguous()?.apply_op1(Im2Col(p))?;
-    let y = w.reshape((o, c * k * k))?.matmul(&cols)?; // [O, N·L]
-    y.reshape((o, n, p.out_height(), p.out_width()))?
-        .transpose(0, 1)?
-        .contiguous()
+    x.contiguous()?.apply_op2(&w.contiguous()?, conv)
 }
 
 #[cfg(test)]
@@ -252,6 +633,13 @@ pub(crate) mod tests {
             (2, 6, 5, 5, 3, 1, 1),
             (1, 2, 7, 6, 3, 5, 1),
             (2, 1, 1, 1, 2, 3, 1),
+            // at least PER_IMAGE output positions: a gemm per image, straight into the output
+            (2, 3, 20, 16, 4, 3, 1),
+            (2, 4, 34, 36, 3, 3, 2),
+            (3, 2, 18, 16, 2, 5, 1),
+            // 1×1 stride 1 on both paths: the image is its own column matrix at 288 positions
+            (2, 5, 18, 16, 3, 1, 1),
+            (2, 5, 6, 4, 3, 1, 1),
         ];
         for (i, &(n, c, h, w, o, k, s)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&[n, c, h, w], i as u64)).unwrap();
@@ -300,22 +688,19 @@ pub(crate) mod tests {
             stride: 2,
             padding: 1,
         };
-        let x = random(&[2, 3, 7, 5], 1);
-        let cols = x.apply_op1(Im2Col(p)).unwrap();
-        let y = random(cols.dims(), 2);
-        let back = y.apply_op1(Col2Im(p)).unwrap();
-        let lhs = (cols * &y)
+        let x = random(&[2, 3, 7, 5], 1)
+            .flatten_all()
             .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
+            .to_vec1::<f32>()
             .unwrap();
-        let rhs = (x * back)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        // a dirty buffer: im2col writes every element, padding included
+        let mut cols = vec![f32::NAN; p.rows() * p.batch * p.positions()];
+        im2col(p, &x, &mut cols);
+        assert!(cols.iter().all(|v| v.is_finite()));
+        let y = random(&[cols.len()], 2).to_vec1::<f32>().unwrap();
+        let back = col2im(p, &y);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(u, v)| (u * v) as f64).sum::<f64>();
+        let (lhs, rhs) = (dot(&cols, &y), dot(&x, &back));
         assert!(
             (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
             "{lhs} vs {rhs}"
