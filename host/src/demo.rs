@@ -39,7 +39,7 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
-    /// The default run: about 20 minutes on two CPU cores, most of it the DDD student (every
+    /// The default run: about 11 minutes on two CPU cores, most of it the DDD student (every
     /// transformation-network update runs the teacher forward and backward). At 128×96 every
     /// step costs four times as much, so the demo stays at 64×48.
     pub fn full(out: PathBuf) -> Self {
