@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, Patches};
+use super::{axpy, contiguous_f32, sum_in_order, Patches};
 
 /// `x [N, C, H, W]` ⊛ `w [C, 1, k, k]` → `[N, C, Ho, Wo]`.
 #[derive(Clone, Copy, Debug)]
@@ -86,10 +86,7 @@ impl CustomOp2 for Depthwise {
                         runs(&p, ky, kx, |range, first| {
                             let out = &mut dst[range];
                             if s == 1 {
-                                let from = &src[first..first + out.len()];
-                                for (d, &v) in out.iter_mut().zip(from) {
-                                    *d += wv * v;
-                                }
+                                axpy(out, wv, &src[first..first + out.len()]);
                             } else {
                                 for (j, d) in out.iter_mut().enumerate() {
                                     *d += wv * src[first + j * s];
@@ -154,10 +151,7 @@ impl CustomOp2 for DepthwiseInputGrad {
                     let wv = wk[ky * p.kernel + kx];
                     runs(&p, ky, kx, |range, first| {
                         if s == 1 {
-                            let out = &mut dst[first..first + range.len()];
-                            for (d, &v) in out.iter_mut().zip(&from[range]) {
-                                *d += wv * v;
-                            }
+                            axpy(&mut dst[first..first + range.len()], wv, &from[range]);
                         } else {
                             for (j, &v) in from[range].iter().enumerate() {
                                 dst[first + j * s] += wv * v;
@@ -223,13 +217,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
                     }
                 }
             });
-        let mut gw = vec![0f32; p.channels * kk];
-        for n in 0..p.batch {
-            let part = &partial[n * p.channels * kk..(n + 1) * p.channels * kk];
-            for (d, &v) in gw.iter_mut().zip(part) {
-                *d += v;
-            }
-        }
+        let gw = sum_in_order(&partial, p.channels * kk);
         Ok((
             CpuStorage::F32(gw),
             Shape::from((p.channels, 1, p.kernel, p.kernel)),

@@ -152,15 +152,9 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// `[C·k·k, N·Ho·Wo]` → `[N, C, H, W]`, summing overlapping patches: the adjoint of [`im2col`].
-pub fn col2im(p: Patches, cols: &[f32]) -> Vec<f32> {
-    let mut x = vec![0f32; p.batch * p.channels * p.height * p.width];
-    col2im_add(p, cols, &mut x);
-    x
-}
-
-/// [`col2im`], added onto `x`.
-fn col2im_add(p: Patches, cols: &[f32], x: &mut [f32]) {
+/// `[C·k·k, N·Ho·Wo]` → `[N, C, H, W]` added onto `x`, summing overlapping patches: the adjoint
+/// of [`im2col`].
+pub fn col2im(p: Patches, cols: &[f32], x: &mut [f32]) {
     let (l, k, plane) = (p.positions(), p.kernel, p.height * p.width);
     let wo = p.out_width();
     // one (n, c) plane per task: disjoint writes
@@ -173,9 +167,7 @@ fn col2im_add(p: Patches, cols: &[f32], x: &mut [f32]) {
                 p.for_rows(ky, kx, |oy, range, first| {
                     let from = &src[oy * wo + range.start..oy * wo + range.end];
                     if p.stride == 1 {
-                        for (d, &v) in dst[first..first + from.len()].iter_mut().zip(from) {
-                            *d += v;
-                        }
+                        axpy(&mut dst[first..first + from.len()], 1.0, from);
                     } else {
                         for (j, &v) in from.iter().enumerate() {
                             dst[first + j * p.stride] += v;
@@ -185,6 +177,23 @@ fn col2im_add(p: Patches, cols: &[f32], x: &mut [f32]) {
             }
         }
     });
+}
+
+/// `y += a·x`, element by element (a loop the compiler vectorises).
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &v) in y.iter_mut().zip(x) {
+        *d += a * v;
+    }
+}
+
+/// The sum of the `len`-value parts of `parts`, added in their order: per-image partial
+/// gradients summed the same way on every run, whichever thread computed each.
+fn sum_in_order(parts: &[f32], len: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; len];
+    for part in parts.chunks_exact(len) {
+        axpy(&mut sum, 1.0, part);
+    }
+    sum
 }
 
 /// A strided view of an f32 matrix: element (i, j) at `data[i·rs + j·cs]`.
@@ -204,10 +213,10 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-/// `dst = lhs · rhs`, `lhs` m×k, `rhs` k×n, `dst` m×n
-/// with row stride `dst_rs` (columns contiguous); the gemm crate candle's own matmul runs on,
-/// on rayon's threads if `parallel` (otherwise on the calling thread: the caller already splits
-/// the work). Every view is checked to lie inside its slice.
+/// `dst = lhs · rhs`, `lhs` m×k, `rhs` k×n, `dst` m×n with row stride `dst_rs` (columns
+/// contiguous), by the gemm crate candle's own matmul runs on: on rayon's threads if `parallel`,
+/// otherwise on the calling thread (the caller already splits the work). Every view is checked
+/// to lie inside its slice.
 fn gemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
@@ -312,16 +321,25 @@ impl Conv {
         p.kernel == 1 && p.stride == 1 && p.padding == 0
     }
 
-    /// Checks a buffer's length against `len` values.
-    fn expect(&self, op: &str, what: &str, got: usize, len: usize) -> Result<()> {
-        if got != len {
-            candle_core::bail!(
-                "{op}: {what} has {got} values, expected {len} for {:?} → {} channels",
-                self.patches,
-                self.out_channels
-            );
+    /// The two f32 operands of `op` (one of this convolution's ops), each named and checked
+    /// against the number of values it must hold.
+    fn operands<'a>(
+        &self,
+        op: &str,
+        (s1, l1, what1, len1): (&'a CpuStorage, &Layout, &str, usize),
+        (s2, l2, what2, len2): (&'a CpuStorage, &Layout, &str, usize),
+    ) -> Result<(&'a [f32], &'a [f32])> {
+        let (a, b) = (contiguous_f32(s1, l1, op)?, contiguous_f32(s2, l2, op)?);
+        for (what, got, len) in [(what1, a.len(), len1), (what2, b.len(), len2)] {
+            if got != len {
+                candle_core::bail!(
+                    "{op}: {what} has {got} values, expected {len} for {:?} → {} channels",
+                    self.patches,
+                    self.out_channels
+                );
+            }
         }
-        Ok(())
+        Ok((a, b))
     }
 
     fn sizes(&self) -> (usize, usize, usize, usize, usize) {
@@ -418,7 +436,7 @@ impl Conv {
                     // every element of the column gradient is written by the gemm
                     with_scratch(r * l, |dcols| {
                         gemm((r, l, o), dcols, l, wt, gi, false)?;
-                        col2im_add(p1, dcols, dxi);
+                        col2im(p1, dcols, dxi);
                         Ok(())
                     })
                 })?;
@@ -432,7 +450,7 @@ impl Conv {
                 cs: 1,
             };
             gemm((r, n * l, o), dcols, n * l, wt, g, true)?;
-            col2im_add(p, dcols, &mut dx);
+            col2im(p, dcols, &mut dx);
             Ok(dx)
         })
     }
@@ -472,13 +490,7 @@ impl Conv {
                         gemm((o, r, l), dwi, r, gi, ct, false)
                     })
                 })?;
-            let mut dw = vec![0f32; o * r];
-            for part in partial.chunks_exact(o * r) {
-                for (d, &v) in dw.iter_mut().zip(part) {
-                    *d += v;
-                }
-            }
-            return Ok(dw);
+            return Ok(sum_in_order(&partial, o * r));
         }
         let mut dw = vec![0f32; o * r];
         with_scratch(r * n * l, |cols| {
@@ -512,14 +524,14 @@ impl CustomOp2 for Conv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, o, l, r) = self.sizes();
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
+        let (n, c, o, _, r) = self.sizes();
         let p = self.patches;
-        self.expect(self.name(), "input", x.len(), n * c * p.height * p.width)?;
-        self.expect(self.name(), "weight", w.len(), o * r)?;
+        let (x, w) = self.operands(
+            self.name(),
+            (s1, l1, "input", n * c * p.height * p.width),
+            (s2, l2, "weight", o * r),
+        )?;
         let y = self.forward(x, w)?;
-        debug_assert_eq!(y.len(), n * o * l);
         Ok((
             CpuStorage::F32(y),
             Shape::from((n, o, p.out_height(), p.out_width())),
@@ -554,10 +566,11 @@ impl CustomOp2 for ConvInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let conv = self.0;
         let (n, c, o, l, r) = conv.sizes();
-        let w = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
-        conv.expect(self.name(), "weight", w.len(), o * r)?;
-        conv.expect(self.name(), "gradient", g.len(), n * o * l)?;
+        let (w, g) = conv.operands(
+            self.name(),
+            (s1, l1, "weight", o * r),
+            (s2, l2, "gradient", n * o * l),
+        )?;
         let p = conv.patches;
         Ok((
             CpuStorage::F32(conv.input_grad(w, g)?),
@@ -580,11 +593,12 @@ impl CustomOp2 for ConvWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let conv = self.0;
         let (n, c, o, l, _) = conv.sizes();
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let g = contiguous_f32(s2, l2, self.name())?;
         let p = conv.patches;
-        conv.expect(self.name(), "input", x.len(), n * c * p.height * p.width)?;
-        conv.expect(self.name(), "gradient", g.len(), n * o * l)?;
+        let (x, g) = conv.operands(
+            self.name(),
+            (s1, l1, "input", n * c * p.height * p.width),
+            (s2, l2, "gradient", n * o * l),
+        )?;
         Ok((
             CpuStorage::F32(conv.weight_grad(x, g)?),
             Shape::from((o, c, p.kernel, p.kernel)),
@@ -726,7 +740,8 @@ pub(crate) mod tests {
         im2col(p, &x, &mut cols);
         assert!(cols.iter().all(|v| v.is_finite()));
         let y = random(&[cols.len()], 2).to_vec1::<f32>().unwrap();
-        let back = col2im(p, &y);
+        let mut back = vec![0f32; x.len()];
+        col2im(p, &y, &mut back);
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(u, v)| (u * v) as f64).sum::<f64>();
         let (lhs, rhs) = (dot(&cols, &y), dot(&x, &back));
         assert!(
