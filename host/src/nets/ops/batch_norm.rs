@@ -43,14 +43,74 @@ impl BnAct {
     }
 }
 
+/// Two sums over one plane, `Σ f(x_j, y_j)` (`f` gives one or two terms), each in eight f32 lanes
+/// added up in a fixed order: a reduction the compiler vectorises (a single running sum cannot
+/// be), with the same result on every run.
+#[inline(always)]
+fn lanes<T: Terms>(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> T) -> (f32, f32) {
+    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+    let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for (&v, &w) in cx.remainder().iter().zip(cy.remainder()) {
+        let (a, b) = f(v, w).pair();
+        (t0, t1) = (t0 + a, t1 + b);
+    }
+    for (xs, ys) in cx.zip(cy) {
+        for i in 0..8 {
+            let (a, b) = f(xs[i], ys[i]).pair();
+            s0[i] += a;
+            s1[i] += b;
+        }
+    }
+    (s0.iter().sum::<f32>() + t0, s1.iter().sum::<f32>() + t1)
+}
+
+/// What a [`lanes`] term function returns: one value (the second sum stays 0) or two.
+trait Terms {
+    fn pair(self) -> (f32, f32);
+}
+impl Terms for f32 {
+    #[inline(always)]
+    fn pair(self) -> (f32, f32) {
+        (self, 0.0)
+    }
+}
+impl Terms for (f32, f32) {
+    #[inline(always)]
+    fn pair(self) -> (f32, f32) {
+        self
+    }
+}
+
+/// `$body` with `$a` a constant equal to `act`, one copy per activation, so that the loops in
+/// `$body` are plain selects the compiler vectorises.
+macro_rules! for_act {
+    ($act:expr, $a:ident => $body:expr) => {
+        match $act {
+            BnAct::None => {
+                const $a: BnAct = BnAct::None;
+                $body
+            }
+            BnAct::Relu => {
+                const $a: BnAct = BnAct::Relu;
+                $body
+            }
+            BnAct::Relu6 => {
+                const $a: BnAct = BnAct::Relu6;
+                $body
+            }
+        }
+    };
+}
+
 /// `(N, C, H·W)` of a 4-d layout.
 fn n_c_plane(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
     let (n, c, h, w) = super::dims(layout, op)?;
     Ok((n, c, h * w))
 }
 
-/// Per-channel batch mean and biased variance of `[N, C, H, W]` → `[2, C]` (two-pass, f64
-/// accumulation).
+/// Per-channel batch mean and biased variance of `[N, C, H, W]` → `[2, C]` (two-pass; each
+/// plane summed in f32 lanes, the planes in f64).
 struct ChannelStats;
 
 impl CustomOp1 for ChannelStats {
@@ -67,14 +127,12 @@ impl CustomOp1 for ChannelStats {
             .map(|ch| {
                 let planes =
                     || (0..n).map(move |i| &x[(i * c + ch) * plane..(i * c + ch + 1) * plane]);
-                let sum: f64 = planes()
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum();
-                let mean = sum / m;
+                let sum: f64 = planes().map(|p| lanes(p, p, |v, _| v).0 as f64).sum();
+                let mean = (sum / m) as f32;
                 let sq: f64 = planes()
-                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                    .map(|p| lanes(p, p, |v, _| (v - mean) * (v - mean)).0 as f64)
                     .sum();
-                (mean as f32, (sq / m) as f32)
+                (mean, (sq / m) as f32)
             })
             .collect();
         let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
@@ -137,9 +195,11 @@ impl CustomOp2 for Normalize {
             .enumerate()
             .for_each(|(nc, (dst, src))| {
                 let (a, b, _) = coef[nc % c];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = act.apply(a * v + b);
-                }
+                for_act!(act, A => {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = A.apply(a * v + b);
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -209,12 +269,14 @@ impl CustomOp3 for Backward {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for i in 0..n {
                     let at = (i * c + ch) * plane;
-                    for (&v, &d) in x[at..at + plane].iter().zip(&dy[at..at + plane]) {
-                        if act.passes(a * v + b) {
-                            sg += d as f64;
-                            sgx += (d * (v - mean[ch]) * inv) as f64;
-                        }
-                    }
+                    let (x, dy) = (&x[at..at + plane], &dy[at..at + plane]);
+                    let mu = mean[ch];
+                    let (g, gx) = for_act!(act, A => lanes(x, dy, |v, d| {
+                        let g = if A.passes(a * v + b) { d } else { 0.0 };
+                        (g, g * (v - mu) * inv)
+                    }));
+                    sg += g as f64;
+                    sgx += gx as f64;
                 }
                 (sg, sgx)
             })
@@ -230,16 +292,14 @@ impl CustomOp3 for Backward {
                 let (a, b, inv) = coef[ch];
                 let (sg, sgx) = sums[ch];
                 let (mg, mgx) = ((sg / m) as f32, (sgx / m) as f32);
-                let at = nc * plane;
-                for ((d, &v), &g) in dst
-                    .iter_mut()
-                    .zip(&x[at..at + plane])
-                    .zip(&dy[at..at + plane])
-                {
-                    let g = if act.passes(a * v + b) { g } else { 0.0 };
-                    let xhat = (v - mean[ch]) * inv;
-                    *d = a * (g - mg - xhat * mgx);
-                }
+                let (at, mu) = (nc * plane, mean[ch]);
+                let (x, dy) = (&x[at..at + plane], &dy[at..at + plane]);
+                for_act!(act, A => {
+                    for ((d, &v), &g) in dst.iter_mut().zip(x).zip(dy) {
+                        let g = if A.passes(a * v + b) { g } else { 0.0 };
+                        *d = a * (g - mg - (v - mu) * inv * mgx);
+                    }
+                })
             });
         for (ch, &(sg, sgx)) in sums.iter().enumerate() {
             daffine[ch] = sgx as f32; // dγ
@@ -317,11 +377,22 @@ mod tests {
     fn matches_candles_composition() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::Rng::new(4);
-        for (i, &(n, c, h, w)) in [(2, 3, 4, 5), (1, 7, 3, 3), (4, 2, 6, 1), (3, 5, 2, 8)]
-            .iter()
-            .enumerate()
-        {
-            let act = [BnAct::None, BnAct::Relu, BnAct::Relu6, BnAct::Relu6][i];
+        // planes shorter than, equal to and longer than the eight summing lanes, with a tail
+        let shapes = [
+            (2, 3, 4, 5),
+            (1, 7, 3, 3),
+            (4, 2, 6, 1),
+            (3, 5, 2, 8),
+            (2, 4, 7, 9),
+        ];
+        for (i, &(n, c, h, w)) in shapes.iter().enumerate() {
+            let act = [
+                BnAct::None,
+                BnAct::Relu,
+                BnAct::Relu6,
+                BnAct::Relu6,
+                BnAct::Relu,
+            ][i];
             let mut rand = |len: usize, scale: f32, shift: f32| {
                 (0..len)
                     .map(|_| rng.normal() * scale + shift)
