@@ -71,8 +71,9 @@ pub struct TrainFigure {
 pub struct TrainBench {
     pub threads: usize,
     pub results: Vec<TrainFigure>,
-    /// mbv2-mff student step time without / with the custom ops.
-    pub student_speedup: f64,
+    /// mbv2-mff student step time without / with the custom ops (absent when `--arch` timed
+    /// one architecture with the custom ops only).
+    pub student_speedup: Option<f64>,
 }
 
 /// Architectures timed by `bench train`: the LW student, the microcontroller student, the demo's
@@ -86,15 +87,20 @@ pub const TRAIN_ARCHS: [(&str, f32); 4] = [
 
 /// Training-step time (forward, loss, backward, Adam update) on simulated indoor images, batch 8,
 /// with and without the custom convolution ops (dense im2col/gemm and depthwise; bilinear
-/// upsampling always uses ours: candle's has no backward).
-pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
+/// upsampling always uses ours: candle's has no backward). With `only`, one architecture (at
+/// width 1) with the custom ops only: the quick figure to set beside PyTorch's step.
+pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> Result<TrainBench> {
     use crate::nets::{preset, Net};
     use crate::train::{train as train_steps, Target, TrainConfig};
     let device = candle_core::Device::Cpu;
+    let (archs, modes): (Vec<(&str, f32)>, &[bool]) = match only {
+        Some(arch) => (vec![(arch, 1.0)], &[true]),
+        None => (TRAIN_ARCHS.to_vec(), &[false, true]),
+    };
     let data = render_many(Domain::Indoor, width, height, 5, 0, 16, false);
     let mut results = Vec::new();
-    for (arch, width_mult) in TRAIN_ARCHS {
-        for custom_ops in [false, true] {
+    for (arch, width_mult) in archs {
+        for &custom_ops in modes {
             let spec = preset(arch, width_mult)?;
             let params = spec.params();
             let mut net = Net::new(spec, &device, 0)?;
@@ -124,7 +130,10 @@ pub fn train(width: usize, height: usize, steps: usize) -> Result<TrainBench> {
             });
         }
     }
-    let speedup = results[0].step_ms / results[1].step_ms;
+    let speedup = match &results[..] {
+        [off, on, ..] if !off.custom_ops && on.custom_ops => Some(off.step_ms / on.step_ms),
+        _ => None,
+    };
     Ok(TrainBench {
         threads: rayon::current_num_threads(),
         results,
@@ -216,15 +225,45 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Dispatches `depthling bench WHAT`.
-pub fn run(what: &str) -> Result<serde_json::Value> {
+pub fn run(what: &str, arch: Option<&str>) -> Result<serde_json::Value> {
     let json =
         |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Runtime(e.to_string()));
+    if arch.is_some() && what != "train" {
+        return Err(Error::Usage(format!(
+            "--arch only applies to `bench train`, not `bench {what}`"
+        )));
+    }
     match what {
         "sim" => json(serde_json::to_value(sim(2.0)?)),
-        "train" => json(serde_json::to_value(train(128, 96, 5)?)),
+        "train" => json(serde_json::to_value(train(128, 96, 5, arch)?)),
         "infer" => json(serde_json::to_value(infer(128, 96, 40)?)),
         other => Err(Error::Usage(format!(
             "unknown benchmark {other:?}; known: sim, train, infer"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_with_one_arch_times_it_with_the_custom_ops_only() {
+        let b = train(64, 48, 1, Some("micro")).unwrap();
+        assert_eq!(b.results.len(), 1);
+        let r = &b.results[0];
+        assert_eq!(r.arch, "micro@1");
+        assert!(r.custom_ops);
+        assert!(r.params > 0 && r.step_ms > 0.0 && r.step_ms.is_finite());
+        assert!(b.student_speedup.is_none());
+    }
+
+    #[test]
+    fn bad_arch_requests_are_usage_errors() {
+        assert!(matches!(
+            train(32, 24, 1, Some("no-such-net")),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(run("infer", Some("micro")), Err(Error::Usage(_))));
     }
 }

@@ -362,9 +362,15 @@ enum Command {
         json: bool,
     },
     /// Benchmarks: train, infer or sim.
-    #[command(after_help = "Example: depthling bench infer --json")]
+    #[command(
+        after_help = "Example: depthling bench infer --json\nOne student, to set beside PyTorch: depthling bench train --arch mbv2-mff --json"
+    )]
     Bench {
         what: String,
+        /// `bench train` only: time this architecture alone, with the custom ops (e.g. mbv2-mff,
+        /// to set beside bench/pytorch_reference.py)
+        #[arg(long)]
+        arch: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -750,8 +756,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Bench { what, json } => {
-            let v = depthling_host::bench::run(&what)?;
+        Command::Bench { what, arch, json } => {
+            let v = depthling_host::bench::run(&what, arch.as_deref())?;
             if json {
                 print_json(&v)?;
             } else {
