@@ -45,7 +45,8 @@ impl DemoConfig {
     ///
     /// The teacher sees 8192 images for 3072 steps: rendering is cheap, and more images and
     /// more steps are what the teacher gains most from (at 128×96, δ1 0.731 from 1024 images and
-    /// 1536 steps, 0.750 from 4096 and 1536, 0.790 from 4096 and 3072, 0.817 from 8192 and 4096).
+    /// 1536 steps, 0.790 from 4096 and 3072, 0.803 from these settings, 0.817 from 8192 and 4096;
+    /// `docs/results/teacher-128x96.md`).
     pub fn full(out: PathBuf) -> Self {
         DemoConfig {
             out,
