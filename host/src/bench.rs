@@ -94,7 +94,10 @@ pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> R
     use crate::train::{train as train_steps, Target, TrainConfig};
     let device = candle_core::Device::Cpu;
     let (archs, modes): (Vec<(&str, f32)>, &[bool]) = match only {
-        Some(arch) => (vec![(arch, 1.0)], &[true]),
+        Some(arch) => {
+            preset(arch, 1.0)?; // an unknown name fails before any rendering
+            (vec![(arch, 1.0)], &[true])
+        }
         None => (TRAIN_ARCHS.to_vec(), &[false, true]),
     };
     let data = render_many(Domain::Indoor, width, height, 5, 0, 16, false);

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, lanes};
 
 /// The activation after the normalization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,45 +40,6 @@ impl BnAct {
             BnAct::Relu => z > 0.0,
             BnAct::Relu6 => (0.0..=6.0).contains(&z),
         }
-    }
-}
-
-/// Two sums over one plane, `Σ f(x_j, y_j)` (`f` gives one or two terms), each in eight f32 lanes
-/// added up in a fixed order: a reduction the compiler vectorises (a single running sum cannot
-/// be), with the same result on every run.
-#[inline(always)]
-fn lanes<T: Terms>(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> T) -> (f32, f32) {
-    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
-    let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (mut t0, mut t1) = (0f32, 0f32);
-    for (&v, &w) in cx.remainder().iter().zip(cy.remainder()) {
-        let (a, b) = f(v, w).pair();
-        (t0, t1) = (t0 + a, t1 + b);
-    }
-    for (xs, ys) in cx.zip(cy) {
-        for i in 0..8 {
-            let (a, b) = f(xs[i], ys[i]).pair();
-            s0[i] += a;
-            s1[i] += b;
-        }
-    }
-    (s0.iter().sum::<f32>() + t0, s1.iter().sum::<f32>() + t1)
-}
-
-/// What a [`lanes`] term function returns: one value (the second sum stays 0) or two.
-trait Terms {
-    fn pair(self) -> (f32, f32);
-}
-impl Terms for f32 {
-    #[inline(always)]
-    fn pair(self) -> (f32, f32) {
-        (self, 0.0)
-    }
-}
-impl Terms for (f32, f32) {
-    #[inline(always)]
-    fn pair(self) -> (f32, f32) {
-        self
     }
 }
 
@@ -127,10 +88,12 @@ impl CustomOp1 for ChannelStats {
             .map(|ch| {
                 let planes =
                     || (0..n).map(move |i| &x[(i * c + ch) * plane..(i * c + ch + 1) * plane]);
-                let sum: f64 = planes().map(|p| lanes(p, p, |v, _| v).0 as f64).sum();
+                let sum: f64 = planes()
+                    .map(|p| lanes(p, p, |v, _| (v, 0.0)).0 as f64)
+                    .sum();
                 let mean = (sum / m) as f32;
                 let sq: f64 = planes()
-                    .map(|p| lanes(p, p, |v, _| (v - mean) * (v - mean)).0 as f64)
+                    .map(|p| lanes(p, p, |v, _| ((v - mean) * (v - mean), 0.0)).0 as f64)
                     .sum();
                 (mean, (sq / m) as f32)
             })

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{axpy, contiguous_f32, sum_in_order, Patches};
+use super::{axpy, contiguous_f32, lanes, sum_in_order, Patches};
 
 /// `x [N, C, H, W]` ⊛ `w [C, 1, k, k]` → `[N, C, Ho, Wo]`.
 #[derive(Clone, Copy, Debug)]
@@ -36,25 +36,6 @@ fn runs(p: &Patches, ky: usize, kx: usize, mut f: impl FnMut(std::ops::Range<usi
     p.for_rows(ky, kx, |oy, cols, first| {
         f(oy * wo + cols.start..oy * wo + cols.end, first)
     });
-}
-
-/// Σ a_j·b_j over eight partial sums added up in a fixed order: a reduction the compiler can
-/// vectorise (a single running sum cannot be, float addition does not reassociate).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 impl CustomOp2 for Depthwise {
@@ -206,7 +187,9 @@ impl CustomOp2 for DepthwiseWeightGrad {
                         let mut sum = 0f32;
                         runs(&p, ky, kx, |range, first| {
                             if s == 1 {
-                                sum += dot(&from[range.clone()], &src[first..first + range.len()]);
+                                let (from, src) =
+                                    (&from[range.clone()], &src[first..first + range.len()]);
+                                sum += lanes(from, src, |a, b| (a * b, 0.0)).0;
                             } else {
                                 for (j, &v) in from[range].iter().enumerate() {
                                     sum += v * src[first + j * s];

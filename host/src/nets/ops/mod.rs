@@ -186,6 +186,29 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Two sums over paired slices, `(Σ f(x_j, y_j).0, Σ f(x_j, y_j).1)`, each kept in eight f32
+/// lanes added up in a fixed order: a reduction the compiler vectorises (a single running f32
+/// sum cannot be, float addition does not reassociate), with the same result on every run. A
+/// caller that needs one sum leaves the second term 0.
+#[inline(always)]
+fn lanes(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    let (mut s0, mut s1) = ([0f32; 8], [0f32; 8]);
+    let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for (&v, &w) in cx.remainder().iter().zip(cy.remainder()) {
+        let (a, b) = f(v, w);
+        (t0, t1) = (t0 + a, t1 + b);
+    }
+    for (xs, ys) in cx.zip(cy) {
+        for i in 0..8 {
+            let (a, b) = f(xs[i], ys[i]);
+            s0[i] += a;
+            s1[i] += b;
+        }
+    }
+    (s0.iter().sum::<f32>() + t0, s1.iter().sum::<f32>() + t1)
+}
+
 /// The sum of the `len`-value parts of `parts`, added in their order: per-image partial
 /// gradients summed the same way on every run, whichever thread computed each.
 fn sum_in_order(parts: &[f32], len: usize) -> Vec<f32> {
