@@ -433,6 +433,7 @@ pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    pub schedule: crate::train::Schedule,
     pub seed: u64,
     /// Depth units per metre of CSV lists (dataset folders carry theirs in the manifest).
     pub depth_scale: f32,
@@ -476,6 +477,7 @@ impl TrainOptions {
             steps,
             batch_size: self.batch_size,
             lr: self.lr,
+            schedule: self.schedule,
             seed: self.seed,
             loss: self.loss,
             augment: self.augment,

@@ -257,7 +257,7 @@ impl<'a> TransformStage<'a> {
     /// T's weights and Adam moments (for checkpoints).
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = crate::nets::var_tensors(&self.transform.vars)?;
-        out.extend(self.opt.state());
+        out.extend(self.opt.state()?);
         out.push((
             "losses".into(),
             Tensor::new(self.losses.as_slice(), &Device::Cpu)?,

@@ -15,6 +15,9 @@ pub enum Loss {
     L1,
     /// Reverse Huber: |x| up to c = 0.2·max|x|, (x² + c²)/(2c) beyond.
     BerHu,
+    /// mean |ln d − ln g|: the L1 error of the depth ratio, so near and far pixels weigh the
+    /// same (the δ and AbsRel metrics are ratios too).
+    LogL1,
     /// Scale-invariant log error, 10·√(mean δ² − 0.85·(mean δ)²) with δ = ln d − ln g.
     SiLog,
     /// Hu et al. (2019): mean ln(|d − g| + 0.5), the same on Sobel x/y gradients, and
@@ -23,11 +26,12 @@ pub enum Loss {
 }
 
 impl Loss {
-    pub const NAMES: &'static str = "l1, berhu, silog, hu";
+    pub const NAMES: &'static str = "l1, logl1, berhu, silog, hu";
 
     pub fn parse(s: &str) -> Result<Loss> {
         match s {
             "l1" => Ok(Loss::L1),
+            "logl1" => Ok(Loss::LogL1),
             "berhu" => Ok(Loss::BerHu),
             "silog" => Ok(Loss::SiLog),
             "hu" => Ok(Loss::Hu),
@@ -42,6 +46,7 @@ impl Loss {
     pub fn compute(&self, pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
         match self {
             Loss::L1 => masked_mean(&(pred - target)?.abs()?, mask),
+            Loss::LogL1 => masked_mean(&log_ratio(pred, target, mask)?.abs()?, mask),
             Loss::BerHu => berhu(pred, target, mask),
             Loss::SiLog => silog(pred, target, mask),
             Loss::Hu => hu(pred, target, mask),
@@ -65,10 +70,15 @@ fn berhu(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     masked_mean(&beyond.where_cond(&quad, &x)?, mask)
 }
 
-fn silog(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// ln d − ln g where `mask` is 1 and 0 elsewhere; d is clamped to ≥ 1 mm, and ln g is only taken
+/// where g is valid (invalid pixels may hold 0).
+fn log_ratio(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let invalid = (mask.ones_like()? - mask)?;
-    // ln of the target only where it is valid (invalid pixels may hold 0)
-    let delta = ((pred.clamp(1e-3f32, f32::MAX)?.log()? - (target + &invalid)?.log()?)? * mask)?;
+    Ok(((pred.clamp(1e-3f32, f32::MAX)?.log()? - (target + &invalid)?.log()?)? * mask)?)
+}
+
+fn silog(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let delta = log_ratio(pred, target, mask)?;
     let count = mask.sum_all()?.maximum(1f32)?;
     let mean_sq = delta.sqr()?.sum_all()?.div(&count)?;
     let mean = delta.sum_all()?.div(&count)?;
@@ -226,6 +236,11 @@ mod tests {
         let (ps, gs) = (t(&[e, e * e, e, 9.], 1, 4), t(&[1., 1., e, 0.], 1, 4));
         let expect = 10.0 * (5.0f32 / 3.0 - 0.85).sqrt();
         assert!(close(value(Loss::SiLog, &ps, &gs, &m), expect));
+        // mean |δ| = (1 + 2 + 0)/3; a too-small prediction weighs as much as a too-large one
+        assert!(close(value(Loss::LogL1, &ps, &gs, &m), 1.0));
+        let (half, two) = (t(&[1., 1.], 1, 2), t(&[2., 0.5], 1, 2));
+        let both = t(&[1., 1.], 1, 2);
+        assert!(close(value(Loss::LogL1, &half, &two, &both), 2f32.ln()));
         // Hu on a 3×3 ramp (d = x) against a flat target 0, all valid: depth term mean
         // ln(|x| + 0.5) over x = 0, 1, 2; at the centre Sobel x = 8, Sobel y = 0, so
         // grad = ln 8.5 + ln 0.5 and the normal (−8, 0, 1) against (0, 0, 1) has cos 1/√65

@@ -57,12 +57,16 @@ struct TrainFlags {
     batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Learning-rate schedule: step (×0.1 after 75 % of the steps) or cosine (5 % linear
+    /// warm-up, then a half cosine towards 0).
+    #[arg(long, default_value = "step")]
+    schedule: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Depth units per metre of CSV lists (dataset folders carry theirs).
     #[arg(long, default_value_t = 1000.0)]
     depth_scale: f32,
-    /// Depth loss: l1, berhu, silog or hu (Hu et al.: depth + Sobel gradient + normal).
+    /// Depth loss: l1, logl1 (L1 of ln depth), berhu, silog or hu (Hu et al.: depth + Sobel gradient + normal).
     #[arg(long, default_value = "l1")]
     loss: String,
     /// Steps between checkpoints (OUT.ckpt.safetensors: weights, Adam state, step, RNG);
@@ -154,6 +158,7 @@ impl TrainFlags {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
+            schedule: depthling_host::train::Schedule::parse(&self.schedule)?,
             seed: self.seed,
             depth_scale: self.depth_scale,
             quiet,

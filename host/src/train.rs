@@ -54,8 +54,7 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
-    /// Fraction of the steps after which the learning rate drops ×0.1.
-    pub decay_at: f64,
+    pub schedule: Schedule,
     /// Random horizontal flips.
     pub flip: bool,
     /// Small rotations (±5°) and colour jitter (±20 %), after the flip.
@@ -74,7 +73,7 @@ impl Default for TrainConfig {
             batch_size: 8,
             lr: 1e-3,
             weight_decay: 1e-4,
-            decay_at: 0.75,
+            schedule: Schedule::Step { at: 0.75 },
             flip: true,
             augment: false,
             seed: 0,
@@ -85,16 +84,72 @@ impl Default for TrainConfig {
     }
 }
 
+/// How the learning rate moves over a run of `steps` steps from the base rate `lr`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// `lr` until this fraction of the steps, then `lr`·0.1.
+    Step { at: f64 },
+    /// A linear warm-up over the first 5 % of the steps, then a half cosine from `lr` towards 0
+    /// at the end of the run.
+    Cosine,
+}
+
+impl Schedule {
+    pub const NAMES: &'static str = "step, cosine";
+
+    pub fn parse(s: &str) -> Result<Schedule> {
+        match s {
+            "step" => Ok(Schedule::Step { at: 0.75 }),
+            "cosine" => Ok(Schedule::Cosine),
+            other => Err(Error::Usage(format!(
+                "unknown learning-rate schedule {other:?}; known: {}",
+                Self::NAMES
+            ))),
+        }
+    }
+
+    /// The learning rate of step `step` (0-based).
+    pub fn lr(&self, lr: f64, step: usize, steps: usize) -> f64 {
+        match *self {
+            Schedule::Step { at } => {
+                if step >= (steps as f64 * at) as usize {
+                    lr * 0.1
+                } else {
+                    lr
+                }
+            }
+            Schedule::Cosine => {
+                let warmup = (steps / 20).max(1);
+                if step < warmup {
+                    lr * (step + 1) as f64 / warmup as f64
+                } else {
+                    let t = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
+                    lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+                }
+            }
+        }
+    }
+
+    /// Its part of a checkpoint's fingerprint (a step schedule keeps the form older checkpoints
+    /// were written with).
+    fn fingerprint(&self) -> String {
+        match self {
+            Schedule::Step { at } => format!("decay_at={at}"),
+            Schedule::Cosine => "schedule=cosine".into(),
+        }
+    }
+}
+
 impl TrainConfig {
     /// What a checkpoint must agree on to be resumed by this run.
     fn fingerprint(&self) -> String {
         format!(
-            "steps={} batch={} lr={} wd={} decay_at={} flip={} augment={} seed={} loss={:?} {}",
+            "steps={} batch={} lr={} wd={} {} flip={} augment={} seed={} loss={:?} {}",
             self.steps,
             self.batch_size,
             self.lr,
             self.weight_decay,
-            self.decay_at,
+            self.schedule.fingerprint(),
             self.flip,
             self.augment,
             self.seed,
@@ -131,7 +186,7 @@ fn save_checkpoint(
     losses: &[f32],
 ) -> Result<()> {
     let mut tensors = net.named_tensors()?;
-    tensors.extend(opt.state());
+    tensors.extend(opt.state()?);
     if let Some(h) = heads {
         tensors.extend(h.state()?);
     }
@@ -290,13 +345,8 @@ pub fn train_with(
         (start, losses) = (step, before);
     }
     let mut last_good: Option<(usize, PathBuf)> = None;
-    let decay_step = (cfg.steps as f64 * cfg.decay_at) as usize;
     for step in start..cfg.steps {
-        opt.lr = if step >= decay_step {
-            cfg.lr * 0.1
-        } else {
-            cfg.lr
-        };
+        opt.lr = cfg.schedule.lr(cfg.lr, step, cfg.steps);
         let samples = batches.next_samples();
         let (x, gt, mask) = to_tensors(&samples, channels, &net.device)?;
         let x = match stage.as_deref_mut() {
@@ -414,6 +464,26 @@ mod tests {
             .into_iter()
             .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn schedules_give_the_documented_rates() {
+        let step = Schedule::parse("step").unwrap();
+        // 100 steps: 1e-3 through step 74, 1e-4 from step 75
+        assert_eq!(step.lr(1e-3, 74, 100), 1e-3);
+        assert_eq!(step.lr(1e-3, 75, 100), 1e-3 * 0.1);
+        let cos = Schedule::parse("cosine").unwrap();
+        // 100 steps: warm-up over steps 0..5 (0.2, 0.4, … of lr), then ½(1 + cos πt)
+        assert!((cos.lr(1.0, 0, 100) - 0.2).abs() < 1e-12);
+        assert!((cos.lr(1.0, 4, 100) - 1.0).abs() < 1e-12);
+        assert!((cos.lr(1.0, 5, 100) - 1.0).abs() < 1e-12);
+        let half = 5 + 95 / 2; // t = 47/95, just under the half-way point
+        let want = 0.5 * (1.0 + (std::f64::consts::PI * 47.0 / 95.0).cos());
+        assert!((cos.lr(1.0, half, 100) - want).abs() < 1e-12);
+        assert!(cos.lr(1.0, 99, 100) < 1e-3);
+        let rates: Vec<f64> = (5..100).map(|s| cos.lr(1.0, s, 100)).collect();
+        assert!(rates.windows(2).all(|w| w[1] < w[0]), "falls after warm-up");
+        assert!(Schedule::parse("linear").is_err());
     }
 
     fn config(steps: usize, path: &Path, resume: bool) -> TrainConfig {

@@ -769,6 +769,18 @@ fn bad_input_exits_2_naming_the_problem() {
             "unknown architecture",
         ),
         (
+            vec![
+                "train-teacher".into(),
+                "--data".into(),
+                "/nonexistent/ds".into(),
+                "--schedule".into(),
+                "linear".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "unknown learning-rate schedule",
+        ),
+        (
             // a size the layer list cannot take: say which sizes it can
             vec![
                 "export".into(),
