@@ -113,8 +113,11 @@ impl Adam {
             drop(storage);
             Ok(g.abs()?.sum_all()?.to_scalar::<f32>()?)
         };
-        let on_cpu = self.vars.iter().all(|(_, var, _)| var.device().is_cpu());
-        if !on_cpu {
+        let all_host = self
+            .vars
+            .iter()
+            .all(|(_, _, moments)| matches!(moments, Moments::Host(..)));
+        if !all_host {
             let mut total: Option<Tensor> = None;
             for (_, var, _) in &self.vars {
                 if let Some(g) = grads.get(var.as_tensor()) {

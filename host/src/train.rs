@@ -73,7 +73,7 @@ impl Default for TrainConfig {
             batch_size: 8,
             lr: 1e-3,
             weight_decay: 1e-4,
-            schedule: Schedule::Step { at: 0.75 },
+            schedule: Schedule::default(),
             flip: true,
             augment: false,
             seed: 0,
@@ -94,12 +94,19 @@ pub enum Schedule {
     Cosine,
 }
 
+impl Default for Schedule {
+    /// ×0.1 after 75 % of the steps.
+    fn default() -> Self {
+        Schedule::Step { at: 0.75 }
+    }
+}
+
 impl Schedule {
     pub const NAMES: &'static str = "step, cosine";
 
     pub fn parse(s: &str) -> Result<Schedule> {
         match s {
-            "step" => Ok(Schedule::Step { at: 0.75 }),
+            "step" => Ok(Schedule::default()),
             "cosine" => Ok(Schedule::Cosine),
             other => Err(Error::Usage(format!(
                 "unknown learning-rate schedule {other:?}; known: {}",
