@@ -434,6 +434,8 @@ pub struct TrainOptions {
     pub batch_size: usize,
     pub lr: f64,
     pub schedule: crate::train::Schedule,
+    /// Share of the steps trained on 2×-downsampled batches first ([`TrainConfig::coarse`]).
+    pub coarse: f64,
     pub seed: u64,
     /// Depth units per metre of CSV lists (dataset folders carry theirs in the manifest).
     pub depth_scale: f32,
@@ -478,6 +480,7 @@ impl TrainOptions {
             batch_size: self.batch_size,
             lr: self.lr,
             schedule: self.schedule,
+            coarse: self.coarse,
             seed: self.seed,
             loss: self.loss,
             augment: self.augment,

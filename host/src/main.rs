@@ -61,6 +61,10 @@ struct TrainFlags {
     /// warm-up, then a half cosine towards 0).
     #[arg(long, default_value = "step")]
     schedule: String,
+    /// Share of the steps, from the start, trained on batches downsampled 2× (progressive
+    /// resizing: cheap coarse steps first), e.g. 0.5.
+    #[arg(long, default_value_t = 0.0)]
+    coarse: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Depth units per metre of CSV lists (dataset folders carry theirs).
@@ -152,6 +156,12 @@ impl DddFlags {
 
 impl TrainFlags {
     fn options(self, arch: String, quiet: bool) -> Result<commands::TrainOptions> {
+        if !(0.0..=1.0).contains(&self.coarse) {
+            return Err(Error::Usage(format!(
+                "--coarse {} is not a share of the steps (0 to 1)",
+                self.coarse
+            )));
+        }
         Ok(commands::TrainOptions {
             arch,
             width: self.width,
@@ -159,6 +169,7 @@ impl TrainFlags {
             batch_size: self.batch_size,
             lr: self.lr,
             schedule: depthling_host::train::Schedule::parse(&self.schedule)?,
+            coarse: self.coarse,
             seed: self.seed,
             depth_scale: self.depth_scale,
             quiet,

@@ -62,6 +62,10 @@ pub struct TrainConfig {
     pub seed: u64,
     pub loss: Loss,
     pub checkpoint: Option<Checkpointing>,
+    /// Share of the run, from the start, trained on batches downsampled 2× (images averaged over
+    /// 2×2 pixels, depth over the valid pixels of each 2×2 block): progressive resizing, where
+    /// cheap coarse steps learn the layout of the scenes first. 0: every step at full size.
+    pub coarse: f64,
     /// Further settings a resumed run must share (e.g. DDD's switches).
     pub tag: String,
 }
@@ -79,6 +83,7 @@ impl Default for TrainConfig {
             seed: 0,
             loss: Loss::L1,
             checkpoint: None,
+            coarse: 0.0,
             tag: String::new(),
         }
     }
@@ -150,6 +155,12 @@ impl Schedule {
 impl TrainConfig {
     /// What a checkpoint must agree on to be resumed by this run.
     fn fingerprint(&self) -> String {
+        // written only when set, so that older checkpoints stay resumable
+        let coarse = if self.coarse > 0.0 {
+            format!(" coarse={}", self.coarse)
+        } else {
+            String::new()
+        };
         format!(
             "steps={} batch={} lr={} wd={} {} flip={} augment={} seed={} loss={:?} {}",
             self.steps,
@@ -162,8 +173,24 @@ impl TrainConfig {
             self.seed,
             self.loss,
             self.tag
-        )
+        ) + &coarse
     }
+
+    /// Whether step `step` (0-based) trains on downsampled batches.
+    pub fn is_coarse(&self, step: usize) -> bool {
+        step < (self.steps as f64 * self.coarse) as usize
+    }
+}
+
+/// A batch downsampled 2×: inputs averaged over 2×2 pixels, depth averaged over the valid pixels
+/// of each 2×2 block (a block with none stays invalid). Odd last rows and columns are dropped.
+pub fn halve_batch(x: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let x = x.avg_pool2d(2)?;
+    let valid = mask.avg_pool2d(2)?;
+    let sum = gt.mul(mask)?.avg_pool2d(2)?;
+    let gt = sum.div(&valid.clamp(1e-6f32, 1f32)?)?;
+    let mask = valid.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
+    Ok((x, gt, mask))
 }
 
 /// What DDD adds to a run: augmentations after the flip (object mixing) and an input stage
@@ -318,6 +345,14 @@ pub fn train_with(
     }
     let fingerprint = cfg.fingerprint();
     let channels = net.net.spec().input_channels;
+    if cfg.coarse > 0.0 {
+        let (w, h) = (data[0].width / 2, data[0].height / 2);
+        net.net.spec().shapes(w, h).map_err(|e| {
+            Error::Usage(format!(
+                "coarse steps train on {w}×{h} batches, half the images' size, which the network cannot take: {e}"
+            ))
+        })?;
+    }
     if let Target::Adu { teacher: t, .. } = &target {
         let tc = t.spec().input_channels;
         if tc != channels && tc != 2 * channels {
@@ -355,7 +390,13 @@ pub fn train_with(
     for step in start..cfg.steps {
         opt.lr = cfg.schedule.lr(cfg.lr, step, cfg.steps);
         let samples = batches.next_samples();
+        let coarse = cfg.is_coarse(step);
         let (x, gt, mask) = to_tensors(&samples, channels, &net.device)?;
+        let (x, gt, mask) = if coarse {
+            halve_batch(&x, &gt, &mask)?
+        } else {
+            (x, gt, mask)
+        };
         let x = match stage.as_deref_mut() {
             Some(st) => st.apply(step, &x)?,
             None => x,
@@ -380,6 +421,8 @@ pub fn train_with(
                 let tc = teacher.spec().input_channels;
                 let xt = if tc == channels {
                     x.clone()
+                } else if coarse {
+                    input_tensor(&samples, tc, &net.device)?.avg_pool2d(2)?
                 } else {
                     input_tensor(&samples, tc, &net.device)?
                 };
@@ -491,6 +534,90 @@ mod tests {
         let rates: Vec<f64> = (5..100).map(|s| cos.lr(1.0, s, 100)).collect();
         assert!(rates.windows(2).all(|w| w[1] < w[0]), "falls after warm-up");
         assert!(Schedule::parse("linear").is_err());
+    }
+
+    /// 2×2 averages of the image, and of depth over only the valid pixels of each block.
+    #[test]
+    fn halved_batches_average_valid_depth() {
+        let dev = Device::Cpu;
+        // one 4×2 image: x = 0..8; depth with two invalid pixels (0)
+        let x = Tensor::arange(0f32, 8.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 2, 4))
+            .unwrap();
+        let gt = Tensor::new(&[[[[2f32, 0.0, 0.0, 0.0], [4.0, 6.0, 0.0, 0.0]]]], &dev).unwrap();
+        let mask = gt
+            .gt(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let (x2, gt2, mask2) = halve_batch(&x, &gt, &mask).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            v(&x2),
+            [(0.0 + 1.0 + 4.0 + 5.0) / 4.0, (2.0 + 3.0 + 6.0 + 7.0) / 4.0]
+        );
+        // (2 + 4 + 6) / 3, not / 4; the all-invalid block stays invalid
+        assert!((v(&gt2)[0] - 4.0).abs() < 1e-6, "{:?}", v(&gt2));
+        assert_eq!(v(&gt2)[1], 0.0);
+        assert_eq!(v(&mask2), [1.0, 0.0]);
+    }
+
+    /// The first `coarse` share of the steps runs on halved batches; a coarse run trains, is
+    /// resumable only with the same share, and ends with a net for the full size.
+    #[test]
+    fn coarse_steps_come_first_and_are_part_of_the_fingerprint() {
+        let cfg = TrainConfig {
+            steps: 10,
+            coarse: 0.5,
+            ..TrainConfig::default()
+        };
+        let coarse: Vec<bool> = (0..10).map(|s| cfg.is_coarse(s)).collect();
+        assert_eq!(
+            coarse,
+            [true, true, true, true, true, false, false, false, false, false]
+        );
+        assert!(!TrainConfig::default().is_coarse(0));
+        assert_ne!(
+            cfg.fingerprint(),
+            TrainConfig {
+                coarse: 0.0,
+                ..cfg.clone()
+            }
+            .fingerprint()
+        );
+        assert!(!TrainConfig::default().fingerprint().contains("coarse"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let data = render_many(Domain::Indoor, 64, 64, 5, 0, 4, false);
+        let net = Net::new(preset("demo-teacher", 0.25).unwrap(), &Device::Cpu, 1).unwrap();
+        let run = TrainConfig {
+            coarse: 0.5,
+            loss: Loss::L1,
+            ..config(4, &dir.path().join("c.ckpt"), false)
+        };
+        let losses = train(&net, &data, Target::Labels, &run, |_| {}).unwrap();
+        assert_eq!(losses.len(), 4);
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        let pred = predict(&net.net, &data[..1], &Device::Cpu).unwrap();
+        assert_eq!(pred[0].len(), 64 * 64);
+        // a size whose half the network cannot take is refused before training, naming it
+        let odd = render_many(Domain::Indoor, 64, 48, 5, 0, 2, false);
+        let e = train(&net, &odd, Target::Labels, &run, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("32×24"), "{e}");
+        let other = TrainConfig {
+            coarse: 0.25,
+            ..run.clone()
+        };
+        let resumed = TrainConfig {
+            checkpoint: Some(Checkpointing {
+                resume: true,
+                ..run.checkpoint.clone().unwrap()
+            }),
+            ..other
+        };
+        let e = train(&net, &data, Target::Labels, &resumed, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("c.ckpt"), "{e}");
     }
 
     fn config(steps: usize, path: &Path, resume: bool) -> TrainConfig {

@@ -781,6 +781,18 @@ fn bad_input_exits_2_naming_the_problem() {
             "unknown learning-rate schedule",
         ),
         (
+            vec![
+                "train-teacher".into(),
+                "--data".into(),
+                "/nonexistent/ds".into(),
+                "--coarse".into(),
+                "1.5".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+            "is not a share of the steps",
+        ),
+        (
             // a size the layer list cannot take: say which sizes it can
             vec![
                 "export".into(),
