@@ -156,12 +156,8 @@ impl DddFlags {
 
 impl TrainFlags {
     fn options(self, arch: String, quiet: bool) -> Result<commands::TrainOptions> {
-        if !(0.0..=1.0).contains(&self.coarse) {
-            return Err(Error::Usage(format!(
-                "--coarse {} is not a share of the steps (0 to 1)",
-                self.coarse
-            )));
-        }
+        // before the dataset is read
+        depthling_host::train::TrainConfig::check_coarse(self.coarse)?;
         Ok(commands::TrainOptions {
             arch,
             width: self.width,

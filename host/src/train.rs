@@ -176,6 +176,17 @@ impl TrainConfig {
         ) + &coarse
     }
 
+    /// `coarse` must be a share of the steps, 0 to 1.
+    pub fn check_coarse(coarse: f64) -> Result<()> {
+        if (0.0..=1.0).contains(&coarse) {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "--coarse {coarse} is not a share of the steps (0 to 1)"
+            )))
+        }
+    }
+
     /// Whether step `step` (0-based) trains on downsampled batches.
     pub fn is_coarse(&self, step: usize) -> bool {
         step < (self.steps as f64 * self.coarse) as usize
@@ -345,6 +356,7 @@ pub fn train_with(
     }
     let fingerprint = cfg.fingerprint();
     let channels = net.net.spec().input_channels;
+    TrainConfig::check_coarse(cfg.coarse)?;
     if cfg.coarse > 0.0 {
         let (w, h) = (data[0].width / 2, data[0].height / 2);
         net.net.spec().shapes(w, h).map_err(|e| {
@@ -599,6 +611,27 @@ mod tests {
         let losses = train(&net, &data, Target::Labels, &run, |_| {}).unwrap();
         assert_eq!(losses.len(), 4);
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        // the same first batch and weights at full size give another loss: the step was halved
+        let fresh = Net::new(preset("demo-teacher", 0.25).unwrap(), &Device::Cpu, 1).unwrap();
+        let full = TrainConfig {
+            coarse: 0.0,
+            checkpoint: None,
+            ..run.clone()
+        };
+        let full_losses = train(&fresh, &data, Target::Labels, &full, |_| {}).unwrap();
+        assert_ne!(losses[0], full_losses[0]);
+        let e = train(
+            &fresh,
+            &data,
+            Target::Labels,
+            &TrainConfig {
+                coarse: -0.5,
+                ..full
+            },
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a share of the steps"), "{e}");
         let pred = predict(&net.net, &data[..1], &Device::Cpu).unwrap();
         assert_eq!(pred[0].len(), 64 * 64);
         // a size whose half the network cannot take is refused before training, naming it
