@@ -45,16 +45,17 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
-    /// The default run: about 16 minutes on two CPU cores, most of it the DDD student (every
-    /// transformation-network update runs the teacher forward and backward). At 128×96 every
-    /// step costs four times as much, so the demo stays at 64×48.
+    /// The default run: about 8 minutes on two AVX-512 cores (about 18 on the older AVX2 machines
+    /// of the earlier notes), most of it the DDD student (every transformation-network update runs
+    /// the teacher forward and backward). At 128×96 a student step costs about four times as
+    /// much, so the demo stays at 64×48.
     ///
-    /// The teacher sees 8192 images for 3072 steps: rendering is cheap, and more images and more
-    /// steps are what the teacher gains most from (at 128×96, δ1 0.731 from 1024 images and 1536
-    /// steps, 0.790 from 4096 and 3072, 0.803 from these settings in 19.5 minutes, 0.817 from 8192
-    /// and 4096). The first half of its steps run at half the size where the teacher takes it: at
-    /// 128×96 that reaches 0.798 and 0.783 (two seeds) in 12–13 minutes. A base rate of 2e-3 gave a
-    /// better teacher (0.802 at 128×96, 0.797 against 0.785 in the 64×48 demo) but a far worse DDD
+    /// The teacher sees 8192 images for 4096 steps, the first half of them at half the size where
+    /// the teacher takes it ([`TrainConfig::coarse`]; at 64×48 it does not). Rendering is cheap,
+    /// and more images and more steps are what the teacher gains most from: at 128×96 this recipe
+    /// reaches δ1 0.807–0.809 (three seeds) in about 400 s, less than the 64×48 demo itself takes
+    /// on the same machine; 3072 steps reached only 0.783–0.798. A base rate of 2e-3 gave a better
+    /// teacher (0.802 at 128×96, 0.797 against 0.785 in the 64×48 demo) but a far worse DDD
     /// student from it (δ1 0.442 against 0.618), so the rate stays 1e-3
     /// (`docs/results/teacher-128x96.md`).
     pub fn full(out: PathBuf) -> Self {
@@ -65,7 +66,7 @@ impl DemoConfig {
             indoor_train: 8192,
             indoor_test: 100,
             ood_images: 1024,
-            teacher_steps: 3072,
+            teacher_steps: 4096,
             student_steps: 1500,
             teacher_lr: 1e-3,
             teacher_coarse: 0.5,
