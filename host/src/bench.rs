@@ -85,6 +85,9 @@ pub const TRAIN_ARCHS: [(&str, f32); 4] = [
     ("resnet18-mff", 0.5),
 ];
 
+/// Steps run before `bench train` starts its clock, as in `bench/pytorch_reference.py`.
+const TRAIN_WARM_UP: usize = 2;
+
 /// Training-step time (forward, loss, backward, Adam update) on simulated indoor images, batch 8,
 /// with and without the custom convolution ops (dense im2col/gemm and depthwise; bilinear
 /// upsampling always uses ours: candle's has no backward). With `only`, one architecture (at
@@ -108,15 +111,19 @@ pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> R
             let params = spec.params();
             let mut net = Net::new(spec, &device, 0)?;
             net.net.set_custom_ops(custom_ops);
+            // Like bench/pytorch_reference.py: one run, the clock starts after the warm-up steps
+            // (the first steps also pay for touching fresh memory).
             let cfg = TrainConfig {
-                steps: 2,
+                steps: TRAIN_WARM_UP + steps,
                 batch_size: 8,
                 ..TrainConfig::default()
             };
-            train_steps(&net, &data, Target::Labels, &cfg, |_| {})?; // warm-up
-            let cfg = TrainConfig { steps, ..cfg };
-            let start = Instant::now();
-            train_steps(&net, &data, Target::Labels, &cfg, |_| {})?;
+            let mut start = Instant::now();
+            train_steps(&net, &data, Target::Labels, &cfg, |info| {
+                if info.step + 1 == TRAIN_WARM_UP {
+                    start = Instant::now();
+                }
+            })?;
             let step_ms = 1e3 * start.elapsed().as_secs_f64() / steps as f64;
             eprintln!(
                 "bench train: {arch}@{width_mult}, custom ops {}: {step_ms:.0} ms/step",
@@ -238,7 +245,7 @@ pub fn run(what: &str, arch: Option<&str>) -> Result<serde_json::Value> {
     }
     match what {
         "sim" => json(serde_json::to_value(sim(2.0)?)),
-        "train" => json(serde_json::to_value(train(128, 96, 5, arch)?)),
+        "train" => json(serde_json::to_value(train(128, 96, 10, arch)?)),
         "infer" => json(serde_json::to_value(infer(128, 96, 40)?)),
         other => Err(Error::Usage(format!(
             "unknown benchmark {other:?}; known: sim, train, infer"

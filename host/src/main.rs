@@ -27,6 +27,19 @@ fn keep_freed_memory() {
         libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_LARGE_OS_PAGES, 1);
     }
 }
+
+/// candle runs its elementwise ops on a pool of its own, whose workers spin 25 000 times after each
+/// op waiting for the next one. On two cores that spinning takes a core from the rayon threads
+/// doing the convolutions (5–10 % of an mbv2-mff training step), so the workers park at once,
+/// unless the user has set the limit.
+fn park_idle_pool_workers() {
+    const SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN_LIMIT).is_none() {
+        // first thing in main: no other thread reads the environment yet
+        std::env::set_var(SPIN_LIMIT, "0");
+    }
+}
+
 use depthling_host::commands::{self, Backend};
 use depthling_host::{demo, eval, quant, sim, Error, Result};
 
@@ -904,6 +917,7 @@ fn expand_config(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString
 }
 
 fn main() -> ExitCode {
+    park_idle_pool_workers();
     keep_freed_memory();
     let args = match expand_config(std::env::args_os().collect()) {
         Ok(a) => a,
