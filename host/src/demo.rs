@@ -53,10 +53,10 @@ impl DemoConfig {
     /// The teacher sees 8192 images for 4096 steps, the first half of them at half the size where
     /// the teacher takes it ([`TrainConfig::coarse`]; at 64×48 it does not). Rendering is cheap,
     /// and more images and more steps are what the teacher gains most from: at 128×96 this recipe
-    /// reaches δ1 0.807–0.809 (three seeds) in about 400 s, less than the 64×48 demo itself takes
-    /// on the same machine; 3072 steps reached only 0.783–0.798. A base rate of 2e-3 gave a better
-    /// teacher (0.802 at 128×96, 0.797 against 0.785 in the 64×48 demo) but a far worse DDD
-    /// student from it (δ1 0.442 against 0.618), so the rate stays 1e-3
+    /// reaches δ1 0.807–0.814 (four runs) in 334–406 s, less than the 64×48 demo itself takes on
+    /// the same machine (438–471 s); 3072 steps reached only 0.783–0.798. A base rate of 2e-3 gave
+    /// a better teacher (0.802 at 128×96, 0.797 against 0.785 in the 64×48 demo) but a far worse
+    /// DDD student from it (δ1 0.442 against 0.618), so the rate stays 1e-3
     /// (`docs/results/teacher-128x96.md`).
     pub fn full(out: PathBuf) -> Self {
         DemoConfig {
