@@ -189,8 +189,8 @@ const TRANSPOSE_FROM: usize = 64;
 /// `∂y · colsᵀ`, whose `k` is the number of output positions. gemm runs such a product, its right
 /// side contiguous along `k`, at a tenth of its usual speed when `k` is long and `m` small (19
 /// against 200 GFLOP/s for 16 output channels at 64×48 on AVX-512); with `b` transposed first,
-/// contiguous along `n`, it runs at full speed, and the transpose costs less than it saves from
-/// `k ≥ 64·m` (measured between 16×144×3072 and 64×1600×1536).
+/// contiguous along `n`, it runs at full speed. The transpose paid for itself at `k` = 128·m and
+/// 192·m (16×144×3072: 0.73 → 0.26 ms with it) but not at 24·m, hence the threshold 64.
 fn gemm_abt(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
