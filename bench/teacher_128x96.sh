@@ -22,12 +22,12 @@ mkdir -p "$work"
 start=$(date +%s.%N)
 "$bin" train-teacher --data "$work/train" --test-fraction 0 --no-augment --epochs 4 --coarse 0.5 \
     --lr 1e-3 --seed "$seed" --out "$work/teacher.safetensors" -q >&2
-teacher_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $start))")
+teacher_s=$(python3 -c "print(round($(date +%s.%N) - $start))")
 metrics=$("$bin" eval --model "$work/teacher.safetensors" --data "$work/test" --protocol nyu --json)
 
 start=$(date +%s.%N)
 "$bin" demo --out "$work/demo" -q > /dev/null
-demo_s=$(python3 -c "import sys; print(round($(date +%s.%N) - $start))")
+demo_s=$(python3 -c "print(round($(date +%s.%N) - $start))")
 
 python3 - "$seed" "$teacher_s" "$demo_s" "$metrics" <<'EOF'
 import json, sys

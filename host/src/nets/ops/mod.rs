@@ -225,7 +225,7 @@ fn gemm_abt(
 /// One image, channels last (`[H·W, C]`) → `[Ho·Wo, k·k·C]`: row `oy·Wo + ox` is the patch at
 /// that output position, taps outer and channels inner (zero padding), every element written.
 /// The weight gradient's column matrix in the layout gemm multiplies fastest (see
-/// [`Conv::weight_grad`]); each tap is one copy of `C` values.
+/// [`Conv::weight_grad_rows`]); each tap is one copy of `C` values.
 fn im2col_rows(p: Patches, x_hwc: &[f32], rows: &mut [f32]) {
     let (k, c, wo) = (p.kernel, p.channels, p.out_width());
     for (pos, row) in rows.chunks_mut(k * k * c).enumerate() {
@@ -577,6 +577,41 @@ impl Conv {
         })
     }
 
+    /// One image's weight gradient `∂y · rows` from channels-last patch rows ([`im2col_rows`]),
+    /// which gemm reads contiguously along the output: computed in `(o, tap, c)` order, then put
+    /// into the weights' `(o, c, tap)`.
+    fn weight_grad_rows(&self, xi: &[f32], gi: &[f32], dwi: &mut [f32]) -> Result<()> {
+        let p = self.one_image();
+        let (_, c, o, l, r) = self.sizes();
+        let (hw, taps) = (p.height * p.width, p.kernel * p.kernel);
+        with_buffer(&SCRATCH_T, c * hw + o * r, |buf| {
+            let (x_hwc, by_tap) = buf.split_at_mut(c * hw);
+            transpose(xi, c, hw, x_hwc);
+            with_scratch(l * r, |rows| {
+                im2col_rows(p, x_hwc, rows);
+                let g = Mat {
+                    data: gi,
+                    rs: l,
+                    cs: 1,
+                };
+                let rm = Mat {
+                    data: rows,
+                    rs: r,
+                    cs: 1,
+                };
+                gemm((o, r, l), by_tap, r, g, rm, false)
+            })?;
+            for (dst, src) in dwi.chunks_mut(r).zip(by_tap.chunks(r)) {
+                for (t, per_channel) in src.chunks(c).enumerate() {
+                    for (ci, &v) in per_channel.iter().enumerate() {
+                        dst[ci * taps + t] = v;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
         let p = self.patches;
         let (n, c, o, l, r) = self.sizes();
@@ -594,36 +629,7 @@ impl Conv {
                         return gemm_abt((o, c, l), dwi, gi, xi, false);
                     }
                     if c >= ROWS_FROM_CHANNELS {
-                        // ∂y · rows, rows contiguous along the output: gemm's fast layout,
-                        // computed in (o, tap, c) order and put back into (o, c, tap)
-                        let mut by_tap = vec![0f32; o * r];
-                        let hw = p.height * p.width;
-                        with_buffer(&SCRATCH_T, c * hw, |x_hwc| {
-                            transpose(xi, c, hw, x_hwc);
-                            with_scratch(l * r, |rows| {
-                                im2col_rows(p1, x_hwc, rows);
-                                let g = Mat {
-                                    data: gi,
-                                    rs: l,
-                                    cs: 1,
-                                };
-                                let rm = Mat {
-                                    data: rows,
-                                    rs: r,
-                                    cs: 1,
-                                };
-                                gemm((o, r, l), &mut by_tap, r, g, rm, false)
-                            })
-                        })?;
-                        let taps = p.kernel * p.kernel;
-                        for (dst, src) in dwi.chunks_mut(r).zip(by_tap.chunks(r)) {
-                            for (t, per_channel) in src.chunks(c).enumerate() {
-                                for (ci, &v) in per_channel.iter().enumerate() {
-                                    dst[ci * taps + t] = v;
-                                }
-                            }
-                        }
-                        return Ok(());
+                        return self.weight_grad_rows(xi, gi, dwi);
                     }
                     with_scratch(r * l, |cols| {
                         im2col(p1, xi, cols);
