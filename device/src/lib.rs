@@ -16,6 +16,8 @@
 
 pub mod frame;
 pub mod kernels;
+#[cfg(feature = "std")]
+pub mod runner;
 #[cfg(feature = "tract")]
 pub mod tract;
 

@@ -24,6 +24,16 @@ pub struct EvalReport {
     pub images: u64,
 }
 
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} images  abs_rel {:.4}  sq_rel {:.4}  rmse {:.4}  rmse_log {:.4}  log10 {:.4}  δ1 {:.4}  δ2 {:.4}  δ3 {:.4}  silog {:.3}",
+            self.images, self.abs_rel, self.sq_rel, self.rmse, self.rmse_log, self.log10, self.delta1, self.delta2, self.delta3, self.silog
+        )
+    }
+}
+
 impl EvalReport {
     pub fn from_metrics(m: &DepthMetrics, images: u64) -> Self {
         EvalReport {

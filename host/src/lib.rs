@@ -1,26 +1,34 @@
-//! depthling host side: simulator, datasets, networks, training, quantization, evaluation and the
-//! library functions behind every `depthling` subcommand.
+//! depthling host side: simulator, datasets, networks, training, distillation, quantization,
+//! evaluation, and the app layer behind every `depthling` subcommand.
+//!
+//! Modules depend downwards only, in this order (each may use those above it in the list, never
+//! one below): `error`, `rng`, `io`, `progress` → `data` → `sim` → `nets`, `losses`, `optim` →
+//! `train` → `teacher` → `distill` → `quant`, `onnx`, `eval`, `plot`, `report`, `boards` → `app`.
+
+pub mod error;
+pub mod io;
+pub mod progress;
+pub mod rng;
 
 pub mod data;
-pub mod error;
-pub mod nets;
-pub mod rng;
 pub mod sim;
 
-pub use error::{Error, Result};
-pub mod adu;
-pub mod bench;
-pub mod boards;
-pub mod commands;
-pub mod demo;
-pub mod distill;
-pub mod eval;
-pub mod experiment;
 pub mod losses;
-pub mod onnx;
+pub mod nets;
 pub mod optim;
+
+pub mod teacher;
+pub mod train;
+
+pub mod distill;
+
+pub mod boards;
+pub mod eval;
+pub mod onnx;
 pub mod plot;
-pub mod progress;
 pub mod quant;
 pub mod report;
-pub mod train;
+
+pub mod app;
+
+pub use error::{Error, Result};

@@ -25,6 +25,14 @@ pub enum Loss {
     Hu,
 }
 
+impl std::str::FromStr for Loss {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Loss> {
+        Loss::parse(s)
+    }
+}
+
 impl Loss {
     pub const NAMES: &'static str = "l1, logl1, berhu, silog, hu";
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 // candle allocates fresh buffers for every op; glibc's mmap/munmap round trips for large ones cost
 // a fifth of a training step in page faults. mimalloc keeps and reuses them.
@@ -40,8 +41,8 @@ fn park_idle_pool_workers() {
     }
 }
 
-use depthling_host::commands::{self, Backend};
-use depthling_host::{demo, eval, quant, sim, Error, Result};
+use depthling_host::app::*;
+use depthling_host::{Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -54,141 +55,11 @@ struct Cli {
     /// No progress on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Training flags shared by `train-teacher` and `distill`.
-#[derive(clap::Args)]
-struct TrainFlags {
-    /// Width multiplier of the architecture.
-    #[arg(long, default_value_t = 1.0)]
-    width: f32,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Learning-rate schedule: step (×0.1 after 75 % of the steps) or cosine (5 % linear
-    /// warm-up, then a half cosine towards 0).
-    #[arg(long, default_value = "step")]
-    schedule: String,
-    /// Share of the steps, from the start, trained on batches downsampled 2× (progressive
-    /// resizing: cheap coarse steps first), e.g. 0.5.
-    #[arg(long, default_value_t = 0.0)]
-    coarse: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Depth units per metre of CSV lists (dataset folders carry theirs).
-    #[arg(long, default_value_t = 1000.0)]
-    depth_scale: f32,
-    /// Depth loss: l1, logl1 (L1 of ln depth), berhu, silog or hu (Hu et al.: depth + Sobel gradient + normal).
-    #[arg(long, default_value = "l1")]
-    loss: String,
-    /// Steps between checkpoints (OUT.ckpt.safetensors: weights, Adam state, step, RNG);
-    /// 0 means a tenth of the run.
-    #[arg(long, default_value_t = 0)]
-    checkpoint_every: usize,
-    /// Continue from OUT.ckpt.safetensors where an earlier run stopped (same settings), with
-    /// the same result as an uninterrupted run.
-    #[arg(long)]
-    resume: bool,
-    /// cpu, or cuda (a build with `--features cuda`; GPU 0).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Only horizontal flips: no small rotations (±5°) or colour jitter (±20 %).
-    #[arg(long)]
-    no_augment: bool,
-}
-
-/// DDD's switches (`distill --method ddd`).
-#[derive(clap::Args)]
-struct DddFlags {
-    /// No object-wise mixing.
-    #[arg(long)]
-    no_mix: bool,
-    /// Up to this many objects pasted into each image.
-    #[arg(long, default_value_t = 3)]
-    max_objects: usize,
-    /// No transformation network.
-    #[arg(long)]
-    no_transform: bool,
-    /// Weight of mean|x′ − x| in the transformation network's loss.
-    #[arg(long, default_value_t = 0.1)]
-    identity_weight: f64,
-    /// The transformation network is updated once every this many student steps.
-    #[arg(long, default_value_t = 1)]
-    transform_every: usize,
-    /// Share of the images used, e.g. 1/6 (the image budget).
-    #[arg(long, default_value = "1")]
-    images_fraction: String,
-}
-
-/// ADU-Depth's switches (`distill --method adu`).
-#[derive(clap::Args)]
-struct AduFlags {
-    /// No response distillation (focal-depth and uncertainty weighted).
-    #[arg(long)]
-    no_response: bool,
-    /// No attention-weighted feature distillation at the encoder taps.
-    #[arg(long)]
-    no_feature: bool,
-    /// γ of the focal-depth weight (|d_s − d_t|/d_t)^γ.
-    #[arg(long, default_value_t = depthling_host::adu::AduOptions::default().gamma)]
-    focal_gamma: f64,
-    /// Weight of the feature-distillation term.
-    #[arg(long, default_value_t = depthling_host::adu::AduOptions::default().feature_weight)]
-    feature_weight: f64,
-}
-
-impl AduFlags {
-    fn options(&self, kd_weight: f64) -> depthling_host::adu::AduOptions {
-        depthling_host::adu::AduOptions {
-            response: !self.no_response,
-            feature: !self.no_feature,
-            gamma: self.focal_gamma,
-            response_weight: kd_weight,
-            feature_weight: self.feature_weight,
-        }
-    }
-}
-
-impl DddFlags {
-    fn options(&self) -> depthling_host::distill::DddOptions {
-        depthling_host::distill::DddOptions {
-            mix: !self.no_mix,
-            max_objects: self.max_objects,
-            transform: !self.no_transform,
-            identity_weight: self.identity_weight,
-            transform_every: self.transform_every,
-            ..Default::default()
-        }
-    }
-}
-
-impl TrainFlags {
-    fn options(self, arch: String, quiet: bool) -> Result<commands::TrainOptions> {
-        // before the dataset is read
-        depthling_host::train::TrainConfig::check_coarse(self.coarse)?;
-        Ok(commands::TrainOptions {
-            arch,
-            width: self.width,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            schedule: depthling_host::train::Schedule::parse(&self.schedule)?,
-            coarse: self.coarse,
-            seed: self.seed,
-            depth_scale: self.depth_scale,
-            quiet,
-            loss: depthling_host::losses::Loss::parse(&self.loss)?,
-            checkpoint_every: self.checkpoint_every,
-            resume: self.resume,
-            device: self.device,
-            augment: !self.no_augment,
-        })
-    }
 }
 
 #[derive(Subcommand)]
@@ -197,643 +68,142 @@ enum Command {
     #[command(
         after_help = "Example: depthling simulate --domain indoor --count 100 --size 128x96 --seed 1 --preview --out data/indoor"
     )]
-    Simulate {
-        /// indoor (the target stand-in), indoor-alt (rooms in another style: auxiliary data),
-        /// outdoor, or ood (random primitives with instance masks, for data-free KD).
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value = "128x96")]
-        size: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        stereo: bool,
-        #[arg(long)]
-        preview: bool,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Simulate(simulate::SimulateConfig),
     /// Train a teacher on a labeled dataset.
     #[command(
         name = "train-teacher",
         after_help = "Example: depthling train-teacher --data data/indoor --epochs 5 --out teacher.safetensors"
     )]
-    TrainTeacher {
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value = "demo-teacher")]
-        arch: String,
-        #[arg(long)]
-        stereo: bool,
-        /// Share of the dataset held out and evaluated at the end.
-        #[arg(long, default_value_t = 0.1)]
-        test_fraction: f32,
-        #[command(flatten)]
-        train: TrainFlags,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    TrainTeacher(train::TrainTeacherConfig),
     /// Distill a student from a teacher.
     #[command(
         after_help = "Example: depthling distill --method kd --teacher teacher.safetensors --images data/ood --out student.safetensors\nWith labels and auxiliary images (LW, X∪U): depthling distill --method aux --teacher teacher.safetensors --labeled data/indoor --images data/indoor-alt --out student.safetensors\nFrom a stereo teacher (ADU-Depth): depthling train-teacher --arch demo-teacher --stereo --data data/outdoor --out stereo.safetensors, then depthling distill --method adu --teacher stereo.safetensors --labeled data/outdoor --images data/outdoor-pairs --out student.safetensors"
     )]
-    Distill {
-        /// kd (teacher's predictions on --images), ddd (kd + object mixing + transformation
-        /// network), aux (ground truth of --labeled + KD on --labeled and --images), adu (ground
-        /// truth of --labeled + a stereo teacher's features and depth, weighted by attention,
-        /// focal depth and the student's uncertainty, on --labeled and --images).
-        #[arg(long)]
-        method: String,
-        #[arg(long)]
-        teacher: PathBuf,
-        /// Unlabeled images (depth, if present, is not used): kd and ddd need them; for aux the
-        /// auxiliary set U.
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// aux: a labeled dataset, the target set X; give it again for a labeled auxiliary set
-        /// (the X∪U′ setting).
-        #[arg(long)]
-        labeled: Vec<PathBuf>,
-        /// aux: weight of the KD term against the ground-truth term; adu: of the response term.
-        #[arg(long, default_value_t = 1.0)]
-        kd_weight: f64,
-        #[arg(long, default_value = "demo-student")]
-        arch: String,
-        #[command(flatten)]
-        train: TrainFlags,
-        #[command(flatten)]
-        ddd: DddFlags,
-        #[command(flatten)]
-        adu: AduFlags,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Distill(distill::DistillConfig),
     /// Quantize a student to int8 and write a .dlm.
     #[command(
         after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm\nWith a QAT fine-tune: depthling quantize --model student.safetensors --calib data/ood --calibration mse --qat-epochs 2 --out student.dlm"
     )]
-    Quantize {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        calib: PathBuf,
-        /// Depth units per metre of a CSV calibration list.
-        #[arg(long, default_value_t = 1000.0)]
-        depth_scale: f32,
-        /// minmax, percentile (0.01 %/99.99 % quantiles) or mse (clip range with the least
-        /// expected squared error).
-        #[arg(long, default_value = "minmax")]
-        calibration: String,
-        /// Quantization-aware fine-tune: passes over the calibration images with int8 rounding
-        /// simulated (straight-through gradients), matching the f32 model's own depth; 0 = none.
-        #[arg(long, default_value_t = 0)]
-        qat_epochs: usize,
-        /// Adam learning rate of the QAT fine-tune.
-        #[arg(long, default_value_t = 2e-5)]
-        qat_lr: f64,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Quantize(quantize::QuantizeConfig),
     /// Export a model as ONNX or .dlm, optionally checked against a board.
     #[command(
         after_help = "Example: depthling export --model student.safetensors --format onnx --out student.onnx"
     )]
-    Export {
-        #[arg(long)]
-        model: PathBuf,
-        /// onnx (from a .safetensors checkpoint) or dlm (from a .dlm)
-        #[arg(long)]
-        format: String,
-        #[arg(long)]
-        board: Option<String>,
-        /// Input size of the ONNX graph (default: the size the checkpoint was trained at)
-        #[arg(long)]
-        size: Option<String>,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Export(export::ExportConfig),
     /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
     #[command(
         after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json\nA model with an HTML report: depthling eval --model student.dlm --data data/indoor-test --protocol nyu --report eval-report"
     )]
-    Eval {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long)]
-        pred: Option<PathBuf>,
-        #[arg(long)]
-        gt: Option<PathBuf>,
-        #[arg(long)]
-        protocol: Option<String>,
-        /// Units per metre of PNG folders without a manifest.json.
-        #[arg(long, default_value_t = 1000.0)]
-        depth_scale: f32,
-        #[arg(long)]
-        median_scaling: bool,
-        /// With --model: also write an HTML report (index.html, samples, charts) into this folder.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(eval::EvalConfig),
     /// Run a model on a PNG or a folder of PNGs.
     #[command(
         after_help = "Example: depthling run --model student.dlm --input data/indoor/rgb --out depth/"
     )]
-    Run {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value = "int8")]
-        backend: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Run(run::RunConfig),
     /// Parameters, MACs, flash and arena of a model or an architecture.
     #[command(after_help = "Example: depthling profile --arch demo-student --size 128x96 --json")]
-    Profile {
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long, default_value_t = 1.0)]
-        width: f32,
-        #[arg(long, default_value = "128x96")]
-        size: String,
-        #[arg(long)]
-        board: Option<String>,
-        /// Also write the architecture (with --arch) as JSON to this file: the layer list that
-        /// bench/pytorch_reference.py builds in PyTorch.
-        #[arg(long)]
-        graph: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Profile(profile::ProfileConfig),
     /// Benchmarks: train, infer or sim.
     #[command(
         after_help = "Example: depthling bench infer --json\nOne student, to set beside PyTorch: depthling bench train --arch mbv2-mff --json"
     )]
-    Bench {
-        what: String,
-        /// `bench train` only: time this architecture alone, with the custom ops (e.g. mbv2-mff,
-        /// to set beside bench/pytorch_reference.py)
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench::BenchConfig),
     /// Re-measure a paper's claims: ddd, lw or adu.
     #[command(after_help = "Example: depthling experiment --preset ddd --quick --out results/ddd")]
-    Experiment {
-        #[arg(long)]
-        preset: String,
-        /// A small run of every row (for tests and a first look).
-        #[arg(long)]
-        quick: bool,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Experiment(experiment::ExperimentConfig),
     /// The whole pipeline on built-in defaults.
     #[command(after_help = "Example: depthling demo --quick --out demo-out")]
-    Demo {
-        #[arg(long)]
-        quick: bool,
-        #[arg(long, default_value = "demo-out")]
-        out: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Demo(demo::DemoArgs),
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string(v).map_err(|e| Error::Runtime(e.to_string()))?
-    );
+/// Prints a report: one JSON object with `--json`, else its table.
+fn emit<T: Serialize>(report: &T, json: bool, table: impl std::fmt::Display) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).map_err(|e| Error::Runtime(e.to_string()))?
+        );
+    } else {
+        println!("{table}");
+    }
     Ok(())
-}
-
-fn protocol(s: Option<&str>) -> Result<depthling_metrics::Protocol> {
-    let s = s.unwrap_or("none");
-    depthling_metrics::Protocol::parse(s)
-        .ok_or_else(|| Error::Usage(format!("unknown protocol {s:?}; known: nyu, kitti, none")))
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
-    let quiet = cli.quiet;
+    let (quiet, json) = (cli.quiet, cli.json);
     match cli.command {
-        Command::Simulate {
-            domain,
-            count,
-            size,
-            seed,
-            stereo,
-            preview,
-            out,
-            json,
-        } => {
-            let domain = sim::Domain::parse(&domain).ok_or_else(|| {
-                Error::Usage(format!(
-                    "unknown domain {domain:?}; known: indoor, indoor-alt, outdoor, ood"
-                ))
-            })?;
-            let (width, height) = commands::parse_size(&size)?;
-            let s = commands::simulate(&commands::SimulateConfig {
-                domain,
-                count,
-                width,
-                height,
-                seed,
-                stereo,
-                preview,
-                out,
-                quiet,
-            })?;
-            if json {
-                print_json(&s)?;
-            } else {
-                println!(
-                    "{} {} images at {}×{} in {:.1}s ({:.0} images/s) → {}",
-                    s.count,
-                    s.domain,
-                    s.width,
-                    s.height,
-                    s.seconds,
-                    s.images_per_second,
-                    s.out.display()
-                );
-            }
+        Command::Simulate(mut c) => {
+            c.quiet = quiet;
+            let r = simulate::simulate(&c)?;
+            emit(&r, json, &r)
         }
-        Command::TrainTeacher {
-            data,
-            arch,
-            stereo,
-            test_fraction,
-            train,
-            out,
-            json,
-        } => {
-            let arch = if stereo {
-                format!("{arch}-stereo")
-            } else {
-                arch
-            };
-            let cfg = commands::TrainTeacherConfig {
-                data,
-                options: train.options(arch, quiet)?,
-                test_fraction,
-                out: out.clone(),
-            };
-            let report = commands::train_teacher(&cfg)?;
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "teacher written to {} ({} steps, loss {:.4} → {:.4}, {:.0} s)",
-                    out.display(),
-                    report.steps,
-                    report.loss_first,
-                    report.loss_last,
-                    report.seconds
-                );
-                if let Some(m) = &report.test {
-                    println!(
-                        "held-out {} images: abs_rel {:.4}  rmse {:.4}  δ1 {:.4}",
-                        m.images, m.abs_rel, m.rmse, m.delta1
-                    );
-                }
-            }
+        Command::TrainTeacher(mut c) => {
+            c.options.quiet = quiet;
+            let r = train::train_teacher(&c)?;
+            emit(&r, json, &r)
         }
-        Command::Distill {
-            method,
-            teacher,
-            images,
-            labeled,
-            kd_weight,
-            arch,
-            train,
-            ddd,
-            adu,
-            out,
-            json,
-        } => {
-            let r = commands::distill(&commands::DistillConfig {
-                adu: adu.options(kd_weight),
-                method,
-                teacher,
-                images,
-                labeled,
-                kd_weight,
-                options: train.options(arch, quiet)?,
-                out: out.clone(),
-                ddd: ddd.options(),
-                images_fraction: depthling_host::distill::parse_fraction(&ddd.images_fraction)?,
-            })?;
-            if json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "student written to {} ({} steps on {} images, loss {:.4} → {:.4}, {:.0} s)",
-                    out.display(),
-                    r.steps,
-                    r.images,
-                    r.loss_first,
-                    r.loss_last,
-                    r.seconds
-                );
-            }
+        Command::Distill(mut c) => {
+            c.options.quiet = quiet;
+            let r = distill::distill(&c)?;
+            emit(&r, json, &r)
         }
-        Command::Quantize {
-            model,
-            calib,
-            depth_scale,
-            calibration,
-            qat_epochs,
-            qat_lr,
-            out,
-            json,
-        } => {
-            if !(qat_lr > 0.0 && qat_lr.is_finite()) {
-                return Err(Error::Usage(format!(
-                    "--qat-lr must be a positive number, got {qat_lr}"
-                )));
-            }
-            let o = commands::QuantizeOptions {
-                calibration: quant::Calibration::parse(&calibration)?,
-                depth_scale,
-                qat: quant::QatConfig {
-                    epochs: qat_epochs,
-                    lr: qat_lr,
-                    ..Default::default()
+        Command::Quantize(mut c) => {
+            c.quiet = quiet;
+            let r = quantize::quantize(&c)?;
+            emit(&r, json, &r)
+        }
+        Command::Export(c) => {
+            let p = export::export(&c)?;
+            emit(
+                &p,
+                json,
+                export::Exported {
+                    out: &c.out,
+                    profile: &p,
                 },
-                quiet,
-            };
-            let r = commands::quantize_file(&model, &calib, &out, &o)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                println!("{:>4} {:<18} {:>9}", "op", "kind", "SQNR dB");
-                for l in &r.layers {
-                    println!("{:>4} {:<18} {:>9.1}", l.op, l.kind, l.sqnr_db);
-                }
-                if let Some(qat) = &r.qat {
-                    println!(
-                        "QAT: {} epochs, {} steps: mean |int8 − f32| {:.4} m (post-training) → {:.4} m",
-                        qat.epochs, qat.steps, qat.ptq_int8_vs_f32_m, r.int8_vs_f32_m
-                    );
-                    if let (Some(f), Some(q)) = (&qat.ptq_metrics_int8, &r.metrics_int8) {
-                        println!(
-                            "QAT on the calibration images: δ1 {:.4} (post-training) → {:.4}",
-                            f.delta1, q.delta1
-                        );
-                    }
-                } else {
-                    println!("mean |int8 − f32| {:.4} m", r.int8_vs_f32_m);
-                }
-                if let (Some(f), Some(q)) = (&r.metrics_f32, &r.metrics_int8) {
-                    println!("on the calibration images: AbsRel {:.4} → {:.4}, δ1 {:.4} → {:.4} (f32 → int8)", f.abs_rel, q.abs_rel, f.delta1, q.delta1);
-                }
-                let p = &r.profile;
-                println!(
-                    "{} written ({} calibration): {} params, {} bytes, arena {} bytes",
-                    out.display(),
-                    r.calibration,
-                    p.params,
-                    p.flash_bytes.unwrap_or(0),
-                    p.arena_bytes.unwrap_or(0)
-                );
-            }
+            )
         }
-        Command::Export {
-            model,
-            format,
-            board,
-            size,
-            out,
-            json,
-        } => {
-            let size = size.as_deref().map(commands::parse_size).transpose()?;
-            let p = commands::export(&model, &format, board.as_deref(), size, &out)?;
-            if json {
-                print_json(&p)?;
-            } else {
-                println!(
-                    "{} written: {} bytes, {} params, {} MACs{}{}",
-                    out.display(),
-                    p.flash_bytes.unwrap_or(0),
-                    p.params,
-                    p.macs,
-                    p.arena_bytes
-                        .map(|a| format!(", arena {a} bytes"))
-                        .unwrap_or_default(),
-                    p.board.map(|b| format!(", fits {b}")).unwrap_or_default()
-                );
-            }
+        Command::Eval(mut c) => {
+            c.quiet = quiet;
+            let r = eval::eval(&c)?;
+            emit(&r, json, r)
         }
-        Command::Eval {
-            model,
-            data,
-            pred,
-            gt,
-            protocol: proto,
-            depth_scale,
-            median_scaling,
-            report: report_dir,
-            json,
-        } => {
-            let proto = protocol(proto.as_deref())?;
-            let report = match (model, data, pred, gt) {
-                (None, None, Some(pred), Some(gt)) => {
-                    if report_dir.is_some() {
-                        return Err(Error::Usage(
-                            "--report needs --model and --data (it shows the model's predictions)"
-                                .into(),
-                        ));
-                    }
-                    eval::eval_folders(&pred, &gt, proto, depth_scale, median_scaling)?
-                }
-                (Some(model), Some(data), None, None) => {
-                    let e = commands::eval_model(
-                        &model,
-                        &data,
-                        depth_scale,
-                        proto,
-                        median_scaling,
-                        quiet,
-                    )?;
-                    if let Some(dir) = &report_dir {
-                        commands::write_eval_report(dir, &model, &data, &e)?;
-                        if !json {
-                            println!("report: {}", dir.join("index.html").display());
-                        }
-                    }
-                    e.report
-                }
-                _ => {
-                    return Err(Error::Usage(
-                        "give either --pred DIR --gt DIR or --model M --data DIR".into(),
-                    ))
-                }
-            };
-            if json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "{} images  abs_rel {:.4}  sq_rel {:.4}  rmse {:.4}  rmse_log {:.4}  log10 {:.4}  δ1 {:.4}  δ2 {:.4}  δ3 {:.4}  silog {:.3}",
-                    report.images, report.abs_rel, report.sq_rel, report.rmse, report.rmse_log, report.log10, report.delta1, report.delta2, report.delta3, report.silog
-                );
-            }
+        Command::Run(mut c) => {
+            c.quiet = quiet;
+            let r = run::run(&c)?;
+            emit(&r, json, &r)
         }
-        Command::Run {
-            model,
-            input,
-            out,
-            backend,
-            json,
-        } => {
-            let backend = match backend.as_str() {
-                "int8" => Backend::Int8,
-                "tract" => Backend::Tract,
-                other => {
-                    return Err(Error::Usage(format!(
-                        "unknown backend {other:?}; known: int8, tract"
-                    )))
-                }
-            };
-            let s = commands::run(&model, &input, &out, backend, quiet)?;
-            if json {
-                print_json(&s)?;
-            } else {
-                println!(
-                    "{} images, {:.2} ms per frame ({}) → {}",
-                    s.images,
-                    s.mean_ms,
-                    s.backend,
-                    s.out.display()
-                );
-            }
+        Command::Profile(c) => {
+            let p = profile::profile(&c)?;
+            emit(&p, json, &p)
         }
-        Command::Profile {
-            model,
-            arch,
-            width,
-            size,
-            board,
-            graph,
-            json,
-        } => {
-            let mut p = match (model, arch) {
-                (Some(m), None) => commands::profile_model(&m)?,
-                (None, Some(a)) => {
-                    let (w, h) = commands::parse_size(&size)?;
-                    if let Some(path) = &graph {
-                        let spec = depthling_host::nets::preset(&a, width)?;
-                        let text = serde_json::to_string_pretty(&spec)
-                            .map_err(|e| Error::Runtime(e.to_string()))?;
-                        commands::write_atomic(path, text.as_bytes())?;
-                    }
-                    commands::profile_arch(&a, width, w, h)?
-                }
-                _ => return Err(Error::Usage("give either --model M.dlm or --arch A".into())),
-            };
-            if let Some(b) = board {
-                let b = depthling_host::boards::Board::find(&b)?;
-                if let (Some(f), Some(a)) = (p.flash_bytes, p.arena_bytes) {
-                    p.fits = Some(b.check(f, a).is_ok());
-                }
-                p.board = Some(b.name);
-            }
-            if json {
-                print_json(&p)?;
-            } else {
-                let bytes = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} bytes"));
-                println!(
-                    "params {}{}  MACs {}  flash {}  arena {}",
-                    p.params,
-                    p.train_params
-                        .map(|t| format!(" ({t} counting BatchNorm γ/β)"))
-                        .unwrap_or_default(),
-                    p.macs,
-                    bytes(p.flash_bytes),
-                    bytes(p.arena_bytes)
-                );
-                if let Some(n) = &p.note {
-                    println!("{n}");
-                }
-            }
+        Command::Bench(c) => {
+            let v = bench::bench(&c)?;
+            let pretty =
+                serde_json::to_string_pretty(&v).map_err(|e| Error::Runtime(e.to_string()))?;
+            emit(&v, json, pretty)
         }
-        Command::Bench { what, arch, json } => {
-            let v = depthling_host::bench::run(&what, arch.as_deref())?;
-            if json {
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).map_err(|e| Error::Runtime(e.to_string()))?
-                );
-            }
+        Command::Experiment(mut c) => {
+            c.quiet = quiet;
+            let r = experiment::run(&c)?;
+            emit(
+                &r,
+                json,
+                format!("{}results in {}", r.markdown(), c.out.display()),
+            )
         }
-        Command::Experiment {
-            preset,
-            quick,
-            out,
-            json,
-        } => {
-            let r =
-                depthling_host::experiment::run(&depthling_host::experiment::ExperimentConfig {
-                    preset,
-                    quick,
-                    out: out.clone(),
-                    seed: 1,
-                    quiet,
-                })?;
-            if json {
-                print_json(&r)?;
-            } else {
-                print!("{}", r.markdown());
-                println!("results in {}", out.display());
-            }
-        }
-        Command::Demo { quick, out, json } => {
-            let mut cfg = if quick {
-                demo::DemoConfig::quick(out)
-            } else {
-                demo::DemoConfig::full(out)
-            };
-            cfg.quiet = quiet;
+        Command::Demo(a) => {
+            let cfg = a.config(quiet);
             let r = demo::run(&cfg)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                print!("{}", r.table());
-                println!(
-                    "wall time {:.0} s; outputs in {}",
-                    r.wall_seconds,
-                    cfg.out.display()
-                );
-            }
+            let table = format!(
+                "{}wall time {:.0} s; outputs in {}",
+                r.table(),
+                r.wall_seconds,
+                cfg.out.display()
+            );
+            emit(&r, json, table)
         }
     }
-    Ok(())
 }
 
 /// Expands `--config FILE.toml`: each `key = value` becomes `--key value` (`true` becomes a bare

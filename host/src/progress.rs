@@ -6,6 +6,14 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// One line on stderr unless quiet (for steps without a count; counted stages use
+/// [`Progress`]).
+pub fn line(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
 enum Mode {
     Quiet,
     /// Not a terminal: one line when the stage ends.

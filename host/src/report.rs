@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use crate::commands::write_atomic;
 use crate::data::{png, Sample};
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
+use crate::io::write_atomic;
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {

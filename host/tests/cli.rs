@@ -1124,3 +1124,100 @@ fn experiment_adu_quick_runs_every_row() {
     );
     assert!(out.join("report/index.html").exists());
 }
+
+/// Unlabeled images need no fake depth: a plain folder of PNGs (here a dataset's `rgb/`) is what
+/// `distill --images` and `quantize --calib` take; commands that need labels refuse it by name.
+#[test]
+fn plain_image_folders_are_unlabeled_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let o = depthling(&[
+        "simulate",
+        "--domain",
+        "ood",
+        "--count",
+        "6",
+        "--size",
+        "32x32",
+        "--seed",
+        "3",
+        "--out",
+        &p("ood"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    depthling_host::nets::Net::new(
+        depthling_host::nets::preset("demo-teacher", 0.25).unwrap(),
+        &candle_core::Device::Cpu,
+        0,
+    )
+    .unwrap()
+    .save(&dir.path().join("t.safetensors"), &[])
+    .unwrap();
+    let images = p("ood/rgb");
+    let r = json(&depthling(&[
+        "distill",
+        "--method",
+        "kd",
+        "--teacher",
+        &p("t.safetensors"),
+        "--images",
+        &images,
+        "--arch",
+        "demo-student",
+        "--width",
+        "0.5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--out",
+        &p("s.safetensors"),
+        "--json",
+    ]));
+    assert_eq!(r["images"], 6);
+    assert!(r["loss_last"].as_f64().unwrap().is_finite());
+    let q = json(&depthling(&[
+        "quantize",
+        "--model",
+        &p("s.safetensors"),
+        "--calib",
+        &images,
+        "--out",
+        &p("s.dlm"),
+        "--json",
+    ]));
+    assert!(q["arena_bytes"].as_u64().unwrap() > 0);
+    // DDD's mixing needs instance masks, which plain images do not have
+    let o = depthling(&[
+        "distill",
+        "--method",
+        "ddd",
+        "--teacher",
+        &p("t.safetensors"),
+        "--images",
+        &images,
+        "--out",
+        &p("never.safetensors"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("instance masks"), "{}", stderr(&o));
+    for args in [
+        vec![
+            "train-teacher",
+            "--data",
+            &images,
+            "--out",
+            &p("never.safetensors"),
+        ],
+        vec!["eval", "--model", &p("s.dlm"), "--data", &images],
+    ] {
+        let o = depthling(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("rgb") && stderr(&o).contains("without depth"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!dir.path().join("never.safetensors").exists());
+}

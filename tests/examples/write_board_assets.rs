@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: write_board_assets DIR [WxH]")?,
     );
     let size = std::env::args().nth(2).unwrap_or_else(|| "64x48".into());
-    let (w, h) = depthling_host::commands::parse_size(&size)?;
+    let (w, h) = depthling_host::app::parse_size(&size)?;
     let (model, frame) = depthling_tests::demo_student_and_frame(w, h)?;
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("model.dlm"), model)?;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
-use depthling_host::demo::{run, DemoConfig};
+use depthling_host::app::demo::{run, DemoConfig};
 
 #[test]
 fn quick_demo_student_beats_mean_depth() {

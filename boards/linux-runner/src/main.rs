@@ -12,17 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use depthling_device::Engine;
-use depthling_model::Model;
+use depthling_device::runner::{Backend, Loaded, RunnerError};
 
 #[cfg(target_os = "linux")]
 mod v4l2;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Int8,
-    Tract,
-}
 
 /// Where frames come from.
 enum Source {
@@ -70,17 +63,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| bad("--frames needs a positive number"))?
             }
-            "--backend" => {
-                backend = match value()?.as_str() {
-                    "int8" => Backend::Int8,
-                    "tract" => Backend::Tract,
-                    other => {
-                        return Err(bad(format!(
-                            "unknown backend {other:?}; known: int8, tract"
-                        )))
-                    }
-                }
-            }
+            "--backend" => backend = value()?.parse().map_err(bad)?,
             "--repeat" => {
                 repeat = value()?
                     .parse()
@@ -124,66 +107,17 @@ fn frames(input: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// What the runner does with one frame: its name and RGB bytes.
 type Process<'a> = dyn FnMut(&str, &[u8]) -> Result<(), Failure> + 'a;
 
-/// One inference: RGB bytes in, depth (metres) and its checksum out.
-type Infer<'a> = Box<dyn FnMut(&[u8]) -> Result<(Vec<f32>, u64), String> + 'a>;
-
-/// FNV-1a over little-endian f32 bytes, as [`depthling_device::DepthView::checksum`].
-#[cfg(feature = "tract")]
-fn checksum(depth: &[f32]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in depth.iter().flat_map(|d| d.to_le_bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-#[cfg(feature = "tract")]
-fn tract_backend(bytes: &[u8], path: &Path) -> Result<((usize, usize), Infer<'static>), Failure> {
-    let model = depthling_device::tract::TractModel::from_bytes(bytes)
-        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    Ok((
-        model.input_size(),
-        Box::new(move |rgb| {
-            let depth = model.run(rgb).map_err(|e| e.to_string())?;
-            let sum = checksum(&depth);
-            Ok((depth, sum))
-        }),
-    ))
-}
-
-#[cfg(not(feature = "tract"))]
-fn tract_backend(_: &[u8], _: &Path) -> Result<((usize, usize), Infer<'static>), Failure> {
-    Err(bad("this runner was built without the `tract` feature"))
-}
-
 fn run(args: &Args) -> Result<(), Failure> {
     let bytes =
         std::fs::read(&args.model).map_err(|e| bad(format!("{}: {e}", args.model.display())))?;
-    let dlm = match args.backend {
-        Backend::Int8 => Some(
-            Model::from_bytes(&bytes).map_err(|e| bad(format!("{}: {e}", args.model.display())))?,
-        ),
-        Backend::Tract => None,
+    let failed = |e: RunnerError| match e {
+        RunnerError::Model(m) => bad(format!("{}: {m}", args.model.display())),
+        RunnerError::Run(m) => Failure(1, format!("{}: {m}", args.model.display())),
     };
-    let mut arena = vec![0u8; dlm.as_ref().map_or(0, |m| m.arena_bytes as usize)];
-    let ((h, w), mut infer): ((usize, usize), Infer) = match &dlm {
-        Some(model) => {
-            let (h, w) = model
-                .input_size()
-                .ok_or_else(|| bad("model has no input"))?;
-            let mut engine =
-                Engine::new(model, &mut arena).map_err(|e| Failure(1, e.to_string()))?;
-            (
-                (h as usize, w as usize),
-                Box::new(move |rgb| {
-                    let depth = engine.run(rgb).map_err(|e| e.to_string())?;
-                    Ok((depth.iter().collect(), depth.checksum()))
-                }),
-            )
-        }
-        None => tract_backend(&bytes, &args.model)?,
-    };
+    let loaded = Loaded::new(&bytes, args.backend).map_err(failed)?;
+    let mut arena = loaded.arena();
+    let mut runner = loaded.runner(&mut arena).map_err(failed)?;
+    let (h, w) = runner.input_size();
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| Failure(1, format!("{}: {e}", out.display())))?;
     }
@@ -192,7 +126,9 @@ fn run(args: &Args) -> Result<(), Failure> {
         let (mut depth, mut sum) = (Vec::new(), 0);
         for _ in 0..args.repeat {
             let start = Instant::now();
-            (depth, sum) = infer(rgb).map_err(|e| Failure(1, format!("{name}: {e}")))?;
+            (depth, sum) = runner
+                .infer(rgb)
+                .map_err(|e| Failure(1, format!("{name}: {e}")))?;
             total += start.elapsed().as_secs_f64();
             runs += 1;
         }
@@ -230,18 +166,16 @@ fn run(args: &Args) -> Result<(), Failure> {
         Source::Camera(device, count) => camera_frames(device, *count, (w, h), &mut process)?,
     }
     let mean_ms = 1e3 * total / runs as f64;
-    let backend = match args.backend {
-        Backend::Int8 => "int8",
-        Backend::Tract => "tract",
-    };
-    match &dlm {
-        Some(model) => println!(
+    let backend = args.backend.name();
+    match &loaded {
+        Loaded::Int8(model) => println!(
             "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={}",
             1e3 / mean_ms,
             model.arena_bytes,
             model.macs()
         ),
-        None => println!(
+        #[allow(unreachable_patterns)]
+        _ => println!(
             "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1}",
             1e3 / mean_ms
         ),

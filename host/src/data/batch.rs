@@ -4,7 +4,6 @@ use candle_core::{Device, Tensor};
 
 use super::Sample;
 use crate::error::{Error, Result};
-use crate::nets::graph::images_to_tensor;
 use crate::rng::Rng;
 
 /// A deterministic split of `n` indices: `(train, test)` with `round(n · test_fraction)` test
@@ -250,6 +249,33 @@ pub fn input_tensor(samples: &[Sample], channels: usize, device: &Device) -> Res
             "networks take 3 or 6 channels, not {c}"
         ))),
     }
+}
+
+/// Input tensor from RGB samples: N×3×H×W in [0, 1].
+pub fn images_to_tensor(
+    images: &[&[u8]],
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let n = images.len();
+    let mut data = vec![0f32; n * 3 * height * width];
+    let plane = height * width;
+    for (b, img) in images.iter().enumerate() {
+        if img.len() != plane * 3 {
+            return Err(Error::Runtime(format!(
+                "image {b} has {} bytes, expected {}",
+                img.len(),
+                plane * 3
+            )));
+        }
+        for p in 0..plane {
+            for c in 0..3 {
+                data[b * 3 * plane + c * plane + p] = img[p * 3 + c] as f32 / 255.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (n, 3, height, width), device)?)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sim::Domain;
 
 /// One RGB-D image (row-major; depth in metres, 0 = invalid).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,40 +49,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The manifest of a simulated dataset.
-    pub fn simulated(
-        domain: Domain,
-        width: usize,
-        height: usize,
-        count: usize,
-        seed: u64,
-        stereo: bool,
-    ) -> Self {
-        let f = domain.focal_fraction() * width as f32;
-        Manifest {
-            format: DATASET_FORMAT.into(),
-            version: DATASET_VERSION,
-            domain: domain.name().into(),
-            width,
-            height,
-            count,
-            // millimetres indoors; KITTI's 1/256 m outdoors so 80 m fits 16 bits
-            depth_scale: if domain == Domain::Outdoor {
-                256.0
-            } else {
-                1000.0
-            },
-            max_depth: domain.max_depth(),
-            fx: f,
-            fy: f,
-            cx: width as f32 / 2.0,
-            cy: height as f32 / 2.0,
-            baseline: if stereo { domain.baseline() } else { 0.0 },
-            seed,
-            generator: format!("depthling {}", env!("CARGO_PKG_VERSION")),
-        }
-    }
-
     pub fn read(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::bad_input(
@@ -212,12 +177,14 @@ fn write_dataset_into(dir: &Path, manifest: &Manifest, samples: &[Sample]) -> Re
 #[derive(Clone, Debug)]
 pub struct SampleFiles {
     pub rgb: PathBuf,
-    pub depth: PathBuf,
+    /// `None` for a plain image folder: the sample has no labels (depth 0 everywhere).
+    pub depth: Option<PathBuf>,
     pub right: Option<PathBuf>,
     pub instance: Option<PathBuf>,
 }
 
-/// A dataset on disk: a depthling dataset folder or a CSV list.
+/// A dataset on disk: a depthling dataset folder, a CSV list, or a plain folder of PNG images
+/// (unlabeled: for distillation and calibration, which need no depth).
 #[derive(Clone, Debug)]
 pub struct Dataset {
     pub root: PathBuf,
@@ -245,6 +212,9 @@ impl Dataset {
         {
             return Self::open_csv(path, depth_scale);
         }
+        if path.is_dir() && !path.join("manifest.json").exists() {
+            return Self::open_images(path, depth_scale);
+        }
         let manifest = Manifest::read(&path.join("manifest.json"))?;
         if manifest.count == 0 {
             return Err(Error::bad_input(
@@ -261,11 +231,11 @@ impl Dataset {
             };
             let f = SampleFiles {
                 rgb: path.join("rgb").join(&name),
-                depth: path.join("depth").join(&name),
+                depth: Some(path.join("depth").join(&name)),
                 right: opt("right"),
                 instance: opt("instance"),
             };
-            for p in [&f.rgb, &f.depth] {
+            for p in [Some(&f.rgb), f.depth.as_ref()].into_iter().flatten() {
                 if !p.exists() {
                     return Err(Error::bad_input(
                         p,
@@ -302,11 +272,11 @@ impl Dataset {
             };
             let f = SampleFiles {
                 rgb: base.join(rgb),
-                depth: base.join(depth),
+                depth: Some(base.join(depth)),
                 right: None,
                 instance: None,
             };
-            for p in [&f.rgb, &f.depth] {
+            for p in [Some(&f.rgb), f.depth.as_ref()].into_iter().flatten() {
                 if !p.exists() {
                     return Err(Error::bad_input(
                         p,
@@ -327,6 +297,49 @@ impl Dataset {
         })
     }
 
+    /// A folder of PNG images without a manifest: unlabeled samples, one per image (the
+    /// `NAME_color.png` previews of `depthling run` left out), in name order.
+    fn open_images(path: &Path, depth_scale: f32) -> Result<Dataset> {
+        let files = crate::io::list_pngs(path)
+            .map_err(|_| {
+                Error::bad_input(
+                    path,
+                    "neither a dataset folder (no manifest.json) nor a folder of PNG images",
+                )
+            })?
+            .into_iter()
+            .map(|rgb| SampleFiles {
+                rgb,
+                depth: None,
+                right: None,
+                instance: None,
+            })
+            .collect();
+        Ok(Dataset {
+            root: path.to_path_buf(),
+            depth_scale,
+            manifest: None,
+            files,
+        })
+    }
+
+    /// Whether the samples carry ground-truth depth.
+    pub fn is_labeled(&self) -> bool {
+        self.files.iter().all(|f| f.depth.is_some())
+    }
+
+    /// Refuses an unlabeled dataset where `what` needs ground truth.
+    pub fn require_labels(self, what: &str) -> Result<Dataset> {
+        if self.is_labeled() {
+            Ok(self)
+        } else {
+            Err(Error::bad_input(
+                &self.root,
+                format!("is a folder of images without depth; {what} needs a labeled dataset (a dataset folder or a CSV list of rgb_path,depth_path)"),
+            ))
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.files.len()
     }
@@ -343,13 +356,19 @@ impl Dataset {
             .get(i)
             .ok_or_else(|| Error::bad_input(&self.root, format!("no sample {i}")))?;
         let (w, h, rgb) = png::read_rgb(&f.rgb)?;
-        let (dw, dh, depth) = png::read_depth(&f.depth, self.depth_scale)?;
-        if (dw, dh) != (w, h) {
-            return Err(Error::bad_input(
-                &f.depth,
-                format!("depth is {dw}×{dh} but its RGB image is {w}×{h}"),
-            ));
-        }
+        let depth = match &f.depth {
+            Some(dp) => {
+                let (dw, dh, depth) = png::read_depth(dp, self.depth_scale)?;
+                if (dw, dh) != (w, h) {
+                    return Err(Error::bad_input(
+                        dp,
+                        format!("depth is {dw}×{dh} but its RGB image is {w}×{h}"),
+                    ));
+                }
+                depth
+            }
+            None => vec![0.0; w * h],
+        };
         let right = match &f.right {
             Some(p) => {
                 let (rw, rh, r) = png::read_rgb(p)?;
@@ -441,14 +460,14 @@ pub fn resize(s: &Sample, width: usize, height: usize) -> Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::render_many;
+    use crate::sim::{manifest as sim_manifest, render_many, Domain};
 
     #[test]
     fn dataset_round_trip_and_bad_inputs_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("ds");
         let samples = render_many(Domain::Ood, 24, 16, 4, 0, 3, true);
-        let manifest = Manifest::simulated(Domain::Ood, 24, 16, 3, 4, true);
+        let manifest = sim_manifest(Domain::Ood, 24, 16, 3, 4, true);
         write_dataset(&out, &manifest, &samples).unwrap();
         let ds = Dataset::open(&out, 1.0).unwrap();
         assert_eq!(ds.len(), 3);
@@ -497,6 +516,28 @@ mod tests {
             std::fs::read_to_string(other.join("keep.txt")).unwrap(),
             "precious"
         );
+    }
+
+    /// A folder of plain PNGs loads as unlabeled samples (depth 0), in name order; a folder
+    /// with neither a manifest nor images is refused naming it.
+    #[test]
+    fn image_folders_load_unlabeled() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = render_many(Domain::Ood, 16, 12, 2, 0, 2, false);
+        png::write_rgb(&dir.path().join("b.png"), 16, 12, &s[1].rgb).unwrap();
+        png::write_rgb(&dir.path().join("a.png"), 16, 12, &s[0].rgb).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+        let ds = Dataset::open(dir.path(), 1000.0).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert!(!ds.is_labeled());
+        let all = ds.load_all(None).unwrap();
+        assert_eq!(all[0].rgb, s[0].rgb);
+        assert_eq!(all[1].rgb, s[1].rgb);
+        assert!(all[0].depth.iter().all(|&d| d == 0.0));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let e = Dataset::open(&empty, 1000.0).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("PNG"), "{e}");
     }
 
     #[test]

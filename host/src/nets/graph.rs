@@ -3,7 +3,7 @@
 //! per-channel multiply. The same [`GraphSpec`] drives the candle module, the parameter and MAC
 //! counts, and the int8 export, so export is a walk, not a translation.
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 use depthling_model::QuantParams;
 use serde::{Deserialize, Serialize};
@@ -930,36 +930,12 @@ fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
     along(&along(x, 2)?, 3)
 }
 
-/// Input tensor from RGB samples: N×3×H×W in [0, 1].
-pub fn images_to_tensor(
-    images: &[&[u8]],
-    width: usize,
-    height: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let n = images.len();
-    let mut data = vec![0f32; n * 3 * height * width];
-    let plane = height * width;
-    for (b, img) in images.iter().enumerate() {
-        if img.len() != plane * 3 {
-            return Err(Error::Runtime(format!(
-                "image {b} has {} bytes, expected {}",
-                img.len(),
-                plane * 3
-            )));
-        }
-        for p in 0..plane {
-            for c in 0..3 {
-                data[b * 3 * plane + c * plane + p] = img[p * 3 + c] as f32 / 255.0;
-            }
-        }
-    }
-    Ok(Tensor::from_vec(data, (n, 3, height, width), device)?)
-}
+pub use crate::data::batch::images_to_tensor;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     /// A training-mode forward and backward through the custom ops (im2col convolution,
     /// depthwise, bilinear, fused BatchNorm + activation) computes what candle's own ops compute:

@@ -29,6 +29,14 @@ pub enum Calibration {
     Mse,
 }
 
+impl std::str::FromStr for Calibration {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Calibration> {
+        Calibration::parse(s)
+    }
+}
+
 impl Calibration {
     pub fn parse(s: &str) -> Result<Calibration> {
         match s {

@@ -7,7 +7,7 @@ pub mod render;
 use math::{v3, V3};
 use render::{Camera, Light, Material, Object, Scene, Sensor, Shape, Texture, TEXTURES};
 
-use crate::data::Sample;
+use crate::data::{Manifest, Sample, DATASET_FORMAT, DATASET_VERSION};
 use crate::rng::Rng;
 
 /// Scene families.
@@ -23,6 +23,18 @@ pub enum Domain {
     Outdoor,
     /// Random primitives in random layouts: the out-of-distribution source for data-free KD.
     Ood,
+}
+
+impl std::str::FromStr for Domain {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Domain> {
+        Domain::parse(s).ok_or_else(|| {
+            crate::error::Error::Usage(format!(
+                "unknown domain {s:?}; known: indoor, indoor-alt, outdoor, ood"
+            ))
+        })
+    }
 }
 
 impl Domain {
@@ -634,6 +646,40 @@ pub fn render_many(
         .into_par_iter()
         .map(|i| render_sample(domain, width, height, seed, start + i, stereo))
         .collect()
+}
+
+/// The `manifest.json` of a simulated dataset.
+pub fn manifest(
+    domain: Domain,
+    width: usize,
+    height: usize,
+    count: usize,
+    seed: u64,
+    stereo: bool,
+) -> Manifest {
+    let f = domain.focal_fraction() * width as f32;
+    Manifest {
+        format: DATASET_FORMAT.into(),
+        version: DATASET_VERSION,
+        domain: domain.name().into(),
+        width,
+        height,
+        count,
+        // millimetres indoors; KITTI's 1/256 m outdoors so 80 m fits 16 bits
+        depth_scale: if domain == Domain::Outdoor {
+            256.0
+        } else {
+            1000.0
+        },
+        max_depth: domain.max_depth(),
+        fx: f,
+        fy: f,
+        cx: width as f32 / 2.0,
+        cy: height as f32 / 2.0,
+        baseline: if stereo { domain.baseline() } else { 0.0 },
+        seed,
+        generator: format!("depthling {}", env!("CARGO_PKG_VERSION")),
+    }
 }
 
 #[cfg(test)]

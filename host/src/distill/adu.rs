@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::losses::{attention_feature_loss, focal_uncertainty_loss};
 use crate::nets::graph::{GraphNet, GraphSpec, Node};
 use crate::rng::Rng;
-use crate::train::{StepInfo, TrainConfig};
+use crate::teacher::Teacher;
+use crate::train::{teacher_input, with_labels, Batch, Objective, StepInfo, TrainConfig};
 
 /// ADU's switches and weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,6 +72,7 @@ impl AduOptions {
 pub struct Tap {
     pub factor: usize,
     pub student: usize,
+    /// Index into the teacher's [`Teacher::feature_taps`].
     pub teacher: usize,
     weight: Tensor,
     bias: Tensor,
@@ -95,28 +97,29 @@ impl AduHeads {
     /// zero (b = 1 everywhere).
     pub fn new(
         student: &GraphSpec,
-        teacher: &GraphSpec,
+        teacher: &dyn Teacher,
         options: AduOptions,
         device: &Device,
         seed: u64,
     ) -> Result<AduHeads> {
         options.check()?;
-        let (cs, ct) = (student.channels(), teacher.channels());
-        let teacher_taps = teacher.encoder_taps();
+        let cs = student.channels();
+        let teacher_taps = teacher.feature_taps();
         let pairs: Vec<(usize, usize, usize)> = student
             .encoder_taps()
             .into_iter()
             .filter_map(|(f, s)| {
                 teacher_taps
                     .iter()
-                    .find(|(g, _)| *g == f)
-                    .map(|&(_, t)| (f, s, t))
+                    .position(|t| t.factor == f)
+                    .map(|t| (f, s, t))
             })
             .collect();
         if options.feature && pairs.is_empty() {
             return Err(Error::Usage(format!(
                 "feature distillation: {} and {} have no encoder maps at a common downsampling factor",
-                student.name, teacher.name
+                student.name,
+                teacher.name()
             )));
         }
         let head_input = match student.nodes.last() {
@@ -144,7 +147,7 @@ impl AduHeads {
         let mut rng = Rng::new(seed);
         let mut taps = Vec::with_capacity(pairs.len());
         for (factor, s, t) in pairs {
-            let (cin, cout) = (cs[s], ct[t]);
+            let (cin, cout) = (cs[s], teacher_taps[t].channels);
             let name = format!("adapter{factor}");
             let std = (2.0 / cin as f32).sqrt();
             let values: Vec<f32> = (0..cout * cin).map(|_| rng.normal() * std).collect();
@@ -220,20 +223,21 @@ impl AduHeads {
     }
 
     /// The distillation part of the loss (weighted response + weighted feature terms) from the
-    /// node outputs of the student (training mode) and of the teacher.
+    /// node outputs of the student (training mode) and the teacher's depth and feature taps.
     pub fn loss(
         &self,
         student: &[(Tensor, Option<Tensor>)],
-        teacher: &[(Tensor, Option<Tensor>)],
+        teacher_depth: &Tensor,
+        teacher_features: &[Tensor],
     ) -> Result<Tensor> {
         let o = &self.options;
-        let (Some(ds), Some(dt)) = (student.last(), teacher.last()) else {
+        let Some(ds) = student.last() else {
             return Err(Error::Runtime("empty network outputs".into()));
         };
         let mut total = Tensor::zeros((), DType::F32, ds.0.device())?;
         if o.response {
             // both losses detach the teacher's side themselves
-            let r = focal_uncertainty_loss(&ds.0, &dt.0, &self.log_b(student)?, o.gamma)?;
+            let r = focal_uncertainty_loss(&ds.0, teacher_depth, &self.log_b(student)?, o.gamma)?;
             total = (total + (r * o.response_weight)?)?;
         }
         if o.feature {
@@ -241,7 +245,13 @@ impl AduHeads {
                 let fs = &student[tap.student].0;
                 let adapted = crate::nets::ops::conv2d(fs, &tap.weight, 0, 1)?
                     .broadcast_add(&tap.bias.reshape((1, (), 1, 1))?)?;
-                let f = attention_feature_loss(&adapted, &teacher[tap.teacher].0)?;
+                let ft = teacher_features.get(tap.teacher).ok_or_else(|| {
+                    Error::Runtime(format!(
+                        "the teacher returned no feature map {}",
+                        tap.teacher
+                    ))
+                })?;
+                let f = attention_feature_loss(&adapted, ft)?;
                 total = (total + (f * o.feature_weight)?)?;
             }
         }
@@ -255,42 +265,83 @@ impl AduHeads {
 /// per-step losses; the heads are trained alongside and kept in the run's checkpoints.
 pub fn adu(
     student: &crate::nets::Net,
-    teacher: &GraphNet,
+    teacher: &dyn Teacher,
     labeled: &[&[Sample]],
     unlabeled: &[Sample],
     cfg: &TrainConfig,
     options: &AduOptions,
     on_step: impl FnMut(StepInfo),
 ) -> Result<Vec<f32>> {
-    use crate::train::{train_with, Extras, Target};
     let data = crate::distill::labeled_and_unlabeled(labeled, unlabeled)?;
     let heads = AduHeads::new(
         student.net.spec(),
-        teacher.spec(),
+        teacher,
         options.clone(),
         &student.device,
         cfg.seed ^ 0xAD0,
     )?;
-    let sizes: Vec<String> = labeled
+    let sizes: Vec<usize> = labeled
         .iter()
-        .map(|l| l.len().to_string())
-        .chain([unlabeled.len().to_string()])
+        .map(|l| l.len())
+        .chain([unlabeled.len()])
         .collect();
-    let cfg = TrainConfig {
-        tag: format!("{} sets={}", options.tag(), sizes.join("+")),
-        ..cfg.clone()
-    };
-    train_with(
-        student,
-        &data,
-        Target::Adu {
+    let mut objective = Adu::new(teacher, heads, &sizes);
+    crate::train::train(student, &data, &mut objective, cfg, on_step)
+}
+
+/// The `adu` objective: the ground-truth loss where a sample has labels, plus the distillation
+/// terms of its heads against a teacher that may be stereo (it then reads the right views too).
+pub struct Adu<'t> {
+    teacher: &'t dyn Teacher,
+    pub heads: AduHeads,
+    sets: String,
+}
+
+impl<'t> Adu<'t> {
+    pub fn new(teacher: &'t dyn Teacher, heads: AduHeads, set_sizes: &[usize]) -> Self {
+        let sets: Vec<String> = set_sizes.iter().map(usize::to_string).collect();
+        Adu {
             teacher,
-            heads: &heads,
-        },
-        &cfg,
-        Extras::default(),
-        on_step,
-    )
+            heads,
+            sets: sets.join("+"),
+        }
+    }
+}
+
+impl Objective for Adu<'_> {
+    fn tag(&self) -> String {
+        format!("{} sets={}", self.heads.options.tag(), self.sets)
+    }
+
+    fn check(&self, student: &GraphSpec) -> Result<()> {
+        let (tc, channels) = (self.teacher.input_channels(), student.input_channels);
+        if tc != channels && tc != 2 * channels {
+            return Err(Error::Usage(format!(
+                "the teacher takes {tc} input channels and the student {channels}: ADU needs a monocular or stereo teacher of the student's images"
+            )));
+        }
+        Ok(())
+    }
+
+    fn trained_vars(&self) -> Result<HashMap<String, Var>> {
+        self.heads.named_vars()
+    }
+
+    fn loss(&mut self, student: &GraphNet, b: &Batch<'_>) -> Result<Tensor> {
+        let xt = teacher_input(b, self.teacher.input_channels())?;
+        let (depth, features) = self.teacher.predict_with_features(&xt)?;
+        let s = student.forward_nodes(&b.x, true)?;
+        let distill = self.heads.loss(&s, &depth, &features)?;
+        with_labels(&b.loss, distill, &s[s.len() - 1].0, &b.gt, &b.mask)
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.heads.state()
+    }
+
+    fn restore(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.heads.restore(tensors)
+    }
 }
 
 #[cfg(test)]
@@ -298,7 +349,7 @@ mod tests {
     use super::*;
     use crate::nets::{preset, Net};
     use crate::sim::{render_many, Domain};
-    use crate::train::{train, Checkpointing, Target};
+    use crate::train::{train, Checkpointing, Supervised};
 
     fn values(tensors: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
         tensors
@@ -330,21 +381,29 @@ mod tests {
         let (teacher, student) = nets();
         let heads = AduHeads::new(
             student.net.spec(),
-            teacher.net.spec(),
+            &teacher.net,
             AduOptions::default(),
             &Device::Cpu,
             1,
         )
         .unwrap();
         let (cs, ct) = (student.net.spec().channels(), teacher.net.spec().channels());
+        let teacher_nodes: Vec<usize> = teacher
+            .net
+            .spec()
+            .encoder_taps()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
         let factors: Vec<usize> = heads.taps.iter().map(|t| t.factor).collect();
         assert_eq!(factors, [2, 4, 8]);
         let shapes = student.net.spec().shapes(32, 32).unwrap();
         let tshapes = teacher.net.spec().shapes(32, 32).unwrap();
         for tap in &heads.taps {
-            assert_eq!(tap.weight.dims(), [ct[tap.teacher], cs[tap.student], 1, 1]);
+            let t = teacher_nodes[tap.teacher];
+            assert_eq!(tap.weight.dims(), [ct[t], cs[tap.student], 1, 1]);
             assert_eq!(shapes[tap.student].width, 32 / tap.factor);
-            assert_eq!(tshapes[tap.teacher].width, 32 / tap.factor);
+            assert_eq!(tshapes[t].width, 32 / tap.factor);
         }
     }
 
@@ -369,7 +428,7 @@ mod tests {
         )
         .unwrap();
         let (_, plain) = nets();
-        let expected = train(&plain, &x, Target::Labels, &config(4), |_| {}).unwrap();
+        let expected = train(&plain, &x, &mut Supervised, &config(4), |_| {}).unwrap();
         assert_eq!(losses, expected);
         assert_eq!(
             values(student.named_tensors().unwrap()),
@@ -390,23 +449,15 @@ mod tests {
                 feature,
                 ..AduOptions::default()
             };
-            let heads = AduHeads::new(
-                student.net.spec(),
-                teacher.net.spec(),
-                options,
-                &Device::Cpu,
-                9,
-            )
-            .unwrap();
+            let heads =
+                AduHeads::new(student.net.spec(), &teacher.net, options, &Device::Cpu, 9).unwrap();
             let before = values(heads.state().unwrap());
             let data = crate::distill::labeled_and_unlabeled(&[&x], &u).unwrap();
-            let target = Target::Adu {
-                teacher: &teacher.net,
-                heads: &heads,
-            };
-            let losses = train(&student, &data, target, &config(3), |_| {}).unwrap();
+            let mut objective = Adu::new(&teacher.net, heads, &[x.len(), u.len()]);
+            let losses = train(&student, &data, &mut objective, &config(3), |_| {}).unwrap();
             assert!(losses.iter().all(|l| l.is_finite()));
-            for ((name, a), (_, b)) in before.iter().zip(values(heads.state().unwrap())) {
+            let after = values(objective.heads.state().unwrap());
+            for ((name, a), (_, b)) in before.iter().zip(after) {
                 let moved = *a != b;
                 let should = if name.contains("uncertainty") {
                     response

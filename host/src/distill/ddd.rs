@@ -7,12 +7,15 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::kd::Kd;
 use crate::data::batch::Augment;
 use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::nets::graph::GraphNet;
+use crate::nets::graph::{GraphNet, GraphSpec};
 use crate::optim::Adam;
 use crate::rng::Rng;
+use crate::teacher::Teacher;
+use crate::train::{Batch, Objective};
 
 /// Where and how big one pasted object is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -195,7 +198,7 @@ impl Transform {
 /// the teacher's BatchNorm layers (batch statistics against the running ones), plus
 /// `identity · mean|x′ − x|`.
 pub fn bn_statistics_loss(
-    teacher: &GraphNet,
+    teacher: &dyn Teacher,
     x: &Tensor,
     x_prime: &Tensor,
     identity: f64,
@@ -203,12 +206,12 @@ pub fn bn_statistics_loss(
     let captured = teacher.batch_norm_inputs(x_prime)?;
     if captured.is_empty() {
         return Err(Error::Usage(
-            "the teacher has no BatchNorm layers: the transformation network has nothing to match"
+            "the teacher has no BatchNorm layers: the transformation network has nothing to match (pass --no-transform)"
                 .into(),
         ));
     }
     let mut total = Tensor::zeros((), DType::F32, x.device())?;
-    for (input, mean, var) in captured {
+    for crate::teacher::BatchNormInput { input, mean, var } in captured {
         let mu = input
             .mean_keepdim(0)?
             .mean_keepdim(2)?
@@ -233,7 +236,7 @@ pub fn bn_statistics_loss(
 /// then trains on x′ = x + T(x) (detached) against the teacher's prediction on x′.
 pub struct TransformStage<'a> {
     pub transform: Transform,
-    pub teacher: &'a GraphNet,
+    pub teacher: &'a dyn Teacher,
     pub opt: Adam,
     pub identity: f64,
     pub every: usize,
@@ -242,7 +245,7 @@ pub struct TransformStage<'a> {
 }
 
 impl<'a> TransformStage<'a> {
-    pub fn new(teacher: &'a GraphNet, device: &Device, seed: u64, lr: f64) -> Result<Self> {
+    pub fn new(teacher: &'a dyn Teacher, device: &Device, seed: u64, lr: f64) -> Result<Self> {
         let transform = Transform::new(device, seed)?;
         Ok(TransformStage {
             opt: Adam::new(crate::nets::vars_by_name(&transform.vars)?, lr, 0.0)?,
@@ -292,6 +295,172 @@ impl<'a> TransformStage<'a> {
         }
         Ok(self.transform.forward(x)?.detach())
     }
+}
+
+/// DDD's switches (DESIGN §6, §10).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DddOptions {
+    /// Object-wise mixing.
+    pub mix: bool,
+    /// Up to this many pasted objects per image.
+    pub max_objects: usize,
+    /// The transformation network.
+    pub transform: bool,
+    /// Weight of mean|x′ − x| in T's loss.
+    pub identity_weight: f64,
+    /// T is updated once every this many student steps.
+    pub transform_every: usize,
+    pub transform_lr: f64,
+}
+
+impl Default for DddOptions {
+    fn default() -> Self {
+        DddOptions {
+            mix: true,
+            max_objects: 3,
+            transform: true,
+            identity_weight: 0.1,
+            transform_every: 1,
+            transform_lr: 1e-3,
+        }
+    }
+}
+
+impl DddOptions {
+    /// Plain KD: neither mixing nor the transformation network.
+    pub fn kd() -> Self {
+        DddOptions {
+            mix: false,
+            transform: false,
+            ..Default::default()
+        }
+    }
+
+    /// What a checkpoint must agree on (see `TrainConfig::tag`).
+    pub fn tag(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// The `ddd` objective: plain KD on images mixed object-wise ([`ObjectMix`]) and passed through
+/// the transformation network ([`TransformStage`]), each switchable.
+pub struct Ddd<'t> {
+    kd: Kd<'t>,
+    options: DddOptions,
+    donors: Option<Arc<Vec<Sample>>>,
+    stage: Option<TransformStage<'t>>,
+}
+
+impl<'t> Ddd<'t> {
+    /// `images` are the donors of object mixing (they need instance masks when mixing is on);
+    /// the transformation network starts from `seed`.
+    pub fn new(
+        teacher: &'t dyn Teacher,
+        images: &[Sample],
+        options: &DddOptions,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let donors = if options.mix {
+            if images.iter().any(|s| s.instance.is_none()) {
+                return Err(Error::Usage(
+                    "object mixing needs instance masks: distill on OOD images from `depthling simulate --domain ood`, or pass --no-mix".into(),
+                ));
+            }
+            Some(Arc::new(images.to_vec()))
+        } else {
+            None
+        };
+        let stage = if options.transform {
+            let mut st = TransformStage::new(teacher, device, seed ^ 0x7A, options.transform_lr)?;
+            st.identity = options.identity_weight;
+            st.every = options.transform_every;
+            Some(st)
+        } else {
+            None
+        };
+        Ok(Ddd {
+            kd: Kd::new(teacher),
+            options: options.clone(),
+            donors,
+            stage,
+        })
+    }
+
+    /// The BatchNorm-statistics loss of every transformation-network update so far.
+    pub fn transform_losses(&self) -> &[f32] {
+        self.stage.as_ref().map_or(&[], |s| s.losses.as_slice())
+    }
+}
+
+impl Objective for Ddd<'_> {
+    fn tag(&self) -> String {
+        self.options.tag()
+    }
+
+    fn check(&self, student: &GraphSpec) -> Result<()> {
+        self.kd.check(student)
+    }
+
+    fn augmentations(&self) -> Result<Vec<Box<dyn Augment>>> {
+        Ok(match &self.donors {
+            Some(donors) => vec![Box::new(ObjectMix {
+                donors: donors.clone(),
+                max_objects: self.options.max_objects,
+            })],
+            None => Vec::new(),
+        })
+    }
+
+    fn input(&mut self, step: usize, x: Tensor) -> Result<Tensor> {
+        match &mut self.stage {
+            Some(st) => st.apply(step, &x),
+            None => Ok(x),
+        }
+    }
+
+    fn loss(&mut self, student: &GraphNet, b: &Batch<'_>) -> Result<Tensor> {
+        self.kd.loss(student, b)
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(match &self.stage {
+            Some(st) => st
+                .state()?
+                .into_iter()
+                .map(|(k, t)| (format!("transform.{k}"), t))
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
+    fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        if let Some(st) = &mut self.stage {
+            let own: std::collections::HashMap<String, Tensor> = tensors
+                .iter()
+                .filter_map(|(k, t)| {
+                    k.strip_prefix("transform.")
+                        .map(|k| (k.to_string(), t.clone()))
+                })
+                .collect();
+            st.restore(&own)?;
+        }
+        Ok(())
+    }
+}
+
+/// Distills `student` from `teacher` on `images` with DDD's switches (all off: plain KD).
+/// Returns the student's per-step losses.
+pub fn distill(
+    student: &crate::nets::Net,
+    teacher: &dyn Teacher,
+    images: &[Sample],
+    cfg: &crate::train::TrainConfig,
+    ddd: &DddOptions,
+    on_step: impl FnMut(crate::train::StepInfo),
+) -> Result<Vec<f32>> {
+    let mut objective = Ddd::new(teacher, images, ddd, &student.device, cfg.seed)?;
+    crate::train::train(student, images, &mut objective, cfg, on_step)
 }
 
 #[cfg(test)]
@@ -361,65 +530,6 @@ mod tests {
     }
 
     /// T starts at the identity, and the BatchNorm-statistics loss falls while T trains.
-    /// The aux objective reduces to its parts: on labeled images with no KD weight it is plain
-    /// supervised training, and on unlabeled images it is plain KD (same losses, same weights,
-    /// bit for bit). With both, unlabeled images change the result only through the KD term.
-    #[test]
-    fn aux_reduces_to_supervised_and_to_kd() {
-        use crate::train::{train, Target, TrainConfig};
-        let dev = Device::Cpu;
-        let teacher = Net::new(preset("demo-teacher", 0.5).unwrap(), &dev, 2).unwrap();
-        let x = render_many(Domain::Indoor, 32, 32, 5, 0, 8, false);
-        let u = render_many(Domain::IndoorAlt, 32, 32, 6, 0, 8, false);
-        let cfg = TrainConfig {
-            steps: 4,
-            batch_size: 4,
-            seed: 3,
-            ..TrainConfig::default()
-        };
-        let weights = |n: &Net| -> Vec<Vec<f32>> {
-            n.named_tensors()
-                .unwrap()
-                .iter()
-                .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .collect()
-        };
-        let fresh = || Net::new(preset("demo-student", 0.5).unwrap(), &dev, 7).unwrap();
-
-        let (a, b) = (fresh(), fresh());
-        let la = aux(&a, &teacher.net, &[&x], &[], &cfg, 0.0, |_| {}).unwrap();
-        let lb = train(&b, &x, Target::Labels, &cfg, |_| {}).unwrap();
-        assert_eq!(la, lb, "labeled only, no KD: supervised training");
-        assert_eq!(weights(&a), weights(&b));
-
-        let (a, b) = (fresh(), fresh());
-        let la = aux(&a, &teacher.net, &[], &u, &cfg, 1.0, |_| {}).unwrap();
-        let lb = train(&b, &u, Target::Teacher(&teacher.net), &cfg, |_| {}).unwrap();
-        assert_eq!(la, lb, "unlabeled only: KD");
-        assert_eq!(weights(&a), weights(&b));
-
-        // the unlabeled images' depth is dropped: giving U with or without its labels is the
-        // same run
-        let mut u_blank = u.clone();
-        for s in &mut u_blank {
-            s.depth.iter_mut().for_each(|d| *d = 0.0);
-        }
-        let (a, b) = (fresh(), fresh());
-        let la = aux(&a, &teacher.net, &[&x], &u, &cfg, 0.5, |_| {}).unwrap();
-        let lb = aux(&b, &teacher.net, &[&x], &u_blank, &cfg, 0.5, |_| {}).unwrap();
-        assert_eq!(la, lb);
-        assert!(aux(&fresh(), &teacher.net, &[&x], &u, &cfg, -1.0, |_| {}).is_err());
-
-        // balancing: 2 + 6 images → the 2 repeated 3 times; an empty set is left out
-        let b = balanced([&x[..2], &u[..6], &[][..]]);
-        assert_eq!(b.len(), 12);
-        assert!(b[..6]
-            .iter()
-            .zip(x[..2].iter().cycle())
-            .all(|(s, t)| s.rgb == t.rgb));
-        assert!(b[6..].iter().zip(&u[..6]).all(|(s, t)| s.rgb == t.rgb));
-    }
-
     #[test]
     fn bn_statistics_loss_falls_while_the_transform_trains() {
         let dev = Device::Cpu;
@@ -446,216 +556,4 @@ mod tests {
         let (a, b) = (stage.losses[0], *stage.losses.last().unwrap());
         assert!(b < 0.8 * a, "BatchNorm loss {a} → {b}");
     }
-}
-
-/// DDD's switches (DESIGN §6, §10).
-#[derive(Clone, Debug, PartialEq)]
-pub struct DddOptions {
-    /// Object-wise mixing.
-    pub mix: bool,
-    /// Up to this many pasted objects per image.
-    pub max_objects: usize,
-    /// The transformation network.
-    pub transform: bool,
-    /// Weight of mean|x′ − x| in T's loss.
-    pub identity_weight: f64,
-    /// T is updated once every this many student steps.
-    pub transform_every: usize,
-    pub transform_lr: f64,
-}
-
-impl Default for DddOptions {
-    fn default() -> Self {
-        DddOptions {
-            mix: true,
-            max_objects: 3,
-            transform: true,
-            identity_weight: 0.1,
-            transform_every: 1,
-            transform_lr: 1e-3,
-        }
-    }
-}
-
-impl DddOptions {
-    /// Plain KD: neither mixing nor the transformation network.
-    pub fn kd() -> Self {
-        DddOptions {
-            mix: false,
-            transform: false,
-            ..Default::default()
-        }
-    }
-
-    /// What a checkpoint must agree on (see `TrainConfig::tag`).
-    pub fn tag(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-/// The first `⌈fraction · n⌉` images (at least one): DDD's image budget (`--images-fraction`).
-pub fn budget(samples: Vec<Sample>, fraction: f64) -> Result<Vec<Sample>> {
-    if !(fraction > 0.0 && fraction <= 1.0) {
-        return Err(Error::Usage(format!(
-            "--images-fraction must be in (0, 1], got {fraction}"
-        )));
-    }
-    let keep = ((samples.len() as f64 * fraction).ceil() as usize).clamp(1, samples.len().max(1));
-    Ok(samples.into_iter().take(keep).collect())
-}
-
-/// Parses `1/6` or `0.1667`.
-pub fn parse_fraction(s: &str) -> Result<f64> {
-    let bad = || {
-        Error::Usage(format!(
-            "--images-fraction: {s:?} is not a fraction like 1/6 or 0.5"
-        ))
-    };
-    let v = match s.split_once('/') {
-        Some((a, b)) => {
-            let (a, b): (f64, f64) = (
-                a.trim().parse().map_err(|_| bad())?,
-                b.trim().parse().map_err(|_| bad())?,
-            );
-            if b == 0.0 {
-                return Err(bad());
-            }
-            a / b
-        }
-        None => s.trim().parse().map_err(|_| bad())?,
-    };
-    if !(v > 0.0 && v <= 1.0) {
-        return Err(bad());
-    }
-    Ok(v)
-}
-
-/// Distills `student` from `teacher` on `images` with DDD's switches (all off: plain KD).
-/// Returns the student's per-step losses.
-pub fn distill(
-    student: &crate::nets::Net,
-    teacher: &GraphNet,
-    images: &[Sample],
-    cfg: &crate::train::TrainConfig,
-    ddd: &DddOptions,
-    on_step: impl FnMut(crate::train::StepInfo),
-) -> Result<Vec<f32>> {
-    use crate::train::{train_with, Extras, Target};
-    let mut augment: Vec<Box<dyn Augment>> = Vec::new();
-    if ddd.mix {
-        if images.iter().any(|s| s.instance.is_none()) {
-            return Err(Error::Usage(
-                "object mixing needs instance masks: distill on OOD images from `depthling simulate --domain ood`, or pass --no-mix".into(),
-            ));
-        }
-        augment.push(Box::new(ObjectMix {
-            donors: Arc::new(images.to_vec()),
-            max_objects: ddd.max_objects,
-        }));
-    }
-    let mut stage = if ddd.transform {
-        let mut st =
-            TransformStage::new(teacher, &student.device, cfg.seed ^ 0x7A, ddd.transform_lr)?;
-        st.identity = ddd.identity_weight;
-        st.every = ddd.transform_every;
-        Some(st)
-    } else {
-        None
-    };
-    let cfg = crate::train::TrainConfig {
-        tag: ddd.tag(),
-        ..cfg.clone()
-    };
-    train_with(
-        student,
-        images,
-        Target::Teacher(teacher),
-        &cfg,
-        Extras {
-            augment,
-            stage: stage.as_mut(),
-        },
-        on_step,
-    )
-}
-
-/// The LW paper's KD with auxiliary data: `student` learns the ground truth of the `labeled`
-/// sets and the teacher's predictions (weight `kd_weight`) on every image. The unlabeled images'
-/// depth, if any, is dropped. Its four settings are which sets are given: X (`labeled` = [target
-/// set]), U (`unlabeled` = auxiliary set), X∪U (both), X∪U′ (`labeled` = [X, U′], with a teacher
-/// trained on X∪U′).
-///
-/// The sets are balanced: each is repeated until it is about as large as the largest, so a large
-/// auxiliary set does not dilute the target set's labels (one image in five for 256 X and 1024 U).
-pub fn aux(
-    student: &crate::nets::Net,
-    teacher: &GraphNet,
-    labeled: &[&[Sample]],
-    unlabeled: &[Sample],
-    cfg: &crate::train::TrainConfig,
-    kd_weight: f64,
-    on_step: impl FnMut(crate::train::StepInfo),
-) -> Result<Vec<f32>> {
-    use crate::train::{train_with, Extras, Target};
-    if !(kd_weight.is_finite() && kd_weight >= 0.0) {
-        return Err(Error::Usage(format!(
-            "--kd-weight must be a non-negative number, got {kd_weight}"
-        )));
-    }
-    let data = labeled_and_unlabeled(labeled, unlabeled)?;
-    let sizes: Vec<String> = labeled
-        .iter()
-        .map(|l| l.len().to_string())
-        .chain([unlabeled.len().to_string()])
-        .collect();
-    let cfg = crate::train::TrainConfig {
-        tag: format!("aux kd_weight={kd_weight} sets={}", sizes.join("+")),
-        ..cfg.clone()
-    };
-    train_with(
-        student,
-        &data,
-        Target::Aux { teacher, kd_weight },
-        &cfg,
-        Extras::default(),
-        on_step,
-    )
-}
-
-/// The training set of a run with labeled and unlabeled images: the unlabeled images' depth
-/// set to 0 (no ground truth), every set [`balanced`]; all images must be of one size.
-pub fn labeled_and_unlabeled(labeled: &[&[Sample]], unlabeled: &[Sample]) -> Result<Vec<Sample>> {
-    let blank: Vec<Sample> = unlabeled
-        .iter()
-        .map(|s| Sample {
-            depth: vec![0.0; s.depth.len()],
-            ..s.clone()
-        })
-        .collect();
-    let data = balanced(labeled.iter().copied().chain([blank.as_slice()]));
-    if let Some(b) = data
-        .iter()
-        .find(|s| (s.width, s.height) != (data[0].width, data[0].height))
-    {
-        return Err(Error::Usage(format!(
-            "labeled and unlabeled images differ in size ({}×{} and {}×{})",
-            data[0].width, data[0].height, b.width, b.height
-        )));
-    }
-    Ok(data)
-}
-
-/// The non-empty `sets` concatenated, each repeated `round(largest / its size)` times (at least
-/// once), so that every set contributes about equally to the batches.
-pub fn balanced<'s>(sets: impl IntoIterator<Item = &'s [Sample]>) -> Vec<Sample> {
-    let sets: Vec<&[Sample]> = sets.into_iter().filter(|s| !s.is_empty()).collect();
-    let largest = sets.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut out = Vec::new();
-    for set in sets {
-        let times = ((largest as f64 / set.len() as f64).round() as usize).max(1);
-        for _ in 0..times {
-            out.extend_from_slice(set);
-        }
-    }
-    out
 }

@@ -1,40 +1,94 @@
-//! Supervised and distillation training of a [`Net`] on in-memory samples.
+//! The trainer: runs an [`Objective`] over in-memory samples for a number of steps, with
+//! augmentation, progressive resizing, a learning-rate schedule, Adam, checkpoints that resume bit
+//! for bit, and a clear stop when the loss diverges. It knows no distillation method: each method
+//! (`crate::distill::{kd, ddd, aux, adu}`) is an objective of its own.
 
-use std::path::{Path, PathBuf};
+mod checkpoint;
 
-use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
-use crate::adu::AduHeads;
+use candle_core::{Device, Tensor, Var};
+
 use crate::data::batch::{
     input_tensor, to_tensors, Augment, Batcher, ColourJitter, HorizontalFlip, SmallRotation,
 };
 use crate::data::Sample;
-use crate::distill::TransformStage;
 use crate::error::{Error, Result};
 use crate::losses::Loss;
-use crate::nets::graph::GraphNet;
+use crate::nets::graph::{GraphNet, GraphSpec};
 use crate::nets::Net;
 use crate::optim::Adam;
 
-/// What the network learns to predict.
-pub enum Target<'a> {
-    /// Ground-truth depth of the samples (invalid pixels masked out).
-    Labels,
-    /// The teacher's prediction on the same (augmented) image: knowledge distillation.
-    Teacher(&'a GraphNet),
-    /// Both (the LW paper's auxiliary-data KD): the ground-truth loss where a sample has labels
-    /// (unlabeled samples carry depth 0 everywhere) plus `kd_weight` × the loss against the
-    /// teacher's prediction on every sample.
-    Aux {
-        teacher: &'a GraphNet,
-        kd_weight: f64,
-    },
-    /// ADU-Depth: the ground-truth loss where a sample has labels, plus the distillation terms
-    /// of `heads` against a teacher that may be stereo (it then reads the right views too).
-    Adu {
-        teacher: &'a GraphNet,
-        heads: &'a AduHeads,
-    },
+/// One training step's batch, as an objective sees it.
+pub struct Batch<'a> {
+    /// The samples after augmentation (an objective may read more of them, e.g. right views).
+    pub samples: &'a [Sample],
+    /// The network input after the objective's input stage, `N×C×H×W`.
+    pub x: Tensor,
+    /// Ground-truth depth and its validity mask (0 where a sample has no label), `N×1×H×W`.
+    pub gt: Tensor,
+    pub mask: Tensor,
+    /// Whether the batch was downsampled 2× ([`TrainConfig::coarse`]).
+    pub coarse: bool,
+    /// The base loss of the run.
+    pub loss: Loss,
+}
+
+/// What a run trains for: the batch loss, and what a method adds around it. Supervised training
+/// ([`Supervised`]) only has the loss; DDD adds an augmentation and an input stage, ADU trainable
+/// heads. Everything an objective keeps between steps is in its checkpoint state.
+pub trait Objective {
+    /// Settings a resumed run must share with the checkpoint (part of its fingerprint).
+    fn tag(&self) -> String {
+        String::new()
+    }
+
+    /// Checked once before training, against the network being trained.
+    fn check(&self, _student: &GraphSpec) -> Result<()> {
+        Ok(())
+    }
+
+    /// Augmentations applied after the flips, rotations and jitter (DDD's object mixing).
+    fn augmentations(&self) -> Result<Vec<Box<dyn Augment>>> {
+        Ok(Vec::new())
+    }
+
+    /// Variables trained with the network by its optimizer (ADU's adapters and uncertainty
+    /// head), by the names they have in checkpoints.
+    fn trained_vars(&self) -> Result<HashMap<String, Var>> {
+        Ok(HashMap::new())
+    }
+
+    /// The stage between the batch and the networks (DDD's transformation network, which trains
+    /// itself here on schedule); `step` is 0-based.
+    fn input(&mut self, _step: usize, x: Tensor) -> Result<Tensor> {
+        Ok(x)
+    }
+
+    /// The loss of one batch for the network being trained (`student`, in training mode).
+    fn loss(&mut self, student: &GraphNet, batch: &Batch<'_>) -> Result<Tensor>;
+
+    /// What a checkpoint keeps of the objective besides [`Objective::trained_vars`]' Adam
+    /// moments: its own weights and state, by checkpoint name.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores [`Objective::state`] from all of a checkpoint's tensors.
+    fn restore(&mut self, _tensors: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Supervised training on the samples' ground truth (invalid pixels masked out).
+pub struct Supervised;
+
+impl Objective for Supervised {
+    fn loss(&mut self, student: &GraphNet, b: &Batch<'_>) -> Result<Tensor> {
+        let pred = student.forward_t(&b.x, true)?;
+        b.loss.compute(&pred, &b.gt, &b.mask)
+    }
 }
 
 /// Periodic checkpoints of a run: weights, BatchNorm statistics, Adam moments, the step, the data
@@ -66,8 +120,6 @@ pub struct TrainConfig {
     /// 2×2 pixels, depth over the valid pixels of each 2×2 block): progressive resizing, where
     /// cheap coarse steps learn the layout of the scenes first. 0: every step at full size.
     pub coarse: f64,
-    /// Further settings a resumed run must share (e.g. DDD's switches).
-    pub tag: String,
 }
 
 impl Default for TrainConfig {
@@ -84,7 +136,6 @@ impl Default for TrainConfig {
             loss: Loss::L1,
             checkpoint: None,
             coarse: 0.0,
-            tag: String::new(),
         }
     }
 }
@@ -103,6 +154,14 @@ impl Default for Schedule {
     /// ×0.1 after 75 % of the steps.
     fn default() -> Self {
         Schedule::Step { at: 0.75 }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Schedule> {
+        Schedule::parse(s)
     }
 }
 
@@ -153,8 +212,8 @@ impl Schedule {
 }
 
 impl TrainConfig {
-    /// What a checkpoint must agree on to be resumed by this run.
-    fn fingerprint(&self) -> String {
+    /// What a checkpoint must agree on to be resumed by this run; `tag` is the objective's.
+    fn fingerprint(&self, tag: &str) -> String {
         // written only when set, so that older checkpoints stay resumable
         let coarse = if self.coarse > 0.0 {
             format!(" coarse={}", self.coarse)
@@ -172,7 +231,7 @@ impl TrainConfig {
             self.augment,
             self.seed,
             self.loss,
-            self.tag
+            tag
         ) + &coarse
     }
 
@@ -204,14 +263,6 @@ pub fn halve_batch(x: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<(Tensor, Te
     Ok((x, gt, mask))
 }
 
-/// What DDD adds to a run: augmentations after the flip (object mixing) and an input stage
-/// (the transformation network) between the batch and the networks.
-#[derive(Default)]
-pub struct Extras<'a> {
-    pub augment: Vec<Box<dyn Augment>>,
-    pub stage: Option<&'a mut TransformStage<'a>>,
-}
-
 /// Per-step record.
 #[derive(Clone, Copy, Debug)]
 pub struct StepInfo {
@@ -219,128 +270,20 @@ pub struct StepInfo {
     pub loss: f32,
 }
 
-/// Writes a checkpoint (through a temporary name: an interrupted write never replaces the last
-/// good one).
-fn save_checkpoint(
-    net: &Net,
-    opt: &Adam,
-    stage: Option<&TransformStage>,
-    heads: Option<&AduHeads>,
-    path: &Path,
-    meta: &[(&str, String)],
-    losses: &[f32],
-) -> Result<()> {
-    let mut tensors = net.named_tensors()?;
-    tensors.extend(opt.state()?);
-    if let Some(h) = heads {
-        tensors.extend(h.state()?);
-    }
-    if let Some(st) = stage {
-        tensors.extend(
-            st.state()?
-                .into_iter()
-                .map(|(k, t)| (format!("transform.{k}"), t)),
-        );
-    }
-    let mut all: Vec<(&str, String)> = meta.to_vec();
-    // loadable as a network too (`Net::load`), e.g. to evaluate the last good state
-    all.push((
-        "depthling.arch",
-        serde_json::to_string(net.net.spec()).map_err(|e| Error::Runtime(e.to_string()))?,
-    ));
-    all.push((
-        "train.losses",
-        serde_json::to_string(losses).map_err(|e| Error::Runtime(e.to_string()))?,
-    ));
-    crate::nets::write_safetensors(path, &tensors, &all)
-}
-
-/// Restores a checkpoint written by [`save_checkpoint`]; returns `(step, rng state, losses)`.
-fn load_checkpoint(
-    net: &Net,
-    opt: &mut Adam,
-    stage: Option<&mut TransformStage>,
-    heads: Option<&AduHeads>,
-    path: &Path,
-    fingerprint: &str,
-) -> Result<(usize, u64, Vec<f32>)> {
-    let bad = |m: String| Error::bad_input(path, m);
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a checkpoint ({e})")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        meta.get(k)
-            .cloned()
-            .ok_or_else(|| bad(format!("not a training checkpoint (no {k})")))
-    };
-    let theirs = get("train.config")?;
-    if theirs != fingerprint {
-        return Err(bad(format!(
-            "written by a run with other settings ({theirs}); this run has {fingerprint}"
-        )));
-    }
-    let parse = |k: &str| -> Result<u64> {
-        get(k)?
-            .parse::<u64>()
-            .map_err(|_| bad(format!("unreadable {k}")))
-    };
-    let (step, rng) = (parse("train.step")? as usize, parse("train.rng")?);
-    let losses: Vec<f32> = serde_json::from_str(&get("train.losses")?)
-        .map_err(|_| bad("unreadable train.losses".into()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &net.device)?;
-    net.restore(&tensors).map_err(|e| bad(e.to_string()))?;
-    if let Some(h) = heads {
-        h.restore(&tensors).map_err(|e| bad(e.to_string()))?;
-    }
-    opt.restore(&tensors, step)
-        .map_err(|e| bad(e.to_string()))?;
-    if let Some(st) = stage {
-        let own: std::collections::HashMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, t)| {
-                k.strip_prefix("transform.")
-                    .map(|k| (k.to_string(), t.clone()))
-            })
-            .collect();
-        st.restore(&own).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok((step, rng, losses))
-}
-
-/// Trains `net` for `cfg.steps` steps. `on_step` sees every step (for progress and loss curves).
-/// Returns the loss of every step (including those before a resume).
+/// Trains `net` for `cfg.steps` steps towards `objective`. `on_step` sees every step (for
+/// progress and loss curves). Returns the loss of every step (including those before a resume).
 pub fn train(
     net: &Net,
     data: &[Sample],
-    target: Target<'_>,
+    objective: &mut dyn Objective,
     cfg: &TrainConfig,
-    on_step: impl FnMut(StepInfo),
-) -> Result<Vec<f32>> {
-    train_with(net, data, target, cfg, Extras::default(), on_step)
-}
-
-/// [`train`] with DDD's augmentations and input stage.
-pub fn train_with(
-    net: &Net,
-    data: &[Sample],
-    target: Target<'_>,
-    cfg: &TrainConfig,
-    extras: Extras<'_>,
     mut on_step: impl FnMut(StepInfo),
 ) -> Result<Vec<f32>> {
-    let Extras { augment, mut stage } = extras;
     if data.is_empty() {
         return Err(Error::Runtime("no training images".into()));
     }
-    let heads = match &target {
-        Target::Adu { heads, .. } => Some(*heads),
-        _ => None,
-    };
     let mut trained = crate::nets::vars_by_name(&net.vars)?;
-    if let Some(h) = heads {
-        trained.extend(h.named_vars()?);
-    }
+    trained.extend(objective.trained_vars()?);
     let mut opt = Adam::new(trained, cfg.lr, cfg.weight_decay)?;
     let mut batches = Batcher::new(data, cfg.batch_size, cfg.seed)?;
     if cfg.flip {
@@ -351,10 +294,10 @@ pub fn train_with(
             .with(SmallRotation { max_degrees: 5.0 })
             .with(ColourJitter { amount: 0.2 });
     }
-    for a in augment {
+    for a in objective.augmentations()? {
         batches = batches.with_boxed(a);
     }
-    let fingerprint = cfg.fingerprint();
+    let fingerprint = cfg.fingerprint(&objective.tag());
     let channels = net.net.spec().input_channels;
     TrainConfig::check_coarse(cfg.coarse)?;
     if cfg.coarse > 0.0 {
@@ -365,21 +308,7 @@ pub fn train_with(
             ))
         })?;
     }
-    if let Target::Adu { teacher: t, .. } = &target {
-        let tc = t.spec().input_channels;
-        if tc != channels && tc != 2 * channels {
-            return Err(Error::Usage(format!(
-                "the teacher takes {tc} input channels and the student {channels}: ADU needs a monocular or stereo teacher of the student's images"
-            )));
-        }
-    } else if let Target::Teacher(t) | Target::Aux { teacher: t, .. } = &target {
-        if t.spec().input_channels != channels {
-            return Err(Error::Usage(format!(
-                "the teacher takes {} input channels and the student {channels}; a stereo teacher's predictions are distilled by the adu method",
-                t.spec().input_channels
-            )));
-        }
-    }
+    objective.check(net.net.spec())?;
     let mut losses = Vec::with_capacity(cfg.steps);
     let mut start = 0;
     if let Some(c) = cfg
@@ -387,14 +316,8 @@ pub fn train_with(
         .as_ref()
         .filter(|c| c.resume && c.path.exists())
     {
-        let (step, rng, before) = load_checkpoint(
-            net,
-            &mut opt,
-            stage.as_deref_mut(),
-            heads,
-            &c.path,
-            &fingerprint,
-        )?;
+        let (step, rng, before) =
+            checkpoint::load(net, &mut opt, objective, &c.path, &fingerprint)?;
         batches.set_rng_state(rng);
         (start, losses) = (step, before);
     }
@@ -409,41 +332,16 @@ pub fn train_with(
         } else {
             (x, gt, mask)
         };
-        let x = match stage.as_deref_mut() {
-            Some(st) => st.apply(step, &x)?,
-            None => x,
+        let x = objective.input(step, x)?;
+        let batch = Batch {
+            samples: &samples,
+            x,
+            gt,
+            mask,
+            coarse,
+            loss: cfg.loss,
         };
-        let loss = match &target {
-            Target::Labels => {
-                let pred = net.net.forward_t(&x, true)?;
-                cfg.loss.compute(&pred, &gt, &mask)?
-            }
-            Target::Teacher(t) => {
-                let y = t.forward_t(&x, false)?.detach();
-                let pred = net.net.forward_t(&x, true)?;
-                cfg.loss.compute(&pred, &y, &mask.ones_like()?)?
-            }
-            Target::Aux { teacher, kd_weight } => {
-                let y = teacher.forward_t(&x, false)?.detach();
-                let pred = net.net.forward_t(&x, true)?;
-                let kd = (cfg.loss.compute(&pred, &y, &mask.ones_like()?)? * *kd_weight)?;
-                with_labels(&cfg.loss, kd, &pred, &gt, &mask)?
-            }
-            Target::Adu { teacher, heads } => {
-                let tc = teacher.spec().input_channels;
-                let xt = if tc == channels {
-                    x.clone()
-                } else if coarse {
-                    input_tensor(&samples, tc, &net.device)?.avg_pool2d(2)?
-                } else {
-                    input_tensor(&samples, tc, &net.device)?
-                };
-                let t = teacher.forward_nodes(&xt, false)?;
-                let s = net.net.forward_nodes(&x, true)?;
-                let distill = heads.loss(&s, &t)?;
-                with_labels(&cfg.loss, distill, &s[s.len() - 1].0, &gt, &mask)?
-            }
-        };
+        let loss = objective.loss(&net.net, &batch)?;
         let value = loss.to_scalar::<f32>()?;
         let step_result = if value.is_finite() {
             loss.backward()
@@ -471,11 +369,11 @@ pub fn train_with(
             let done = step + 1;
             if done % c.every.max(1) == 0 || done == cfg.steps {
                 let meta = [
-                    ("train.config", fingerprint.clone()),
-                    ("train.step", done.to_string()),
-                    ("train.rng", batches.rng_state().to_string()),
+                    (crate::io::meta::TRAIN_CONFIG, fingerprint.clone()),
+                    (crate::io::meta::TRAIN_STEP, done.to_string()),
+                    (crate::io::meta::TRAIN_RNG, batches.rng_state().to_string()),
                 ];
-                save_checkpoint(net, &opt, stage.as_deref(), heads, &c.path, &meta, &losses)?;
+                checkpoint::save(net, &opt, objective, &c.path, &meta, &losses)?;
                 last_good = Some((done, c.path.clone()));
             }
         }
@@ -483,9 +381,19 @@ pub fn train_with(
     Ok(losses)
 }
 
+/// The network input of a batch for a teacher taking `channels` (a stereo teacher reads the
+/// right views as well), downsampled like the batch.
+pub fn teacher_input(batch: &Batch<'_>, channels: usize) -> Result<Tensor> {
+    if channels == batch.x.dim(1)? {
+        return Ok(batch.x.clone());
+    }
+    let x = input_tensor(batch.samples, channels, batch.x.device())?;
+    Ok(if batch.coarse { x.avg_pool2d(2)? } else { x })
+}
+
 /// `distill` plus the ground-truth loss of `pred` where `mask` marks labeled pixels; a batch of
 /// unlabeled images only (depth 0, mask 0) has no ground-truth term.
-fn with_labels(
+pub fn with_labels(
     loss: &Loss,
     distill: Tensor,
     pred: &Tensor,
@@ -519,6 +427,7 @@ mod tests {
     use super::*;
     use crate::nets::preset;
     use crate::sim::{render_many, Domain};
+    use std::path::Path;
 
     fn weights(net: &Net) -> Vec<(String, Vec<f32>)> {
         net.named_tensors()
@@ -591,14 +500,14 @@ mod tests {
         );
         assert!(!TrainConfig::default().is_coarse(0));
         assert_ne!(
-            cfg.fingerprint(),
+            cfg.fingerprint(""),
             TrainConfig {
                 coarse: 0.0,
                 ..cfg.clone()
             }
-            .fingerprint()
+            .fingerprint("")
         );
-        assert!(!TrainConfig::default().fingerprint().contains("coarse"));
+        assert!(!TrainConfig::default().fingerprint("").contains("coarse"));
 
         let dir = tempfile::tempdir().unwrap();
         let data = render_many(Domain::Indoor, 64, 64, 5, 0, 4, false);
@@ -608,7 +517,7 @@ mod tests {
             loss: Loss::L1,
             ..config(4, &dir.path().join("c.ckpt"), false)
         };
-        let losses = train(&net, &data, Target::Labels, &run, |_| {}).unwrap();
+        let losses = train(&net, &data, &mut Supervised, &run, |_| {}).unwrap();
         assert_eq!(losses.len(), 4);
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         // the same first batch and weights at full size give another loss: the step was halved
@@ -618,12 +527,12 @@ mod tests {
             checkpoint: None,
             ..run.clone()
         };
-        let full_losses = train(&fresh, &data, Target::Labels, &full, |_| {}).unwrap();
+        let full_losses = train(&fresh, &data, &mut Supervised, &full, |_| {}).unwrap();
         assert_ne!(losses[0], full_losses[0]);
         let e = train(
             &fresh,
             &data,
-            Target::Labels,
+            &mut Supervised,
             &TrainConfig {
                 coarse: -0.5,
                 ..full
@@ -636,7 +545,7 @@ mod tests {
         assert_eq!(pred[0].len(), 64 * 64);
         // a size whose half the network cannot take is refused before training, naming it
         let odd = render_many(Domain::Indoor, 64, 48, 5, 0, 2, false);
-        let e = train(&net, &odd, Target::Labels, &run, |_| {}).unwrap_err();
+        let e = train(&net, &odd, &mut Supervised, &run, |_| {}).unwrap_err();
         assert!(e.to_string().contains("32×24"), "{e}");
         let other = TrainConfig {
             coarse: 0.25,
@@ -649,7 +558,7 @@ mod tests {
             }),
             ..other
         };
-        let e = train(&net, &data, Target::Labels, &resumed, |_| {}).unwrap_err();
+        let e = train(&net, &data, &mut Supervised, &resumed, |_| {}).unwrap_err();
         assert!(e.to_string().contains("c.ckpt"), "{e}");
     }
 
@@ -681,19 +590,25 @@ mod tests {
             dir.path().join("stopped.ckpt"),
         );
         let net = Net::new(preset("demo-student", 0.5).unwrap(), &dev, 1).unwrap();
-        let losses = train(&net, &data, Target::Labels, &config(7, &full, false), |s| {
-            if s.step == 3 {
-                // the file now holds the checkpoint written after step 3
-                std::fs::copy(&full, &saved).unwrap();
-            }
-        })
+        let losses = train(
+            &net,
+            &data,
+            &mut Supervised,
+            &config(7, &full, false),
+            |s| {
+                if s.step == 3 {
+                    // the file now holds the checkpoint written after step 3
+                    std::fs::copy(&full, &saved).unwrap();
+                }
+            },
+        )
         .unwrap();
         let resumed = Net::new(preset("demo-student", 0.5).unwrap(), &dev, 1).unwrap();
         let mut seen = Vec::new();
         let again = train(
             &resumed,
             &data,
-            Target::Labels,
+            &mut Supervised,
             &config(7, &saved, true),
             |s| seen.push(s.step),
         )
@@ -706,7 +621,7 @@ mod tests {
             lr: 2e-3,
             ..config(7, &saved, true)
         };
-        let e = train(&resumed, &data, Target::Labels, &other, |_| {}).unwrap_err();
+        let e = train(&resumed, &data, &mut Supervised, &other, |_| {}).unwrap_err();
         assert!(e.to_string().contains("stopped.ckpt"), "{e}");
     }
 
@@ -726,7 +641,7 @@ mod tests {
         train(
             &net,
             &data,
-            Target::Labels,
+            &mut Supervised,
             &TrainConfig {
                 steps: 3,
                 ..cfg.clone()
@@ -740,7 +655,7 @@ mod tests {
             every: 1,
             resume: false,
         });
-        let e = train(&net, &data, Target::Labels, &cfg, |_| {}).unwrap_err();
+        let e = train(&net, &data, &mut Supervised, &cfg, |_| {}).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("training diverged at step"), "{msg}");
         assert!(

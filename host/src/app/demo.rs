@@ -11,15 +11,39 @@ use candle_core::Device;
 use depthling_metrics::Protocol;
 use serde::Serialize;
 
-use crate::commands::{progress, training_progress, write_atomic, DlmFile};
+use super::training_progress;
 use crate::data::Sample;
 use crate::distill::{distill, DddOptions};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalReport};
+use crate::io::{write_atomic, DlmFile};
 use crate::nets::{preset, Net};
+use crate::progress::line as progress;
 use crate::quant::{quantize, run_int8, Calibration, Provenance};
 use crate::sim::{render_many, Domain};
-use crate::train::{predict, train, Target, TrainConfig};
+use crate::train::{predict, train, Supervised, TrainConfig};
+
+/// `depthling demo`'s flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// A smaller run of the same pipeline (for tests and a first look).
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+}
+
+impl DemoArgs {
+    pub fn config(&self, quiet: bool) -> DemoConfig {
+        let mut cfg = if self.quick {
+            DemoConfig::quick(self.out.clone())
+        } else {
+            DemoConfig::full(self.out.clone())
+        };
+        cfg.quiet = quiet;
+        cfg
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
@@ -204,7 +228,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     let teacher_losses = train(
         &teacher,
         &indoor_train,
-        Target::Labels,
+        &mut Supervised,
         &tc,
         training_progress(cfg.quiet, "demo: teacher", cfg.teacher_steps, tc.batch_size),
     )?;

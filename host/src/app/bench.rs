@@ -94,7 +94,7 @@ const TRAIN_WARM_UP: usize = 2;
 /// width 1) with the custom ops only: the quick figure to set beside PyTorch's step.
 pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> Result<TrainBench> {
     use crate::nets::{preset, Net};
-    use crate::train::{train as train_steps, Target, TrainConfig};
+    use crate::train::{train as train_steps, Supervised, TrainConfig};
     let device = candle_core::Device::Cpu;
     let (archs, modes): (Vec<(&str, f32)>, &[bool]) = match only {
         Some(arch) => {
@@ -119,7 +119,7 @@ pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> R
                 ..TrainConfig::default()
             };
             let mut start = Instant::now();
-            train_steps(&net, &data, Target::Labels, &cfg, |info| {
+            train_steps(&net, &data, &mut Supervised, &cfg, |info| {
                 if info.step + 1 == TRAIN_WARM_UP {
                     start = Instant::now();
                 }
@@ -234,22 +234,59 @@ fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[times.len() / 2])
 }
 
-/// Dispatches `depthling bench WHAT`.
-pub fn run(what: &str, arch: Option<&str>) -> Result<serde_json::Value> {
+/// Which benchmark `depthling bench` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    Sim,
+    Train,
+    Infer,
+}
+
+impl std::str::FromStr for What {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<What> {
+        match s {
+            "sim" => Ok(What::Sim),
+            "train" => Ok(What::Train),
+            "infer" => Ok(What::Infer),
+            other => Err(Error::Usage(format!(
+                "unknown benchmark {other:?}; known: sim, train, infer"
+            ))),
+        }
+    }
+}
+
+/// Settings of `depthling bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchConfig {
+    /// sim, train or infer.
+    #[arg(value_parser = super::parse_arg::<What>)]
+    pub what: What,
+    /// `bench train` only: time this architecture alone, with the custom ops (e.g. mbv2-mff,
+    /// to set beside bench/pytorch_reference.py)
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+/// Dispatches `depthling bench WHAT`; one JSON object.
+pub fn bench(cfg: &BenchConfig) -> Result<serde_json::Value> {
+    run(cfg.what, cfg.arch.as_deref())
+}
+
+fn run(what: What, arch: Option<&str>) -> Result<serde_json::Value> {
     let json =
         |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Runtime(e.to_string()));
-    if arch.is_some() && what != "train" {
+    if arch.is_some() && what != What::Train {
         return Err(Error::Usage(format!(
-            "--arch only applies to `bench train`, not `bench {what}`"
+            "--arch only applies to `bench train`, not `bench {}`",
+            format!("{what:?}").to_lowercase()
         )));
     }
     match what {
-        "sim" => json(serde_json::to_value(sim(2.0)?)),
-        "train" => json(serde_json::to_value(train(128, 96, 10, arch)?)),
-        "infer" => json(serde_json::to_value(infer(128, 96, 40)?)),
-        other => Err(Error::Usage(format!(
-            "unknown benchmark {other:?}; known: sim, train, infer"
-        ))),
+        What::Sim => json(serde_json::to_value(sim(2.0)?)),
+        What::Train => json(serde_json::to_value(train(128, 96, 10, arch)?)),
+        What::Infer => json(serde_json::to_value(infer(128, 96, 40)?)),
     }
 }
 
@@ -274,6 +311,9 @@ mod tests {
             train(32, 24, 1, Some("no-such-net")),
             Err(Error::Usage(_))
         ));
-        assert!(matches!(run("infer", Some("micro")), Err(Error::Usage(_))));
+        assert!(matches!(
+            run(What::Infer, Some("micro")),
+            Err(Error::Usage(_))
+        ));
     }
 }

@@ -1,0 +1,500 @@
+//! `depthling experiment`: re-measures a paper's comparative claims on the simulated benchmark,
+//! every row with the same budget, and writes `results.json` and `results.md` (DESIGN §10).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use depthling_metrics::Protocol;
+use serde::Serialize;
+
+use super::training_progress;
+use crate::data::Sample;
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalReport};
+use crate::io::write_atomic;
+use crate::nets::Net;
+use crate::progress::line as progress;
+use crate::sim::{render_many, Domain};
+use crate::train::{predict, train, Supervised, TrainConfig};
+
+mod adu;
+mod ddd;
+mod lw;
+
+/// Which paper's claims an experiment measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    Ddd,
+    Lw,
+    Adu,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Ddd => "ddd",
+            Preset::Lw => "lw",
+            Preset::Adu => "adu",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Preset> {
+        match s {
+            "ddd" => Ok(Preset::Ddd),
+            "lw" => Ok(Preset::Lw),
+            "adu" => Ok(Preset::Adu),
+            other => Err(Error::Usage(format!(
+                "unknown preset {other:?}; known: ddd, lw, adu"
+            ))),
+        }
+    }
+}
+
+/// Settings of `depthling experiment`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExperimentConfig {
+    /// ddd, lw or adu.
+    #[arg(long, value_parser = super::parse_arg::<Preset>)]
+    pub preset: Preset,
+    /// A small run of every row (for tests and a first look).
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(skip = 1u64)]
+    pub seed: u64,
+    #[arg(skip)]
+    pub quiet: bool,
+}
+
+/// Sizes of one run of a preset.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Budget {
+    pub width: usize,
+    pub height: usize,
+    /// Labeled target-domain images (teacher training, the `student_gt` upper bound).
+    pub target_train: usize,
+    pub target_test: usize,
+    /// Unlabeled OOD images for distillation (`ddd`).
+    pub ood_images: usize,
+    /// Images of the related auxiliary domain, `indoor-alt` (`lw`: U, and U′ with its labels).
+    pub aux_images: usize,
+    pub teacher_steps: usize,
+    /// Steps of every student row.
+    pub student_steps: usize,
+    pub batch_size: usize,
+}
+
+impl Budget {
+    fn for_run(quick: bool) -> Budget {
+        if quick {
+            Budget {
+                width: 32,
+                height: 32,
+                target_train: 48,
+                target_test: 12,
+                ood_images: 48,
+                aux_images: 0,
+                teacher_steps: 12,
+                student_steps: 12,
+                batch_size: 4,
+            }
+        } else {
+            Budget {
+                width: 64,
+                height: 48,
+                target_train: 1024,
+                target_test: 200,
+                ood_images: 1200,
+                aux_images: 0,
+                teacher_steps: 1500,
+                student_steps: 1500,
+                batch_size: 8,
+            }
+        }
+    }
+}
+
+impl Budget {
+    /// Training settings of one row: `steps` of this budget's batch size.
+    fn train_cfg(&self, steps: usize, seed: u64) -> TrainConfig {
+        TrainConfig {
+            steps,
+            batch_size: self.batch_size,
+            seed,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// A labeled set X of `labeled` images and a larger set U of 1024 (`aux_images`; quick: 24
+    /// and 48): `lw`'s target and auxiliary sets, `adu`'s labeled and unlabeled stereo pairs.
+    fn labeled_and_aux(quick: bool, labeled: usize) -> Budget {
+        let b = Budget::for_run(quick);
+        let (target_train, aux_images) = if quick { (24, 48) } else { (labeled, 1024) };
+        Budget {
+            target_train,
+            ood_images: 0,
+            aux_images,
+            ..b
+        }
+    }
+}
+
+/// One row of `results.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResultRow {
+    pub name: String,
+    #[serde(flatten)]
+    pub metrics: EvalReport,
+    pub params: u64,
+    /// Training images the row saw (labeled or not).
+    pub images: usize,
+    pub seconds: f64,
+    /// What the row is, in `depthling` flags.
+    pub setting: String,
+}
+
+/// A paper's claim and whether this run reproduces it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Claim {
+    pub claim: String,
+    pub holds: bool,
+    pub numbers: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub preset: String,
+    pub command: String,
+    /// The data and budget in words.
+    pub setup: String,
+    pub budget: Budget,
+    pub rows: Vec<ResultRow>,
+    pub claims: Vec<Claim>,
+    pub wall_seconds: f64,
+}
+
+impl Results {
+    fn rmse(&self, name: &str) -> f64 {
+        self.rows
+            .iter()
+            .find(|r| r.name == name)
+            .map_or(f64::NAN, |r| r.metrics.rmse)
+    }
+
+    /// `results.md`: the table, the claims, and how to reproduce.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# `{}` preset\n\nReproduce: `{}`\n\n{} Wall time {:.0} s.\n\n",
+            self.preset, self.command, self.setup, self.wall_seconds
+        );
+        s += "| row | AbsRel | RMSE | δ1 | params | images | seconds | setting |\n";
+        s += "|---|---:|---:|---:|---:|---:|---:|---|\n";
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {:.4} | {:.4} | {:.4} | {} | {} | {:.0} | {} |\n",
+                r.name,
+                r.metrics.abs_rel,
+                r.metrics.rmse,
+                r.metrics.delta1,
+                r.params,
+                r.images,
+                r.seconds,
+                r.setting
+            );
+        }
+        s += "\n## Claims\n\n";
+        for c in &self.claims {
+            s += &format!(
+                "- {} **{}**: {}\n",
+                c.claim,
+                if c.holds {
+                    "reproduced"
+                } else {
+                    "not reproduced"
+                },
+                c.numbers
+            );
+        }
+        s
+    }
+}
+
+/// The labeled indoor training set and the held-out indoor test set of a run.
+fn target_sets(cfg: &ExperimentConfig, b: &Budget) -> (Vec<Sample>, Vec<Sample>) {
+    let (w, h) = (b.width, b.height);
+    let train = render_many(Domain::Indoor, w, h, cfg.seed, 0, b.target_train, false);
+    let test = render_many(
+        Domain::Indoor,
+        w,
+        h,
+        cfg.seed ^ 0x7E57,
+        0,
+        b.target_test,
+        false,
+    );
+    (train, test)
+}
+
+/// Runs `cfg.preset` and writes `results.json` and `results.md` into `cfg.out`.
+pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
+    match cfg.preset {
+        Preset::Ddd => ddd::run(cfg),
+        Preset::Lw => lw::run(cfg),
+        Preset::Adu => adu::run(cfg),
+    }
+}
+
+fn eval(net: &Net, test: &[Sample], device: &Device, protocol: Protocol) -> Result<EvalReport> {
+    let preds = predict(&net.net, test, device)?;
+    evaluate(&preds, test, &protocol.config())
+}
+
+/// Each row's predictions on the first test images.
+type Previews = Vec<(String, Vec<Vec<f32>>)>;
+/// Each row's training losses.
+type Curves = Vec<(String, Vec<f32>)>;
+
+/// The rows of a run as they finish: metrics on the test set, predictions on the first test
+/// images (the report's sample grid), loss curves, and a progress bar per row.
+struct Table<'a> {
+    cfg: &'a ExperimentConfig,
+    test: &'a [Sample],
+    batch_size: usize,
+    preset: &'static str,
+    device: Device,
+    /// NYU (indoor, 10 m cap) unless the preset's target domain is outdoor.
+    protocol: Protocol,
+    rows: Vec<ResultRow>,
+    previews: Previews,
+    curves: Curves,
+}
+
+impl<'a> Table<'a> {
+    fn new(
+        cfg: &'a ExperimentConfig,
+        test: &'a [Sample],
+        batch_size: usize,
+        preset: &'static str,
+    ) -> Self {
+        Table {
+            cfg,
+            test,
+            batch_size,
+            preset,
+            device: Device::Cpu,
+            protocol: Protocol::Nyu,
+            rows: Vec::new(),
+            previews: Vec::new(),
+            curves: Vec::new(),
+        }
+    }
+
+    /// Training progress for row `name`.
+    fn bar(&self, name: &str, steps: usize) -> impl FnMut(crate::train::StepInfo) {
+        training_progress(
+            self.cfg.quiet,
+            &format!("experiment {}: {name}", self.preset),
+            steps,
+            self.batch_size,
+        )
+    }
+
+    /// Trains `net` on the labels of `data` and records it as row `name`.
+    fn supervised(
+        &mut self,
+        name: &str,
+        net: &Net,
+        data: &[Sample],
+        train_cfg: &TrainConfig,
+        setting: &str,
+    ) -> Result<()> {
+        self.row(name, net, data.len(), setting, train_cfg.steps, |bar| {
+            train(net, data, &mut Supervised, train_cfg, bar)
+        })
+    }
+
+    /// Runs `run` (training `net` for `steps` steps, reporting to the progress bar it is given)
+    /// and records `net` as row `name` with its wall time and losses.
+    fn row(
+        &mut self,
+        name: &str,
+        net: &Net,
+        images: usize,
+        setting: &str,
+        steps: usize,
+        run: impl FnOnce(&mut dyn FnMut(crate::train::StepInfo)) -> Result<Vec<f32>>,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let losses = run(&mut self.bar(name, steps))?;
+        self.record(name, net, images, t, setting, losses)
+    }
+
+    fn record(
+        &mut self,
+        name: &str,
+        net: &Net,
+        images: usize,
+        t: Instant,
+        setting: &str,
+        losses: Vec<f32>,
+    ) -> Result<()> {
+        let metrics = eval(net, self.test, &self.device, self.protocol)?;
+        progress(
+            self.cfg.quiet,
+            &format!(
+                "experiment {}: {name}: RMSE {:.4}, δ1 {:.4} ({:.0} s)",
+                self.preset,
+                metrics.rmse,
+                metrics.delta1,
+                t.elapsed().as_secs_f64()
+            ),
+        );
+        let preview = &self.test[..self.test.len().min(6)];
+        self.previews
+            .push((name.into(), predict(&net.net, preview, &self.device)?));
+        self.curves.push((name.into(), losses));
+        self.rows.push(ResultRow {
+            name: name.into(),
+            metrics,
+            params: net.net.spec().params() as u64,
+            images,
+            seconds: t.elapsed().as_secs_f64(),
+            setting: setting.into(),
+        });
+        Ok(())
+    }
+
+    /// The results (claims still empty), the previews and the curves.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        self,
+        budget: Budget,
+        setup: String,
+        start: Instant,
+    ) -> (
+        Results,
+        Vec<(String, Vec<Vec<f32>>)>,
+        Vec<(String, Vec<f32>)>,
+    ) {
+        let results = Results {
+            preset: self.preset.into(),
+            command: format!(
+                "depthling experiment --preset {}{} --out {}",
+                self.preset,
+                if self.cfg.quick { " --quick" } else { "" },
+                self.cfg.out.display()
+            ),
+            setup,
+            budget,
+            rows: self.rows,
+            claims: Vec::new(),
+            wall_seconds: start.elapsed().as_secs_f64(),
+        };
+        (results, self.previews, self.curves)
+    }
+}
+
+/// `report/index.html`: the table, the claims, RMSE and δ1 per row, every row's loss curve, and a
+/// sample grid (RGB | ground truth | teacher | kd | ddd | error of ddd).
+fn write_report(
+    out: &Path,
+    r: &Results,
+    samples: &[Sample],
+    previews: &[(String, Vec<Vec<f32>>)],
+    curves: &[(String, Vec<f32>)],
+    shown: &[&str],
+) -> Result<()> {
+    use crate::report::{esc, metrics_table, sample_sheet, sheet_img, write_page, MetricRow};
+    let dir = out.join("report");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let preds: Vec<&[Vec<f32>]> = shown
+        .iter()
+        .filter_map(|n| previews.iter().find(|(m, _)| m == n))
+        .map(|(_, p)| p.as_slice())
+        .collect();
+    let sheet = sample_sheet(&dir.join("samples.png"), samples, &preds, 6)?;
+    let series: Vec<(&str, Vec<f64>)> = r
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.name.as_str(),
+                vec![row.metrics.rmse, row.metrics.delta1],
+            )
+        })
+        .collect();
+    crate::plot::bar_chart(
+        "held-out target images",
+        "value",
+        &["RMSE m (lower)", "δ1 (higher)"],
+        &series,
+    )
+    .save(&dir.join("metrics.png"))?;
+    let lines: Vec<(&str, &[f32])> = curves
+        .iter()
+        .map(|(n, l)| (n.as_str(), l.as_slice()))
+        .collect();
+    let smooth = (curves.iter().map(|(_, l)| l.len()).max().unwrap_or(0) / 50).max(1);
+    crate::plot::line_chart("training loss", "step", "loss", &lines, smooth)
+        .save(&dir.join("loss.png"))?;
+    let rows: Vec<MetricRow> = r
+        .rows
+        .iter()
+        .map(|row| MetricRow {
+            name: &row.name,
+            metrics: &row.metrics,
+            params: Some(row.params),
+        })
+        .collect();
+    let mut claims = String::from("<ul>\n");
+    for c in &r.claims {
+        claims += &format!(
+            "<li class=\"{}\">{} {}: {}</li>\n",
+            if c.holds { "ok" } else { "no" },
+            if c.holds { "✓" } else { "✗" },
+            esc(&c.claim.replace('`', "")),
+            esc(&c.numbers)
+        );
+    }
+    claims += "</ul>\n";
+    let mut settings = String::from(
+        "<table><tr><th>row</th><th>images</th><th>seconds</th><th>setting</th></tr>\n",
+    );
+    for row in &r.rows {
+        settings += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td></tr>\n",
+            esc(&row.name),
+            row.images,
+            row.seconds,
+            esc(&row.setting)
+        );
+    }
+    settings += "</table>\n";
+    let body = format!(
+        "<p>Reproduce: <code>{cmd}</code>. {setup} Wall time {wall:.0} s.</p>\n\
+<h2>Claims</h2>{claims}<h2>Results</h2>{table}{settings}\
+<h2>Metrics</h2><img src=\"metrics.png\" width=\"720\">\n<h2>Training</h2><img src=\"loss.png\" width=\"720\">\n\
+<h2>Samples</h2><p>RGB | ground truth | {cols} | error of {last} ({cap})</p>{img}\n",
+        cmd = esc(&r.command),
+        setup = esc(&r.setup.replace('`', "")),
+        wall = r.wall_seconds,
+        table = metrics_table(&rows),
+        cols = shown.join(" | "),
+        last = shown[shown.len() - 1],
+        img = sheet_img("samples.png", sheet),
+        cap = crate::report::ERROR_CAPTION,
+    );
+    write_page(&dir, &format!("depthling experiment: {}", r.preset), &body)
+}
+
+fn write_results(out: &Path, r: &Results) -> Result<()> {
+    let json = serde_json::to_string_pretty(r).map_err(|e| Error::Runtime(e.to_string()))?;
+    write_atomic(&out.join("results.json"), json.as_bytes())?;
+    write_atomic(&out.join("results.md"), r.markdown().as_bytes())
+}
