@@ -2,6 +2,7 @@
 //! checkpoints (safetensors with the architecture in the metadata).
 
 pub mod graph;
+pub mod graph_net;
 mod mff;
 mod mobilenet;
 pub mod ops;

@@ -11,9 +11,9 @@
 use candle_core::Tensor;
 
 use super::ActPlan;
+use crate::data::batch::images_to_tensor;
 use crate::data::Sample;
 use crate::error::{Error, Result};
-use crate::nets::graph::images_to_tensor;
 use crate::nets::{vars_by_name, Net};
 use crate::optim::Adam;
 use crate::rng::Rng;
