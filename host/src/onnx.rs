@@ -8,134 +8,101 @@
 //! attribute combinations to get wrong). The network takes [0, 1] RGB as it is, so the
 //! normalization is the graph itself.
 //!
-//! The protobuf encoding is written here (a few dozen lines for the handful of messages ONNX
-//! needs), so the export does not depend on the runtime that reads it back in the tests.
+//! The messages are ONNX's own schema as `tract-onnx` generates it with `prost` (`tract_onnx::pb`),
+//! encoded by `prost`: the same definitions the importer of ONNX teachers reads.
+
+use prost::Message;
+use tract_onnx::pb::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
 
 use crate::error::{Error, Result};
 use crate::nets::graph::{Act, GraphNet, Interp, Node};
 
 /// ONNX IR version 7 goes with opset 13.
-const IR_VERSION: u64 = 7;
-const OPSET: u64 = 13;
+const IR_VERSION: i64 = 7;
+const OPSET: i64 = 13;
 
-/// `TensorProto.DataType`.
-const FLOAT: u64 = 1;
-const INT64: u64 = 7;
-
-/// A protobuf message being written (proto3 wire format).
-#[derive(Default)]
-struct Pb(Vec<u8>);
-
-impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-
-    fn uint(&mut self, field: u32, v: u64) -> &mut Self {
-        self.key(field, 0);
-        self.varint(v);
-        self
-    }
-
-    fn int(&mut self, field: u32, v: i64) -> &mut Self {
-        self.uint(field, v as u64)
-    }
-
-    fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-        self
-    }
-
-    fn string(&mut self, field: u32, s: &str) -> &mut Self {
-        self.bytes(field, s.as_bytes())
-    }
-
-    fn message(&mut self, field: u32, m: Pb) -> &mut Self {
-        self.bytes(field, &m.0)
-    }
-
-    fn packed_ints(&mut self, field: u32, vs: &[i64]) -> &mut Self {
-        let mut inner = Pb::default();
-        for &v in vs {
-            inner.varint(v as u64);
-        }
-        self.bytes(field, &inner.0)
+/// `AttributeProto` of type INT.
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        i: v,
+        r#type: AttributeType::Int as i32,
+        ..Default::default()
     }
 }
 
-/// `AttributeProto` of type INT (2) or INTS (7).
-fn attr_int(name: &str, v: i64) -> Pb {
-    let mut a = Pb::default();
-    a.string(1, name).int(3, v).uint(20, 2);
-    a
+/// `AttributeProto` of type STRING.
+fn attr_string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        s: v.as_bytes().to_vec(),
+        r#type: AttributeType::String as i32,
+        ..Default::default()
+    }
 }
 
-/// `AttributeProto` of type STRING (3).
-fn attr_string(name: &str, v: &str) -> Pb {
-    let mut a = Pb::default();
-    a.string(1, name).string(4, v).uint(20, 3);
-    a
-}
-
-fn attr_ints(name: &str, vs: &[i64]) -> Pb {
-    let mut a = Pb::default();
-    a.string(1, name).packed_ints(8, vs).uint(20, 7);
-    a
+/// `AttributeProto` of type INTS.
+fn attr_ints(name: &str, vs: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        ints: vs.to_vec(),
+        r#type: AttributeType::Ints as i32,
+        ..Default::default()
+    }
 }
 
 /// `TensorProto` with little-endian raw data.
-fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> Pb {
-    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut t = Pb::default();
-    t.packed_ints(1, dims)
-        .uint(2, FLOAT)
-        .string(8, name)
-        .bytes(9, &raw);
-    t
+fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims.to_vec(),
+        data_type: DataType::Float as i32,
+        name: name.into(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
 }
 
-fn tensor_i64(name: &str, data: &[i64]) -> Pb {
-    let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut t = Pb::default();
-    t.packed_ints(1, &[data.len() as i64])
-        .uint(2, INT64)
-        .string(8, name)
-        .bytes(9, &raw);
-    t
+fn tensor_i64(name: &str, data: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![data.len() as i64],
+        data_type: DataType::Int64 as i32,
+        name: name.into(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
 }
 
 /// `ValueInfoProto` of a float32 tensor with a fixed shape.
-fn value_info(name: &str, dims: &[usize]) -> Pb {
-    let mut shape = Pb::default();
-    for &d in dims {
-        let mut dim = Pb::default();
-        dim.int(1, d as i64);
-        shape.message(1, dim);
+fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    let mut tensor = Pb::default();
-    tensor.uint(1, FLOAT).message(2, shape);
-    let mut ty = Pb::default();
-    ty.message(1, tensor);
-    let mut v = Pb::default();
-    v.string(1, name).message(2, ty);
-    v
 }
 
 /// The graph being assembled: nodes and initializers.
 #[derive(Default)]
 struct Graph {
-    nodes: Vec<Pb>,
-    initializers: Vec<Pb>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
     counter: usize,
 }
 
@@ -145,18 +112,16 @@ impl Graph {
         format!("{stem}_{}", self.counter)
     }
 
-    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<Pb>) {
-        let mut n = Pb::default();
-        for i in inputs {
-            n.string(1, i);
-        }
-        n.string(2, output);
+    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) {
         let name = self.fresh(op);
-        n.string(3, &name).string(4, op);
-        for a in attrs {
-            n.message(5, a);
-        }
-        self.nodes.push(n);
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.to_string()],
+            name,
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
     }
 
     /// `act(x)` into a fresh name (or `x` itself for no activation).
@@ -318,25 +283,24 @@ pub fn export(net: &GraphNet, width: usize, height: usize) -> Result<Vec<u8>> {
     let out = &names[last];
     g.node("Identity", &[out], "depth", vec![]);
 
-    let mut graph = Pb::default();
-    for n in g.nodes {
-        graph.message(1, n);
-    }
-    graph.string(2, &spec.name);
-    for t in g.initializers {
-        graph.message(5, t);
-    }
-    graph.message(11, value_info("image", &[1, 3, height, width]));
-    graph.message(12, value_info("depth", &[1, 1, height, width]));
-
-    let mut opset = Pb::default();
-    opset.string(1, "").uint(2, OPSET);
-    let mut model = Pb::default();
-    model
-        .uint(1, IR_VERSION)
-        .string(2, "depthling")
-        .string(3, env!("CARGO_PKG_VERSION"))
-        .message(7, graph)
-        .message(8, opset);
-    Ok(model.0)
+    let graph = GraphProto {
+        node: g.nodes,
+        name: spec.name.clone(),
+        initializer: g.initializers,
+        input: vec![value_info("image", &[1, 3, height, width])],
+        output: vec![value_info("depth", &[1, 1, height, width])],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "depthling".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        ..Default::default()
+    };
+    Ok(model.encode_to_vec())
 }

@@ -9,11 +9,17 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::{entry, exception};
 use cortex_m_semihosting::{debug, hprintln};
+use depthling_device::frame::{FrameError, FrameSource, MemoryFrames};
 use depthling_device::Engine;
 use depthling_model::Model;
 
 static MODEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model.dlm"));
-static FRAME: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/frame.rgb"));
+/// The test frames in flash, read through the same `FrameSource` seam a camera implements
+/// (`depthling_device::frame::SpiCamera`): swap the source, keep the loop.
+static FRAMES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/frame.rgb"));
+const FRAME_BYTES: usize = include_bytes!(concat!(env!("OUT_DIR"), "/frame.rgb")).len();
+/// The frame the engine reads, filled by the frame source.
+static mut FRAME: [u8; FRAME_BYTES] = [0; FRAME_BYTES];
 
 /// The inference arena: statically allocated, no heap.
 const ARENA_BYTES: usize = 512 * 1024;
@@ -38,6 +44,15 @@ fn ticks() -> u64 {
         if w == WRAPS.load(Ordering::Relaxed) {
             return w as u64 * (RELOAD as u64 + 1) + (RELOAD - current) as u64;
         }
+    }
+}
+
+/// A frame source's error, by kind.
+struct FrameFailure(depthling_device::frame::FrameErrorKind);
+
+impl core::fmt::Display for FrameFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "frame source: {:?}", self.0)
     }
 }
 
@@ -70,8 +85,20 @@ fn main() -> ! {
         Ok(e) => e,
         Err(e) => fail(&e),
     };
+    let Some((h, w)) = model.input_size() else {
+        fail(&"model has no input")
+    };
+    let Some(mut source) = MemoryFrames::new(FRAMES, h as usize, w as usize) else {
+        fail(&"the embedded frames are not whole frames of the model's input size")
+    };
+    // SAFETY: the only reference to FRAME, taken once in this single-threaded program.
+    let frame = unsafe { &mut *core::ptr::addr_of_mut!(FRAME) };
+    if let Err(e) = source.next_frame(frame) {
+        fail(&FrameFailure(e.kind()))
+    }
+    let frame: &[u8] = frame;
     let start = ticks();
-    let checksum = match engine.run(FRAME) {
+    let checksum = match engine.run(frame) {
         Ok(depth) => depth.checksum(),
         Err(e) => fail(&e),
     };
@@ -86,7 +113,7 @@ fn main() -> ! {
         MODEL.len()
     );
     #[cfg(feature = "op-profile")]
-    op_profile(&model, &mut engine);
+    op_profile(&model, &mut engine, frame);
     hprintln!("Test OK");
     debug::exit(debug::EXIT_SUCCESS);
     loop {
@@ -96,7 +123,7 @@ fn main() -> ! {
 
 /// Runs the frame again and prints instructions and MACs per op kind (conv by kernel size).
 #[cfg(feature = "op-profile")]
-fn op_profile(model: &Model<'_>, engine: &mut Engine<'_, '_>) {
+fn op_profile(model: &Model<'_>, engine: &mut Engine<'_, '_>, frame: &[u8]) {
     use depthling_model::Op;
     const KINDS: [&str; 9] = [
         "conv1x1",
@@ -123,7 +150,7 @@ fn op_profile(model: &Model<'_>, engine: &mut Engine<'_, '_>) {
         _ => 8,
     };
     let mut last = ticks();
-    let run = engine.run_observed(FRAME, |i, _, _| {
+    let run = engine.run_observed(frame, |i, _, _| {
         let now = ticks();
         if let Some(op) = model.ops.get(i) {
             let k = kind(op);
