@@ -3,34 +3,9 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn depthling(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_depthling"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The row names of an experiment's results.
-fn row_names(r: &serde_json::Value) -> Vec<&str> {
-    r["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row["name"].as_str().unwrap())
-        .collect()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "failed: {}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("stdout is one JSON object")
-}
+mod common;
+use common::{depthling, json, row_names, stderr};
 
 fn write_depth_png(path: &Path, w: u32, h: u32, mm: &[u16]) {
     let buf: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =

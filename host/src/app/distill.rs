@@ -14,6 +14,7 @@ use crate::distill::{aux, ddd, kd, DddOptions};
 use crate::error::{Error, Result};
 use crate::io::FileKind;
 use crate::nets::Net;
+use crate::teacher::onnx::{OnnxTeacher, TeacherOptions, TeacherOutput};
 use crate::teacher::Teacher;
 
 /// The distillation method.
@@ -127,6 +128,73 @@ impl AduFlags {
     }
 }
 
+/// How an ONNX teacher is fed and read (ignored for depthling's own checkpoints).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TeacherArgs {
+    /// Per-channel mean subtracted from [0, 1] RGB before an ONNX teacher, when its graph does
+    /// not normalise (e.g. ImageNet's 0.485,0.456,0.406).
+    #[arg(long, value_parser = parse_triple)]
+    pub teacher_mean: Option<Triple>,
+    /// Per-channel standard deviation the RGB is divided by (e.g. 0.229,0.224,0.225).
+    #[arg(long, value_parser = parse_triple)]
+    pub teacher_std: Option<Triple>,
+    /// depth (metres) or inverse (inverse depth or disparity: depth = --teacher-scale / output).
+    #[arg(long, default_value = "depth", value_parser = parse_arg::<TeacherOutput>)]
+    pub teacher_output: TeacherOutput,
+    /// Scale of the teacher's output: depth = scale · output, or scale / output with
+    /// `--teacher-output inverse`.
+    #[arg(long, default_value_t = 1.0)]
+    pub teacher_scale: f32,
+    /// ADU: the ONNX tensor names of the teacher's feature maps, comma-separated
+    /// (`depthling profile --model T.onnx` lists candidates); default: the encoder's last map
+    /// at each downsampling factor.
+    #[arg(long, value_delimiter = ',')]
+    pub teacher_taps: Vec<String>,
+}
+
+/// Three comma-separated numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Triple(pub [f32; 3]);
+
+fn parse_triple(s: &str) -> std::result::Result<Triple, String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not three comma-separated numbers"))?;
+    match v.as_slice() {
+        [a, b, c] if v.iter().all(|x| x.is_finite()) => Ok(Triple([*a, *b, *c])),
+        _ => Err(format!("{s:?} is not three comma-separated numbers")),
+    }
+}
+
+impl TeacherArgs {
+    pub fn options(&self) -> Result<TeacherOptions> {
+        if self.teacher_mean.is_some() != self.teacher_std.is_some() {
+            return Err(Error::Usage(
+                "--teacher-mean and --teacher-std go together".into(),
+            ));
+        }
+        if let Some(Triple(s)) = self.teacher_std {
+            if s.iter().any(|&v| v <= 0.0) {
+                return Err(Error::Usage("--teacher-std must be positive".into()));
+            }
+        }
+        if !(self.teacher_scale.is_finite() && self.teacher_scale > 0.0) {
+            return Err(Error::Usage(
+                "--teacher-scale must be a positive number".into(),
+            ));
+        }
+        Ok(TeacherOptions {
+            mean: self.teacher_mean.map(|t| t.0),
+            std: self.teacher_std.map(|t| t.0),
+            output: self.teacher_output,
+            scale: self.teacher_scale,
+            taps: self.teacher_taps.clone(),
+        })
+    }
+}
+
 /// Settings of `depthling distill`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DistillConfig {
@@ -152,6 +220,8 @@ pub struct DistillConfig {
     #[arg(long, default_value = "demo-student")]
     pub arch: String,
     #[command(flatten)]
+    pub teacher_args: TeacherArgs,
+    #[command(flatten)]
     pub options: TrainOptions,
     #[command(flatten)]
     pub ddd: DddFlags,
@@ -165,15 +235,36 @@ pub struct DistillConfig {
 pub enum LoadedTeacher {
     /// A depthling checkpoint.
     Native(Net),
+    /// An ONNX export (PyTorch's), imported into the trainable graph.
+    Onnx(Box<OnnxTeacher>),
 }
 
 impl LoadedTeacher {
-    pub fn load(path: &Path, device: &Device) -> Result<LoadedTeacher> {
+    /// Loads a teacher for images of `size` (`(width, height)`).
+    pub fn load(
+        path: &Path,
+        args: &TeacherArgs,
+        size: (usize, usize),
+        device: &Device,
+        quiet: bool,
+    ) -> Result<LoadedTeacher> {
         match FileKind::of_file(path)? {
-            FileKind::Onnx => Err(Error::bad_input(
-                path,
-                "is an ONNX model; ONNX teachers are not available in this build yet: give a depthling teacher checkpoint (`depthling train-teacher`)",
-            )),
+            FileKind::Onnx => {
+                let t = OnnxTeacher::load(path, args.options()?, size, device)?;
+                if t.resized() {
+                    let (w, h) = t.run_size();
+                    crate::progress::line(
+                        quiet,
+                        &format!(
+                            "teacher {} takes {w}×{h}: the {}×{} images are resized for it, and its depth back",
+                            path.display(),
+                            size.0,
+                            size.1
+                        ),
+                    );
+                }
+                Ok(LoadedTeacher::Onnx(Box::new(t)))
+            }
             _ => Ok(LoadedTeacher::Native(Net::load(path, device)?.0)),
         }
     }
@@ -181,6 +272,7 @@ impl LoadedTeacher {
     pub fn teacher(&self) -> &dyn Teacher {
         match self {
             LoadedTeacher::Native(n) => &n.net,
+            LoadedTeacher::Onnx(t) => t.as_ref(),
         }
     }
 }
@@ -205,8 +297,8 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
     }
     let o = &cfg.options;
     let device = o.device.device()?;
-    let loaded = LoadedTeacher::load(&cfg.teacher, &device)?;
-    let teacher = loaded.teacher();
+    // the teacher's kind is checked before the images are read
+    FileKind::of_file(&cfg.teacher)?;
     let open = |p: &Path| Dataset::open(p, o.depth_scale)?.load_all(None);
     let unlabeled = match &cfg.images {
         Some(p) => crate::distill::budget(open(p)?, cfg.ddd.images_fraction)?,
@@ -234,6 +326,8 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
         )));
     };
     let (w, h) = (first.width, first.height);
+    let loaded = LoadedTeacher::load(&cfg.teacher, &cfg.teacher_args, (w, h), &device, o.quiet)?;
+    let teacher = loaded.teacher();
     teacher.check_size(w, h)?;
     let student = o.network(&cfg.arch, w, h, &device)?;
     let images = labeled.iter().map(Vec::len).sum::<usize>() + unlabeled.len();

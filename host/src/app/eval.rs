@@ -35,6 +35,9 @@ pub struct EvalConfig {
     /// With --model: also write an HTML report (index.html, samples, charts) into this folder.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// How an ONNX model (a teacher) is fed and read.
+    #[command(flatten)]
+    pub teacher: super::distill::TeacherArgs,
     #[arg(skip)]
     pub quiet: bool,
 }
@@ -62,6 +65,7 @@ pub fn eval(cfg: &EvalConfig) -> Result<EvalReport> {
                 cfg.depth_scale,
                 cfg.protocol,
                 cfg.median_scaling,
+                &cfg.teacher,
                 cfg.quiet,
             )?;
             if let Some(dir) = &cfg.report {
@@ -94,14 +98,15 @@ pub struct ModelEval {
     pub preds: Vec<Vec<f32>>,
 }
 
-/// `depthling eval --model M --data DIR`: runs a `.dlm` (int8 engine) or a checkpoint (f32) on a
-/// dataset and evaluates it, with progress over the images.
+/// `depthling eval --model M --data DIR`: runs a `.dlm` (int8 engine), a checkpoint (f32) or an
+/// ONNX teacher (f32, imported) on a dataset and evaluates it, with progress over the images.
 pub fn eval_model(
     model: &Path,
     data: &Path,
     depth_scale: f32,
     protocol: depthling_metrics::Protocol,
     median_scaling: bool,
+    teacher: &super::distill::TeacherArgs,
     quiet: bool,
 ) -> Result<ModelEval> {
     let ds = Dataset::open(data, depth_scale)?.require_labels("eval")?;
@@ -141,6 +146,24 @@ pub fn eval_model(
             p.advance(chunk.len(), None);
         }
         (kind, params, arena_bytes) = ("int8", m.params(), Some(m.arena_bytes as u64));
+    } else if kind_of_file == FileKind::Onnx {
+        let device = Device::Cpu;
+        let size = (samples[0].width, samples[0].height);
+        let loaded = super::distill::LoadedTeacher::load(model, teacher, size, &device, quiet)?;
+        let t = loaded.teacher();
+        for chunk in samples.chunks(16) {
+            let x = crate::data::batch::input_tensor(chunk, t.input_channels(), &device)?;
+            let y = t.predict(&x)?.flatten_from(1)?;
+            for row in 0..chunk.len() {
+                preds.push(y.get(row)?.to_vec1::<f32>()?);
+            }
+            p.advance(chunk.len(), None);
+        }
+        let count = match &loaded {
+            super::distill::LoadedTeacher::Onnx(o) => o.params(),
+            super::distill::LoadedTeacher::Native(n) => n.net.spec().params() as u64,
+        };
+        (kind, params, arena_bytes) = ("f32 (onnx)", count, None);
     } else {
         let device = Device::Cpu;
         let (net, _) = Net::load(model, &device)?;

@@ -72,8 +72,110 @@ impl std::fmt::Display for Profile {
     }
 }
 
-/// `depthling profile`.
-pub fn profile(cfg: &ProfileConfig) -> Result<Profile> {
+/// An ONNX teacher at the size in use: what DDD and ADU can read of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherProfile {
+    pub file: PathBuf,
+    pub opset: i64,
+    pub params: u64,
+    /// `[width, height]` the teacher runs at.
+    pub size: (usize, usize),
+    pub batch_norm_layers: usize,
+    /// The feature maps ADU distils by default (`--teacher-taps` chooses others).
+    pub default_taps: Vec<crate::teacher::FeatureTap>,
+    /// Every float tensor of the graph, with its shape.
+    pub tensors: Vec<crate::teacher::onnx::TensorInfo>,
+}
+
+impl std::fmt::Display for TeacherProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: ONNX opset {}, {} parameters, runs at {}×{}, {} BatchNormalization layers",
+            self.file.display(),
+            self.opset,
+            self.params,
+            self.size.0,
+            self.size.1,
+            self.batch_norm_layers
+        )?;
+        writeln!(
+            f,
+            "{:<48} {:<20} {:<20} {:>6}  note",
+            "tensor", "op", "shape", "factor"
+        )?;
+        for t in &self.tensors {
+            let note = match (
+                t.batch_norm_input,
+                self.default_taps.iter().any(|d| d.name == t.name),
+            ) {
+                (true, true) => "BatchNorm input, default tap",
+                (true, false) => "BatchNorm input",
+                (false, true) => "default tap",
+                _ => "",
+            };
+            writeln!(
+                f,
+                "{:<48} {:<20} {:<20} {:>6}  {note}",
+                t.name,
+                t.op,
+                format!("{:?}", t.shape),
+                t.factor.map_or("-".into(), |v| v.to_string())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What `profile` reports: a model's size and fit, or an ONNX teacher's tensors.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum ProfileReport {
+    Model(Profile),
+    Teacher(Box<TeacherProfile>),
+}
+
+impl std::fmt::Display for ProfileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProfileReport::Model(p) => p.fmt(f),
+            ProfileReport::Teacher(t) => t.fmt(f),
+        }
+    }
+}
+
+/// `depthling profile`: a `.dlm`, an architecture, or an ONNX teacher (its tensors, to choose
+/// `--teacher-taps`).
+pub fn profile(cfg: &ProfileConfig) -> Result<ProfileReport> {
+    if let Some(m) = &cfg.model {
+        if crate::io::FileKind::of_file(m)? == crate::io::FileKind::Onnx {
+            if cfg.board.is_some() {
+                return Err(Error::Usage(
+                    "--board checks int8 models; an ONNX teacher is not deployed".into(),
+                ));
+            }
+            use crate::teacher::Teacher;
+            let t = crate::teacher::onnx::OnnxTeacher::load(
+                m,
+                Default::default(),
+                (cfg.size.width, cfg.size.height),
+                &Device::Cpu,
+            )?;
+            return Ok(ProfileReport::Teacher(Box::new(TeacherProfile {
+                file: m.clone(),
+                opset: t.opset(),
+                params: t.params(),
+                size: t.run_size(),
+                batch_norm_layers: t.batch_norm_layers(),
+                default_taps: t.feature_taps(),
+                tensors: t.tensors().to_vec(),
+            })));
+        }
+    }
+    profile_dlm_or_arch(cfg).map(ProfileReport::Model)
+}
+
+fn profile_dlm_or_arch(cfg: &ProfileConfig) -> Result<Profile> {
     let mut p = match (&cfg.model, &cfg.arch) {
         (Some(m), None) => profile_model(m)?,
         (None, Some(a)) => {

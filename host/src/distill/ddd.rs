@@ -371,6 +371,12 @@ impl<'t> Ddd<'t> {
         } else {
             None
         };
+        if options.transform && teacher.batch_norm_layers() == 0 {
+            return Err(Error::Usage(format!(
+                "{}: no BatchNormalization nodes: the transformation network needs them; export with `training=torch.onnx.TrainingMode.PRESERVE` (and `do_constant_folding=False`), or pass --no-transform",
+                teacher.name()
+            )));
+        }
         let stage = if options.transform {
             let mut st = TransformStage::new(teacher, device, seed ^ 0x7A, options.transform_lr)?;
             st.identity = options.identity_weight;

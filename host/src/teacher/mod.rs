@@ -3,6 +3,8 @@
 //! matches them), and named feature maps (ADU's feature distillation reads them). depthling's
 //! own networks implement it here; an imported teacher implements it next to its importer.
 
+pub mod onnx;
+
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
@@ -17,7 +19,7 @@ pub struct BatchNormInput {
 }
 
 /// A feature map a teacher offers for feature distillation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FeatureTap {
     /// How the teacher names it (a node of depthling's graph, or an ONNX tensor).
     pub name: String,
@@ -44,6 +46,9 @@ pub trait Teacher {
     /// The inputs of its BatchNorm layers for `x` (eval mode), with their running statistics;
     /// empty when it has none.
     fn batch_norm_inputs(&self, x: &Tensor) -> Result<Vec<BatchNormInput>>;
+
+    /// How many BatchNorm layers it has (DDD's transformation network needs at least one).
+    fn batch_norm_layers(&self) -> usize;
 
     /// The feature maps [`Teacher::predict_with_features`] returns, in that order.
     fn feature_taps(&self) -> Vec<FeatureTap>;
@@ -74,6 +79,22 @@ impl Teacher for GraphNet {
             .into_iter()
             .map(|(input, mean, var)| BatchNormInput { input, mean, var })
             .collect())
+    }
+
+    fn batch_norm_layers(&self) -> usize {
+        self.spec()
+            .nodes
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n,
+                    crate::nets::graph::Node::Conv {
+                        batch_norm: true,
+                        ..
+                    }
+                )
+            })
+            .count()
     }
 
     /// The encoder maps, one per downsampling factor ([`crate::nets::graph::GraphSpec::encoder_taps`]).
