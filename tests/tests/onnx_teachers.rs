@@ -268,3 +268,53 @@ fn broken_onnx_files_are_errors() {
     }
     assert!(errors >= 3, "only {errors} corrupt files were refused");
 }
+
+/// depthling's own teachers, exported to ONNX and imported again, give the native network's
+/// depth (BatchNorm folded by the export): the import reads what the exporter writes.
+#[test]
+fn native_teachers_survive_export_and_import() {
+    use depthling_host::nets::{preset, Net};
+    let dev = Device::Cpu;
+    let (w, h) = (64, 64);
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, width) in [
+        ("resnet18-mff", 0.25),
+        ("demo-teacher", 0.5),
+        ("micro", 1.0),
+    ] {
+        let net = Net::new(preset(arch, width).unwrap(), &dev, 3).unwrap();
+        // BatchNorm statistics away from their initial values
+        for seed in 0..3 {
+            let x = Tensor::from_vec(images(2, h, w, seed), (2, 3, h, w), &dev).unwrap();
+            net.net.forward_t(&x, true).unwrap();
+        }
+        let path = dir.path().join(format!("{arch}.onnx"));
+        std::fs::write(&path, depthling_host::onnx::export(&net.net, w, h).unwrap()).unwrap();
+        let t = OnnxTeacher::load(&path, TeacherOptions::default(), (w, h), &dev).unwrap();
+        let x = Tensor::from_vec(images(2, h, w, 11), (2, 3, h, w), &dev).unwrap();
+        let a = net
+            .net
+            .predict(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = t
+            .predict(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            worst <= 1e-4 * top,
+            "{arch}: max |native − imported| {worst} (largest {top})"
+        );
+    }
+}

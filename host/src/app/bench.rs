@@ -151,6 +151,77 @@ pub fn train(width: usize, height: usize, steps: usize, only: Option<&str>) -> R
     })
 }
 
+/// `bench teacher`: one teacher built natively and the same network exported to ONNX and
+/// imported, forward and backward (to the input, as DDD's transformation network needs).
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherBench {
+    pub arch: String,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    /// Median of `rounds` interleaved passes each.
+    pub native_ms: f64,
+    pub imported_ms: f64,
+    /// imported / native.
+    pub ratio: f64,
+    pub rounds: usize,
+}
+
+/// Forward + backward through `resnet18-mff` (width `width_mult`) at `width × height`, batch 8,
+/// native against its ONNX export imported (BatchNorm folded by the export), interleaved.
+pub fn teacher(
+    width: usize,
+    height: usize,
+    width_mult: f32,
+    rounds: usize,
+) -> Result<TeacherBench> {
+    use crate::nets::{preset, Net};
+    use crate::teacher::onnx::{OnnxTeacher, TeacherOptions};
+    use crate::teacher::Teacher;
+    let device = candle_core::Device::Cpu;
+    let net = Net::new(preset("resnet18-mff", width_mult)?, &device, 0)?;
+    let bytes = crate::onnx::export(&net.net, width, height)?;
+    let dir = std::env::temp_dir().join(format!("depthling-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("resnet18-mff.onnx");
+    crate::io::write_atomic(&path, &bytes)?;
+    let imported = OnnxTeacher::load(&path, TeacherOptions::default(), (width, height), &device);
+    let _ = std::fs::remove_dir_all(&dir);
+    let imported = imported?;
+    let data = render_many(Domain::Indoor, width, height, 5, 0, 8, false);
+    let x = crate::data::batch::input_tensor(&data, 3, &device)?;
+    let pass = |t: &dyn Teacher| -> Result<f64> {
+        let v = candle_core::Var::from_tensor(&x)?;
+        let start = Instant::now();
+        let y = t.predict(v.as_tensor())?;
+        let g = y.sum_all()?.backward()?;
+        let _ = g.get(v.as_tensor());
+        Ok(1e3 * start.elapsed().as_secs_f64())
+    };
+    pass(&net.net)?;
+    pass(&imported)?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.push(pass(&net.net)?);
+        b.push(pass(&imported)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (native_ms, imported_ms) = (median(&mut a), median(&mut b));
+    Ok(TeacherBench {
+        arch: format!("resnet18-mff@{width_mult}"),
+        width,
+        height,
+        batch: 8,
+        native_ms,
+        imported_ms,
+        ratio: imported_ms / native_ms,
+        rounds,
+    })
+}
+
 /// `bench infer`: the int8 engine on the demo student at 128×96, one thread.
 #[derive(Clone, Debug, Serialize)]
 pub struct InferBench {
@@ -240,6 +311,8 @@ pub enum What {
     Sim,
     Train,
     Infer,
+    /// An imported ONNX teacher against the same network built natively.
+    Teacher,
 }
 
 impl std::str::FromStr for What {
@@ -250,8 +323,9 @@ impl std::str::FromStr for What {
             "sim" => Ok(What::Sim),
             "train" => Ok(What::Train),
             "infer" => Ok(What::Infer),
+            "teacher" => Ok(What::Teacher),
             other => Err(Error::Usage(format!(
-                "unknown benchmark {other:?}; known: sim, train, infer"
+                "unknown benchmark {other:?}; known: sim, train, infer, teacher"
             ))),
         }
     }
@@ -260,7 +334,7 @@ impl std::str::FromStr for What {
 /// Settings of `depthling bench`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchConfig {
-    /// sim, train or infer.
+    /// sim, train, infer or teacher.
     #[arg(value_parser = super::parse_arg::<What>)]
     pub what: What,
     /// `bench train` only: time this architecture alone, with the custom ops (e.g. mbv2-mff,
@@ -287,6 +361,7 @@ fn run(what: What, arch: Option<&str>) -> Result<serde_json::Value> {
         What::Sim => json(serde_json::to_value(sim(2.0)?)),
         What::Train => json(serde_json::to_value(train(128, 96, 10, arch)?)),
         What::Infer => json(serde_json::to_value(infer(128, 96, 40)?)),
+        What::Teacher => json(serde_json::to_value(teacher(128, 96, 1.0, 7)?)),
     }
 }
 
