@@ -88,7 +88,21 @@ fn onnx_teachers_drive_every_method_and_refusals_name_the_problem() {
         taps[..2].join(","),
     ]);
     json(&run(&a));
-    // the teacher itself evaluated on labeled images
+    // the teacher itself run on images, and evaluated on labeled ones
+    let r = json(&depthling(&[
+        "run",
+        "--model",
+        &resnet,
+        "--backend",
+        "teacher",
+        "--input",
+        &p("ood/rgb"),
+        "--out",
+        &p("teacher-depth"),
+        "--json",
+    ]));
+    assert_eq!(r["images"], 8);
+    assert!(dir.path().join("teacher-depth/000007.png").exists());
     let e = json(&depthling(&[
         "eval",
         "--model",

@@ -11,6 +11,43 @@ use crate::data::png;
 use crate::error::{Error, Result};
 use crate::io::FileKind;
 
+/// Which engine `depthling run` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunBackend {
+    /// A `.dlm` on the int8 engine.
+    Int8,
+    /// depthling's ONNX export through tract (f32).
+    Tract,
+    /// Any ONNX depth network (a PyTorch teacher) through depthling's importer (f32), with the
+    /// `--teacher-*` flags.
+    Teacher,
+}
+
+impl std::str::FromStr for RunBackend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<RunBackend> {
+        match s {
+            "int8" => Ok(RunBackend::Int8),
+            "tract" => Ok(RunBackend::Tract),
+            "teacher" => Ok(RunBackend::Teacher),
+            other => Err(Error::Usage(format!(
+                "unknown backend {other:?}; known: int8, tract, teacher"
+            ))),
+        }
+    }
+}
+
+impl RunBackend {
+    fn name(self) -> &'static str {
+        match self {
+            RunBackend::Int8 => "int8",
+            RunBackend::Tract => "tract",
+            RunBackend::Teacher => "teacher",
+        }
+    }
+}
+
 /// Settings of `depthling run`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunConfig {
@@ -22,9 +59,13 @@ pub struct RunConfig {
     pub input: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
-    /// int8 (a .dlm) or tract (an ONNX export, f32).
-    #[arg(long, default_value = "int8")]
-    pub backend: Backend,
+    /// int8 (a .dlm), tract (depthling's ONNX export, f32) or teacher (any ONNX depth
+    /// network, e.g. a PyTorch teacher, through depthling's importer, f32).
+    #[arg(long, default_value = "int8", value_parser = super::parse_arg::<RunBackend>)]
+    pub backend: RunBackend,
+    /// How a `--backend teacher` model is fed and read.
+    #[command(flatten)]
+    pub teacher: super::distill::TeacherArgs,
     #[arg(skip)]
     pub quiet: bool,
 }
@@ -51,19 +92,20 @@ impl std::fmt::Display for RunSummary {
 }
 
 /// `depthling run`: writes `NAME.png` (16-bit millimetres) and `NAME_color.png` per input.
-/// `int8` runs a `.dlm` on the int8 engine, `tract` an ONNX export; every input is read and
-/// checked before anything is written.
+/// `int8` runs a `.dlm` on the int8 engine, `tract` depthling's ONNX export, `teacher` any ONNX
+/// depth network through the importer; every input is read and checked before anything is
+/// written.
 pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     let model_path = &cfg.model;
     let kind = FileKind::of_file(model_path)?;
     match (cfg.backend, kind) {
-        (Backend::Int8, FileKind::Onnx) => {
+        (RunBackend::Int8, FileKind::Onnx) => {
             return Err(Error::Usage(format!(
-                "{} is an ONNX model: run it with --backend tract (the int8 engine runs .dlm files)",
+                "{} is an ONNX model: run it with --backend tract (depthling's export) or --backend teacher (any ONNX depth network); the int8 engine runs .dlm files",
                 model_path.display()
             )))
         }
-        (Backend::Tract, FileKind::Dlm) => {
+        (RunBackend::Tract | RunBackend::Teacher, FileKind::Dlm) => {
             return Err(Error::Usage(format!(
                 "--backend tract runs an ONNX export (.onnx), not {}; make one with `depthling export --format onnx`",
                 model_path.display()
@@ -82,11 +124,62 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         RunnerError::Model(m) => Error::bad_input(model_path, m),
         RunnerError::Run(m) => Error::Runtime(format!("{}: {m}", model_path.display())),
     };
-    let loaded = Loaded::new(&bytes, cfg.backend).map_err(failed)?;
-    let mut arena = loaded.arena();
-    let mut runner = loaded.runner(&mut arena).map_err(failed)?;
-    let (mh, mw) = runner.input_size();
     let inputs = crate::io::list_pngs(&cfg.input)?;
+    let device_backend = match cfg.backend {
+        RunBackend::Int8 | RunBackend::Teacher => Backend::Int8,
+        RunBackend::Tract => Backend::Tract,
+    };
+    // the importer takes the images' size; the engines fix their own
+    let teacher = match cfg.backend {
+        RunBackend::Teacher => {
+            let (w, h, _) = png::read_rgb(&inputs[0])?;
+            Some(super::distill::LoadedTeacher::load(
+                model_path,
+                &cfg.teacher,
+                (w, h),
+                &candle_core::Device::Cpu,
+                cfg.quiet,
+            )?)
+        }
+        _ => None,
+    };
+    let loaded = match teacher {
+        None => Some(Loaded::new(&bytes, device_backend).map_err(failed)?),
+        Some(_) => None,
+    };
+    let mut arena = loaded.as_ref().map(|l| l.arena()).unwrap_or_default();
+    type Infer<'r> = Box<dyn FnMut(&[u8]) -> Result<Vec<f32>> + 'r>;
+    let ((mh, mw), mut infer): ((usize, usize), Infer) = match (&loaded, &teacher) {
+        (Some(l), _) => {
+            let mut runner = l.runner(&mut arena).map_err(failed)?;
+            (
+                runner.input_size(),
+                Box::new(move |rgb| {
+                    runner
+                        .infer(rgb)
+                        .map(|(d, _)| d)
+                        .map_err(|e| Error::Runtime(format!("{}: {e}", model_path.display())))
+                }),
+            )
+        }
+        (None, Some(t)) => {
+            let (w, h, _) = png::read_rgb(&inputs[0])?;
+            let t = t.teacher();
+            (
+                (h, w),
+                Box::new(move |rgb| {
+                    let x = crate::data::batch::images_to_tensor(
+                        &[rgb],
+                        w,
+                        h,
+                        &candle_core::Device::Cpu,
+                    )?;
+                    Ok(t.predict(&x)?.flatten_all()?.to_vec1::<f32>()?)
+                }),
+            )
+        }
+        (None, None) => return Err(Error::Runtime("no backend".into())),
+    };
     let mut frames = Vec::with_capacity(inputs.len());
     for p in &inputs {
         let (w, h, rgb) = png::read_rgb(p)?;
@@ -104,9 +197,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     let mut bar = crate::progress::Progress::new(cfg.quiet, "run", inputs.len(), "frames");
     for (p, rgb) in inputs.iter().zip(&frames) {
         let t = Instant::now();
-        let (depth, _) = runner
-            .infer(rgb)
-            .map_err(|e| Error::Runtime(format!("{}: {e}", model_path.display())))?;
+        let depth = infer(rgb)?;
         total += t.elapsed().as_secs_f64();
         let stem = p
             .file_stem()
