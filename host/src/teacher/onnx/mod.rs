@@ -12,6 +12,8 @@
 
 mod ops;
 mod resize;
+mod shape;
+mod spatial;
 mod value;
 
 use std::collections::{HashMap, HashSet};
