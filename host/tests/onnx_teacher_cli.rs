@@ -189,3 +189,65 @@ fn onnx_teachers_drive_every_method_and_refusals_name_the_problem() {
     );
     json(&run(&a));
 }
+
+/// `experiment --preset ddd --teacher T.onnx`: every distillation row from the given teacher
+/// (here a 64×48 export on the quick run's 32×32 images: resized for it), the teacher row its
+/// evaluation; the presets that train their own teachers refuse the flag.
+#[test]
+fn experiment_ddd_takes_a_given_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ddd");
+    let r = json(&depthling(&[
+        "experiment",
+        "--preset",
+        "ddd",
+        "--quick",
+        "--teacher",
+        &fixture("resnet_mff.onnx"),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "teacher",
+            "student_gt",
+            "kd",
+            "ddd_mix",
+            "ddd_transform",
+            "ddd",
+            "kd_1of6",
+            "ddd_1of6"
+        ]
+    );
+    assert!(r["command"].as_str().unwrap().contains("--teacher"));
+    assert!(r["rows"][0]["setting"]
+        .as_str()
+        .unwrap()
+        .contains("resnet_mff.onnx"));
+    assert!(out.join("results.md").exists());
+    let o = depthling(&[
+        "experiment",
+        "--preset",
+        "lw",
+        "--quick",
+        "--teacher",
+        &fixture("resnet_mff.onnx"),
+        "--out",
+        dir.path().join("lw").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--teacher is taken by the ddd preset"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("lw").exists());
+}

@@ -152,11 +152,7 @@ pub fn eval_model(
         let loaded = super::distill::LoadedTeacher::load(model, teacher, size, &device, quiet)?;
         let t = loaded.teacher();
         for chunk in samples.chunks(16) {
-            let x = crate::data::batch::input_tensor(chunk, t.input_channels(), &device)?;
-            let y = t.predict(&x)?.flatten_from(1)?;
-            for row in 0..chunk.len() {
-                preds.push(y.get(row)?.to_vec1::<f32>()?);
-            }
+            preds.extend(crate::teacher::predict_samples(t, chunk, &device)?);
             p.advance(chunk.len(), None);
         }
         let count = match &loaded {

@@ -57,6 +57,24 @@ pub trait Teacher {
     fn predict_with_features(&self, x: &Tensor) -> Result<(Tensor, Vec<Tensor>)>;
 }
 
+/// A teacher's depth (eval mode) for every sample, row-major `H×W` each (a stereo teacher reads
+/// the right views too).
+pub fn predict_samples(
+    teacher: &dyn Teacher,
+    samples: &[crate::data::Sample],
+    device: &candle_core::Device,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(16) {
+        let x = crate::data::batch::input_tensor(chunk, teacher.input_channels(), device)?;
+        let y = teacher.predict(&x)?.flatten_from(1)?;
+        for row in 0..chunk.len() {
+            out.push(y.get(row)?.to_vec1::<f32>()?);
+        }
+    }
+    Ok(out)
+}
+
 impl Teacher for GraphNet {
     fn name(&self) -> &str {
         &self.spec().name

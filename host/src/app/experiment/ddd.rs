@@ -30,14 +30,45 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     let ood = render_many(Domain::Ood, w, h, cfg.seed + 101, 0, b.ood_images, false);
     let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
     let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
-    let teacher = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
-    table.supervised(
-        "teacher",
-        &teacher,
-        &target,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        "train-teacher --arch demo-teacher on indoor labels",
-    )?;
+    // the teacher: trained here on the target labels, or given (`--teacher`)
+    let (native, given) = match &cfg.teacher {
+        None => {
+            let t = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
+            table.supervised(
+                "teacher",
+                &t,
+                &target,
+                &train_cfg(b.teacher_steps, cfg.seed),
+                "train-teacher --arch demo-teacher on indoor labels",
+            )?;
+            (Some(t), None)
+        }
+        Some(path) => {
+            let loaded = crate::app::distill::LoadedTeacher::load(
+                path,
+                &cfg.teacher_args,
+                (w, h),
+                &device,
+                cfg.quiet,
+            )?;
+            let params = match &loaded {
+                crate::app::distill::LoadedTeacher::Native(n) => n.net.spec().params() as u64,
+                crate::app::distill::LoadedTeacher::Onnx(o) => o.params(),
+            };
+            table.teacher_row(
+                "teacher",
+                loaded.teacher(),
+                params,
+                &format!("given teacher {}", path.display()),
+            )?;
+            (None, Some(loaded))
+        }
+    };
+    let teacher: &dyn crate::teacher::Teacher = match (&native, &given) {
+        (Some(n), _) => &n.net,
+        (None, Some(g)) => g.teacher(),
+        (None, None) => return Err(Error::Runtime("no teacher".into())),
+    };
 
     let student = |seed: u64| Net::new(preset("demo-student", 1.0)?, &device, seed);
     table.supervised(
@@ -90,13 +121,21 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
         let s = student(cfg.seed + 1)?;
         let sc = train_cfg(b.student_steps, cfg.seed + 1);
         table.row(name, &s, images.len(), setting, b.student_steps, |bar| {
-            distill(&s, &teacher.net, &images, &sc, &options, bar)
+            distill(&s, teacher, &images, &sc, &options, bar)
         })?;
     }
 
     let setup = format!(
-        "Simulated indoor target domain at {w}×{h}; {} labeled target images (teacher, `student_gt`), {} held-out target images (NYU protocol), {} unlabeled OOD images; teacher {} steps, every student row {} steps of batch {}.",
-        b.target_train, b.target_test, b.ood_images, b.teacher_steps, b.student_steps, b.batch_size
+        "Simulated indoor target domain at {w}×{h}; {} labeled target images (teacher, `student_gt`), {} held-out target images (NYU protocol), {} unlabeled OOD images; {}, every student row {} steps of batch {}.",
+        b.target_train,
+        b.target_test,
+        b.ood_images,
+        match &cfg.teacher {
+            None => format!("teacher {} steps", b.teacher_steps),
+            Some(p) => format!("the given teacher `{}`", p.display()),
+        },
+        b.student_steps,
+        b.batch_size
     );
     let (mut results, previews, curves) = table.finish(b, setup, start);
     let (kd, ddd) = (results.rmse("kd"), results.rmse("ddd"));

@@ -66,6 +66,12 @@ pub struct ExperimentConfig {
     pub quick: bool,
     #[arg(long)]
     pub out: PathBuf,
+    /// `ddd` preset: distil every student row from this teacher (a depthling checkpoint or an
+    /// ONNX export) instead of training one; the `teacher` row evaluates it.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    #[command(flatten)]
+    pub teacher_args: super::distill::TeacherArgs,
     #[arg(skip = 1u64)]
     pub seed: u64,
     #[arg(skip)]
@@ -243,6 +249,17 @@ fn target_sets(cfg: &ExperimentConfig, b: &Budget) -> (Vec<Sample>, Vec<Sample>)
 
 /// Runs `cfg.preset` and writes `results.json` and `results.md` into `cfg.out`.
 pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
+    if cfg.teacher.is_some() && cfg.preset != Preset::Ddd {
+        return Err(Error::Usage(format!(
+            "--teacher is taken by the ddd preset; the {} preset trains the teachers its claims compare ({})",
+            cfg.preset.name(),
+            if cfg.preset == Preset::Lw {
+                "one on X and one on X∪U′"
+            } else {
+                "a stereo and a monocular one"
+            }
+        )));
+    }
     match cfg.preset {
         Preset::Ddd => ddd::run(cfg),
         Preset::Lw => lw::run(cfg),
@@ -250,10 +267,8 @@ pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
     }
 }
 
-fn eval(net: &Net, test: &[Sample], device: &Device, protocol: Protocol) -> Result<EvalReport> {
-    let preds = predict(&net.net, test, device)?;
-    evaluate(&preds, test, &protocol.config())
-}
+/// How a row's model predicts depth for samples.
+type PredictRows<'p> = dyn Fn(&[Sample]) -> Result<Vec<Vec<f32>>> + 'p;
 
 /// Each row's predictions on the first test images.
 type Previews = Vec<(String, Vec<Vec<f32>>)>;
@@ -344,7 +359,46 @@ impl<'a> Table<'a> {
         setting: &str,
         losses: Vec<f32>,
     ) -> Result<()> {
-        let metrics = eval(net, self.test, &self.device, self.protocol)?;
+        let device = self.device.clone();
+        let predict_net = |s: &[Sample]| predict(&net.net, s, &device);
+        let params = net.net.spec().params() as u64;
+        self.record_with(name, &predict_net, params, images, t, setting, losses)
+    }
+
+    /// Records a given teacher as row `name` (no training: no losses).
+    fn teacher_row(
+        &mut self,
+        name: &str,
+        teacher: &dyn crate::teacher::Teacher,
+        params: u64,
+        setting: &str,
+    ) -> Result<()> {
+        let device = self.device.clone();
+        let predict_teacher = |s: &[Sample]| crate::teacher::predict_samples(teacher, s, &device);
+        self.record_with(
+            name,
+            &predict_teacher,
+            params,
+            0,
+            Instant::now(),
+            setting,
+            Vec::new(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_with(
+        &mut self,
+        name: &str,
+        predict_rows: &PredictRows<'_>,
+        params: u64,
+        images: usize,
+        t: Instant,
+        setting: &str,
+        losses: Vec<f32>,
+    ) -> Result<()> {
+        let preds = predict_rows(self.test)?;
+        let metrics = evaluate(&preds, self.test, &self.protocol.config())?;
         progress(
             self.cfg.quiet,
             &format!(
@@ -356,13 +410,12 @@ impl<'a> Table<'a> {
             ),
         );
         let preview = &self.test[..self.test.len().min(6)];
-        self.previews
-            .push((name.into(), predict(&net.net, preview, &self.device)?));
+        self.previews.push((name.into(), predict_rows(preview)?));
         self.curves.push((name.into(), losses));
         self.rows.push(ResultRow {
             name: name.into(),
             metrics,
-            params: net.net.spec().params() as u64,
+            params,
             images,
             seconds: t.elapsed().as_secs_f64(),
             setting: setting.into(),
@@ -385,9 +438,14 @@ impl<'a> Table<'a> {
         let results = Results {
             preset: self.preset.into(),
             command: format!(
-                "depthling experiment --preset {}{} --out {}",
+                "depthling experiment --preset {}{}{} --out {}",
                 self.preset,
                 if self.cfg.quick { " --quick" } else { "" },
+                self.cfg
+                    .teacher
+                    .as_ref()
+                    .map(|t| format!(" --teacher {}", t.display()))
+                    .unwrap_or_default(),
                 self.cfg.out.display()
             ),
             setup,
