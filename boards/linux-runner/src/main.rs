@@ -14,8 +14,12 @@ use std::time::Instant;
 
 use depthling_device::runner::{Backend, Loaded, RunnerError};
 
+mod frames;
 #[cfg(target_os = "linux")]
 mod v4l2;
+
+use depthling_device::frame::{FrameError, FrameErrorKind, FrameSource};
+use frames::{Named, PngFrames};
 
 /// Where frames come from.
 enum Source {
@@ -107,6 +111,22 @@ fn frames(input: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// What the runner does with one frame: its name and RGB bytes.
 type Process<'a> = dyn FnMut(&str, &[u8]) -> Result<(), Failure> + 'a;
 
+/// Takes every frame of `source` and hands it to `process`, until the source is exhausted.
+fn drain<S>(source: &mut S, process: &mut Process<'_>) -> Result<(), Failure>
+where
+    S: FrameSource<Error = frames::SourceError> + Named,
+{
+    let mut frame = vec![0u8; source.frame_bytes()];
+    loop {
+        match source.next_frame(&mut frame) {
+            Ok(()) => process(&source.name(), &frame)?,
+            Err(e) if e.kind() == FrameErrorKind::Exhausted => return Ok(()),
+            Err(e) if e.kind() == FrameErrorKind::Format => return Err(bad(e.msg)),
+            Err(e) => return Err(Failure(1, e.msg)),
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<(), Failure> {
     let bytes =
         std::fs::read(&args.model).map_err(|e| bad(format!("{}: {e}", args.model.display())))?;
@@ -148,21 +168,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         Ok(())
     };
     match &args.source {
-        Source::Files(input) => {
-            for path in frames(input)? {
-                let img = image::open(&path)
-                    .map_err(|e| bad(format!("{}: not a readable image ({e})", path.display())))?
-                    .to_rgb8();
-                if img.dimensions() != (w as u32, h as u32) {
-                    let (iw, ih) = img.dimensions();
-                    return Err(bad(format!(
-                        "{}: image is {iw}×{ih}, the model takes {w}×{h}",
-                        path.display()
-                    )));
-                }
-                process(&path.display().to_string(), &img.into_raw())?;
-            }
-        }
+        Source::Files(input) => drain(&mut PngFrames::new(frames(input)?, h, w), &mut process)?,
         Source::Camera(device, count) => camera_frames(device, *count, (w, h), &mut process)?,
     }
     let mean_ms = 1e3 * total / runs as f64;
@@ -183,8 +189,8 @@ fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Takes `count` frames from a V4L2 camera, resized to the model's `(width, height)` where the
-/// driver chose another size, and hands each to `process` as `frame_NNNNNN.png`.
+/// Takes `count` frames from a V4L2 camera through its frame source (resized to the model's
+/// `(width, height)` where the driver chose another size), named `frame_NNNNNN.png`.
 #[cfg(target_os = "linux")]
 fn camera_frames(
     device: &Path,
@@ -192,7 +198,7 @@ fn camera_frames(
     (w, h): (usize, usize),
     process: &mut Process<'_>,
 ) -> Result<(), Failure> {
-    let mut camera = v4l2::Camera::open(device, w, h).map_err(bad)?;
+    let camera = v4l2::Camera::open(device, w, h).map_err(bad)?;
     eprintln!(
         "camera {}: {}×{} {:?}{}",
         device.display(),
@@ -205,31 +211,8 @@ fn camera_frames(
             String::new()
         }
     );
-    let mut rgb = Vec::new();
-    for i in 0..count {
-        camera
-            .next_frame(&mut rgb)
-            .map_err(|e| Failure(1, format!("{}: {e}", device.display())))?;
-        let frame = if (camera.width, camera.height) == (w, h) {
-            std::mem::take(&mut rgb)
-        } else {
-            let img = image::RgbImage::from_raw(camera.width as u32, camera.height as u32, rgb)
-                .ok_or_else(|| Failure(1, "camera frame size".into()))?;
-            let small = image::imageops::resize(
-                &img,
-                w as u32,
-                h as u32,
-                image::imageops::FilterType::Triangle,
-            );
-            rgb = img.into_raw();
-            small.into_raw()
-        };
-        process(&format!("frame_{i:06}.png"), &frame)?;
-        if rgb.is_empty() {
-            rgb = frame;
-        }
-    }
-    Ok(())
+    let mut source = frames::CameraFrames::new(camera, device.to_path_buf(), count, h, w);
+    drain(&mut source, process)
 }
 
 #[cfg(not(target_os = "linux"))]
