@@ -6,6 +6,7 @@
 //! Nothing below this layer imports it.
 
 pub mod bench;
+pub mod config;
 pub mod demo;
 pub mod distill;
 pub mod eval;
