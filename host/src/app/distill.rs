@@ -329,6 +329,15 @@ pub fn distill(cfg: &DistillConfig) -> Result<TrainReport> {
     let loaded = LoadedTeacher::load(&cfg.teacher, &cfg.teacher_args, (w, h), &device, o.quiet)?;
     let teacher = loaded.teacher();
     teacher.check_size(w, h)?;
+    if let LoadedTeacher::Onnx(t) = &loaded {
+        if method == Method::Adu && adu_options.feature && t.resized() {
+            let (tw, th) = t.run_size();
+            return Err(Error::Usage(format!(
+                "{}: ADU's feature distillation compares maps at the student's size, but this teacher runs at {tw}×{th}, not {w}×{h}: export it with dynamic height and width or at {w}×{h}, or pass --no-feature",
+                cfg.teacher.display()
+            )));
+        }
+    }
     let student = o.network(&cfg.arch, w, h, &device)?;
     let images = labeled.iter().map(Vec::len).sum::<usize>() + unlabeled.len();
     let tc = o.config(images, &cfg.out);
