@@ -394,7 +394,7 @@ impl Module for GraphNet {
 /// 3×3 max pooling with stride 2 and padding 1 as maxima of strided views (candle's max pool has
 /// no backward unless the kernel equals the stride). Zero padding stands in for −∞: the input is
 /// post-ReLU.
-fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
     // along `dim` (size n, output ⌈n/2⌉ = m): pad to 2m + 2, then the window of output o is
     // padded positions 2o, 2o + 1, 2o + 2
     let along = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {

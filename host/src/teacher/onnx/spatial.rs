@@ -109,7 +109,12 @@ pub(super) fn conv(
     xin = xin.contiguous()?;
     let w = w.contiguous()?;
     let fast = cx.custom_ops && dh == 1 && kh == kw && xin.device().is_cpu();
-    let mut y = if fast && groups == 1 {
+    let mut y = if fast && groups == 1 && o == 1 && sh == 1 {
+        // one output channel (a depth head): a depthwise pass and a channel sum, as the native
+        // nets do, without im2col's C·k² copies of a full-resolution map
+        let wd = w.reshape((ci, 1, kh, kw))?;
+        crate::nets::ops::depthwise_conv2d(&xin, &wd, pad, 1)?.sum_keepdim(1)?
+    } else if fast && groups == 1 {
         crate::nets::ops::conv2d(&xin, &w, pad, sh)?
     } else if fast && groups == c && o == c && ci == 1 {
         crate::nets::ops::depthwise_conv2d(&xin, &w, pad, sh)?
@@ -215,6 +220,16 @@ pub(super) fn pool(n: &OpNode, x: &Tensor, dev: &Device) -> Result<Vec<Value>> {
         };
     let (oh, ow) = (out_len(h, kh, sh, dh, t, b)?, out_len(w, kw, sw, dw, l, r)?);
     let is_max = n.op == "MaxPool";
+    // ResNet's stem pool: the native net's strided-view form (same values, cheaper backward);
+    // its zero padding stands in for −∞ only after a ReLU, so it is taken for inputs ≥ 0 only
+    if is_max
+        && (kh, kw, sh, sw, dh, dw) == (3, 3, 2, 2, 1, 1)
+        && [t, l, b, r] == [1; 4]
+        && (oh, ow) == (h.div_ceil(2), w.div_ceil(2))
+        && x.min_all()?.to_scalar::<f32>()? >= 0.0
+    {
+        return Ok(vec![Value::F(crate::nets::graph_net::max_pool_3x3_s2(x)?)]);
+    }
     // enough padding at the end for every window
     let need_h = (oh - 1) * sh + (kh - 1) * dh + 1;
     let need_w = (ow - 1) * sw + (kw - 1) * dw + 1;
