@@ -19,6 +19,21 @@ impl FrameError for SourceError {
     }
 }
 
+/// The caller's buffer must hold one frame of `source`.
+fn check_buffer<S: FrameSource>(source: &S, frame: &[u8]) -> Result<(), SourceError> {
+    if frame.len() == source.frame_bytes() {
+        return Ok(());
+    }
+    Err(SourceError {
+        kind: FrameErrorKind::Format,
+        msg: format!(
+            "frame buffer holds {} bytes, not {}",
+            frame.len(),
+            source.frame_bytes()
+        ),
+    })
+}
+
 /// A source that can say what its last frame is called (for the checksum lines and outputs).
 pub trait Named {
     fn name(&self) -> String;
@@ -85,16 +100,7 @@ impl FrameSource for PngFrames {
                 ),
             });
         }
-        if frame.len() != self.frame_bytes() {
-            return Err(SourceError {
-                kind: FrameErrorKind::Format,
-                msg: format!(
-                    "frame buffer holds {} bytes, not {}",
-                    frame.len(),
-                    self.frame_bytes()
-                ),
-            });
-        }
+        check_buffer(self, frame)?;
         frame.copy_from_slice(img.as_raw());
         Ok(())
     }
@@ -165,16 +171,7 @@ impl FrameSource for CameraFrames {
             .map_err(|e| fail(format!("{}: {e}", self.device.display())))?;
         self.taken += 1;
         let (cw, ch) = (self.camera.width, self.camera.height);
-        if frame.len() != self.frame_bytes() {
-            return Err(SourceError {
-                kind: FrameErrorKind::Format,
-                msg: format!(
-                    "frame buffer holds {} bytes, not {}",
-                    frame.len(),
-                    self.frame_bytes()
-                ),
-            });
-        }
+        check_buffer(self, frame)?;
         if (cw, ch) == (self.width, self.height) {
             frame.copy_from_slice(&self.raw);
             return Ok(());

@@ -275,6 +275,14 @@ impl LoadedTeacher {
             LoadedTeacher::Onnx(t) => t.as_ref(),
         }
     }
+
+    /// Parameters (an ONNX file's float initializers).
+    pub fn params(&self) -> u64 {
+        match self {
+            LoadedTeacher::Native(n) => n.net.spec().params() as u64,
+            LoadedTeacher::Onnx(t) => t.params(),
+        }
+    }
 }
 
 /// `depthling distill --method kd|ddd|aux|adu`: the student learns the teacher's predictions on

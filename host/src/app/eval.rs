@@ -155,11 +155,7 @@ pub fn eval_model(
             preds.extend(crate::teacher::predict_samples(t, chunk, &device)?);
             p.advance(chunk.len(), None);
         }
-        let count = match &loaded {
-            super::distill::LoadedTeacher::Onnx(o) => o.params(),
-            super::distill::LoadedTeacher::Native(n) => n.net.spec().params() as u64,
-        };
-        (kind, params, arena_bytes) = ("f32 (onnx)", count, None);
+        (kind, params, arena_bytes) = ("f32 (onnx)", loaded.params(), None);
     } else {
         let device = Device::Cpu;
         let (net, _) = Net::load(model, &device)?;

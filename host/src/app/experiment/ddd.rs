@@ -51,14 +51,10 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
                 &device,
                 cfg.quiet,
             )?;
-            let params = match &loaded {
-                crate::app::distill::LoadedTeacher::Native(n) => n.net.spec().params() as u64,
-                crate::app::distill::LoadedTeacher::Onnx(o) => o.params(),
-            };
             table.teacher_row(
                 "teacher",
                 loaded.teacher(),
-                params,
+                loaded.params(),
                 &format!("given teacher {}", path.display()),
             )?;
             (None, Some(loaded))
