@@ -42,6 +42,14 @@ fn images(n: usize, h: usize, w: usize, seed: u32) -> Vec<f32> {
     out
 }
 
+/// max |a − b| and max |b|: two depth maps agree when the first is ≤ 1e-4 of the second.
+fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let top = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    (worst, top)
+}
+
 const ORT: &str = r#"
 import sys, numpy as np, onnxruntime as ort
 model, inp, out, n, h, w = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -128,12 +136,7 @@ fn imported_teachers_match_onnxruntime() {
         assert_eq!(ours.dims(), [2, 1, h, w], "{name}");
         let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let theirs = onnxruntime(&python, &path, &x, 2, h, w);
-        assert_eq!(ours.len(), theirs.len(), "{name}");
-        let top = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = ours
-            .iter()
-            .zip(&theirs)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (worst, top) = max_diff(&ours, &theirs);
         assert!(
             worst <= 1e-4 * top,
             "{name} at {w}×{h}: max |ours − onnxruntime| {worst} (largest {top})"
@@ -307,11 +310,7 @@ fn native_teachers_survive_export_and_import() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        let (worst, top) = max_diff(&b, &a);
         assert!(
             worst <= 1e-4 * top,
             "{arch}: max |native − imported| {worst} (largest {top})"

@@ -119,33 +119,36 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         }
         _ => {}
     }
-    let bytes = crate::io::read(model_path, "model file")?;
     let failed = |e: RunnerError| match e {
         RunnerError::Model(m) => Error::bad_input(model_path, m),
         RunnerError::Run(m) => Error::Runtime(format!("{}: {m}", model_path.display())),
     };
     let inputs = crate::io::list_pngs(&cfg.input)?;
-    let device_backend = match cfg.backend {
-        RunBackend::Int8 | RunBackend::Teacher => Backend::Int8,
-        RunBackend::Tract => Backend::Tract,
-    };
-    // the importer takes the images' size; the engines fix their own
-    let teacher = match cfg.backend {
-        RunBackend::Teacher => {
-            let (w, h, _) = png::read_rgb(&inputs[0])?;
+    // every input is read before anything is written
+    let images = inputs
+        .iter()
+        .map(|p| png::read_rgb(p))
+        .collect::<Result<Vec<_>>>()?;
+    // the engines fix their input size; the importer takes the first image's (every frame is
+    // checked against it below)
+    let first_size = (images[0].0, images[0].1);
+    let (bytes, teacher) = match cfg.backend {
+        RunBackend::Teacher => (
+            Vec::new(),
             Some(super::distill::LoadedTeacher::load(
                 model_path,
                 &cfg.teacher,
-                (w, h),
+                first_size,
                 &candle_core::Device::Cpu,
                 cfg.quiet,
-            )?)
-        }
-        _ => None,
+            )?),
+        ),
+        _ => (crate::io::read(model_path, "model file")?, None),
     };
-    let loaded = match teacher {
-        None => Some(Loaded::new(&bytes, device_backend).map_err(failed)?),
-        Some(_) => None,
+    let loaded = match cfg.backend {
+        RunBackend::Int8 => Some(Loaded::new(&bytes, Backend::Int8).map_err(failed)?),
+        RunBackend::Tract => Some(Loaded::new(&bytes, Backend::Tract).map_err(failed)?),
+        RunBackend::Teacher => None,
     };
     let mut arena = loaded.as_ref().map(|l| l.arena()).unwrap_or_default();
     type Infer<'r> = Box<dyn FnMut(&[u8]) -> Result<Vec<f32>> + 'r>;
@@ -163,7 +166,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
             )
         }
         (None, Some(t)) => {
-            let (w, h, _) = png::read_rgb(&inputs[0])?;
+            let (w, h) = first_size;
             let t = t.teacher();
             (
                 (h, w),
@@ -181,8 +184,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         (None, None) => return Err(Error::Runtime("no backend".into())),
     };
     let mut frames = Vec::with_capacity(inputs.len());
-    for p in &inputs {
-        let (w, h, rgb) = png::read_rgb(p)?;
+    for (p, (w, h, rgb)) in inputs.iter().zip(images) {
         if (w, h) != (mw, mh) {
             return Err(Error::bad_input(
                 p,

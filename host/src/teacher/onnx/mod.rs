@@ -120,7 +120,6 @@ pub struct OnnxTeacher {
     tensors: Vec<TensorInfo>,
     batch_norm_layers: usize,
     params: u64,
-    custom_ops: bool,
 }
 
 /// What one forward pass returns.
@@ -281,15 +280,9 @@ impl OnnxTeacher {
             tensors: Vec::new(),
             batch_norm_layers: 0,
             params,
-            custom_ops: true,
         };
         t.prepare()?;
         Ok(t)
-    }
-
-    /// Uses candle's own kernels instead of depthling's custom ops (for benchmarks and tests).
-    pub fn set_custom_ops(&mut self, on: bool) {
-        self.custom_ops = on;
     }
 
     pub fn path(&self) -> &Path {
@@ -435,7 +428,6 @@ impl OnnxTeacher {
         let cx = Ctx {
             device: &self.device,
             opset: self.opset,
-            custom_ops: self.custom_ops,
         };
         let mut values: HashMap<String, Value> = HashMap::new();
         values.insert(self.input.clone(), Value::F(x.clone()));

@@ -108,8 +108,6 @@ impl OpNode {
 pub struct Ctx<'a> {
     pub device: &'a Device,
     pub opset: i64,
-    /// Use depthling's custom convolution and bilinear ops where they apply.
-    pub custom_ops: bool,
 }
 
 pub(super) fn bad(msg: impl Into<String>) -> Error {

@@ -83,6 +83,12 @@ fn nearest_indices(c: Coord, mode: &str, len_in: usize, len_out: usize, scale: f
 /// with `align_corners=False`), differentiable.
 pub fn bilinear(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
+    if h == 0 || w == 0 || oh == 0 || ow == 0 {
+        return Err(bad(format!(
+            "bilinear resize of {:?} to {oh}×{ow}",
+            x.dims()
+        )));
+    }
     let dev = x.device();
     let ah = Tensor::from_vec(
         linear_matrix(Coord::HalfPixel, h, oh, oh as f64 / h as f64),
@@ -110,6 +116,9 @@ pub fn resize(n: &OpNode, inputs: &[Option<Value>], cx: &Ctx<'_>) -> Result<Vec<
         )));
     }
     let (_, _, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        return Err(bad(format!("Resize of an empty map {:?}", x.dims())));
+    }
     let legacy = n.op == "Upsample" || cx.opset < 11;
     let (scales_in, sizes_in) = if n.op == "Upsample" {
         let s = match get(1) {
@@ -216,8 +225,7 @@ pub fn resize(n: &OpNode, inputs: &[Option<Value>], cx: &Ctx<'_>) -> Result<Vec<
         "linear" | "bilinear" => {
             let factor = oh / h;
             let power_of_two = factor >= 2 && factor.is_power_of_two();
-            if cx.custom_ops
-                && x.device().is_cpu()
+            if x.device().is_cpu()
                 && matches!(coord, Coord::HalfPixel | Coord::PytorchHalfPixel)
                 && power_of_two
                 && (oh, ow) == (h * factor, w * factor)

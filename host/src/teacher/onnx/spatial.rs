@@ -108,7 +108,7 @@ pub(super) fn conv(
     };
     xin = xin.contiguous()?;
     let w = w.contiguous()?;
-    let fast = cx.custom_ops && dh == 1 && kh == kw && xin.device().is_cpu();
+    let fast = dh == 1 && kh == kw && xin.device().is_cpu();
     let mut y = if fast && groups == 1 && o == 1 && sh == 1 {
         // one output channel (a depth head): a depthwise pass and a channel sum, as the native
         // nets do, without im2col's C·k² copies of a full-resolution map
@@ -200,6 +200,12 @@ pub(super) fn pool(n: &OpNode, x: &Tensor, dev: &Device) -> Result<Vec<Value>> {
     }
     let (_, _, h, w) = x.dims4()?;
     let (kh, kw) = pair(n.ints("kernel_shape"), 0, "kernel_shape")?;
+    if h == 0 || w == 0 || kh == 0 || kw == 0 {
+        return Err(bad(format!(
+            "pooling an empty map {:?} or with an empty kernel",
+            x.dims()
+        )));
+    }
     let (sh, sw) = pair(n.ints("strides"), 1, "strides")?;
     let (dh, dw) = pair(n.ints("dilations"), 1, "dilations")?;
     let [t, l, b, r] = spatial_pads(n, (h, w), (kh, kw), (sh, sw), (dh, dw))?;
