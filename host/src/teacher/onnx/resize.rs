@@ -269,4 +269,27 @@ mod tests {
             [0, 0, 1, 1]
         );
     }
+
+    /// An empty map (a graph that shrinks a small input to nothing) is an error, not an
+    /// out-of-bounds index.
+    #[test]
+    fn empty_maps_are_refused() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::zeros((1, 2, 0, 4), candle_core::DType::F32, &dev).unwrap();
+        assert!(bilinear(&x, 4, 4).is_err());
+        let n = OpNode {
+            name: "r".into(),
+            op: "Resize".into(),
+            inputs: vec![],
+            outputs: vec!["y".into()],
+            attrs: Default::default(),
+        };
+        let cx = Ctx {
+            device: &dev,
+            opset: 13,
+        };
+        let scales = Value::F(Tensor::new(&[1f32, 1.0, 2.0, 2.0], &dev).unwrap());
+        let e = resize(&n, &[Some(Value::F(x)), None, Some(scales)], &cx).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
 }
