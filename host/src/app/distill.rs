@@ -10,6 +10,7 @@ use super::train::{TrainOptions, TrainReport};
 use super::{parse_arg, training_progress};
 use crate::data::{Dataset, Sample};
 use crate::distill::adu::AduOptions;
+use crate::distill::ddd::BnLoss;
 use crate::distill::{aux, ddd, kd, DddOptions};
 use crate::error::{Error, Result};
 use crate::io::FileKind;
@@ -76,6 +77,10 @@ pub struct DddFlags {
     /// The transformation network is updated once every this many student steps.
     #[arg(long, default_value_t = 1)]
     pub transform_every: usize,
+    /// How the statistics loss weighs the teacher's BatchNorm layers: normalized (each layer in
+    /// units of its running statistics) or raw (DeepInversion's sum in the layers' own units).
+    #[arg(long, default_value = "normalized", value_parser = parse_arg::<BnLoss>)]
+    pub bn_loss: BnLoss,
     /// Share of the images used, e.g. 1/6 (the image budget).
     #[arg(long, default_value = "1", value_parser = parse_fraction)]
     pub images_fraction: f64,
@@ -93,6 +98,7 @@ impl DddFlags {
             transform: !self.no_transform,
             identity_weight: self.identity_weight,
             transform_every: self.transform_every,
+            bn_loss: self.bn_loss,
             ..Default::default()
         }
     }

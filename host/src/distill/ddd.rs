@@ -176,7 +176,8 @@ impl Transform {
         Ok(Transform { vars, convs })
     }
 
-    /// x′ = x + T(x).
+    /// x′ = clamp(x + T(x), 0, 1): a transformed image is still an image in the teacher's input
+    /// range (unclamped, T shifts colours far outside it to match the statistics).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.clone();
         for (i, (w, b)) in self.convs.iter().enumerate() {
@@ -190,18 +191,44 @@ impl Transform {
                 y = y.relu()?;
             }
         }
-        Ok((x + y)?)
+        Ok((x + y)?.clamp(0f32, 1f32)?)
     }
 }
 
-/// The DeepInversion-form loss: Σ_l ‖μ_l(x′) − μ̂_l‖₂ + ‖σ²_l(x′) − σ̂²_l‖₂ over the inputs of
-/// the teacher's BatchNorm layers (batch statistics against the running ones), plus
+/// How the BatchNorm-statistics loss weighs its layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BnLoss {
+    /// DeepInversion's Σ_l ‖μ_l − μ̂_l‖₂ + ‖σ²_l − σ̂²_l‖₂ in the layers' own units: wide, deep
+    /// layers with large activations dominate and the identity term weighs almost nothing.
+    Raw,
+    /// Each layer in units of its running statistics, root-mean over channels:
+    /// ‖(μ_l − μ̂_l)/σ̂_l‖₂/√C_l + ‖σ²_l/σ̂²_l − 1‖₂/√C_l, so that every layer counts alike.
+    #[default]
+    Normalized,
+}
+
+impl std::str::FromStr for BnLoss {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(BnLoss::Raw),
+            "normalized" => Ok(BnLoss::Normalized),
+            other => Err(Error::Usage(format!(
+                "unknown BatchNorm loss {other:?}; known: normalized, raw"
+            ))),
+        }
+    }
+}
+
+/// The DeepInversion-form loss over the inputs of the teacher's BatchNorm layers (batch
+/// statistics of x′ against the running ones, weighed as `form` says), plus
 /// `identity · mean|x′ − x|`.
 pub fn bn_statistics_loss(
     teacher: &dyn Teacher,
     x: &Tensor,
     x_prime: &Tensor,
     identity: f64,
+    form: BnLoss,
 ) -> Result<Tensor> {
     let captured = teacher.batch_norm_inputs(x_prime)?;
     if captured.is_empty() {
@@ -224,8 +251,19 @@ pub fn bn_statistics_loss(
             .mean_keepdim(2)?
             .mean_keepdim(3)?
             .flatten_all()?;
-        let dm = (mu - mean)?.sqr()?.sum_all()?.sqrt()?;
-        let dv = (sigma2 - var)?.sqr()?.sum_all()?.sqrt()?;
+        let (dm, dv) = match form {
+            BnLoss::Raw => (
+                (mu - mean)?.sqr()?.sum_all()?.sqrt()?,
+                (sigma2 - var)?.sqr()?.sum_all()?.sqrt()?,
+            ),
+            BnLoss::Normalized => {
+                let var = (var + 1e-5)?;
+                let root_c = (mu.dims1()? as f64).sqrt();
+                let dm = (mu - mean)?.div(&var.sqrt()?)?.sqr()?.sum_all()?.sqrt()?;
+                let dv = (sigma2.div(&var)? - 1.0)?.sqr()?.sum_all()?.sqrt()?;
+                ((dm / root_c)?, (dv / root_c)?)
+            }
+        };
         total = ((total + dm)? + dv)?;
     }
     let keep = ((x_prime - x)?.abs()?.mean_all()? * identity)?;
@@ -240,6 +278,7 @@ pub struct TransformStage<'a> {
     pub opt: Adam,
     pub identity: f64,
     pub every: usize,
+    pub form: BnLoss,
     /// BatchNorm-statistics loss of every T update (falls as T learns).
     pub losses: Vec<f32>,
 }
@@ -253,6 +292,7 @@ impl<'a> TransformStage<'a> {
             teacher,
             identity: 0.1,
             every: 1,
+            form: BnLoss::default(),
             losses: Vec::new(),
         })
     }
@@ -282,7 +322,7 @@ impl<'a> TransformStage<'a> {
     pub fn apply(&mut self, step: usize, x: &Tensor) -> Result<Tensor> {
         if step.is_multiple_of(self.every.max(1)) {
             let xp = self.transform.forward(x)?;
-            let loss = bn_statistics_loss(self.teacher, x, &xp, self.identity)?;
+            let loss = bn_statistics_loss(self.teacher, x, &xp, self.identity, self.form)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(Error::Runtime(format!(
@@ -311,6 +351,8 @@ pub struct DddOptions {
     /// T is updated once every this many student steps.
     pub transform_every: usize,
     pub transform_lr: f64,
+    /// How the statistics loss weighs the teacher's layers.
+    pub bn_loss: BnLoss,
 }
 
 impl Default for DddOptions {
@@ -322,6 +364,7 @@ impl Default for DddOptions {
             identity_weight: 0.1,
             transform_every: 1,
             transform_lr: 1e-3,
+            bn_loss: BnLoss::default(),
         }
     }
 }
@@ -381,6 +424,7 @@ impl<'t> Ddd<'t> {
             let mut st = TransformStage::new(teacher, device, seed ^ 0x7A, options.transform_lr)?;
             st.identity = options.identity_weight;
             st.every = options.transform_every;
+            st.form = options.bn_loss;
             Some(st)
         } else {
             None
