@@ -50,22 +50,25 @@ else
   skip "hardware-in-the-loop tools missing (${missing:- rust target aarch64-unknown-linux-gnu}); needs root and apt-get: the HIL tests will skip"
 fi
 
-# onnxruntime (PyPI) checks the ONNX export (tests/tests/onnxruntime.rs), from a virtual
-# environment kept in target/ (rebuilt when missing).
+# onnxruntime (PyPI) checks the ONNX export (tests/tests/onnxruntime.rs) and the ONNX teacher
+# importer; LiteRT (ai-edge-litert) and TFLite Micro (tflite-micro) check the .tflite export
+# against the int8 engine (tests/tests/tflite.rs). One virtual environment kept in target/
+# (rebuilt when a package is missing).
 venv=target/ort-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnxruntime, numpy" >/dev/null 2>&1; then
+imports="import onnxruntime, numpy, ai_edge_litert.interpreter, tflite_micro"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$imports" >/dev/null 2>&1; then
   if ! python3 -m venv --help >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing python3-venv"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null) || true
   fi
-  echo "== onnxruntime and numpy into $venv"
+  echo "== onnxruntime, numpy, ai-edge-litert and tflite-micro into $venv"
   rm -rf "$venv"
-  (python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q --disable-pip-version-check onnxruntime numpy) || true
+  (python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q --disable-pip-version-check onnxruntime numpy ai-edge-litert tflite-micro) || true
 fi
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import onnxruntime, numpy" >/dev/null 2>&1; then
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$imports" >/dev/null 2>&1; then
   export DEPTHLING_ORT_PYTHON="$PWD/$venv/bin/python"
 else
-  skip "onnxruntime could not be installed from PyPI; the onnxruntime check of the ONNX export will skip"
+  skip "onnxruntime, ai-edge-litert or tflite-micro could not be installed from PyPI; the onnxruntime and TFLite checks will skip"
 fi
 
 echo "== cargo test (release profile: the demo test trains real networks)"

@@ -246,3 +246,40 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
     }
 }
+
+/// NumPy's `.npy` format (version 1.0), for tensor dumps.
+pub mod npy {
+    /// Element types written.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Dtype {
+        I8,
+        F32,
+    }
+
+    /// The file: magic, version 1.0, a header dict padded to a multiple of 64 bytes, then
+    /// `data` (little endian, C order) as it is.
+    pub fn encode(dtype: Dtype, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        let descr = match dtype {
+            Dtype::I8 => "|i1",
+            Dtype::F32 => "<f4",
+        };
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let shape = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        // magic (6) + version (2) + length (2) + header + newline, to a multiple of 64
+        let used = 10 + header.len() + 1;
+        header.push_str(&" ".repeat((64 - used % 64) % 64));
+        header.push('\n');
+        let mut out = Vec::with_capacity(10 + header.len() + data.len());
+        out.extend_from_slice(b"\x93NUMPY\x01\x00");
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Modules depend downwards only, in this order (each may use those above it in the list, never
 //! one below): `error`, `rng`, `io`, `progress` → `data` → `sim` → `nets`, `losses`, `optim` →
-//! `train` → `teacher` → `distill` → `quant`, `onnx`, `eval`, `plot`, `report`, `boards` → `app`.
+//! `train` → `teacher` → `distill` → `quant`, `onnx`, `tflite`, `eval`, `plot`, `report`, `boards` → `app`.
 
 pub mod error;
 pub mod io;
@@ -28,6 +28,7 @@ pub mod onnx;
 pub mod plot;
 pub mod quant;
 pub mod report;
+pub mod tflite;
 
 pub mod app;
 

@@ -13,7 +13,9 @@ const LAYERS: &[&[&str]] = &[
     &["train"],
     &["teacher"],
     &["distill"],
-    &["quant", "onnx", "eval", "plot", "report", "boards"],
+    &[
+        "quant", "onnx", "tflite", "eval", "plot", "report", "boards",
+    ],
     &["app"],
 ];
 

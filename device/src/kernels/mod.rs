@@ -25,7 +25,9 @@ impl Shape {
     }
 }
 
-/// Clamp range of a fused ReLU/ReLU6 (or none) on an int8 output with the given quantization.
+/// Clamp range of a fused ReLU/ReLU6 (or none) on an int8 output with the given quantization,
+/// as TFLite's `CalculateActivationRangeQuantized`: `zero_point + round(6.0f / scale)` in f32,
+/// rounding half away from zero.
 pub fn activation_range(
     act: depthling_model::Activation,
     scale: f32,
@@ -35,10 +37,18 @@ pub fn activation_range(
     match act {
         Activation::Relu => (zero_point.max(-128), 127),
         Activation::Relu6 => {
-            // zero_point + round(6 / scale), rounded half up; saturates at 127
-            let six = zero_point as f32 + 6.0 / scale + 0.5;
-            let six = if six >= 127.0 { 127 } else { six as i32 };
-            (zero_point.max(-128), six.clamp(-128, 127))
+            let q = 6.0f32 / scale;
+            // round half away from zero without std (q > 0; saturates far above 127)
+            let steps = if q >= 512.0 {
+                512
+            } else {
+                let t = q as i32; // the fraction q − t is exact in f32
+                t + (q - t as f32 >= 0.5) as i32
+            };
+            (
+                zero_point.max(-128),
+                zero_point.saturating_add(steps).clamp(-128, 127),
+            )
         }
         Activation::None | Activation::Sigmoid => (-128, 127),
     }

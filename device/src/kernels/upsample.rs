@@ -1,5 +1,8 @@
 //! Upsampling by a power of two: nearest, and bilinear with half-pixel centres in exact integer
 //! arithmetic (the weights are multiples of `1 / (2f)`, so the result is a rounded integer ratio).
+//! Both equal TFLite's integer kernels (`RESIZE_NEAREST_NEIGHBOR`, and `RESIZE_BILINEAR` with
+//! `half_pixel_centers`: `ResizeBilinearInteger`, whose weights in units of 1/1024 are the same
+//! ratios, rounding half away from zero).
 
 use super::Shape;
 
@@ -35,6 +38,16 @@ pub fn nearest_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [i
     }
 }
 
+/// `sum / den2` rounded half away from zero (division truncating toward zero, as in C++).
+#[inline]
+fn round_div(sum: i32, den2: i32) -> i32 {
+    if sum > 0 {
+        (sum + den2 / 2) / den2
+    } else {
+        (sum - den2 / 2) / den2
+    }
+}
+
 /// Source index pair and weight (of the second, out of `2 · factor`) for output coordinate `o`.
 #[inline]
 fn taps(o: usize, factor: usize, n: usize) -> (usize, usize, i32) {
@@ -67,8 +80,7 @@ pub fn bilinear_reference(input: &[i8], shape: Shape, factor: usize, out: &mut [
             for ch in 0..c {
                 let at = |y: usize, x: usize| input[(y * w + x) * c + ch] as i32;
                 let sum = w00 * at(y0, x0) + w01 * at(y0, x1) + w10 * at(y1, x0) + w11 * at(y1, x1);
-                // round half up
-                let v = (sum + den2 / 2).div_euclid(den2);
+                let v = round_div(sum, den2);
                 out[(oy * ow + ox) * c + ch] = v.clamp(-128, 127) as i8;
             }
         }
@@ -100,7 +112,7 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
                     + weights[1] * b[ch] as i32
                     + weights[2] * cc[ch] as i32
                     + weights[3] * d[ch] as i32;
-                *o = (sum + den2 / 2).div_euclid(den2).clamp(-128, 127) as i8;
+                *o = round_div(sum, den2).clamp(-128, 127) as i8;
             }
         }
     }

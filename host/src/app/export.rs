@@ -19,6 +19,8 @@ pub enum Format {
     Dlm,
     /// The f32 ONNX graph (from a `.safetensors` checkpoint).
     Onnx,
+    /// The full-integer TFLite model of a `.dlm` (for LiteRT and TFLite Micro).
+    Tflite,
 }
 
 impl FromStr for Format {
@@ -28,8 +30,9 @@ impl FromStr for Format {
         match s {
             "dlm" => Ok(Format::Dlm),
             "onnx" => Ok(Format::Onnx),
+            "tflite" => Ok(Format::Tflite),
             other => Err(Error::Usage(format!(
-                "unknown format {other:?}; known: dlm, onnx"
+                "unknown format {other:?}; known: dlm, onnx, tflite"
             ))),
         }
     }
@@ -40,7 +43,7 @@ impl FromStr for Format {
 pub struct ExportConfig {
     #[arg(long)]
     pub model: PathBuf,
-    /// onnx (from a .safetensors checkpoint) or dlm (from a .dlm)
+    /// onnx (from a .safetensors checkpoint), dlm or tflite (from a .dlm)
     #[arg(long, value_parser = parse_arg::<Format>)]
     pub format: Format,
     #[arg(long)]
@@ -54,14 +57,15 @@ pub struct ExportConfig {
 
 /// `depthling export`. `--format onnx` writes the f32 ONNX graph of a checkpoint (input size from
 /// `size`, else from the checkpoint's `size` metadata); `--format dlm` takes a `.dlm` (validated,
-/// checked against `--board`, copied). A `.dlm` is made from a checkpoint by `depthling quantize`,
-/// which needs calibration images.
+/// checked against `--board`, copied); `--format tflite` converts a `.dlm` to a full-integer
+/// `.tflite` (checked against `--board` by its size and the int8 engine's arena). A `.dlm` is
+/// made from a checkpoint by `depthling quantize`, which needs calibration images.
 pub fn export(cfg: &ExportConfig) -> Result<Profile> {
     let board = cfg.board.as_deref().map(Board::find).transpose()?;
     let model = cfg.model.as_path();
     match cfg.format {
         Format::Onnx => export_onnx(model, board, cfg.size, &cfg.out),
-        Format::Dlm => {
+        Format::Dlm | Format::Tflite => {
             if FileKind::of_file(model)? != FileKind::Dlm {
                 return Err(Error::Usage(format!(
                     "{}: a .dlm is made from a checkpoint by `depthling quantize --model {} --calib DIR --out S.dlm` (int8 needs calibration images)",
@@ -70,7 +74,14 @@ pub fn export(cfg: &ExportConfig) -> Result<Profile> {
                 )));
             }
             let file = DlmFile::read(model)?;
-            let mut p = profile_dlm(&file.model()?, file.bytes.len())?;
+            let m = file.model()?;
+            let bytes = match cfg.format {
+                Format::Tflite => {
+                    crate::tflite::export(&m).map_err(|e| Error::bad_input(model, e.to_string()))?
+                }
+                _ => file.bytes.clone(),
+            };
+            let mut p = profile_dlm(&m, bytes.len())?;
             if let Some(b) = board {
                 if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.arena_bytes.unwrap_or(0)) {
                     return Err(Error::bad_input(model, b.explain(&m)));
@@ -78,7 +89,7 @@ pub fn export(cfg: &ExportConfig) -> Result<Profile> {
                 p.fits = Some(true);
                 p.board = Some(b.name);
             }
-            write_atomic(&cfg.out, &file.bytes)?;
+            write_atomic(&cfg.out, &bytes)?;
             Ok(p)
         }
     }

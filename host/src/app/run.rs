@@ -66,6 +66,11 @@ pub struct RunConfig {
     /// How a `--backend teacher` model is fed and read.
     #[command(flatten)]
     pub teacher: super::distill::TeacherArgs,
+    /// int8 only: also write every op's output tensor under DIR/<image>/ as `.npy` (int8
+    /// NHWC, or f32 depth) with a JSON sidecar (op index and kind, scale, zero point, and the
+    /// tensor's name in the `.tflite` export), to find where two runtimes part ways.
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
     #[arg(skip)]
     pub quiet: bool,
 }
@@ -150,6 +155,11 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         RunBackend::Tract => Some(Loaded::new(&bytes, Backend::Tract).map_err(failed)?),
         RunBackend::Teacher => None,
     };
+    if cfg.dump.is_some() && cfg.backend != RunBackend::Int8 {
+        return Err(Error::Usage(
+            "--dump writes the int8 engine's tensors: it needs --backend int8 and a .dlm".into(),
+        ));
+    }
     let mut arena = loaded.as_ref().map(|l| l.arena()).unwrap_or_default();
     type Infer<'r> = Box<dyn FnMut(&[u8]) -> Result<Vec<f32>> + 'r>;
     let ((mh, mw), mut infer): ((usize, usize), Infer) = match (&loaded, &teacher) {
@@ -195,6 +205,15 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
     }
     let out = &cfg.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if let (Some(dir), Some(Loaded::Int8(model))) = (&cfg.dump, &loaded) {
+        for (p, rgb) in inputs.iter().zip(&frames) {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            dump(model, rgb, &dir.join(stem))?;
+        }
+    }
     let mut total = 0.0;
     let mut bar = crate::progress::Progress::new(cfg.quiet, "run", inputs.len(), "frames");
     for (p, rgb) in inputs.iter().zip(&frames) {
@@ -226,4 +245,55 @@ pub fn run(cfg: &RunConfig) -> Result<RunSummary> {
         backend: cfg.backend.name().into(),
         out: out.to_path_buf(),
     })
+}
+
+/// Writes the input and every op's output of one inference under `dir`: `input.npy`, and
+/// `NNN_kind.npy` with `NNN_kind.json` (op index, kind, IR tensor id and its `.tflite` name,
+/// dtype, NHWC shape, scale and zero point).
+pub fn dump(model: &depthling_model::Model<'_>, rgb: &[u8], dir: &std::path::Path) -> Result<()> {
+    use crate::io::{npy, write_atomic};
+    use depthling_model::DType;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut engine = depthling_device::Engine::new(model, &mut arena)
+        .map_err(|e| Error::Runtime(format!("invalid model: {e}")))?;
+    let input = model
+        .tensor(model.input)
+        .ok_or_else(|| Error::Runtime("model has no input".into()))?;
+    let shape = |t: &depthling_model::TensorInfo| {
+        [1, t.height as usize, t.width as usize, t.channels as usize]
+    };
+    let q: Vec<u8> = rgb.iter().map(|p| p ^ 0x80).collect();
+    write_atomic(
+        &dir.join("input.npy"),
+        &npy::encode(npy::Dtype::I8, &shape(input), &q),
+    )?;
+    let mut written: Vec<(String, Vec<u8>)> = Vec::new();
+    engine
+        .run_observed(rgb, |i, t, bytes| {
+            let kind = model.ops.get(i).map_or("op", |o| o.kind());
+            let id = model.ops.get(i).and_then(|o| o.output()).unwrap_or(0);
+            let stem = format!("{i:03}_{kind}");
+            let dtype = match t.dtype {
+                DType::I8 => npy::Dtype::I8,
+                DType::F32 => npy::Dtype::F32,
+            };
+            written.push((format!("{stem}.npy"), npy::encode(dtype, &shape(t), bytes)));
+            let side = serde_json::json!({
+                "op": i,
+                "kind": kind,
+                "tensor": id,
+                "tflite_name": if t.dtype == DType::F32 { "depth".to_string() } else { crate::tflite::tensor_name(id) },
+                "dtype": if t.dtype == DType::F32 { "float32" } else { "int8" },
+                "shape": shape(t),
+                "scale": if t.dtype == DType::F32 { None } else { Some(t.quant.scale) },
+                "zero_point": if t.dtype == DType::F32 { None } else { Some(t.quant.zero_point) },
+            });
+            written.push((format!("{stem}.json"), side.to_string().into_bytes()));
+        })
+        .map_err(|e| Error::Runtime(format!("inference failed: {e}")))?;
+    for (name, bytes) in written {
+        write_atomic(&dir.join(name), &bytes)?;
+    }
+    Ok(())
 }

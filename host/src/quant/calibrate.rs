@@ -222,7 +222,8 @@ pub fn params_for_range(lo: f32, hi: f32) -> QuantParams {
 }
 
 /// The int8 parameters of every graph node as the `.dlm` stores them: `post[i]` for node `i`'s
-/// output (the last node's output is f32 metres, so its entry is unused), and for sigmoid convs
+/// output (the last node's output is f32 metres: its entry is the calibrated depth range, which
+/// sizes the `.tflite` export's int16 depth), and for sigmoid convs
 /// `pre[i]`, the grid of the LUT's input. Quantization-aware training fakes the same grids.
 #[derive(Clone, Debug)]
 pub struct ActPlan {
@@ -296,7 +297,6 @@ pub fn calibrate_observed(
             .collect();
         (post, pre)
     };
-    let last = spec.nodes.len() - 1;
     let mut plan = ActPlan {
         post: Vec::with_capacity(spec.nodes.len()),
         pre: vec![None; spec.nodes.len()],
@@ -314,10 +314,8 @@ pub fn calibrate_observed(
                 plan.pre[i] = Some(params_for_range(pre[i].0, pre[i].1));
                 SIGMOID_OUTPUT
             }
-            _ if i == last => QuantParams {
-                scale: 1.0,
-                zero_point: 0,
-            },
+            // f32 metres in the engine; the calibrated range sizes the `.tflite` export's
+            // int16 depth
             _ => params_for_range(post[i].0, post[i].1),
         };
         plan.post.push(q);

@@ -165,6 +165,9 @@ pub fn quantize_with(
                         .iter()
                         .map(|&s_w| requant(s_in * s_w as f64 / target.scale as f64, i, "conv"))
                         .collect::<Result<Vec<_>>>()?;
+                    // LiteRT's int8 LOGISTIC table (`LUTPopulate`: f32 dequantize, 1/(1+e^−x),
+                    // round(y·256) − 128); TFLite Micro computes the same function in
+                    // gemmlowp fixed point instead, which can differ by one in rare entries
                     let lut = (*act == Act::Sigmoid).then(|| {
                         let table: Vec<i8> = (-128i32..=127)
                             .map(|v| {
@@ -179,6 +182,7 @@ pub fn quantize_with(
                         depthling_model::Lut {
                             table: b.constant_i8(&table),
                             zero_point: target.zero_point,
+                            scale: target.scale,
                         }
                     });
                     (b.constant_requant(&r), lut)
@@ -260,9 +264,8 @@ pub fn quantize_with(
                 )))
             }
             Node::GlobalAvgPool { input } => {
-                let si = shapes[*input];
-                let real =
-                    qp[*input].scale as f64 / (q.scale as f64 * (si.height * si.width) as f64);
+                // TFLite's MEAN: requantize the sum, then divide by the pixel count
+                let real = qp[*input].scale as f64 / q.scale as f64;
                 b.push(Op::GlobalAvgPool {
                     input: ids[*input],
                     output: id,

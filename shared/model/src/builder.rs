@@ -203,6 +203,7 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
             crate::Lut {
                 table: b.constant_i8(&lut),
                 zero_point: 0,
+                scale: 0.05,
             }
         });
         b.push(Op::Conv2d(Conv2d {
@@ -231,7 +232,7 @@ pub fn example_model(height: u16, width: u16, seed: u64) -> Result<Vec<u8>, Load
     b.push(Op::GlobalAvgPool {
         input: t3,
         output: pooled,
-        requant: Requant::from_real(0.06 / 0.03 / (h4 as f64 * w4 as f64)).unwrap_or(Requant {
+        requant: Requant::from_real(0.06 / 0.03).unwrap_or(Requant {
             multiplier: 0,
             shift: 0,
         }),

@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every `.dlm` file.
 pub const MAGIC: [u8; 4] = *b"DLM1";
 /// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2 (TFLite semantics): `GlobalAvgPool` requantizes the sum and then divides by the
+/// pixel count (TFLite's MEAN), and a sigmoid's LUT records its pre-activation scale.
+pub const FORMAT_VERSION: u16 = 2;
 /// Most ops in one model.
 pub const MAX_OPS: usize = 256;
 /// Most tensors in one model.
@@ -182,6 +184,9 @@ pub struct Lut {
     pub table: ConstRef,
     /// Zero point of the pre-activation quantization.
     pub zero_point: i32,
+    /// Scale of the pre-activation quantization (what `requant` maps to; TFLite's LOGISTIC
+    /// input).
+    pub scale: f32,
 }
 
 /// One operation of the graph, in execution order.
@@ -212,8 +217,9 @@ pub enum Op {
         mode: UpsampleMode,
         factor: u8,
     },
-    /// Mean over H and W; output 1×1×C. `requant` maps `sum / (H·W)` of the centred input to
-    /// the output scale (the division is folded into the multiplier).
+    /// Mean over H and W; output 1×1×C (TFLite's MEAN over axes 1, 2): `requant` (input scale
+    /// over output scale) maps the sum of the centred input, which is then divided by `H·W`
+    /// rounding half away from zero.
     GlobalAvgPool {
         input: TensorId,
         output: TensorId,

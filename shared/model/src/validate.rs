@@ -247,6 +247,9 @@ fn validate_op(m: &Model<'_>, i: usize, op: &Op) -> Result<(), LoadError> {
                             if !(-128..=127).contains(&lut.zero_point) {
                                 return Err(op_err(i, "LUT zero point out of range"));
                             }
+                            if !(lut.scale.is_finite() && lut.scale > 0.0) {
+                                return Err(op_err(i, "LUT scale is not a positive number"));
+                            }
                         }
                         (Activation::Sigmoid, None) => {
                             return Err(op_err(i, "sigmoid needs a LUT"))

@@ -1,0 +1,141 @@
+//! The `.tflite` export against TFLite itself: for the demo student, `micro` and `mbv2-mff`
+//! (seeded weights, and the demo student also after some training steps), every int8 tensor of
+//! depthling's engine equals LiteRT's reference kernels (`OpResolverType.BUILTIN_REF` with all
+//! tensors kept) bit for bit, and both LiteRT's and TFLite Micro's depth are within the int16
+//! output step of ours (`scripts/tflite_check.py` does the Python side).
+//!
+//! Python comes from `DEPTHLING_ORT_PYTHON` (`scripts/test.sh` makes a virtual environment with
+//! ai-edge-litert and tflite-micro) or `python3`; without them the test skips with a message, or
+//! fails under `DEPTHLING_REQUIRE_HIL=1` (CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use candle_core::Device;
+use depthling_host::nets::{preset, Net};
+use depthling_host::quant::{quantize, Calibration, Provenance};
+use depthling_host::sim::{render_many, render_sample, Domain};
+use depthling_host::train::{train, Supervised, TrainConfig};
+use depthling_tests::hil::{root, skip_or_fail};
+
+fn python() -> Option<String> {
+    let python = std::env::var("DEPTHLING_ORT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let usable = Command::new(&python)
+        .args([
+            "-c",
+            "import numpy, ai_edge_litert.interpreter, tflite_micro",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if usable {
+        Some(python)
+    } else {
+        skip_or_fail(
+            "TFLite check of the .tflite export",
+            &format!("{python} cannot import ai_edge_litert and tflite_micro (scripts/test.sh installs them in a virtual environment)"),
+        );
+        None
+    }
+}
+
+/// Exports `model`, dumps the engine's tensors on `frame`, and runs the comparison; returns its
+/// JSON report.
+fn check(python: &str, name: &str, model: &[u8], frame: &[u8]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let m = depthling_model::Model::from_bytes(model).unwrap();
+    let tfl = dir.path().join(format!("{name}.tflite"));
+    std::fs::write(&tfl, depthling_host::tflite::export(&m).unwrap()).unwrap();
+    let dump = dir.path().join("dump");
+    depthling_host::app::run::dump(&m, frame, &dump).unwrap();
+    let out = Command::new(python)
+        .arg(root().join("scripts/tflite_check.py"))
+        .arg(&tfl)
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{name}: no report ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report
+}
+
+/// How many ops of `model` write an int8 tensor.
+fn int8_outputs(model: &[u8]) -> usize {
+    let m = depthling_model::Model::from_bytes(model).unwrap();
+    m.ops
+        .iter()
+        .filter_map(|o| o.output().and_then(|t| m.tensor(t)))
+        .filter(|t| t.dtype == depthling_model::DType::I8)
+        .count()
+}
+
+fn assert_identical(name: &str, report: &serde_json::Value, int8_tensors: usize) {
+    let tensors = report["tensors"].as_array().unwrap();
+    // every int8 op output was compared
+    assert_eq!(tensors.len(), int8_tensors, "{name}: {report}");
+    for t in tensors {
+        assert_eq!(
+            t["differing"], 0,
+            "{name}: tensor {t} differs from LiteRT's"
+        );
+        assert_eq!(t["same_quantization"], true, "{name}: {t}");
+    }
+    let depth = &report["depth"];
+    let tol = depth["tolerance_m"].as_f64().unwrap();
+    assert!(
+        tol < 0.002,
+        "{name}: the int16 depth step is too coarse: {depth}"
+    );
+    for k in ["litert_max_abs_diff_m", "tflm_max_abs_diff_m"] {
+        assert!(depth[k].as_f64().unwrap() <= tol, "{name}: {k}: {depth}");
+    }
+    assert_eq!(report["ok"], true, "{name}: {report}");
+}
+
+#[test]
+fn every_int8_tensor_equals_litert_reference_kernels() {
+    let Some(python) = python() else { return };
+    // stride-2 3×3 convs on even sizes go through an explicit PAD (TFLite's SAME would pad
+    // after only), stride 1 through SAME; micro and mbv2-mff need a multiple of 32
+    for (arch, w, h) in [
+        ("demo-student", 64usize, 48usize),
+        ("micro", 64, 64),
+        ("mbv2-mff", 64, 32),
+    ] {
+        let (model, frame) = depthling_tests::student_and_frame(arch, w, h).unwrap();
+        let ops = int8_outputs(&model);
+        let report = check(&python, arch, &model, &frame);
+        assert_identical(&format!("{arch} {w}x{h}"), &report, ops);
+    }
+}
+
+#[test]
+fn a_trained_student_equals_litert_too() {
+    let Some(python) = python() else { return };
+    let device = Device::Cpu;
+    let (w, h) = (64, 48);
+    let net = Net::new(preset("demo-student", 1.0).unwrap(), &device, 3).unwrap();
+    let data = render_many(Domain::Indoor, w, h, 16, 5, 8, false);
+    let cfg = TrainConfig {
+        steps: 40,
+        ..Default::default()
+    };
+    let losses = train(&net, &data, &mut Supervised, &cfg, |_| {}).unwrap();
+    assert!(losses.last() < losses.first(), "training made progress");
+    let model = quantize(
+        &net.net,
+        &data,
+        Calibration::MinMax,
+        &Provenance::default(),
+        &device,
+    )
+    .unwrap();
+    let frame = render_sample(Domain::Indoor, w, h, 99, 0, false).rgb;
+    let ops = int8_outputs(&model);
+    let report = check(&python, "trained", &model, &frame);
+    assert_identical("trained demo student", &report, ops);
+}
