@@ -84,11 +84,14 @@ enum Command {
         after_help = "Example: depthling quantize --model student.safetensors --calib data/ood --out student.dlm\nWith a QAT fine-tune: depthling quantize --model student.safetensors --calib data/ood --calibration mse --qat-epochs 2 --out student.dlm"
     )]
     Quantize(quantize::QuantizeConfig),
-    /// Export a model as ONNX or .dlm, optionally checked against a board.
+    /// Export a model as ONNX, .dlm or .tflite, optionally checked against a board.
     #[command(
         after_help = "Example: depthling export --model student.safetensors --format onnx --out student.onnx"
     )]
     Export(export::ExportConfig),
+    /// Convert an int8 .tflite (within the IR's op set) into a .dlm for depthling's engine.
+    #[command(after_help = "Example: depthling import model.tflite --out model.dlm")]
+    Import(export::ImportConfig),
     /// Evaluate predictions against ground truth (16-bit PNG folders matched by name).
     #[command(
         after_help = "Example: depthling eval --pred out/depth --gt data/indoor --protocol nyu --json\nA model with an HTML report: depthling eval --model student.dlm --data data/indoor-test --protocol nyu --report eval-report"
@@ -153,6 +156,17 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Export(c) => {
             let p = export::export(&c)?;
+            emit(
+                &p,
+                json,
+                export::Exported {
+                    out: &c.out,
+                    profile: &p,
+                },
+            )
+        }
+        Command::Import(c) => {
+            let p = export::import(&c)?;
             emit(
                 &p,
                 json,

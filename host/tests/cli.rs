@@ -426,6 +426,107 @@ fn stage_commands_chain_end_to_end() {
     assert_eq!(q["calibration"], "mse");
     assert!(!q["layers"].as_array().unwrap().is_empty());
     assert!(q["qat"].is_null());
+    // the same int8 graph as .tflite, and back: the re-imported .dlm computes the same depth
+    let t = json(&depthling(&[
+        "export",
+        "--model",
+        &p("s.dlm"),
+        "--format",
+        "tflite",
+        "--board",
+        "stm32h747",
+        "--out",
+        &p("s.tflite"),
+        "--json",
+    ]));
+    assert_eq!(t["fits"], true, "{t}");
+    let tfl = std::fs::read(p("s.tflite")).unwrap();
+    assert_eq!(&tfl[4..8], b"TFL3");
+    let o = depthling(&["import", &p("s.tflite"), "--out", &p("s-back.dlm")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (model, out) in [("s.dlm", "run-a"), ("s-back.dlm", "run-b")] {
+        let o = depthling(&[
+            "run",
+            "--model",
+            &p(model),
+            "--input",
+            &p("indoor/rgb"),
+            "--out",
+            &p(out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(p("run-a/000000.png")).unwrap(),
+        std::fs::read(p("run-b/000000.png")).unwrap()
+    );
+    // --dump: every op's tensor with its sidecar, named as in the .tflite
+    let o = depthling(&[
+        "run",
+        "--model",
+        &p("s.dlm"),
+        "--input",
+        &p("indoor/rgb/000000.png"),
+        "--out",
+        &p("run-d"),
+        "--dump",
+        &p("dump"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dump = dir.path().join("dump/000000");
+    let input = std::fs::read(dump.join("input.npy")).unwrap();
+    assert_eq!(&input[..6], b"\x93NUMPY");
+    let sides: Vec<_> = std::fs::read_dir(&dump)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    let model = depthling_model::Model::from_bytes(&std::fs::read(p("s.dlm")).unwrap())
+        .unwrap()
+        .ops
+        .len();
+    // one per op but the graph's Output marker
+    assert_eq!(sides.len(), model - 1);
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump.join("000_conv2d.json")).unwrap()).unwrap();
+    assert_eq!(first["tflite_name"], "t1", "{first}");
+    let npy = std::fs::read(dump.join("000_conv2d.npy")).unwrap();
+    let shape: Vec<usize> = first["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(
+        npy.len() % 64,
+        shape.iter().product::<usize>() % 64,
+        "a 64-byte aligned header"
+    );
+    // refusals: --dump needs the int8 engine; import needs a .tflite
+    let o = depthling(&[
+        "run",
+        "--model",
+        &p("s.dlm"),
+        "--input",
+        &p("indoor/rgb"),
+        "--out",
+        &p("run-x"),
+        "--backend",
+        "tract",
+        "--dump",
+        &p("dump-x"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = depthling(&["import", &p("s.dlm"), "--out", &p("never.dlm")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a .tflite"), "{}", stderr(&o));
+    let mut cut = tfl.clone();
+    cut.truncate(tfl.len() / 3);
+    std::fs::write(p("cut.tflite"), &cut).unwrap();
+    let o = depthling(&["import", &p("cut.tflite"), "--out", &p("never.dlm")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cut.tflite"), "{}", stderr(&o));
+    assert!(!dir.path().join("never.dlm").exists());
     // QAT: a fine-tune through the fake-quantized network, reported beside the PTQ result it
     // replaced; the model it writes is a valid .dlm
     let qat = json(&depthling(&[

@@ -16,6 +16,7 @@ fn quick_demo_student_beats_mean_depth() {
         "teacher.safetensors",
         "student.safetensors",
         "student.dlm",
+        "student.tflite",
         "student.onnx",
         "metrics.json",
         "report/index.html",
@@ -84,4 +85,8 @@ fn quick_demo_student_beats_mean_depth() {
         model.input_size(),
         Some((cfg.height as u16, cfg.width as u16))
     );
+    // and the .tflite is that model's export
+    let tflite = std::fs::read(cfg.out.join("student.tflite")).unwrap();
+    assert_eq!(tflite, depthling_host::tflite::export(&model).unwrap());
+    assert_eq!(r.tflite_bytes, tflite.len() as u64);
 }

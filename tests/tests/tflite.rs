@@ -139,3 +139,77 @@ fn a_trained_student_equals_litert_too() {
     let report = check(&python, "trained", &model, &frame);
     assert_identical("trained demo student", &report, ops);
 }
+
+/// `.dlm` → `.tflite` → `.dlm` keeps every op and the output bits; the second `.tflite` is
+/// byte-identical to the first.
+#[test]
+fn dlm_to_tflite_to_dlm_keeps_the_ops_and_the_bits() {
+    for (arch, w, h) in [
+        ("demo-student", 64usize, 48usize),
+        ("micro", 64, 64),
+        ("mbv2-mff", 64, 32),
+    ] {
+        let (model, frame) = depthling_tests::student_and_frame(arch, w, h).unwrap();
+        let m = depthling_model::Model::from_bytes(&model).unwrap();
+        let tfl = depthling_host::tflite::export(&m).unwrap();
+        let back = depthling_host::tflite::import(&tfl, arch).unwrap();
+        let m2 = depthling_model::Model::from_bytes(&back).unwrap();
+        let kinds = |m: &depthling_model::Model<'_>| -> Vec<&'static str> {
+            m.ops.iter().map(|o| o.kind()).collect()
+        };
+        assert_eq!(kinds(&m), kinds(&m2), "{arch}");
+        assert_eq!(m.arena_bytes, m2.arena_bytes, "{arch}");
+        assert_eq!(
+            depthling_tests::host_checksum(&model, &frame).unwrap(),
+            depthling_tests::host_checksum(&back, &frame).unwrap(),
+            "{arch}: output bits"
+        );
+        assert_eq!(
+            depthling_host::tflite::export(&m2).unwrap(),
+            tfl,
+            "{arch}: second export"
+        );
+    }
+}
+
+/// Truncated and bit-flipped `.tflite` files: an error for every truncation, and never a panic
+/// for a flipped bit (one in the weights may still be a valid model).
+#[test]
+fn corrupt_tflite_files_are_errors_never_panics() {
+    let (model, _) = depthling_tests::student_and_frame("demo-student", 32, 24).unwrap();
+    let m = depthling_model::Model::from_bytes(&model).unwrap();
+    let tfl = depthling_host::tflite::export(&m).unwrap();
+    let mut cut = 0;
+    for len in (0..tfl.len())
+        .step_by(97)
+        .chain([tfl.len() - 1, tfl.len() / 2])
+    {
+        assert!(
+            depthling_host::tflite::import(&tfl[..len], "cut").is_err(),
+            "truncated to {len} bytes"
+        );
+        cut += 1;
+    }
+    let (mut errors, mut valid) = (0, 0);
+    let mut state = 0x2545_f491u64;
+    for _ in 0..3000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let bit = (state >> 33) as usize % (tfl.len() * 8);
+        let mut bad = tfl.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        match depthling_host::tflite::import(&bad, "flipped") {
+            Err(_) => errors += 1,
+            Ok(dlm) => {
+                // what comes out is a valid model
+                depthling_model::Model::from_bytes(&dlm).unwrap();
+                valid += 1;
+            }
+        }
+    }
+    assert!(
+        cut > 10 && errors > 100,
+        "{cut} cuts, {errors} errors, {valid} valid"
+    );
+}

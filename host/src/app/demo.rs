@@ -134,6 +134,8 @@ pub struct DemoResult {
     pub width: usize,
     pub height: usize,
     pub dlm_bytes: u64,
+    /// Size of `student.tflite`, the same int8 graph for TFLite Micro and LiteRT.
+    pub tflite_bytes: u64,
     pub arena_bytes: u64,
     /// Mean time of one int8 inference on this machine (one thread, optimized kernels).
     pub int8_ms_per_image: f64,
@@ -295,7 +297,10 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     write_atomic(&dlm_path, &bytes)?;
     let file = DlmFile::read(&dlm_path)?;
     let model = file.model()?;
-    stage("int8 quantization and .dlm", &mut stages);
+    // the same int8 graph for TFLite Micro and LiteRT
+    let tflite = crate::tflite::export(&model)?;
+    write_atomic(&cfg.out.join("student.tflite"), &tflite)?;
+    stage("int8 quantization, .dlm and .tflite", &mut stages);
 
     let int8_start = Instant::now();
     let int8_pred = run_int8(&model, &indoor_test)?;
@@ -340,6 +345,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         width: w,
         height: h,
         dlm_bytes: file.bytes.len() as u64,
+        tflite_bytes: tflite.len() as u64,
         arena_bytes: model.arena_bytes as u64,
         int8_ms_per_image: int8_ms,
         wall_seconds: start.elapsed().as_secs_f64(),
@@ -427,7 +433,7 @@ fn write_report(
     let b = &result.mean_depth_baseline;
     let body = format!(
         "<p>{w}×{h}, protocol {proto}, {imgs} held-out indoor images. Student distilled from the teacher with DDD (object mixing, transformation network) on OOD images only; wall time {wall:.0} s.</p>
-{table}<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>
+{table}<p>int8 model: <b>{bytes}</b> bytes (<code>student.dlm</code>; <code>student.tflite</code> for TFLite Micro and LiteRT: {tfl} bytes), arena <b>{arena}</b> bytes, <b>{ms:.2} ms</b> per image on this machine (one thread).</p>
 <h2>Metrics</h2><img src=\"metrics.png\" width=\"720\"><h2>Training</h2><img src=\"loss.png\" width=\"720\">
 <h2>Samples</h2><p>RGB | ground truth | teacher | student f32 | student int8 | int8 error ({cap})</p>{img}
 ",
@@ -437,6 +443,7 @@ fn write_report(
         imgs = b.images,
         table = metrics_table(&rows),
         bytes = result.dlm_bytes,
+        tfl = result.tflite_bytes,
         arena = result.arena_bytes,
         ms = result.int8_ms_per_image,
         wall = result.wall_seconds,

@@ -175,3 +175,49 @@ impl std::fmt::Display for Exported<'_> {
         )
     }
 }
+
+/// Settings of `depthling import`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ImportConfig {
+    /// An int8 `.tflite` model within the IR's op set.
+    pub model: PathBuf,
+    #[arg(long)]
+    pub board: Option<String>,
+    /// The `.dlm` to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `depthling import M.tflite --out M.dlm`: converts an int8 `.tflite` (see
+/// [`crate::tflite::import`]) into a validated `.dlm`, checked against `--board`; nothing is
+/// written on failure.
+pub fn import(cfg: &ImportConfig) -> Result<Profile> {
+    let board = cfg.board.as_deref().map(Board::find).transpose()?;
+    let path = cfg.model.as_path();
+    let kind = FileKind::of_file(path)?;
+    if kind != FileKind::Tflite {
+        return Err(Error::bad_input(
+            path,
+            format!("is not a .tflite model (it looks like {kind:?})"),
+        ));
+    }
+    let bytes = crate::io::read(path, "model file")?;
+    let name = path.file_stem().map_or_else(
+        || "imported".to_string(),
+        |s| s.to_string_lossy().to_string(),
+    );
+    let dlm =
+        crate::tflite::import(&bytes, &name).map_err(|e| Error::bad_input(path, e.to_string()))?;
+    let model = depthling_model::Model::from_bytes(&dlm)
+        .map_err(|e| Error::bad_input(path, format!("the imported model is invalid: {e}")))?;
+    let mut p = profile_dlm(&model, dlm.len())?;
+    if let Some(b) = board {
+        if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.arena_bytes.unwrap_or(0)) {
+            return Err(Error::bad_input(path, b.explain(&m)));
+        }
+        p.fits = Some(true);
+        p.board = Some(b.name);
+    }
+    write_atomic(&cfg.out, &dlm)?;
+    Ok(p)
+}

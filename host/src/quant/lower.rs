@@ -31,6 +31,23 @@ fn act_ir(a: Act) -> Activation {
     }
 }
 
+/// The sigmoid's 256-entry table from the pre-activation int8 `q` (index `q + 128`) to the
+/// output (scale 1/256, zero point −128): LiteRT's int8 LOGISTIC (`LUTPopulate`: f32 dequantize,
+/// 1/(1+e^−x), round(y·256) − 128). TFLite Micro computes the same function in gemmlowp fixed
+/// point, which can differ by one in rare entries.
+pub fn sigmoid_table(pre: QuantParams) -> Vec<i8> {
+    (-128i32..=127)
+        .map(|v| {
+            let x = (v - pre.zero_point) as f32 * pre.scale;
+            quantize_i8(
+                1.0 / (1.0 + (-x).exp()),
+                SIGMOID_OUTPUT.scale,
+                SIGMOID_OUTPUT.zero_point,
+            )
+        })
+        .collect()
+}
+
 fn requant(real: f64, node: usize, what: &str) -> Result<Requant> {
     Requant::from_real(real).ok_or_else(|| {
         Error::Runtime(format!(
@@ -165,25 +182,10 @@ pub fn quantize_with(
                         .iter()
                         .map(|&s_w| requant(s_in * s_w as f64 / target.scale as f64, i, "conv"))
                         .collect::<Result<Vec<_>>>()?;
-                    // LiteRT's int8 LOGISTIC table (`LUTPopulate`: f32 dequantize, 1/(1+e^−x),
-                    // round(y·256) − 128); TFLite Micro computes the same function in
-                    // gemmlowp fixed point instead, which can differ by one in rare entries
-                    let lut = (*act == Act::Sigmoid).then(|| {
-                        let table: Vec<i8> = (-128i32..=127)
-                            .map(|v| {
-                                let x = (v - target.zero_point) as f32 * target.scale;
-                                quantize_i8(
-                                    1.0 / (1.0 + (-x).exp()),
-                                    SIGMOID_OUTPUT.scale,
-                                    SIGMOID_OUTPUT.zero_point,
-                                )
-                            })
-                            .collect();
-                        depthling_model::Lut {
-                            table: b.constant_i8(&table),
-                            zero_point: target.zero_point,
-                            scale: target.scale,
-                        }
+                    let lut = (*act == Act::Sigmoid).then(|| depthling_model::Lut {
+                        table: b.constant_i8(&sigmoid_table(target)),
+                        zero_point: target.zero_point,
+                        scale: target.scale,
                     });
                     (b.constant_requant(&r), lut)
                 };

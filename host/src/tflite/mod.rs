@@ -18,8 +18,10 @@
 //! | `Mul` | `MUL` (broadcast over H, W) |
 
 pub mod export;
+pub mod import;
 
 pub use export::export;
+pub use import::import;
 
 /// TFLite's tensor name for IR tensor `id`.
 pub fn tensor_name(id: u16) -> String {
