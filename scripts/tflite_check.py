@@ -10,9 +10,12 @@ one NNN_kind.npy/.json pair per op). The script runs MODEL.tflite on the same in
   compares each dumped int8 tensor with the LiteRT tensor of the same name, bit for bit;
 - in TFLite Micro (the `tflite-micro` package), and compares the depth output.
 
+- in LiteRT's default path (XNNPACK), which must accept the model; its depth difference is
+  reported (XNNPACK rounds its own way, so it is not expected to match).
+
 It prints one JSON object (per-tensor mismatch counts, depth differences, TFLite Micro's arena)
-and exits 1 when an int8 tensor differs or the depth of either runtime is further from ours than
-the int16 output step allows. With --arena-sweep it also finds the smallest arena TFLite Micro
+and exits 1 when an int8 tensor differs, the depth of LiteRT's reference kernels or TFLite Micro
+is further from ours than the int16 output step allows, or XNNPACK refuses the model. With --arena-sweep it also finds the smallest arena TFLite Micro
 runs the model in (bisection over 1 KiB steps).
 """
 import glob
@@ -42,6 +45,20 @@ def litert_tensors(model_path, x):
         except ValueError:
             pass  # constant or unallocated
     return out
+
+
+def xnnpack_depth(model_path, x):
+    """LiteRT's default CPU path (the XNNPACK delegate); None when it refuses the model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_path=model_path, num_threads=1)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        return it.get_tensor(it.get_output_details()[0]["index"])
+    except RuntimeError:
+        return None
 
 
 def tflm_interpreter(model_bytes, arena):
@@ -141,6 +158,13 @@ def main():
         "tflm_max_abs_diff_m": float(np.abs(tflm_depth - ours_depth).max()),
         "tflm_equals_litert": bool(np.array_equal(tflm_depth, lite_depth)),
     }
+    xnn = xnnpack_depth(model_path, x)
+    # XNNPACK requantizes in f32 with its own rounding: reported, not required to match
+    report["depth"]["xnnpack_runs"] = xnn is not None
+    if xnn is not None:
+        d = np.abs(xnn.reshape(-1).astype(np.float64) - ours_depth)
+        report["depth"]["xnnpack_max_abs_diff_m"] = float(d.max())
+        report["depth"]["xnnpack_mean_abs_diff_m"] = float(d.mean())
     if sweep:
         report["tflm_arena_bytes"] = tflm_arena(model_bytes, x, arena)
     # half a step of int16 rounding, and the 16-bit multiplier TFLite uses for int64
@@ -151,6 +175,7 @@ def main():
         report["mismatched_tensors"] > 0
         or report["depth"]["litert_max_abs_diff_m"] > tol
         or report["depth"]["tflm_max_abs_diff_m"] > tol
+        or not report["depth"]["xnnpack_runs"]
     )
     report["ok"] = not bad
     print(json.dumps(report))

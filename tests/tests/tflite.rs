@@ -1,8 +1,9 @@
 //! The `.tflite` export against TFLite itself: for the demo student, `micro` and `mbv2-mff`
 //! (seeded weights, and the demo student also after some training steps), every int8 tensor of
 //! depthling's engine equals LiteRT's reference kernels (`OpResolverType.BUILTIN_REF` with all
-//! tensors kept) bit for bit, and both LiteRT's and TFLite Micro's depth are within the int16
-//! output step of ours (`scripts/tflite_check.py` does the Python side).
+//! tensors kept) bit for bit, both LiteRT's and TFLite Micro's depth are within the int16
+//! output step of ours, and LiteRT's default XNNPACK path accepts the model
+//! (`scripts/tflite_check.py` does the Python side).
 //!
 //! Python comes from `DEPTHLING_ORT_PYTHON` (`scripts/test.sh` makes a virtual environment with
 //! ai-edge-litert and tflite-micro) or `python3`; without them the test skips with a message, or
@@ -93,6 +94,8 @@ fn assert_identical(name: &str, report: &serde_json::Value, int8_tensors: usize)
     for k in ["litert_max_abs_diff_m", "tflm_max_abs_diff_m"] {
         assert!(depth[k].as_f64().unwrap() <= tol, "{name}: {k}: {depth}");
     }
+    // LiteRT's default (XNNPACK) accepts the model too
+    assert_eq!(depth["xnnpack_runs"], true, "{name}: {depth}");
     assert_eq!(report["ok"], true, "{name}: {report}");
 }
 
@@ -151,6 +154,16 @@ fn dlm_to_tflite_to_dlm_keeps_the_ops_and_the_bits() {
     ] {
         let (model, frame) = depthling_tests::student_and_frame(arch, w, h).unwrap();
         let m = depthling_model::Model::from_bytes(&model).unwrap();
+        // the quantizer gives a concatenation's inputs its own grid (TFLite's requirement), so
+        // the export needs no requantizing QUANTIZE before it
+        for op in &m.ops {
+            if let depthling_model::Op::Concat { inputs, output, .. } = op {
+                let q = m.tensor(*output).unwrap().quant;
+                for &i in inputs {
+                    assert_eq!(m.tensor(i).unwrap().quant, q, "{arch}: concat input {i}");
+                }
+            }
+        }
         let tfl = depthling_host::tflite::export(&m).unwrap();
         let back = depthling_host::tflite::import(&tfl, arch).unwrap();
         let m2 = depthling_model::Model::from_bytes(&back).unwrap();

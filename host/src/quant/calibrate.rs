@@ -212,10 +212,15 @@ fn observe_ranges(
     Ok((post, pre))
 }
 
-/// Asymmetric int8 parameters covering `[lo, hi]` and zero.
+/// The narrowest range an activation grid covers.
+pub const MIN_SPAN: f32 = 1e-3;
+
+/// Asymmetric int8 parameters covering `[lo, hi]` and zero (at least [`MIN_SPAN`] wide).
 pub fn params_for_range(lo: f32, hi: f32) -> QuantParams {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-    let span = (hi - lo).max(1e-6);
+    // a dead channel's range is (0, 0): any grid holds its zeros, but a vanishing scale makes the
+    // producing conv's multiplier s_in·s_w/s_out huge, which XNNPACK refuses (it needs < 256)
+    let span = (hi - lo).max(MIN_SPAN);
     let scale = span / 255.0;
     let zero_point = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i32;
     QuantParams { scale, zero_point }
@@ -266,6 +271,60 @@ pub fn calibration_passes(calibration: Calibration) -> usize {
     }
 }
 
+/// Gives every concatenation's inputs the concatenation's own range (the union of theirs), as
+/// TFLite's converter does: TFLite's int8 CONCATENATION needs its inputs at the output's
+/// quantization, so the concat becomes a copy instead of a requantization (and the `.tflite`
+/// export needs no QUANTIZE before it). An input is followed back through upsamplings (which
+/// keep their input's quantization) to the node that produced it; nodes in several
+/// concatenations share one range. The image input and sigmoid outputs have fixed grids and keep
+/// them (their concat then requantizes them).
+fn share_concat_ranges(spec: &crate::nets::graph::GraphSpec, mut post: Ranges) -> Ranges {
+    let n = spec.nodes.len();
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let fixed = |i: usize| {
+        matches!(
+            spec.nodes[i],
+            Node::Input
+                | Node::Conv {
+                    act: Act::Sigmoid,
+                    ..
+                }
+        )
+    };
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let Node::Concat { inputs } = node else {
+            continue;
+        };
+        for &j in inputs {
+            let mut root = j;
+            while let Node::Upsample { input, .. } = spec.nodes[root] {
+                root = input;
+            }
+            if fixed(root) {
+                continue;
+            }
+            let (a, b) = (find(&mut parent, i), find(&mut parent, root));
+            parent[a] = b;
+        }
+    }
+    let mut union: Vec<(f32, f32)> = vec![(f32::INFINITY, f32::NEG_INFINITY); n];
+    for (i, &(lo, hi)) in post.iter().enumerate() {
+        let r = find(&mut parent, i);
+        union[r] = (union[r].0.min(lo), union[r].1.max(hi));
+    }
+    for (i, range) in post.iter_mut().enumerate() {
+        *range = union[find(&mut parent, i)];
+    }
+    post
+}
+
 /// [`calibrate`], calling `on_images(n)` as each batch of `n` images is done (for progress).
 pub fn calibrate_observed(
     net: &GraphNet,
@@ -297,6 +356,7 @@ pub fn calibrate_observed(
             .collect();
         (post, pre)
     };
+    let post = share_concat_ranges(spec, post);
     let mut plan = ActPlan {
         post: Vec::with_capacity(spec.nodes.len()),
         pre: vec![None; spec.nodes.len()],
