@@ -502,6 +502,26 @@ fn stage_commands_chain_end_to_end() {
         shape.iter().product::<usize>() % 64,
         "a 64-byte aligned header"
     );
+    // profile reads a .tflite as depthling imports it; --compare-tflm needs TFLite Micro's Python
+    let pt = json(&depthling(&[
+        "profile",
+        "--model",
+        &p("s.tflite"),
+        "--json",
+    ]));
+    let pd = json(&depthling(&["profile", "--model", &p("s.dlm"), "--json"]));
+    assert_eq!(pt["arena_bytes"], pd["arena_bytes"]);
+    assert_eq!(pt["flash_bytes"].as_u64(), Some(tfl.len() as u64));
+    let o = depthling(&[
+        "profile",
+        "--model",
+        &p("s.dlm"),
+        "--compare-tflm",
+        "--python",
+        "/nonexistent/python",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tflite-micro"), "{}", stderr(&o));
     // refusals: --dump needs the int8 engine; import needs a .tflite
     let o = depthling(&[
         "run",

@@ -113,6 +113,18 @@ fn every_int8_tensor_equals_litert_reference_kernels() {
         let ops = int8_outputs(&model);
         let report = check(&python, arch, &model, &frame);
         assert_identical(&format!("{arch} {w}x{h}"), &report, ops);
+        // depthling's arena is not larger than TFLite Micro's for the same graph
+        let m = depthling_model::Model::from_bytes(&model).unwrap();
+        let tflm = depthling_host::app::profile::tflm_arena(
+            &depthling_host::tflite::export(&m).unwrap(),
+            std::path::Path::new(&python),
+        )
+        .unwrap();
+        assert!(
+            m.arena_bytes as u64 <= tflm,
+            "{arch}: arena {} > TFLite Micro's {tflm}",
+            m.arena_bytes
+        );
     }
 }
 

@@ -140,6 +140,7 @@ fn export_onnx(
         flash_bytes: Some(bytes.len() as u64),
         // tract plans its own memory; the arena is the int8 engine's
         arena_bytes: None,
+        tflm_arena_bytes: None,
         // checked above: a misfit never gets here
         fits: board.as_ref().map(|_| true),
         board: board.map(|b| b.name),

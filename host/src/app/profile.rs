@@ -31,6 +31,14 @@ pub struct ProfileConfig {
     /// bench/pytorch_reference.py builds in PyTorch.
     #[arg(long)]
     pub graph: Option<PathBuf>,
+    /// With a .dlm or .tflite: also find the smallest arena TFLite Micro runs the model's
+    /// `.tflite` in (its Python interpreter from PyPI's `tflite-micro`, 1 KiB steps).
+    #[arg(long)]
+    pub compare_tflm: bool,
+    /// The Python with `tflite-micro` for --compare-tflm (default: $DEPTHLING_PYTHON, else
+    /// python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
 /// DESIGN §10 `profile --json`.
@@ -46,6 +54,9 @@ pub struct Profile {
     pub flash_bytes: Option<u64>,
     /// The int8 engine's arena; `None` where there is no `.dlm` (teachers, ONNX).
     pub arena_bytes: Option<u64>,
+    /// The smallest arena TFLite Micro runs the same model's `.tflite` in (`--compare-tflm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tflm_arena_bytes: Option<u64>,
     pub board: Option<String>,
     pub fits: Option<bool>,
     /// Why flash and arena are missing, if they are.
@@ -65,6 +76,9 @@ impl std::fmt::Display for Profile {
             bytes_or_dash(self.flash_bytes),
             bytes_or_dash(self.arena_bytes)
         )?;
+        if let Some(t) = self.tflm_arena_bytes {
+            write!(f, "  (TFLite Micro arena {t} bytes)")?;
+        }
         if let Some(n) = &self.note {
             write!(f, "\n{n}")?;
         }
@@ -189,6 +203,27 @@ fn profile_dlm_or_arch(cfg: &ProfileConfig) -> Result<Profile> {
         }
         _ => return Err(Error::Usage("give either --model M.dlm or --arch A".into())),
     };
+    if cfg.compare_tflm {
+        let Some(path) = &cfg.model else {
+            return Err(Error::Usage(
+                "--compare-tflm compares a model's arenas: give --model M.dlm or M.tflite".into(),
+            ));
+        };
+        let tflite = match crate::io::FileKind::of_file(path)? {
+            crate::io::FileKind::Tflite => crate::io::read(path, "model file")?,
+            _ => {
+                let file = DlmFile::read(path)?;
+                let model = file.model()?;
+                crate::tflite::export(&model).map_err(|e| Error::bad_input(path, e.to_string()))?
+            }
+        };
+        let python = cfg.python.clone().unwrap_or_else(|| {
+            std::env::var_os("DEPTHLING_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("python3"))
+        });
+        p.tflm_arena_bytes = Some(tflm_arena(&tflite, &python)?);
+    }
     if let Some(b) = &cfg.board {
         let b = crate::boards::Board::find(b)?;
         if let (Some(f), Some(a)) = (p.flash_bytes, p.arena_bytes) {
@@ -199,11 +234,76 @@ fn profile_dlm_or_arch(cfg: &ProfileConfig) -> Result<Profile> {
     Ok(p)
 }
 
-/// Profile of a `.dlm`.
+/// Profile of a `.dlm`, or of a `.tflite` as depthling imports it (flash: the `.tflite`'s size).
 pub fn profile_model(path: &Path) -> Result<Profile> {
+    if crate::io::FileKind::of_file(path)? == crate::io::FileKind::Tflite {
+        let bytes = crate::io::read(path, "model file")?;
+        let dlm = crate::tflite::import(&bytes, "profile")
+            .map_err(|e| Error::bad_input(path, e.to_string()))?;
+        let model = Model::from_bytes(&dlm)
+            .map_err(|e| Error::bad_input(path, format!("the imported model is invalid: {e}")))?;
+        return profile_dlm(&model, bytes.len());
+    }
     let file = DlmFile::read(path)?;
     let model = file.model()?;
     profile_dlm(&model, file.bytes.len())
+}
+
+/// Finds the smallest arena (1 KiB steps, by bisection) TFLite Micro's Python interpreter
+/// allocates and runs the model in.
+const TFLM_ARENA: &str = r#"
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+model = open(sys.argv[1], "rb").read()
+def ok(n):
+    try:
+        it = runtime.Interpreter.from_bytes(model, arena_size=n)
+        d = it.get_input_details(0)
+        it.set_input(np.zeros(d["shape"], dtype=d["dtype"]), 0)
+        it.invoke()
+        return True
+    except Exception:
+        return False
+hi = 64 << 20
+if not ok(hi):
+    sys.exit("TFLite Micro does not run the model in 64 MiB")
+lo = 0
+while hi - lo > 1024:
+    mid = (lo + hi) // 2 // 1024 * 1024
+    if ok(mid):
+        hi = mid
+    else:
+        lo = mid
+print(hi)
+"#;
+
+/// TFLite Micro's smallest arena for the `.tflite` bytes `tflite`, through `python`.
+pub fn tflm_arena(tflite: &[u8], python: &Path) -> Result<u64> {
+    let tmp = std::env::temp_dir().join(format!("depthling-tflm-{}.tflite", std::process::id()));
+    std::fs::write(&tmp, tflite).map_err(|e| Error::io(&tmp, e))?;
+    let out = std::process::Command::new(python)
+        .args(["-c", TFLM_ARENA])
+        .arg(&tmp)
+        .output();
+    let _ = std::fs::remove_file(&tmp);
+    let out = out.map_err(|e| {
+        Error::Usage(format!(
+            "--compare-tflm: cannot run {}: {e} (give --python, a Python with `pip install tflite-micro numpy`)",
+            python.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match (out.status.success(), text.trim().parse::<u64>()) {
+        (true, Ok(n)) => Ok(n),
+        _ => {
+            Err(Error::Usage(format!(
+            "--compare-tflm: {} could not run TFLite Micro (`pip install tflite-micro numpy`): {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
+        )))
+        }
+    }
 }
 
 /// Profile of a loaded `.dlm` of `file_bytes` bytes.
@@ -214,6 +314,7 @@ pub fn profile_dlm(m: &Model<'_>, file_bytes: usize) -> Result<Profile> {
         macs: m.macs(),
         flash_bytes: Some(file_bytes as u64),
         arena_bytes: Some(m.arena_bytes as u64),
+        tflm_arena_bytes: None,
         board: None,
         fits: None,
         note: None,
@@ -233,6 +334,7 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
         macs,
         flash_bytes: None,
         arena_bytes: None,
+        tflm_arena_bytes: None,
         board: None,
         fits: None,
         note: None,
