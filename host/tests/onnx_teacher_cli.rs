@@ -192,7 +192,8 @@ fn onnx_teachers_drive_every_method_and_refusals_name_the_problem() {
 
 /// `experiment --preset ddd --teacher T.onnx`: every distillation row from the given teacher
 /// (here a 64×48 export on the quick run's 32×32 images: resized for it), the teacher row its
-/// evaluation; the presets that train their own teachers refuse the flag.
+/// evaluation; `lw` takes it for the X teacher's rows, and `adu` refuses an RGB teacher (it
+/// needs a stereo one).
 #[test]
 fn experiment_ddd_takes_a_given_teacher() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,7 +234,8 @@ fn experiment_ddd_takes_a_given_teacher() {
         .unwrap()
         .contains("resnet_mff.onnx"));
     assert!(out.join("results.md").exists());
-    let o = depthling(&[
+    // lw: the given teacher takes the X teacher's rows; the X∪U′ row keeps its own teacher
+    let lw = json(&depthling(&[
         "experiment",
         "--preset",
         "lw",
@@ -242,12 +244,30 @@ fn experiment_ddd_takes_a_given_teacher() {
         &fixture("resnet_mff.onnx"),
         "--out",
         dir.path().join("lw").to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(lw["rows"][0]["name"], "teacher");
+    assert!(lw["rows"][0]["setting"]
+        .as_str()
+        .unwrap()
+        .contains("resnet_mff.onnx"));
+    assert_eq!(lw["rows"].as_array().unwrap().len(), 6, "{lw}");
+    // adu needs a stereo (6-channel) teacher: an RGB one is refused by name, nothing written
+    let o = depthling(&[
+        "experiment",
+        "--preset",
+        "adu",
+        "--quick",
+        "--teacher",
+        &fixture("resnet_mff.onnx"),
+        "--out",
+        dir.path().join("adu").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("--teacher is taken by the ddd preset"),
+        stderr(&o).contains("resnet_mff.onnx") && stderr(&o).contains("6"),
         "{}",
         stderr(&o)
     );
-    assert!(!dir.path().join("lw").exists());
+    assert!(!dir.path().join("adu").join("results.json").exists());
 }

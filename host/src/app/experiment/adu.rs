@@ -6,7 +6,8 @@ use candle_core::Device;
 use depthling_metrics::Protocol;
 
 use super::{
-    progress, write_report, write_results, Budget, Claim, ExperimentConfig, Results, Table,
+    progress, write_report, write_results, Budget, Claim, ExperimentConfig, PresetTeacher, Results,
+    Table,
 };
 use crate::error::{Error, Result};
 use crate::nets::{preset, Net};
@@ -38,14 +39,20 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     let mut table = Table::new(cfg, &test, b.batch_size, "adu");
     table.protocol = Protocol::Kitti;
 
-    let stereo = Net::new(preset("demo-teacher-stereo", 1.0)?, &device, cfg.seed)?;
-    table.supervised(
-        "stereo_teacher",
-        &stereo,
-        &x,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        "train-teacher --arch demo-teacher --stereo on X",
-    )?;
+    // the stereo teacher: trained here, or given (`--teacher`, 6 input channels)
+    let stereo =
+        PresetTeacher::trained_or_given(cfg, &mut table, "stereo_teacher", (w, h), 6, |table| {
+            let t = Net::new(preset("demo-teacher-stereo", 1.0)?, &device, cfg.seed)?;
+            table.supervised(
+                "stereo_teacher",
+                &t,
+                &x,
+                &train_cfg(b.teacher_steps, cfg.seed),
+                "train-teacher --arch demo-teacher --stereo on X",
+            )?;
+            Ok(t)
+        })?;
+    let stereo = stereo.teacher();
     let mono = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
     table.supervised(
         "mono_teacher",
@@ -102,7 +109,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
             images,
             &format!("{setting} --teacher stereo --labeled X --images U"),
             b.student_steps,
-            |bar| crate::distill::adu::adu(&s, &stereo.net, &[&x], &u, &sc, &options, bar),
+            |bar| crate::distill::adu::adu(&s, stereo, &[&x], &u, &sc, &options, bar),
         )?;
     }
 

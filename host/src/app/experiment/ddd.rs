@@ -5,8 +5,8 @@ use std::time::Instant;
 use candle_core::Device;
 
 use super::{
-    progress, target_sets, write_report, write_results, Budget, Claim, ExperimentConfig, Results,
-    Table,
+    progress, target_sets, write_report, write_results, Budget, Claim, ExperimentConfig,
+    PresetTeacher, Results, Table,
 };
 use crate::distill::{budget, distill, DddOptions};
 use crate::error::{Error, Result};
@@ -31,8 +31,8 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
     let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
     // the teacher: trained here on the target labels, or given (`--teacher`)
-    let (native, given) = match &cfg.teacher {
-        None => {
+    let teacher =
+        PresetTeacher::trained_or_given(cfg, &mut table, "teacher", (w, h), 3, |table| {
             let t = Net::new(preset("demo-teacher", 1.0)?, &device, cfg.seed)?;
             table.supervised(
                 "teacher",
@@ -41,30 +41,9 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
                 &train_cfg(b.teacher_steps, cfg.seed),
                 "train-teacher --arch demo-teacher on indoor labels",
             )?;
-            (Some(t), None)
-        }
-        Some(path) => {
-            let loaded = crate::app::distill::LoadedTeacher::load(
-                path,
-                &cfg.teacher_args,
-                (w, h),
-                &device,
-                cfg.quiet,
-            )?;
-            table.teacher_row(
-                "teacher",
-                loaded.teacher(),
-                loaded.params(),
-                &format!("given teacher {}", path.display()),
-            )?;
-            (None, Some(loaded))
-        }
-    };
-    let teacher: &dyn crate::teacher::Teacher = match (&native, &given) {
-        (Some(n), _) => &n.net,
-        (None, Some(g)) => g.teacher(),
-        (None, None) => return Err(Error::Runtime("no teacher".into())),
-    };
+            Ok(t)
+        })?;
+    let teacher = teacher.teacher();
 
     let student = |seed: u64| Net::new(preset("demo-student", 1.0)?, &device, seed);
     table.supervised(

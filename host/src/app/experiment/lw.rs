@@ -5,8 +5,8 @@ use std::time::Instant;
 use candle_core::Device;
 
 use super::{
-    progress, target_sets, write_report, write_results, Budget, Claim, ExperimentConfig, Results,
-    Table,
+    progress, target_sets, write_report, write_results, Budget, Claim, ExperimentConfig,
+    PresetTeacher, Results, Table,
 };
 use crate::data::Sample;
 use crate::error::{Error, Result};
@@ -46,14 +46,19 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     // the student at ≤ 10 % of the teacher, both small enough for a CPU run
     let (teacher_arch, teacher_width, student_width) = ("demo-teacher", 1.5, 0.75);
 
-    let teacher = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
-    table.supervised(
-        "teacher",
-        &teacher,
-        &x,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        "train-teacher --arch demo-teacher --width 1.5 on X",
-    )?;
+    // the teacher on X: trained here, or given (`--teacher`)
+    let teacher =
+        PresetTeacher::trained_or_given(cfg, &mut table, "teacher", (w, h), 3, |table| {
+            let t = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
+            table.supervised(
+                "teacher",
+                &t,
+                &x,
+                &train_cfg(b.teacher_steps, cfg.seed),
+                "train-teacher --arch demo-teacher --width 1.5 on X",
+            )?;
+            Ok(t)
+        })?;
     // the X∪U′ setting's teacher also learns the auxiliary labels (not a row of its own)
     // balanced like the students' sets (X repeated to about U's size)
     let xu = crate::distill::balanced([x.as_slice(), u.as_slice()]);
@@ -65,7 +70,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
         &train_cfg(b.teacher_steps, cfg.seed),
         table.bar("teacher on X∪U′", b.teacher_steps),
     )?;
-    let teachers = [teacher, teacher_xu];
+    let teachers: [&dyn crate::teacher::Teacher; 2] = [teacher.teacher(), &teacher_xu.net];
 
     let student = || {
         Net::new(
@@ -119,15 +124,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
         let sc = train_cfg(b.student_steps, cfg.seed + 1);
         let images = labeled.iter().map(|l| l.len()).sum::<usize>() + unlabeled.len();
         table.row(name, &s, images, setting, b.student_steps, |bar| {
-            crate::distill::aux::aux(
-                &s,
-                &teachers[teacher].net,
-                &labeled,
-                unlabeled,
-                &sc,
-                1.0,
-                bar,
-            )
+            crate::distill::aux::aux(&s, teachers[teacher], &labeled, unlabeled, &sc, 1.0, bar)
         })?;
     }
 

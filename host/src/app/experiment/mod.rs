@@ -66,8 +66,11 @@ pub struct ExperimentConfig {
     pub quick: bool,
     #[arg(long)]
     pub out: PathBuf,
-    /// `ddd` preset: distil every student row from this teacher (a depthling checkpoint or an
-    /// ONNX export) instead of training one; the `teacher` row evaluates it.
+    /// Distil the preset's student rows from this teacher (a depthling checkpoint or an ONNX
+    /// export) instead of training one, and evaluate it in the teacher's row: `ddd` every
+    /// distillation row; `lw` the rows of the teacher trained on X (kd_X, kd_U, kd_XU; the
+    /// X∪U′ setting keeps its own teacher, trained here on X∪U′); `adu` the stereo teacher's rows
+    /// (a 6-channel teacher: left and right RGB stacked).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
     #[command(flatten)]
@@ -247,19 +250,67 @@ fn target_sets(cfg: &ExperimentConfig, b: &Budget) -> (Vec<Sample>, Vec<Sample>)
     (train, test)
 }
 
+/// A preset's teacher: trained here, or the `--teacher` file.
+enum PresetTeacher {
+    Native(Net),
+    Given(Box<crate::app::distill::LoadedTeacher>),
+}
+
+impl PresetTeacher {
+    fn teacher(&self) -> &dyn crate::teacher::Teacher {
+        match self {
+            PresetTeacher::Native(n) => &n.net,
+            PresetTeacher::Given(g) => g.teacher(),
+        }
+    }
+
+    /// Row `name`: the given `--teacher` evaluated (it must take `channels` input channels), or
+    /// `train` building and training one (recording the row itself).
+    fn trained_or_given(
+        cfg: &ExperimentConfig,
+        table: &mut Table<'_>,
+        name: &str,
+        (w, h): (usize, usize),
+        channels: usize,
+        train: impl FnOnce(&mut Table<'_>) -> Result<Net>,
+    ) -> Result<PresetTeacher> {
+        let Some(path) = &cfg.teacher else {
+            return Ok(PresetTeacher::Native(train(table)?));
+        };
+        let loaded = crate::app::distill::LoadedTeacher::load(
+            path,
+            &cfg.teacher_args,
+            (w, h),
+            &table.device.clone(),
+            cfg.quiet,
+        )?;
+        let got = loaded.teacher().input_channels();
+        if got != channels {
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "takes {got} input channels; the {} preset's {name} takes {channels}{}",
+                    cfg.preset.name(),
+                    if channels == 6 {
+                        " (left and right RGB stacked: a stereo teacher)"
+                    } else {
+                        " (RGB)"
+                    }
+                ),
+            ));
+        }
+        table.teacher_row(
+            name,
+            loaded.teacher(),
+            loaded.params(),
+            &format!("given teacher {}", path.display()),
+        )?;
+        Ok(PresetTeacher::Given(Box::new(loaded)))
+    }
+}
+
 /// Runs `cfg.preset` and writes `results.json` and `results.md` into `cfg.out`.
 pub fn run(cfg: &ExperimentConfig) -> Result<Results> {
-    if cfg.teacher.is_some() && cfg.preset != Preset::Ddd {
-        return Err(Error::Usage(format!(
-            "--teacher is taken by the ddd preset; the {} preset trains the teachers its claims compare ({})",
-            cfg.preset.name(),
-            if cfg.preset == Preset::Lw {
-                "one on X and one on X∪U′"
-            } else {
-                "a stereo and a monocular one"
-            }
-        )));
-    }
     match cfg.preset {
         Preset::Ddd => ddd::run(cfg),
         Preset::Lw => lw::run(cfg),
