@@ -113,6 +113,16 @@ fn every_int8_tensor_equals_litert_reference_kernels() {
         let ops = int8_outputs(&model);
         let report = check(&python, arch, &model, &frame);
         assert_identical(&format!("{arch} {w}x{h}"), &report, ops);
+        // and a frame of random pixels (saturating activations the simulated scene does not)
+        let mut state = 0x9e37_79b9u32;
+        let noise: Vec<u8> = (0..frame.len())
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect();
+        let report = check(&python, arch, &model, &noise);
+        assert_identical(&format!("{arch} {w}x{h}, random frame"), &report, ops);
         // depthling's arena is not larger than TFLite Micro's for the same graph
         let m = depthling_model::Model::from_bytes(&model).unwrap();
         let tflm = depthling_host::app::profile::tflm_arena(
