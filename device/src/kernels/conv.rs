@@ -287,6 +287,10 @@ fn dense_pixel(
 /// feature `cortex-m-dsp`, on Armv7E-M (`SMLAD`).
 pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx2() && pointwise::run(p, input, out) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if !p.depthwise {
         return dense_x86(p, input, out);
     }
@@ -683,6 +687,278 @@ fn has_avx2() -> bool {
     }
 }
 
+/// Dense convolutions on x86-64 with AVX2 as a GEMM of pixels × output channels, vectorised over
+/// blocks of 8 output channels with `vpmaddwd` on (input − zero point, weight) int16 pairs, and
+/// the requantization vectorised per block too ([`Requant8`]). The weights are packed once per
+/// call (on the stack, up to 128 KiB), each group of four pixels' receptive fields gathered once
+/// for every block, and each block's output constants decoded once per group instead of per
+/// output element; the four pixels share each weight load. The sums are exact, so the bits are
+/// [`reference`]'s.
+#[cfg(target_arch = "x86_64")]
+mod pointwise {
+    use super::{ConvParams, Finish};
+    use core::arch::x86_64::*;
+
+    const LANES: usize = 8;
+    /// Most values in one receptive field, `k·k·C_in` (pairs of weights are packed on the
+    /// stack: 8 × 4 bytes per pair).
+    const MAX_IN: usize = 1152;
+    /// Most packed weight words of one convolution (128 KiB on the stack).
+    const MAX_PACKED: usize = 32 * 1024;
+    const PIXELS: usize = 4;
+
+    /// Runs `p` if it is a dense convolution whose `k·k·C_in` fits the stack buffers (returns
+    /// `false`, having written nothing, otherwise). The caller has checked that the CPU has AVX2.
+    /// Each output pixel's receptive field is gathered (centred, as int16, zeros where the
+    /// padding is: the zero point's contribution) into one row, so every kernel size and stride
+    /// is the same GEMM.
+    pub(super) fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+        let (ic, oc) = (p.input.channels, p.output.channels);
+        let (ih, iw) = (p.input.height, p.input.width);
+        let (oh, ow) = (p.output.height, p.output.width);
+        let (k, s) = (p.kernel, p.stride);
+        let depth = k * k * ic;
+        let pixels = oh * ow;
+        let elem = match p.stage {
+            super::OutputStage::Int8 { .. } => 1,
+            super::OutputStage::F32 { .. } => 4,
+        };
+        if p.depthwise
+            || ic == 0
+            || oc == 0
+            || k == 0
+            || s == 0
+            || depth > MAX_IN
+            || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+            || input.len() < ih * iw * ic
+            || p.weights.len() < oc * depth
+            || out.len() < pixels * oc * elem
+        {
+            return false;
+        }
+        let pad = k / 2;
+        let pairs = depth.div_ceil(2);
+        let blocks = oc.div_ceil(LANES);
+        if blocks * pairs * LANES > MAX_PACKED {
+            return false;
+        }
+        let zp = p.input_zero_point as i16;
+        // every block's weights, packed once: block b's pair q at (b·pairs + q)·LANES (left
+        // uninitialised past what is written: zeroing 128 KiB per call cost more than small convs)
+        let mut storage = [core::mem::MaybeUninit::<i32>::uninit(); MAX_PACKED];
+        let used = blocks * pairs * LANES;
+        for b in 0..blocks {
+            let o0 = b * LANES;
+            let n = LANES.min(oc - o0);
+            for q in 0..pairs {
+                for j in 0..LANES {
+                    let (a, w) = if j < n {
+                        let row = &p.weights[(o0 + j) * depth..(o0 + j + 1) * depth];
+                        (row[2 * q], row.get(2 * q + 1).copied().unwrap_or(0))
+                    } else {
+                        (0, 0)
+                    };
+                    storage[(b * pairs + q) * LANES + j].write(
+                        ((a as i16 as u16 as u32) | ((w as i16 as u16 as u32) << 16)) as i32,
+                    );
+                }
+            }
+        }
+        // SAFETY: the loops above wrote every one of the first `used` words.
+        let packed: &[i32] =
+            unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i32, used) };
+        let mut xc = [[0i16; MAX_IN + 2]; PIXELS];
+        let mut px = 0;
+        while px < pixels {
+            // the receptive fields of up to four pixels, gathered once for every block
+            let m = PIXELS.min(pixels - px);
+            for (r, buf) in xc.iter_mut().enumerate().take(m) {
+                let (oy, ox) = ((px + r) / ow, (px + r) % ow);
+                for ky in 0..k {
+                    let iy = (oy * s + ky) as isize - pad as isize;
+                    for kx in 0..k {
+                        let ix = (ox * s + kx) as isize - pad as isize;
+                        let dst = &mut buf[(ky * k + kx) * ic..(ky * k + kx + 1) * ic];
+                        if iy < 0 || ix < 0 || iy as usize >= ih || ix as usize >= iw {
+                            dst.fill(0);
+                            continue;
+                        }
+                        let at = (iy as usize * iw + ix as usize) * ic;
+                        for (d, &v) in dst.iter_mut().zip(&input[at..at + ic]) {
+                            *d = v as i16 - zp;
+                        }
+                    }
+                }
+                buf[depth] = 0;
+            }
+            for b in 0..blocks {
+                let o0 = b * LANES;
+                let n = LANES.min(oc - o0);
+                let block = &packed[b * pairs * LANES..(b + 1) * pairs * LANES];
+                // SAFETY: AVX2 is present (the caller checked); `block` holds `pairs · LANES`
+                // words and each `xc` row `2 · pairs ≤ depth + 1` values.
+                let sums = unsafe { dot(block, &xc, pairs, m) };
+                let finish: [Finish<'_>; LANES] =
+                    core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (o0 + j).min(oc - 1)));
+                let vector = Requant8::new(&finish);
+                for (r, row) in sums.iter().enumerate().take(m) {
+                    let base = (px + r) * oc + o0;
+                    match &vector {
+                        Some(v) => {
+                            // SAFETY: AVX2 is present (the caller checked).
+                            let q = unsafe { v.apply(row) };
+                            for (o, &q) in out[base..base + n].iter_mut().zip(&q) {
+                                *o = q as i8 as u8;
+                            }
+                        }
+                        None => {
+                            for (j, f) in finish.iter().enumerate().take(n) {
+                                f.store(out, base + j, row[j]);
+                            }
+                        }
+                    }
+                }
+            }
+            px += m;
+        }
+        true
+    }
+
+    /// One block's int8 output stage in AVX2: `bias + acc`, TFLite's `MultiplyByQuantizedMultiplier`
+    /// for multipliers below one (the doubling high multiply is ⌊(x·m + 2³⁰) / 2³¹⌋ exactly,
+    /// then the rounding shift right), the zero point and the activation clamp, per lane.
+    pub(super) struct Requant8 {
+        bias: [i32; LANES],
+        multiplier: [i32; LANES],
+        shift: [i32; LANES],
+        mask: [i32; LANES],
+        half: [i32; LANES],
+        zero_point: i32,
+        act_min: i32,
+        act_max: i32,
+    }
+
+    impl Requant8 {
+        /// `None` (the scalar path) for f32 outputs, a LUT, or a multiplier of one or more.
+        pub(super) fn new(finish: &[Finish<'_>; LANES]) -> Option<Self> {
+            let mut v = Requant8 {
+                bias: [0; LANES],
+                multiplier: [0; LANES],
+                shift: [0; LANES],
+                mask: [0; LANES],
+                half: [0; LANES],
+                zero_point: 0,
+                act_min: 0,
+                act_max: 0,
+            };
+            for (j, f) in finish.iter().enumerate() {
+                let Finish::Int8 {
+                    bias,
+                    requant,
+                    zero_point,
+                    act_min,
+                    act_max,
+                    lut: None,
+                } = *f
+                else {
+                    return None;
+                };
+                if requant.shift > 0 || requant.shift < -31 || requant.multiplier < 0 {
+                    return None;
+                }
+                let e = -requant.shift;
+                let mask = ((1i64 << e) - 1) as i32;
+                v.bias[j] = bias;
+                v.multiplier[j] = requant.multiplier;
+                v.shift[j] = e;
+                v.mask[j] = mask;
+                v.half[j] = mask >> 1;
+                (v.zero_point, v.act_min, v.act_max) = (zero_point, act_min, act_max);
+            }
+            Some(v)
+        }
+
+        /// The finished int8 values of one pixel's eight sums.
+        ///
+        /// # Safety
+        /// The CPU has AVX2.
+        #[target_feature(enable = "avx2")]
+        pub(super) unsafe fn apply(&self, acc: &[i32; LANES]) -> [i32; LANES] {
+            // SAFETY: unaligned loads and stores of 8 × i32 from and to 8-element arrays.
+            unsafe {
+                let ld = |a: &[i32; LANES]| _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+                let x = _mm256_add_epi32(ld(acc), ld(&self.bias));
+                let m = ld(&self.multiplier);
+                let round = _mm256_set1_epi64x(1 << 30);
+                let even = _mm256_add_epi64(_mm256_mul_epi32(x, m), round);
+                let odd = _mm256_add_epi64(
+                    _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(m)),
+                    round,
+                );
+                // bits 31..62 of each 64-bit product: the low words of a logical shift
+                let high = _mm256_blend_epi32::<0b1010_1010>(
+                    _mm256_srli_epi64::<31>(even),
+                    _mm256_slli_epi64::<1>(odd),
+                );
+                // RoundingDivideByPOT: (x >> e) + (remainder > (mask >> 1) + (x < 0))
+                let negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(), high);
+                let remainder = _mm256_and_si256(high, ld(&self.mask));
+                let threshold = _mm256_sub_epi32(ld(&self.half), negative);
+                let up = _mm256_cmpgt_epi32(remainder, threshold);
+                let q = _mm256_sub_epi32(_mm256_srav_epi32(high, ld(&self.shift)), up);
+                // keep the zero point's addition from overflowing; the clamp is int8 anyway
+                let q = _mm256_max_epi32(
+                    _mm256_min_epi32(q, _mm256_set1_epi32(1 << 24)),
+                    _mm256_set1_epi32(-(1 << 24)),
+                );
+                let q = _mm256_add_epi32(q, _mm256_set1_epi32(self.zero_point));
+                let q = _mm256_max_epi32(
+                    _mm256_min_epi32(q, _mm256_set1_epi32(self.act_max)),
+                    _mm256_set1_epi32(self.act_min),
+                );
+                let mut out = [0i32; LANES];
+                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, q);
+                out
+            }
+        }
+    }
+
+    /// The sums of `m ≤ 4` pixels (centred int16 inputs in `xc`) against one packed block.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, `packed.len() ≥ pairs · LANES` and every `xc` row has `2 · pairs`
+    /// values.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot(
+        packed: &[i32],
+        xc: &[[i16; MAX_IN + 2]; PIXELS],
+        pairs: usize,
+        m: usize,
+    ) -> [[i32; LANES]; PIXELS] {
+        let mut acc = [_mm256_setzero_si256(); PIXELS];
+        let w = packed.as_ptr();
+        let x: [*const i32; PIXELS] = core::array::from_fn(|r| xc[r].as_ptr() as *const i32);
+        for q in 0..pairs {
+            // SAFETY: in bounds by the contract; unaligned loads.
+            unsafe {
+                let wv = _mm256_loadu_si256(w.add(q * LANES) as *const __m256i);
+                for r in 0..PIXELS {
+                    if r < m {
+                        let xv = _mm256_set1_epi32(x[r].add(q).read_unaligned());
+                        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(xv, wv));
+                    }
+                }
+            }
+        }
+        let mut out = [[0i32; LANES]; PIXELS];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            // SAFETY: 8 × i32 into an 8-element array.
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, *a) };
+        }
+        out
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Step;
@@ -906,5 +1182,167 @@ mod tests {
     conv_family_matches_reference! {
         sse2_matches_reference: dense_sse2,
         avx2_matches_reference: dense_avx2,
+    }
+
+    /// The AVX2 output stage equals the scalar one at the extremes of its input and constants:
+    /// accumulators near ±2³¹, multipliers from 0 to 2³¹ − 1, every right shift 0..=31.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_requantization_matches_scalar_at_the_extremes() {
+        if !has_avx2() {
+            return;
+        }
+        let mut rng = super::super::TestRng(0xface);
+        let special = [
+            i32::MIN,
+            i32::MIN + 1,
+            -(1 << 30),
+            -3,
+            -1,
+            0,
+            1,
+            3,
+            1 << 30,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        for case in 0..4000 {
+            let finish: [Finish<'_>; 8] = core::array::from_fn(|j| {
+                let multiplier = match (case + j) % 4 {
+                    0 => i32::MAX,
+                    1 => 1 << 30,
+                    2 => (rng.next() as i32).max(0),
+                    _ => 0,
+                };
+                Finish::Int8 {
+                    bias: if case % 3 == 0 {
+                        0
+                    } else {
+                        (rng.next() % 2001) as i32 - 1000
+                    },
+                    requant: depthling_model::Requant {
+                        multiplier,
+                        shift: -((rng.next() % 32) as i32),
+                    },
+                    zero_point: (case % 256) as i32 - 128,
+                    act_min: -128 + (case % 7) as i32,
+                    act_max: 127 - (case % 5) as i32,
+                    lut: None,
+                }
+            });
+            let acc: [i32; 8] = core::array::from_fn(|j| {
+                if (case + j) % 3 == 0 {
+                    special[(case + 7 * j) % special.len()].wrapping_sub(0)
+                } else {
+                    rng.next() as i32 >> (rng.next() % 31)
+                }
+            });
+            // the scalar path adds bias + acc without overflow checks in release; keep it in range
+            let acc = acc.map(|a| a.clamp(i32::MIN + 1001, i32::MAX - 1001));
+            let v = pointwise::Requant8::new(&finish).expect("vector stage");
+            // SAFETY: AVX2 checked above.
+            let got = unsafe { v.apply(&acc) };
+            let mut want = [0u8; 8];
+            for (j, f) in finish.iter().enumerate() {
+                f.store(&mut want, j, acc[j]);
+            }
+            let got: std::vec::Vec<u8> = got.iter().map(|&q| q as i8 as u8).collect();
+            assert_eq!(got, want, "case {case}: acc {acc:?}");
+        }
+    }
+
+    /// The AVX2 GEMM at the widths real 1×1 layers have (several channel blocks, up to its
+    /// limit of 1152 values per receptive field), against the reference; a wider one is
+    /// declined.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn pointwise_matches_reference_at_real_widths() {
+        if !has_avx2() {
+            return;
+        }
+        let mut rng = super::super::TestRng(0x1_1);
+        for (case, &(ic, oc)) in [
+            (512usize, 24usize),
+            (321, 17),
+            (96, 576),
+            (3, 8),
+            (144, 1),
+            (40, 33),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (h, w) = (1 + case % 5, 3 + case);
+            let input = rng.bytes(h * w * ic);
+            let weights = rng.bytes(oc * ic);
+            let bias: Vec<u8> = (0..oc)
+                .flat_map(|_| ((rng.next() % 20001) as i32 - 10000).to_le_bytes())
+                .collect();
+            let requant: Vec<u8> = (0..oc)
+                .flat_map(|_| {
+                    let r = depthling_model::Requant::from_real(
+                        1e-5 + (rng.next() % 1000) as f64 * 1e-6,
+                    )
+                    .unwrap();
+                    [r.multiplier.to_le_bytes(), r.shift.to_le_bytes()].concat()
+                })
+                .collect();
+            let p = ConvParams {
+                input: super::super::Shape {
+                    height: h,
+                    width: w,
+                    channels: ic,
+                },
+                output: super::super::Shape {
+                    height: h,
+                    width: w,
+                    channels: oc,
+                },
+                kernel: 1,
+                stride: 1,
+                depthwise: false,
+                input_zero_point: (rng.next() % 256) as i32 - 128,
+                weights: &weights,
+                bias: &bias,
+                // a ReLU's and a ReLU6's clamps on some
+                stage: OutputStage::Int8 {
+                    requant: &requant,
+                    zero_point: 5,
+                    act_min: if case % 2 == 0 { 5 } else { -128 },
+                    act_max: if case % 3 == 0 { 100 } else { 127 },
+                    lut: None,
+                },
+            };
+            let (mut a, mut b) = (std::vec![0u8; h * w * oc], std::vec![1u8; h * w * oc]);
+            reference(&p, &input, &mut a);
+            assert!(pointwise::run(&p, &input, &mut b), "{ic} -> {oc} declined");
+            assert_eq!(a, b, "{h}x{w}x{ic} -> {oc}");
+        }
+        let wide = ConvParams {
+            input: super::super::Shape {
+                height: 1,
+                width: 1,
+                channels: 513,
+            },
+            output: super::super::Shape {
+                height: 1,
+                width: 1,
+                channels: 1,
+            },
+            kernel: 1,
+            stride: 1,
+            depthwise: false,
+            input_zero_point: 0,
+            weights: &[0; 1153],
+            bias: &[0; 4],
+            stage: OutputStage::Int8 {
+                requant: &[0; 8],
+                zero_point: 0,
+                act_min: -128,
+                act_max: 127,
+                lut: None,
+            },
+        };
+        assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1]));
     }
 }
