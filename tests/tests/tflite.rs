@@ -142,27 +142,36 @@ fn every_int8_tensor_equals_litert_reference_kernels() {
 fn a_trained_student_equals_litert_too() {
     let Some(python) = python() else { return };
     let device = Device::Cpu;
-    let (w, h) = (64, 48);
-    let net = Net::new(preset("demo-student", 1.0).unwrap(), &device, 3).unwrap();
-    let data = render_many(Domain::Indoor, w, h, 16, 5, 8, false);
-    let cfg = TrainConfig {
-        steps: 40,
-        ..Default::default()
-    };
-    let losses = train(&net, &data, &mut Supervised, &cfg, |_| {}).unwrap();
-    assert!(losses.last() < losses.first(), "training made progress");
-    let model = quantize(
-        &net.net,
-        &data,
-        Calibration::MinMax,
-        &Provenance::default(),
-        &device,
-    )
-    .unwrap();
-    let frame = render_sample(Domain::Indoor, w, h, 99, 0, false).rgb;
-    let ops = int8_outputs(&model);
-    let report = check(&python, "trained", &model, &frame);
-    assert_identical("trained demo student", &report, ops);
+    // trained weights: ranges and dead channels that seeded weights do not have
+    for (arch, w, h, steps) in [
+        ("demo-student", 64usize, 48usize, 40usize),
+        ("micro", 64, 64, 20),
+        ("mbv2-mff", 64, 32, 10),
+    ] {
+        let net = Net::new(preset(arch, 1.0).unwrap(), &device, 3).unwrap();
+        let data = render_many(Domain::Indoor, w, h, 16, 5, 8, false);
+        let cfg = TrainConfig {
+            steps,
+            ..Default::default()
+        };
+        let losses = train(&net, &data, &mut Supervised, &cfg, |_| {}).unwrap();
+        assert!(
+            losses.last() < losses.first(),
+            "{arch}: training made progress"
+        );
+        let model = quantize(
+            &net.net,
+            &data,
+            Calibration::MinMax,
+            &Provenance::default(),
+            &device,
+        )
+        .unwrap();
+        let frame = render_sample(Domain::Indoor, w, h, 99, 0, false).rgb;
+        let ops = int8_outputs(&model);
+        let report = check(&python, "trained", &model, &frame);
+        assert_identical(&format!("trained {arch}"), &report, ops);
+    }
 }
 
 /// `.dlm` → `.tflite` → `.dlm` keeps every op and the output bits; the second `.tflite` is

@@ -1396,7 +1396,8 @@ mod tests {
         }
         let mut rng = super::super::TestRng(0x1_1);
         for (case, &(ic, oc)) in [
-            (512usize, 24usize),
+            (1152usize, 24usize),
+            (512, 24),
             (321, 17),
             (96, 576),
             (3, 8),
@@ -1456,7 +1457,7 @@ mod tests {
             input: super::super::Shape {
                 height: 1,
                 width: 1,
-                channels: 513,
+                channels: 1153,
             },
             output: super::super::Shape {
                 height: 1,
