@@ -1070,6 +1070,48 @@ fn experiment_quick_runs_every_row() {
         let img = image::open(out.join("report").join(png)).unwrap();
         assert!(img.width() > 0, "{png}");
     }
+    // --resume: every row is loaded from OUT/rows (trained weights, losses, seconds) and
+    // evaluated again, with the same numbers; a row whose file is gone is trained again
+    let modified = |row: &str| {
+        std::fs::metadata(out.join(format!("rows/{row}.safetensors")))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let before = modified("ddd");
+    std::fs::remove_file(out.join("rows/kd_1of6.safetensors")).unwrap();
+    let o = depthling(&[
+        "experiment",
+        "--preset",
+        "ddd",
+        "--quick",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = json(&o);
+    // resumed rows are read, not written again
+    assert_eq!(modified("ddd"), before, "the ddd row was trained again");
+    assert!(
+        again["wall_seconds"].as_f64().unwrap() < r["wall_seconds"].as_f64().unwrap(),
+        "resuming took as long as the first run"
+    );
+    for (a, b) in r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(again["rows"].as_array().unwrap())
+    {
+        assert_eq!(a["name"], b["name"]);
+        assert_eq!(
+            a["rmse"], b["rmse"],
+            "{} resumed with other numbers",
+            a["name"]
+        );
+        assert_eq!(a["delta1"], b["delta1"]);
+    }
+    assert!(out.join("rows/kd_1of6.safetensors").exists());
     let o = depthling(&[
         "experiment",
         "--preset",

@@ -63,12 +63,20 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     // balanced like the students' sets (X repeated to about U's size)
     let xu = crate::distill::balanced([x.as_slice(), u.as_slice()]);
     let teacher_xu = Net::new(preset(teacher_arch, teacher_width)?, &device, cfg.seed)?;
-    train(
+    table.trained(
+        "teacher_xu",
         &teacher_xu,
-        &xu,
-        &mut Supervised,
-        &train_cfg(b.teacher_steps, cfg.seed),
-        table.bar("teacher on X∪U′", b.teacher_steps),
+        "train-teacher --arch demo-teacher --width 1.5 on X∪U′",
+        b.teacher_steps,
+        |bar| {
+            train(
+                &teacher_xu,
+                &xu,
+                &mut Supervised,
+                &train_cfg(b.teacher_steps, cfg.seed),
+                bar,
+            )
+        },
     )?;
     let teachers: [&dyn crate::teacher::Teacher; 2] = [teacher.teacher(), &teacher_xu.net];
 

@@ -75,6 +75,12 @@ pub struct ExperimentConfig {
     pub teacher: Option<PathBuf>,
     #[command(flatten)]
     pub teacher_args: super::distill::TeacherArgs,
+    /// Reuse every row an earlier run into the same --out finished (each run keeps a row's
+    /// trained weights in OUT/rows/NAME.safetensors, with its setting, steps and losses) and
+    /// train only the rest: a preset longer than one sitting finishes over several runs. A row
+    /// whose setting or budget changed is trained again.
+    #[arg(long)]
+    pub resume: bool,
     #[arg(skip = 1u64)]
     pub seed: u64,
     #[arg(skip)]
@@ -386,7 +392,8 @@ impl<'a> Table<'a> {
     }
 
     /// Runs `run` (training `net` for `steps` steps, reporting to the progress bar it is given)
-    /// and records `net` as row `name` with its wall time and losses.
+    /// and records `net` as row `name` with its wall time and losses; with `--resume`, a row an
+    /// earlier run finished is loaded instead of trained.
     fn row(
         &mut self,
         name: &str,
@@ -397,23 +404,88 @@ impl<'a> Table<'a> {
         run: impl FnOnce(&mut dyn FnMut(crate::train::StepInfo)) -> Result<Vec<f32>>,
     ) -> Result<()> {
         let t = Instant::now();
-        let losses = run(&mut self.bar(name, steps))?;
-        self.record(name, net, images, t, setting, losses)
-    }
-
-    fn record(
-        &mut self,
-        name: &str,
-        net: &Net,
-        images: usize,
-        t: Instant,
-        setting: &str,
-        losses: Vec<f32>,
-    ) -> Result<()> {
+        let (losses, earlier) = self.trained(name, net, setting, steps, run)?;
         let device = self.device.clone();
         let predict_net = |s: &[Sample]| predict(&net.net, s, &device);
         let params = net.net.spec().params() as u64;
-        self.record_with(name, &predict_net, params, images, t, setting, losses)
+        self.record_with(
+            name,
+            &predict_net,
+            params,
+            images,
+            (t, earlier),
+            setting,
+            losses,
+        )
+    }
+
+    /// Where row (or network) `name`'s trained weights are kept.
+    fn row_path(&self, name: &str) -> PathBuf {
+        self.cfg
+            .out
+            .join("rows")
+            .join(format!("{name}.safetensors"))
+    }
+
+    /// Trains `net` with `run` and keeps its weights under `--out`, or with `--resume` loads the
+    /// weights an earlier run kept for the same `name`, setting, budget and seed. Returns the
+    /// losses and the seconds an earlier run spent (0 for a fresh one).
+    fn trained(
+        &self,
+        name: &str,
+        net: &Net,
+        setting: &str,
+        steps: usize,
+        run: impl FnOnce(&mut dyn FnMut(crate::train::StepInfo)) -> Result<Vec<f32>>,
+    ) -> Result<(Vec<f32>, f64)> {
+        let path = self.row_path(name);
+        let tag = format!(
+            "{setting} | {steps} steps | {} | seed {} | teacher {:?} {:?}",
+            if self.cfg.quick { "quick" } else { "full" },
+            self.cfg.seed,
+            self.cfg.teacher,
+            self.cfg.teacher_args
+        );
+        if self.cfg.resume && path.exists() {
+            let (saved, meta) = Net::load(&path, &self.device)?;
+            let same =
+                meta.get("depthling.row") == Some(&tag) && saved.net.spec() == net.net.spec();
+            if same {
+                let tensors: std::collections::HashMap<_, _> =
+                    saved.named_tensors()?.into_iter().collect();
+                net.restore(&tensors)?;
+                let losses = meta
+                    .get("depthling.losses")
+                    .and_then(|l| serde_json::from_str::<Vec<f32>>(l).ok())
+                    .unwrap_or_default();
+                let seconds = meta
+                    .get("depthling.seconds")
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                progress(
+                    self.cfg.quiet,
+                    &format!(
+                        "experiment {}: {name}: resumed from {}",
+                        self.preset,
+                        path.display()
+                    ),
+                );
+                return Ok((losses, seconds));
+            }
+        }
+        let t = Instant::now();
+        let losses = run(&mut self.bar(name, steps))?;
+        let losses_json =
+            serde_json::to_string(&losses).map_err(|e| Error::Runtime(e.to_string()))?;
+        net.save(
+            &path,
+            &[
+                ("row", tag),
+                ("losses", losses_json),
+                ("seconds", t.elapsed().as_secs_f64().to_string()),
+            ],
+        )?;
+        Ok((losses, 0.0))
     }
 
     /// Records a given teacher as row `name` (no training: no losses).
@@ -431,7 +503,7 @@ impl<'a> Table<'a> {
             &predict_teacher,
             params,
             0,
-            Instant::now(),
+            (Instant::now(), 0.0),
             setting,
             Vec::new(),
         )
@@ -444,7 +516,8 @@ impl<'a> Table<'a> {
         predict_rows: &PredictRows<'_>,
         params: u64,
         images: usize,
-        t: Instant,
+        // when this run started the row, and the seconds an earlier run spent on it
+        (t, earlier): (Instant, f64),
         setting: &str,
         losses: Vec<f32>,
     ) -> Result<()> {
@@ -457,7 +530,7 @@ impl<'a> Table<'a> {
                 self.preset,
                 metrics.rmse,
                 metrics.delta1,
-                t.elapsed().as_secs_f64()
+                earlier + t.elapsed().as_secs_f64()
             ),
         );
         let preview = &self.test[..self.test.len().min(6)];
@@ -468,7 +541,7 @@ impl<'a> Table<'a> {
             metrics,
             params,
             images,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: earlier + t.elapsed().as_secs_f64(),
             setting: setting.into(),
         });
         Ok(())
@@ -489,9 +562,10 @@ impl<'a> Table<'a> {
         let results = Results {
             preset: self.preset.into(),
             command: format!(
-                "depthling experiment --preset {}{}{} --out {}",
+                "depthling experiment --preset {}{}{}{} --out {}",
                 self.preset,
                 if self.cfg.quick { " --quick" } else { "" },
+                if self.cfg.resume { " --resume" } else { "" },
                 self.cfg
                     .teacher
                     .as_ref()
