@@ -1079,6 +1079,15 @@ fn experiment_quick_runs_every_row() {
     };
     let before = modified("ddd");
     std::fs::remove_file(out.join("rows/kd_1of6.safetensors")).unwrap();
+    // the teacher's row file gone but its in-row checkpoint kept: training resumes from the
+    // checkpoint (here at its last step) instead of starting over
+    let ckpt: Vec<_> = std::fs::read_dir(out.join("rows"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|n| n.starts_with("teacher.") && n.ends_with(".ckpt.safetensors"))
+        .collect();
+    assert_eq!(ckpt.len(), 1, "{ckpt:?}");
+    std::fs::remove_file(out.join("rows/teacher.safetensors")).unwrap();
     let o = depthling(&[
         "experiment",
         "--preset",
@@ -1112,6 +1121,7 @@ fn experiment_quick_runs_every_row() {
         assert_eq!(a["delta1"], b["delta1"]);
     }
     assert!(out.join("rows/kd_1of6.safetensors").exists());
+    assert!(out.join("rows/teacher.safetensors").exists());
     let o = depthling(&[
         "experiment",
         "--preset",

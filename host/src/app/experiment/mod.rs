@@ -386,8 +386,25 @@ impl<'a> Table<'a> {
         train_cfg: &TrainConfig,
         setting: &str,
     ) -> Result<()> {
+        // checkpoints inside the row (the teachers are the longest rows): `--resume` continues
+        // an interrupted one where it stopped, bit for bit
+        // named by the row's setting, so that a changed budget never resumes another's
+        let tag = self.row_tag(setting, train_cfg.steps);
+        let fnv = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let mut cfg = train_cfg.clone();
+        cfg.checkpoint = Some(crate::train::Checkpointing {
+            path: self
+                .cfg
+                .out
+                .join("rows")
+                .join(format!("{name}.{fnv:016x}.ckpt.safetensors")),
+            every: (train_cfg.steps / 10).max(1),
+            resume: self.cfg.resume,
+        });
         self.row(name, net, data.len(), setting, train_cfg.steps, |bar| {
-            train(net, data, &mut Supervised, train_cfg, bar)
+            train(net, data, &mut Supervised, &cfg, bar)
         })
     }
 
@@ -419,6 +436,17 @@ impl<'a> Table<'a> {
         )
     }
 
+    /// What a kept row must agree on to be reused: its setting, budget, seed and teacher.
+    fn row_tag(&self, setting: &str, steps: usize) -> String {
+        format!(
+            "{setting} | {steps} steps | {} | seed {} | teacher {:?} {:?}",
+            if self.cfg.quick { "quick" } else { "full" },
+            self.cfg.seed,
+            self.cfg.teacher,
+            self.cfg.teacher_args
+        )
+    }
+
     /// Where row (or network) `name`'s trained weights are kept.
     fn row_path(&self, name: &str) -> PathBuf {
         self.cfg
@@ -439,13 +467,7 @@ impl<'a> Table<'a> {
         run: impl FnOnce(&mut dyn FnMut(crate::train::StepInfo)) -> Result<Vec<f32>>,
     ) -> Result<(Vec<f32>, f64)> {
         let path = self.row_path(name);
-        let tag = format!(
-            "{setting} | {steps} steps | {} | seed {} | teacher {:?} {:?}",
-            if self.cfg.quick { "quick" } else { "full" },
-            self.cfg.seed,
-            self.cfg.teacher,
-            self.cfg.teacher_args
-        );
+        let tag = self.row_tag(setting, steps);
         if self.cfg.resume && path.exists() {
             let (saved, meta) = Net::load(&path, &self.device)?;
             let same =
