@@ -53,6 +53,25 @@ pub mod hil {
         eprintln!("SKIP: {what}: {why}");
     }
 
+    /// The test venv's Python (`DEPTHLING_ORT_PYTHON`, made by `scripts/test.sh`; else
+    /// `python3`) if it can run `import {modules}`; otherwise skips `what` (or fails, as
+    /// [`skip_or_fail`]) and gives `None`.
+    pub fn python_with(modules: &str, what: &str) -> Option<String> {
+        let python = std::env::var("DEPTHLING_ORT_PYTHON").unwrap_or_else(|_| "python3".into());
+        let usable = Command::new(&python)
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if usable {
+            return Some(python);
+        }
+        skip_or_fail(
+            what,
+            &format!("{python} cannot import {modules} (scripts/test.sh installs them in a virtual environment)"),
+        );
+        None
+    }
+
     /// Whether `cmd arg` runs and succeeds.
     pub fn have(cmd: &str, arg: &str) -> bool {
         Command::new(cmd)

@@ -13,7 +13,6 @@ use std::process::Command;
 use candle_core::{Device, Tensor, Var};
 use depthling_host::teacher::onnx::{OnnxTeacher, TeacherOptions};
 use depthling_host::teacher::Teacher;
-use depthling_tests::hil::skip_or_fail;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -62,20 +61,10 @@ np.concatenate(ys, 0).astype("<f4").tofile(out)
 "#;
 
 fn python() -> Option<String> {
-    let python = std::env::var("DEPTHLING_ORT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let usable = Command::new(&python)
-        .args(["-c", "import onnxruntime, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if usable {
-        Some(python)
-    } else {
-        skip_or_fail(
-            "onnxruntime check of the ONNX teacher import",
-            &format!("{python} cannot import onnxruntime and numpy (scripts/test.sh installs them in a virtual environment)"),
-        );
-        None
-    }
+    depthling_tests::hil::python_with(
+        "onnxruntime, numpy",
+        "onnxruntime check of the ONNX teacher import",
+    )
 }
 
 fn onnxruntime(

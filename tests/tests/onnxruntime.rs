@@ -9,7 +9,6 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use depthling_host::nets::{preset, Net};
-use depthling_tests::hil::skip_or_fail;
 
 const SCRIPT: &str = r#"
 import sys, numpy as np, onnxruntime as ort
@@ -25,18 +24,12 @@ y.astype("<f4").tofile(out)
 
 #[test]
 fn onnxruntime_agrees_with_candle() {
-    let python = std::env::var("DEPTHLING_ORT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let usable = Command::new(&python)
-        .args(["-c", "import onnxruntime, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !usable {
-        skip_or_fail(
-            "onnxruntime check of the ONNX export",
-            &format!("{python} cannot import onnxruntime and numpy (scripts/test.sh installs them in a virtual environment)"),
-        );
+    let Some(python) = depthling_tests::hil::python_with(
+        "onnxruntime, numpy",
+        "onnxruntime check of the ONNX export",
+    ) else {
         return;
-    }
+    };
     // the demo student (nearest upsampling) and the micro student (depthwise convolutions,
     // bilinear Resize)
     for (arch, w, h) in [("demo-student", 64usize, 48usize), ("micro", 64, 32)] {

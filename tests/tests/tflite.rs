@@ -17,26 +17,13 @@ use depthling_host::nets::{preset, Net};
 use depthling_host::quant::{quantize, Calibration, Provenance};
 use depthling_host::sim::{render_many, render_sample, Domain};
 use depthling_host::train::{train, Supervised, TrainConfig};
-use depthling_tests::hil::{root, skip_or_fail};
+use depthling_tests::hil::root;
 
 fn python() -> Option<String> {
-    let python = std::env::var("DEPTHLING_ORT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let usable = Command::new(&python)
-        .args([
-            "-c",
-            "import numpy, ai_edge_litert.interpreter, tflite_micro",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if usable {
-        Some(python)
-    } else {
-        skip_or_fail(
-            "TFLite check of the .tflite export",
-            &format!("{python} cannot import ai_edge_litert and tflite_micro (scripts/test.sh installs them in a virtual environment)"),
-        );
-        None
-    }
+    depthling_tests::hil::python_with(
+        "numpy, ai_edge_litert.interpreter, tflite_micro",
+        "TFLite check of the .tflite export",
+    )
 }
 
 /// Exports `model`, dumps the engine's tensors on `frame`, and runs the comparison; returns its

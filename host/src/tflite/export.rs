@@ -113,6 +113,17 @@ impl<'f> Writer<'f> {
         (self.tensors.len() - 1) as i32
     }
 
+    /// The int8 activation tensor of IR tensor `id` (named as in the dump).
+    fn activation(&mut self, id: u16, t: &TensorInfo) -> i32 {
+        self.tensor(
+            &tensor_name(id),
+            &nhwc(t),
+            fb::TensorType::INT8,
+            Some(Quant::tensor(t.quant)),
+            None,
+        )
+    }
+
     fn op(
         &mut self,
         code: fb::BuiltinOperator,
@@ -240,13 +251,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
     // IR tensor id → TFLite tensor index (int8 activations only)
     let mut index: Vec<Option<i32>> = vec![None; model.tensors.len()];
     let input = info(model.input).ok_or_else(|| op_err(0, "no input tensor"))?;
-    let tin = w.tensor(
-        &tensor_name(model.input),
-        &nhwc(&input),
-        fb::TensorType::INT8,
-        Some(Quant::tensor(input.quant)),
-        None,
-    );
+    let tin = w.activation(model.input, &input);
     index[model.input as usize] = Some(tin);
     let mut output: Option<i32> = None;
     for (i, op) in model.ops.iter().enumerate() {
@@ -298,13 +303,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                 if expected != [Some(*a_requant), Some(*b_requant), Some(*out_requant)] {
                     return Err(op_err(i, "its requantization is not TFLite ADD's (2·max of the input scales, left shift 20): re-quantize the model"));
                 }
-                let y = w.tensor(
-                    &tensor_name(*o),
-                    &nhwc(&to),
-                    fb::TensorType::INT8,
-                    Some(Quant::tensor(to.quant)),
-                    None,
-                );
+                let y = w.activation(*o, &to);
                 let opts = fb::AddOptions::create(
                     &mut w.fbb,
                     &fb::AddOptionsArgs {
@@ -350,13 +349,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                     w.op(fb::BuiltinOperator::QUANTIZE, 2, &[x], &[q], None);
                     xs.push(q);
                 }
-                let y = w.tensor(
-                    &tensor_name(*o),
-                    &nhwc(&to),
-                    fb::TensorType::INT8,
-                    Some(Quant::tensor(to.quant)),
-                    None,
-                );
+                let y = w.activation(*o, &to);
                 let opts = fb::ConcatenationOptions::create(
                     &mut w.fbb,
                     &fb::ConcatenationOptionsArgs {
@@ -391,13 +384,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                     None,
                     Some(&i32_bytes(&[to.height as i32, to.width as i32])),
                 );
-                let y = w.tensor(
-                    &tensor_name(*o),
-                    &nhwc(&to),
-                    fb::TensorType::INT8,
-                    Some(Quant::tensor(to.quant)),
-                    None,
-                );
+                let y = w.activation(*o, &to);
                 match mode {
                     UpsampleMode::Nearest => {
                         let opts = fb::ResizeNearestNeighborOptions::create(
@@ -457,13 +444,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                     None,
                     Some(&i32_bytes(&[1, 2])),
                 );
-                let y = w.tensor(
-                    &tensor_name(*o),
-                    &nhwc(&to),
-                    fb::TensorType::INT8,
-                    Some(Quant::tensor(to.quant)),
-                    None,
-                );
+                let y = w.activation(*o, &to);
                 let opts = fb::ReducerOptions::create(
                     &mut w.fbb,
                     &fb::ReducerOptionsArgs { keep_dims: true },
@@ -492,13 +473,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                         "its requantization is not TFLite MUL's: re-quantize the model",
                     ));
                 }
-                let y = w.tensor(
-                    &tensor_name(*o),
-                    &nhwc(&to),
-                    fb::TensorType::INT8,
-                    Some(Quant::tensor(to.quant)),
-                    None,
-                );
+                let y = w.activation(*o, &to);
                 let opts = fb::MulOptions::create(
                     &mut w.fbb,
                     &fb::MulOptionsArgs {
