@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares depthling's int8 engine with TFLite on an exported `.tflite`.
 
-    tflite_check.py MODEL.tflite DUMP_DIR [--arena-sweep]
+    tflite_check.py MODEL.tflite DUMP_DIR
 
 DUMP_DIR is what `depthling run --model M.dlm --dump DIR` wrote for one image (input.npy and
 one NNN_kind.npy/.json pair per op). The script runs MODEL.tflite on the same int8 input
@@ -13,10 +13,10 @@ one NNN_kind.npy/.json pair per op). The script runs MODEL.tflite on the same in
 - in LiteRT's default path (XNNPACK), which must accept the model; its depth difference is
   reported (XNNPACK rounds its own way, so it is not expected to match).
 
-It prints one JSON object (per-tensor mismatch counts, depth differences, TFLite Micro's arena)
+It prints one JSON object (per-tensor mismatch counts, depth differences)
 and exits 1 when an int8 tensor differs, the depth of LiteRT's reference kernels or TFLite Micro
-is further from ours than the int16 output step allows, or XNNPACK refuses the model. With --arena-sweep it also finds the smallest arena TFLite Micro
-runs the model in (bisection over 1 KiB steps).
+is further from ours than the int16 output step allows, or XNNPACK refuses the model.
+(TFLite Micro's arena beside ours: `depthling profile --model M.dlm --compare-tflm`.)
 """
 import glob
 import json
@@ -74,34 +74,11 @@ def tflm_run(model_bytes, x, arena):
     return it.get_output(0)
 
 
-def tflm_arena(model_bytes, x, hi):
-    """Smallest arena (1 KiB steps) TFLite Micro allocates and runs the model in."""
-
-    def ok(n):
-        try:
-            tflm_run(model_bytes, x, n)
-            return True
-        except Exception:  # noqa: BLE001 - allocation failure is an exception
-            return False
-
-    if not ok(hi):
-        return None
-    lo = 1024
-    while hi - lo > 1024:
-        mid = (lo + hi) // 2 // 1024 * 1024
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
 def main():
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     model_path, dump = sys.argv[1], sys.argv[2]
-    sweep = "--arena-sweep" in sys.argv[3:]
     x = np.load(os.path.join(dump, "input.npy"))
     ours = []
     for side in sorted(glob.glob(os.path.join(dump, "*.json"))):
@@ -165,8 +142,6 @@ def main():
         d = np.abs(xnn.reshape(-1).astype(np.float64) - ours_depth)
         report["depth"]["xnnpack_max_abs_diff_m"] = float(d.max())
         report["depth"]["xnnpack_mean_abs_diff_m"] = float(d.mean())
-    if sweep:
-        report["tflm_arena_bytes"] = tflm_arena(model_bytes, x, arena)
     # half a step of int16 rounding, and the 16-bit multiplier TFLite uses for int64
     # accumulators (about 2^-15 relative)
     tol = step * 0.5 + np.abs(ours_depth).max() * 2.0 ** -14

@@ -902,14 +902,12 @@ mod pointwise {
                         if lanes == 0 {
                             break;
                         }
-                        let sums: &[i32; LANES] = acc[h * LANES..(h + 1) * LANES]
-                            .try_into()
-                            .unwrap_or(&[0; LANES]);
+                        let sums: [i32; LANES] = core::array::from_fn(|j| acc[h * LANES + j]);
                         let at = base + h * LANES;
                         match &vector[h] {
                             Some(v) => {
                                 // SAFETY: AVX2 is present (the caller checked).
-                                let q = unsafe { v.apply(sums) };
+                                let q = unsafe { v.apply(&sums) };
                                 for (o, &q) in out[at..at + lanes].iter_mut().zip(&q) {
                                     *o = q as i8 as u8;
                                 }

@@ -280,7 +280,11 @@ print(hi)
 
 /// TFLite Micro's smallest arena for the `.tflite` bytes `tflite`, through `python`.
 pub fn tflm_arena(tflite: &[u8], python: &Path) -> Result<u64> {
-    let tmp = std::env::temp_dir().join(format!("depthling-tflm-{}.tflite", std::process::id()));
+    // unique per call: tests run several in one process
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp =
+        std::env::temp_dir().join(format!("depthling-tflm-{}-{n}.tflite", std::process::id()));
     std::fs::write(&tmp, tflite).map_err(|e| Error::io(&tmp, e))?;
     let out = std::process::Command::new(python)
         .args(["-c", TFLM_ARENA])

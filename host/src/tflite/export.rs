@@ -230,11 +230,6 @@ fn i32_bytes(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// TFLite's `QuantizeMultiplier` of `real`, for the comparison with what the IR stores.
-fn tflite_requant(real: f64) -> Option<Requant> {
-    Requant::from_real(real)
-}
-
 /// Converts a validated model.
 pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
     model
@@ -296,9 +291,9 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                 );
                 let twice_max = 2.0 * sa.max(sb);
                 let expected = [
-                    tflite_requant(sa / twice_max),
-                    tflite_requant(sb / twice_max),
-                    tflite_requant(twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * so)),
+                    Requant::from_real(sa / twice_max),
+                    Requant::from_real(sb / twice_max),
+                    Requant::from_real(twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * so)),
                 ];
                 if expected != [Some(*a_requant), Some(*b_requant), Some(*out_requant)] {
                     return Err(op_err(i, "its requantization is not TFLite ADD's (2·max of the input scales, left shift 20): re-quantize the model"));
@@ -329,7 +324,8 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                 let mut xs = Vec::with_capacity(inputs.len());
                 for (&id, r) in inputs.iter().zip(requant) {
                     let (x, ti) = src(id)?;
-                    if tflite_requant(ti.quant.scale as f64 / to.quant.scale as f64) != Some(*r) {
+                    if Requant::from_real(ti.quant.scale as f64 / to.quant.scale as f64) != Some(*r)
+                    {
                         return Err(op_err(i, "its requantization is not TFLite's (input scale / output scale): re-quantize the model"));
                     }
                     if ti.quant == to.quant {
@@ -434,7 +430,9 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
             } => {
                 let (x, ti) = src(*a)?;
                 let to = info(*o).ok_or_else(|| op_err(i, "no output tensor"))?;
-                if tflite_requant(ti.quant.scale as f64 / to.quant.scale as f64) != Some(*requant) {
+                if Requant::from_real(ti.quant.scale as f64 / to.quant.scale as f64)
+                    != Some(*requant)
+                {
                     return Err(op_err(i, "its requantization is not TFLite MEAN's (input scale / output scale): re-quantize the model"));
                 }
                 let axes = w.tensor(
@@ -467,7 +465,7 @@ pub fn export(model: &Model<'_>) -> Result<Vec<u8>> {
                 let ((x, ti), (s, ts)) = (src(*a)?, src(*scale)?);
                 let to = info(*o).ok_or_else(|| op_err(i, "no output tensor"))?;
                 let real = ti.quant.scale as f64 * ts.quant.scale as f64 / to.quant.scale as f64;
-                if tflite_requant(real) != Some(*requant) {
+                if Requant::from_real(real) != Some(*requant) {
                     return Err(op_err(
                         i,
                         "its requantization is not TFLite MUL's: re-quantize the model",
@@ -702,7 +700,8 @@ fn conv_int8(
         .get(model.weights)
         .ok_or_else(|| err("requantization out of range"))?;
     for (ch, &s_w) in scales.iter().enumerate() {
-        let expected = tflite_requant(ti.quant.scale as f64 * s_w as f64 / conv_out.scale as f64);
+        let expected =
+            Requant::from_real(ti.quant.scale as f64 * s_w as f64 / conv_out.scale as f64);
         if expected != read_requant(rq, ch) {
             return Err(err(&format!("channel {ch}'s requantization is not TFLite's (input scale · weight scale / output scale): re-quantize the model")));
         }
