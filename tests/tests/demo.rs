@@ -18,6 +18,7 @@ fn quick_demo_student_beats_mean_depth() {
         "student.dlm",
         "student.tflite",
         "student.onnx",
+        "frame.rgb",
         "metrics.json",
         "report/index.html",
         "report/samples.png",
@@ -89,4 +90,22 @@ fn quick_demo_student_beats_mean_depth() {
     let tflite = std::fs::read(cfg.out.join("student.tflite")).unwrap();
     assert_eq!(tflite, depthling_host::tflite::export(&model).unwrap());
     assert_eq!(r.tflite_bytes, tflite.len() as u64);
+
+    // the board table: the student fits the STM32H747 (flash and arena), and the Cortex-M7
+    // firmware ran it on QEMU with the host's bits where QEMU is there (required in CI)
+    let h7 = r.boards.iter().find(|b| b.board == "stm32h747").unwrap();
+    assert!(h7.fits, "{:?}", h7.misfit);
+    assert_eq!(r.boards.len(), 5, "this machine and four profiles");
+    let local = &r.boards[0];
+    assert!(local.frames_per_second.unwrap() > 0.0);
+    match &r.cortex_m7 {
+        Ok(m7) => {
+            assert!(m7.bit_exact);
+            assert_eq!(m7.macs, model.macs());
+            let fps = h7.frames_per_second.unwrap();
+            assert!((fps - 480e6 / m7.instructions as f64).abs() < 1e-6 * fps);
+        }
+        Err(why) => depthling_tests::hil::skip_or_fail("the demo's Cortex-M7 run", why),
+    }
+    assert!(r.table().contains("stm32h747"));
 }

@@ -31,6 +31,15 @@ pub struct DemoArgs {
     pub quick: bool,
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
+    /// Image size of the whole run (the STM32H747 profile's input by default).
+    #[arg(long, default_value = "128x96")]
+    pub size: super::Size,
+    /// Teacher steps instead of the run's default.
+    #[arg(long)]
+    pub teacher_steps: Option<usize>,
+    /// Student (DDD) steps instead of the run's default.
+    #[arg(long)]
+    pub student_steps: Option<usize>,
 }
 
 impl DemoArgs {
@@ -41,6 +50,13 @@ impl DemoArgs {
             DemoConfig::full(self.out.clone())
         };
         cfg.quiet = quiet;
+        (cfg.width, cfg.height) = (self.size.width, self.size.height);
+        if let Some(n) = self.teacher_steps {
+            cfg.teacher_steps = n;
+        }
+        if let Some(n) = self.student_steps {
+            cfg.student_steps = n;
+        }
         cfg
     }
 }
@@ -61,6 +77,8 @@ pub struct DemoConfig {
     /// ([`TrainConfig::coarse`]), where the teacher takes that size (at 64×48 it does not: 32×24
     /// is not a multiple of its stride 16, and every step runs at full size).
     pub teacher_coarse: f64,
+    /// The same for the DDD student.
+    pub student_coarse: f64,
     pub teacher_width: f32,
     pub student_width: f32,
     pub calibration_images: usize,
@@ -85,15 +103,16 @@ impl DemoConfig {
     pub fn full(out: PathBuf) -> Self {
         DemoConfig {
             out,
-            width: 64,
-            height: 48,
+            width: 128,
+            height: 96,
             indoor_train: 8192,
             indoor_test: 100,
             ood_images: 1024,
-            teacher_steps: 4096,
+            teacher_steps: 3072,
             student_steps: 1500,
             teacher_lr: 1e-3,
             teacher_coarse: 0.5,
+            student_coarse: 0.5,
             teacher_width: 1.0,
             student_width: 1.0,
             calibration_images: 64,
@@ -139,8 +158,36 @@ pub struct DemoResult {
     pub arena_bytes: u64,
     /// Mean time of one int8 inference on this machine (one thread, optimized kernels).
     pub int8_ms_per_image: f64,
+    /// Per built-in board profile: whether the int8 model fits, and its frames per second.
+    pub boards: Vec<BoardRow>,
+    /// The Cortex-M7 firmware's run on QEMU (mps2-an500, `-icount shift=0`) of the test frame
+    /// `frame.rgb`, or why it did not run.
+    pub cortex_m7: std::result::Result<CortexM7Row, String>,
     pub wall_seconds: f64,
     pub stage_seconds: Vec<(String, f64)>,
+}
+
+/// One board profile in the demo's table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoardRow {
+    pub board: String,
+    pub target: String,
+    /// The `.dlm` fits the flash and its arena the RAM (after what the firmware reserves).
+    pub fits: bool,
+    /// Why not, when it does not.
+    pub misfit: Option<String>,
+    pub frames_per_second: Option<f64>,
+    /// Where the rate comes from (or why there is none).
+    pub fps_source: String,
+}
+
+/// What the Cortex-M7 firmware printed for the test frame.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CortexM7Row {
+    pub instructions: u64,
+    pub macs: u64,
+    /// Its depth checksum equals the host int8 engine's on the same frame.
+    pub bit_exact: bool,
 }
 
 impl DemoResult {
@@ -165,6 +212,27 @@ impl DemoResult {
             "{:<14} {:>8.3} {:>8.3} {:>8.3} {:>10}\n",
             "mean depth", b.abs_rel, b.rmse, b.delta1, 0
         );
+        s += &format!(
+            "\nint8 student at {}×{}: {} bytes (.dlm), arena {} bytes\n{:<22} {:>5} {:>9}  {}\n",
+            self.width,
+            self.height,
+            self.dlm_bytes,
+            self.arena_bytes,
+            "board",
+            "fits",
+            "frames/s",
+            "from"
+        );
+        for r in &self.boards {
+            let fps = r
+                .frames_per_second
+                .map_or_else(|| "-".to_string(), |f| format!("{f:.1}"));
+            let fits = if r.fits { "yes" } else { "no" };
+            s += &format!("{:<22} {fits:>5} {fps:>9}  {}\n", r.board, r.fps_source);
+            if let Some(m) = &r.misfit {
+                s += &format!("{:<22} {m}\n", "");
+            }
+        }
         s
     }
 }
@@ -245,8 +313,14 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &device,
         cfg.seed + 1,
     )?;
+    let student_half_fits = student.net.spec().shapes(w / 2, h / 2).is_ok();
     let sc = TrainConfig {
         steps: cfg.student_steps,
+        coarse: if half_fits && student_half_fits {
+            cfg.student_coarse
+        } else {
+            0.0
+        },
         seed: cfg.seed + 1,
         ..Default::default()
     };
@@ -308,6 +382,9 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
     let int8_m = evaluate(&int8_pred, &indoor_test, &eval_cfg)?;
     stage("int8 engine on the test images", &mut stages);
 
+    let (boards, cortex_m7) = board_table(cfg, &file.bytes, &model, &indoor_test[0], int8_ms)?;
+    stage("board profiles (Cortex-M7 on QEMU)", &mut stages);
+
     let mean_depth = {
         let (sum, n) = indoor_train
             .iter()
@@ -348,6 +425,8 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         tflite_bytes: tflite.len() as u64,
         arena_bytes: model.arena_bytes as u64,
         int8_ms_per_image: int8_ms,
+        boards,
+        cortex_m7,
         wall_seconds: start.elapsed().as_secs_f64(),
         stage_seconds: stages,
     };
@@ -361,6 +440,83 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoResult> {
         &[&teacher_losses, &student_losses],
     )?;
     Ok(result)
+}
+
+/// Every built-in board profile: does the int8 model fit, and at how many frames per second.
+/// This machine's rate is measured (`int8_ms`); a Cortex-M board's comes from the instructions
+/// of one inference of the firmware under QEMU (`-icount shift=0`) at the board's clock, taken as
+/// one instruction per cycle; the aarch64 boards are not measured here.
+fn board_table(
+    cfg: &DemoConfig,
+    dlm: &[u8],
+    model: &depthling_model::Model<'_>,
+    frame: &Sample,
+    int8_ms: f64,
+) -> Result<(Vec<BoardRow>, std::result::Result<CortexM7Row, String>)> {
+    use crate::boards::{cortex_m7, Board};
+    let frame_path = cfg.out.join("frame.rgb");
+    write_atomic(&frame_path, &frame.rgb)?;
+    let host = {
+        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let mut engine = depthling_device::Engine::new(model, &mut arena)
+            .map_err(|e| Error::Runtime(format!("int8 engine: {e}")))?;
+        engine
+            .run(&frame.rgb)
+            .map_err(|e| Error::Runtime(format!("int8 engine: {e}")))?
+            .checksum()
+    };
+    progress(
+        cfg.quiet,
+        "demo: building the Cortex-M7 firmware with the student and running it on QEMU",
+    );
+    let target_dir = cortex_m7::firmware_dir().join("../../target/cortex-m7");
+    let m7 = match cortex_m7::run(&cfg.out.join("student.dlm"), &frame_path, &target_dir, 900)? {
+        Ok(r) => Ok(CortexM7Row {
+            instructions: r.instructions,
+            macs: r.macs,
+            bit_exact: r.checksum == host,
+        }),
+        Err(why) => Err(why.0),
+    };
+    if let Ok(r) = &m7 {
+        if !r.bit_exact {
+            return Err(Error::Runtime(
+                "the Cortex-M7 firmware's depth differs from the host int8 engine's on the same frame"
+                    .into(),
+            ));
+        }
+    }
+    let mut rows = vec![BoardRow {
+        board: format!("this machine ({})", std::env::consts::ARCH),
+        target: std::env::consts::ARCH.into(),
+        fits: true,
+        misfit: None,
+        frames_per_second: (int8_ms > 0.0).then(|| 1e3 / int8_ms),
+        fps_source: "measured, one thread".into(),
+    }];
+    for b in Board::built_in()? {
+        let check = b.check(dlm.len() as u64, model.arena_bytes as u64);
+        let (fps, source) = match (&m7, b.is_cortex_m()) {
+            (Ok(r), true) => (
+                Some(b.clock_mhz as f64 * 1e6 / r.instructions.max(1) as f64),
+                format!(
+                    "{} instructions on QEMU at {} MHz, 1 per cycle",
+                    r.instructions, b.clock_mhz
+                ),
+            ),
+            (Err(why), true) => (None, format!("not measured: {why}")),
+            (_, false) => (None, "not measured on this machine".into()),
+        };
+        rows.push(BoardRow {
+            board: b.name.clone(),
+            target: b.target.clone(),
+            fits: check.is_ok(),
+            misfit: check.err().map(|m| b.explain(&m)),
+            frames_per_second: fps,
+            fps_source: source,
+        });
+    }
+    Ok((rows, m7))
 }
 
 /// `loss.png` (training curves) and `metrics.png` (AbsRel, RMSE and δ1 per model, with the

@@ -239,18 +239,17 @@ pub fn bn_statistics_loss(
     }
     let mut total = Tensor::zeros((), DType::F32, x.device())?;
     for crate::teacher::BatchNormInput { input, mean, var } in captured {
-        let mu = input
-            .mean_keepdim(0)?
-            .mean_keepdim(2)?
-            .mean_keepdim(3)?
-            .flatten_all()?;
-        let centred = input.broadcast_sub(&mu.reshape((1, (), 1, 1))?)?;
-        let sigma2 = centred
-            .sqr()?
-            .mean_keepdim(0)?
-            .mean_keepdim(2)?
-            .mean_keepdim(3)?
-            .flatten_all()?;
+        // per-channel moments through sums over the contiguous H·W rows first (candle's
+        // strided reductions, and the gradient of a broadcast mean, cost more than the rest of
+        // the update): σ² = E[x²] − μ²
+        let (n, c, h, w) = input.dims4()?;
+        let rows = input.reshape((n, c, h * w))?;
+        let count = (n * h * w) as f64;
+        let moment = |t: &Tensor| -> Result<Tensor> {
+            Ok((t.sum_keepdim(2)?.sum_keepdim(0)?.flatten_all()? / count)?)
+        };
+        let mu = moment(&rows)?;
+        let sigma2 = (moment(&rows.sqr()?)? - mu.sqr()?)?.relu()?;
         let (dm, dv) = match form {
             BnLoss::Raw => (
                 (mu - mean)?.sqr()?.sum_all()?.sqrt()?,
@@ -577,6 +576,64 @@ mod tests {
             changed >= 6,
             "only {changed} of 8 mixed images differ from the base"
         );
+    }
+
+    /// The statistics loss equals DeepInversion's form computed directly, in f64, from the
+    /// captured BatchNorm inputs (batch mean and population variance per channel), both forms.
+    #[test]
+    fn bn_statistics_loss_matches_a_direct_computation() {
+        let dev = Device::Cpu;
+        let teacher = Net::new(preset("demo-teacher", 0.5).unwrap(), &dev, 2).unwrap();
+        let indoor = render_many(Domain::Indoor, 32, 32, 4, 0, 4, false);
+        let (xi, _, _) = crate::data::batch::to_tensors(&indoor, 3, &dev).unwrap();
+        for _ in 0..5 {
+            teacher.net.forward_t(&xi, true).unwrap();
+        }
+        let ood = render_many(Domain::Ood, 32, 32, 6, 0, 4, false);
+        let (x, _, _) = crate::data::batch::to_tensors(&ood, 3, &dev).unwrap();
+        let captured = Teacher::batch_norm_inputs(&teacher.net, &x).unwrap();
+        for form in [BnLoss::Raw, BnLoss::Normalized] {
+            let mut expected = 0f64;
+            for c in &captured {
+                let (n, ch, h, w) = c.input.dims4().unwrap();
+                let v = c.input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let mean = c.mean.to_vec1::<f32>().unwrap();
+                let var = c.var.to_vec1::<f32>().unwrap();
+                let (mut dm, mut dv) = (0f64, 0f64);
+                for k in 0..ch {
+                    let vals: Vec<f64> = (0..n)
+                        .flat_map(|i| (0..h * w).map(move |j| (i, j)))
+                        .map(|(i, j)| v[(i * ch + k) * h * w + j] as f64)
+                        .collect();
+                    let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+                    let s2 = vals.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / vals.len() as f64;
+                    let (m, r) = (mean[k] as f64, var[k] as f64);
+                    match form {
+                        BnLoss::Raw => {
+                            dm += (mu - m).powi(2);
+                            dv += (s2 - r).powi(2);
+                        }
+                        BnLoss::Normalized => {
+                            dm += (mu - m).powi(2) / (r + 1e-5);
+                            dv += (s2 / (r + 1e-5) - 1.0).powi(2);
+                        }
+                    }
+                }
+                let root_c = match form {
+                    BnLoss::Raw => 1.0,
+                    BnLoss::Normalized => (ch as f64).sqrt(),
+                };
+                expected += (dm.sqrt() + dv.sqrt()) / root_c;
+            }
+            let got = bn_statistics_loss(&teacher.net, &x, &x, 0.0, form)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            assert!(
+                (got - expected).abs() <= 1e-3 * expected.abs().max(1.0),
+                "{form:?}: {got} vs {expected}"
+            );
+        }
     }
 
     /// T starts at the identity, and the BatchNorm-statistics loss falls while T trains.

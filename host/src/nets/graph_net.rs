@@ -43,6 +43,20 @@ impl ConvLayer {
     }
 }
 
+/// A BatchNorm in eval mode as `y·scale + shift` per channel (`scale = γ/√(σ²+ε)`,
+/// `shift = β − μ·scale`), detached, shaped `[1, C, 1, 1]`.
+fn frozen_affine(bn: &BatchNorm) -> candle_core::Result<(Tensor, Tensor)> {
+    let mean = bn.running_mean().detach();
+    let var = bn.running_var().detach();
+    let (gamma, beta) = match bn.weight_and_bias() {
+        Some((g, b)) => (g.detach(), b.detach()),
+        None => (mean.ones_like()?, mean.zeros_like()?),
+    };
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let shift = (beta - (&mean * &scale)?)?;
+    Ok((scale.reshape((1, (), 1, 1))?, shift.reshape((1, (), 1, 1))?))
+}
+
 /// The candle module of a [`GraphSpec`]. Variables live under `n{index}.` in the `VarBuilder`.
 pub struct GraphNet {
     spec: GraphSpec,
@@ -231,13 +245,41 @@ impl GraphNet {
         Ok(captured)
     }
 
+    /// The network as a fixed teacher (eval mode, no gradients for its own weights): BatchNorm
+    /// folded into the convolution (or, where its input is captured, applied as one per-channel
+    /// affine map), every weight detached, so a backward pass through it computes input
+    /// gradients only (DDD's transformation network) and none of the teacher's.
+    pub fn forward_frozen(
+        &self,
+        x: &Tensor,
+        capture: Option<&mut Vec<(Tensor, Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let mut values = self.forward_impl_with(x, false, capture, None, true)?;
+        values
+            .pop()
+            .map(|(t, _)| t)
+            .ok_or_else(|| Error::Runtime("empty graph".into()))
+    }
+
     fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        capture: Option<&mut Vec<(Tensor, Tensor, Tensor)>>,
+        fq: Option<&FakeQuant>,
+    ) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+        self.forward_impl_with(x, train, capture, fq, false)
+    }
+
+    fn forward_impl_with(
         &self,
         x: &Tensor,
         train: bool,
         mut capture: Option<&mut Vec<(Tensor, Tensor, Tensor)>>,
         fq: Option<&FakeQuant>,
+        frozen: bool,
     ) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+        let frozen = frozen && !train && fq.is_none();
         let mut values: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(self.spec.nodes.len());
         for (i, node) in self.spec.nodes.iter().enumerate() {
             let v = |j: usize| values[j].0.clone();
@@ -247,10 +289,28 @@ impl GraphNet {
                     let layer = self.convs[i]
                         .as_ref()
                         .ok_or_else(|| Error::Runtime(format!("node {i} has no weights")))?;
+                    // a frozen BatchNorm whose input is captured: applied after the capture
+                    let mut affine: Option<(Tensor, Tensor)> = None;
                     let (folded, bn) = match fq {
                         Some(_) => {
                             let (w, b) = layer.folded()?;
                             ((fake_quant_weights(&w)?, Some(b)), None)
+                        }
+                        None if frozen && layer.bn.is_some() && capture.is_none() => {
+                            let (w, b) = layer.folded()?;
+                            ((w.detach(), Some(b.detach())), None)
+                        }
+                        None if frozen => {
+                            if let Some(bn) = &layer.bn {
+                                affine = Some(frozen_affine(bn)?);
+                            }
+                            (
+                                (
+                                    layer.weight.detach(),
+                                    layer.bias.as_ref().map(Tensor::detach),
+                                ),
+                                None,
+                            )
                         }
                         None => (
                             (layer.weight.clone(), layer.bias.clone()),
@@ -293,6 +353,16 @@ impl GraphNet {
                         Act::Sigmoid => None,
                     };
                     let mut activated = false;
+                    if let (Some((scale, shift)), Some(bn)) = (&affine, &layer.bn) {
+                        if let Some(c) = capture.as_deref_mut() {
+                            c.push((
+                                y.clone(),
+                                bn.running_mean().detach(),
+                                bn.running_var().detach(),
+                            ));
+                        }
+                        y = y.broadcast_mul(scale)?.broadcast_add(shift)?;
+                    }
                     if let Some(bn) = bn {
                         if let Some(c) = capture.as_deref_mut() {
                             c.push((
@@ -488,6 +558,78 @@ mod tests {
                 close(a, b, k);
             }
         }
+    }
+
+    /// The frozen teacher's forward (BatchNorm folded, or applied as one affine map where its
+    /// input is captured) gives the eval-mode output and the same captured BatchNorm inputs; a
+    /// backward through it reaches the input with the gradient of the unfrozen net, and none of
+    /// the teacher's own weights.
+    #[test]
+    fn frozen_forward_matches_eval_and_leaves_weights_without_gradients() {
+        let dev = Device::Cpu;
+        let n = crate::nets::Net::new(crate::nets::preset("demo-teacher", 0.5).unwrap(), &dev, 5)
+            .unwrap();
+        let mut rng = crate::rng::Rng::new(4);
+        let x: Vec<f32> = (0..2 * 3 * 32 * 48).map(|_| rng.f32()).collect();
+        let x = candle_core::Var::from_vec(x, (2, 3, 32, 48), &dev).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> (f32, f32) {
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a.len(), b.len());
+            let d = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            (d, b.iter().fold(0f32, |m, v| m.max(v.abs())))
+        };
+        let eval = n.net.forward_t(x.as_tensor(), false).unwrap();
+        let frozen = n.net.forward_frozen(x.as_tensor(), None).unwrap();
+        let (d, scale) = max_diff(&frozen, &eval);
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "output differs by {d} (scale {scale})"
+        );
+
+        let plain = n.net.batch_norm_inputs(x.as_tensor()).unwrap();
+        let mut captured = Vec::new();
+        let with_capture = n
+            .net
+            .forward_frozen(x.as_tensor(), Some(&mut captured))
+            .unwrap();
+        let (d, scale) = max_diff(&with_capture, &eval);
+        assert!(d <= 1e-4 * scale.max(1.0), "captured output differs by {d}");
+        assert_eq!(captured.len(), plain.len());
+        assert!(!captured.is_empty());
+        for ((a, ma, va), (b, mb, vb)) in captured.iter().zip(&plain) {
+            // later layers' inputs differ by the rounding of the affine BatchNorm before them
+            let (d, scale) = max_diff(a, b);
+            assert!(d <= 1e-4 * scale.max(1.0), "captured input differs by {d}");
+            assert_eq!(max_diff(ma, mb).0, 0.0);
+            assert_eq!(max_diff(va, vb).0, 0.0);
+        }
+
+        let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap();
+        let g_frozen = loss(&with_capture).backward().unwrap();
+        let g_eval = loss(&eval).backward().unwrap();
+        let (d, scale) = max_diff(
+            g_frozen.get(x.as_tensor()).unwrap(),
+            g_eval.get(x.as_tensor()).unwrap(),
+        );
+        assert!(scale > 0.0);
+        assert!(
+            d <= 1e-3 * scale,
+            "input gradient differs by {d} (scale {scale})"
+        );
+        for (name, v) in crate::nets::vars_by_name(&n.vars).unwrap() {
+            assert!(
+                g_frozen.get(v.as_tensor()).is_none(),
+                "the frozen forward gave {name} a gradient"
+            );
+        }
+        assert!(crate::nets::vars_by_name(&n.vars)
+            .unwrap()
+            .iter()
+            .any(|(_, v)| g_eval.get(v.as_tensor()).is_some()));
     }
 
     /// The strided-view max pool equals candle's padded max pool, and its gradient reaches

@@ -89,11 +89,13 @@ impl Teacher for GraphNet {
     }
 
     fn predict(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_t(x, false)
+        self.forward_frozen(x, None)
     }
 
     fn batch_norm_inputs(&self, x: &Tensor) -> Result<Vec<BatchNormInput>> {
-        Ok(GraphNet::batch_norm_inputs(self, x)?
+        let mut captured = Vec::new();
+        self.forward_frozen(x, Some(&mut captured))?;
+        Ok(captured
             .into_iter()
             .map(|(input, mean, var)| BatchNormInput { input, mean, var })
             .collect())

@@ -36,7 +36,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     let u = outdoor(cfg.seed + 304, b.aux_images);
     let test = outdoor(cfg.seed ^ 0x7E57, b.target_test);
     let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
-    let mut table = Table::new(cfg, &test, b.batch_size, "adu");
+    let mut table = Table::new(cfg, &test, &b, "adu");
     table.protocol = Protocol::Kitti;
 
     // the stereo teacher: trained here, or given (`--teacher`, 6 input channels)

@@ -29,7 +29,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     let (target, test) = target_sets(cfg, &b);
     let ood = render_many(Domain::Ood, w, h, cfg.seed + 101, 0, b.ood_images, false);
     let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
-    let mut table = Table::new(cfg, &test, b.batch_size, "ddd");
+    let mut table = Table::new(cfg, &test, &b, "ddd");
     // the teacher: trained here on the target labels, or given (`--teacher`)
     let teacher =
         PresetTeacher::trained_or_given(cfg, &mut table, "teacher", (w, h), 3, |table| {

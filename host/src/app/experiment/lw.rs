@@ -42,7 +42,7 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
         false,
     );
     let train_cfg = |steps: usize, seed: u64| b.train_cfg(steps, seed);
-    let mut table = Table::new(cfg, &test, b.batch_size, "lw");
+    let mut table = Table::new(cfg, &test, &b, "lw");
     // the student at ≤ 10 % of the teacher, both small enough for a CPU run
     let (teacher_arch, teacher_width, student_width) = ("demo-teacher", 1.5, 0.75);
 

@@ -103,6 +103,9 @@ pub struct Budget {
     /// Steps of every student row.
     pub student_steps: usize,
     pub batch_size: usize,
+    /// Share of every row's steps, from the start, on batches at half the size
+    /// ([`TrainConfig::coarse`]).
+    pub coarse: f64,
 }
 
 impl Budget {
@@ -118,18 +121,22 @@ impl Budget {
                 teacher_steps: 12,
                 student_steps: 12,
                 batch_size: 4,
+                coarse: 0.0,
             }
         } else {
+            // the STM32H747 profile's input size; the teacher gets the demo's recipe (8192
+            // images, 4096 steps), the students 1500 steps, every row the first half coarse
             Budget {
-                width: 64,
-                height: 48,
-                target_train: 1024,
+                width: 128,
+                height: 96,
+                target_train: 8192,
                 target_test: 200,
                 ood_images: 1200,
                 aux_images: 0,
-                teacher_steps: 1500,
+                teacher_steps: 4096,
                 student_steps: 1500,
                 batch_size: 8,
+                coarse: 0.5,
             }
         }
     }
@@ -141,6 +148,7 @@ impl Budget {
         TrainConfig {
             steps,
             batch_size: self.batch_size,
+            coarse: self.coarse,
             seed,
             ..TrainConfig::default()
         }
@@ -338,6 +346,8 @@ struct Table<'a> {
     cfg: &'a ExperimentConfig,
     test: &'a [Sample],
     batch_size: usize,
+    /// The budget's size, batch and coarse share (part of every row's tag).
+    size_tag: String,
     preset: &'static str,
     device: Device,
     /// NYU (indoor, 10 m cap) unless the preset's target domain is outdoor.
@@ -351,13 +361,17 @@ impl<'a> Table<'a> {
     fn new(
         cfg: &'a ExperimentConfig,
         test: &'a [Sample],
-        batch_size: usize,
+        budget: &Budget,
         preset: &'static str,
     ) -> Self {
         Table {
             cfg,
             test,
-            batch_size,
+            batch_size: budget.batch_size,
+            size_tag: format!(
+                "{}x{} batch {} coarse {}",
+                budget.width, budget.height, budget.batch_size, budget.coarse
+            ),
             preset,
             device: Device::Cpu,
             protocol: Protocol::Nyu,
@@ -439,8 +453,9 @@ impl<'a> Table<'a> {
     /// What a kept row must agree on to be reused: its setting, budget, seed and teacher.
     fn row_tag(&self, setting: &str, steps: usize) -> String {
         format!(
-            "{setting} | {steps} steps | {} | seed {} | teacher {:?} {:?}",
+            "{setting} | {steps} steps | {} {} | seed {} | teacher {:?} {:?}",
             if self.cfg.quick { "quick" } else { "full" },
+            self.size_tag,
             self.cfg.seed,
             self.cfg.teacher,
             self.cfg.teacher_args

@@ -91,11 +91,18 @@ impl CustomOp2 for Depthwise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let gx = grad.apply_op2(&w.contiguous()?, DepthwiseInputGrad(self.0))?;
-        let gw = x
-            .contiguous()?
-            .apply_op2(&grad, DepthwiseWeightGrad(self.0))?;
-        Ok((Some(gx), Some(gw)))
+        let gx = match x.track_op() {
+            true => Some(grad.apply_op2(&w.contiguous()?, DepthwiseInputGrad(self.0))?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(
+                x.contiguous()?
+                    .apply_op2(&grad, DepthwiseWeightGrad(self.0))?,
+            ),
+            false => None,
+        };
+        Ok((gx, gw))
     }
 }
 

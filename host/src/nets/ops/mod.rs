@@ -681,10 +681,18 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // only what the graph needs: no weight gradient for a frozen teacher's detached
+        // weights, no input gradient for the input image
         let grad = grad.contiguous()?;
-        let gx = w.apply_op2(&grad, ConvInputGrad(*self))?;
-        let gw = x.apply_op2(&grad, ConvWeightGrad(*self))?;
-        Ok((Some(gx), Some(gw)))
+        let gx = match x.track_op() {
+            true => Some(w.apply_op2(&grad, ConvInputGrad(*self))?),
+            false => None,
+        };
+        let gw = match w.track_op() {
+            true => Some(x.apply_op2(&grad, ConvWeightGrad(*self))?),
+            false => None,
+        };
+        Ok((gx, gw))
     }
 }
 

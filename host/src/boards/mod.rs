@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub mod cortex_m7;
+
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -26,19 +28,19 @@ pub struct Board {
 const BUILT_IN: &[(&str, &str)] = &[
     (
         "jetson-orin-nano",
-        include_str!("../../boards/jetson-orin-nano/board.toml"),
+        include_str!("../../../boards/jetson-orin-nano/board.toml"),
     ),
     (
         "raspberry-pi-5",
-        include_str!("../../boards/raspberry-pi-5/board.toml"),
+        include_str!("../../../boards/raspberry-pi-5/board.toml"),
     ),
     (
         "stm32h747",
-        include_str!("../../boards/stm32h747/board.toml"),
+        include_str!("../../../boards/stm32h747/board.toml"),
     ),
     (
         "mps2-an500",
-        include_str!("../../boards/mps2-an500/board.toml"),
+        include_str!("../../../boards/mps2-an500/board.toml"),
     ),
 ];
 
@@ -50,6 +52,16 @@ pub struct Misfit {
 }
 
 impl Board {
+    /// Every built-in profile, in a fixed order.
+    pub fn built_in() -> Result<Vec<Board>> {
+        BUILT_IN.iter().map(|(name, _)| Board::find(name)).collect()
+    }
+
+    /// Whether the board is a Cortex-M microcontroller (runs `boards/cortex-m7`).
+    pub fn is_cortex_m(&self) -> bool {
+        self.target.starts_with("thumbv")
+    }
+
     /// A built-in board by name, or a `board.toml` by path.
     pub fn find(name_or_path: &str) -> Result<Board> {
         let (origin, text) = match BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
