@@ -87,19 +87,15 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
-    /// The default run: about 8 minutes on two AVX-512 cores (about 18 on the older AVX2 machines
-    /// of the earlier notes), most of it the DDD student (every transformation-network update runs
-    /// the teacher forward and backward). At 128×96 a student step costs about four times as
-    /// much, so the demo stays at 64×48.
-    ///
-    /// The teacher sees 8192 images for 4096 steps, the first half of them at half the size where
-    /// the teacher takes it ([`TrainConfig::coarse`]; at 64×48 it does not). Rendering is cheap,
-    /// and more images and more steps are what the teacher gains most from: at 128×96 this recipe
-    /// reaches δ1 0.807–0.814 (four runs) in 334–406 s, less than the 64×48 demo itself takes on
-    /// the same machine (438–471 s); 3072 steps reached only 0.783–0.798. A base rate of 2e-3 gave
-    /// a better teacher (0.802 at 128×96, 0.797 against 0.785 in the 64×48 demo) but a far worse
-    /// DDD student from it (δ1 0.442 against 0.618), so the rate stays 1e-3
-    /// (`docs/results/teacher-128x96.md`).
+    /// The default run, at the STM32H747 profile's 128×96: 782 s on two AVX-512 cores (measured
+    /// 2026-12-02: simulate 25 s, teacher 333 s, DDD student 412 s, Cortex-M7 firmware on QEMU
+    /// 11 s with a warm firmware build). To stay inside 15 minutes the teacher runs 3072 steps
+    /// (4096 reached δ1 0.81 but took 469 s, a 925 s demo), and the first half of the teacher's and of
+    /// the student's steps run at half the size ([`TrainConfig::coarse`]); that run reached
+    /// teacher δ1 0.786, student δ1 0.499 (f32) and 0.489 (int8) against 0.340 for the
+    /// mean-depth predictor. The 64×48 demo's student reached about 0.60; the 77 k-parameter
+    /// student at four times the pixels is the weak part (`docs/results/teacher-128x96.md` has the
+    /// teacher's recipe; a base rate of 2e-3 gave a better teacher and a far worse DDD student).
     pub fn full(out: PathBuf) -> Self {
         DemoConfig {
             out,
