@@ -90,8 +90,8 @@ impl DemoConfig {
     /// The default run, at the STM32H747 profile's 128×96: 782 s on two AVX-512 cores (measured
     /// 2026-12-02: simulate 25 s, teacher 333 s, DDD student 412 s, Cortex-M7 firmware on QEMU
     /// 11 s with a warm firmware build). To stay inside 15 minutes the teacher runs 3072 steps
-    /// (4096 reached δ1 0.81 but took 469 s, a 925 s demo), and the first half of the teacher's and of
-    /// the student's steps run at half the size ([`TrainConfig::coarse`]); that run reached
+    /// (4096 reached δ1 0.81 but took 469 s, a 925 s demo), and the first half of the teacher's
+    /// and of the student's steps run at half the size ([`TrainConfig::coarse`]); that run reached
     /// teacher δ1 0.786, student δ1 0.499 (f32) and 0.489 (int8) against 0.340 for the
     /// mean-depth predictor. The 64×48 demo's student reached about 0.60; the 77 k-parameter
     /// student at four times the pixels is the weak part (`docs/results/teacher-128x96.md` has the

@@ -30,29 +30,31 @@ impl ConvLayer {
         let Some(bn) = &self.bn else {
             return Ok((self.weight.clone(), bias));
         };
-        let mean = bn.running_mean().detach();
-        let var = bn.running_var().detach();
-        let (gamma, beta) = match bn.weight_and_bias() {
-            Some((g, b)) => (g.clone(), b.clone()),
-            None => (mean.ones_like()?, mean.zeros_like()?),
-        };
-        let f = (gamma / (var + BN_EPS)?.sqrt()?)?;
+        let (mean, f, beta) = bn_factor(bn, false)?;
         let weight = self.weight.broadcast_mul(&f.reshape((oc, 1, 1, 1))?)?;
         let bias = (beta + ((bias - mean)? * &f)?)?;
         Ok((weight, bias))
     }
 }
 
-/// A BatchNorm in eval mode as `y·scale + shift` per channel (`scale = γ/√(σ²+ε)`,
-/// `shift = β − μ·scale`), detached, shaped `[1, C, 1, 1]`.
-fn frozen_affine(bn: &BatchNorm) -> candle_core::Result<(Tensor, Tensor)> {
+/// `(μ, γ/√(σ²+ε), β)` of a BatchNorm (running statistics detached; γ and β too if `detach`,
+/// else differentiable).
+fn bn_factor(bn: &BatchNorm, detach: bool) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let mean = bn.running_mean().detach();
     let var = bn.running_var().detach();
     let (gamma, beta) = match bn.weight_and_bias() {
-        Some((g, b)) => (g.detach(), b.detach()),
+        Some((g, b)) if detach => (g.detach(), b.detach()),
+        Some((g, b)) => (g.clone(), b.clone()),
         None => (mean.ones_like()?, mean.zeros_like()?),
     };
-    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let f = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    Ok((mean, f, beta))
+}
+
+/// A BatchNorm in eval mode as `y·scale + shift` per channel (`scale = γ/√(σ²+ε)`,
+/// `shift = β − μ·scale`), detached, shaped `[1, C, 1, 1]`.
+fn frozen_affine(bn: &BatchNorm) -> candle_core::Result<(Tensor, Tensor)> {
+    let (mean, scale, beta) = bn_factor(bn, true)?;
     let shift = (beta - (&mean * &scale)?)?;
     Ok((scale.reshape((1, (), 1, 1))?, shift.reshape((1, (), 1, 1))?))
 }
