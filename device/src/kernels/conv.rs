@@ -74,7 +74,7 @@ fn store(stage: &OutputStage<'_>, out: &mut [u8], index: usize, channel: usize, 
 
 /// [`store`] with one channel's constants decoded once, for several pixels.
 #[derive(Clone, Copy)]
-enum Finish<'a> {
+pub(super) enum Finish<'a> {
     Int8 {
         bias: i32,
         requant: depthling_model::Requant,
@@ -91,7 +91,7 @@ enum Finish<'a> {
 
 impl<'a> Finish<'a> {
     #[inline(always)]
-    fn new(stage: &OutputStage<'a>, bias: &[u8], channel: usize) -> Self {
+    pub(super) fn new(stage: &OutputStage<'a>, bias: &[u8], channel: usize) -> Self {
         let bias = read_i32(bias, channel).unwrap_or(0);
         match *stage {
             OutputStage::Int8 {
@@ -123,7 +123,7 @@ impl<'a> Finish<'a> {
 
     /// Writes `bias + acc`, finished, at element `index` (as [`store`] does).
     #[inline(always)]
-    fn store(&self, out: &mut [u8], index: usize, acc: i32) {
+    pub(super) fn store(&self, out: &mut [u8], index: usize, acc: i32) {
         match *self {
             Finish::Int8 {
                 bias,
@@ -196,7 +196,13 @@ pub fn reference(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 /// Output indices `o` of `0..n_out` whose window `o·s − pad + tap` for some tap in `0..k` stays
 /// inside `0..n_in`, as the first tap and one past the last valid tap for output `o`.
 #[inline]
-fn taps(o: usize, stride: usize, pad: usize, k: usize, n_in: usize) -> (usize, usize, usize) {
+pub(super) fn taps(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    n_in: usize,
+) -> (usize, usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let lo = (-start).max(0) as usize;
     let hi = ((n_in as isize - start).min(k as isize)).max(0) as usize;
@@ -205,7 +211,7 @@ fn taps(o: usize, stride: usize, pad: usize, k: usize, n_in: usize) -> (usize, u
 }
 
 /// The portable optimized convolution (every target; on x86-64 the depthwise case).
-fn optimized_portable(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+pub(super) fn portable(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let (iw, ic) = (p.input.width, p.input.channels);
     let oc = p.output.channels;
     let (k, s, pad) = (p.kernel, p.stride, p.kernel / 2);
@@ -283,103 +289,26 @@ fn dense_pixel(
 /// The optimized convolution: the same integer result as [`reference`], with the valid tap
 /// range computed once per output row/column (no per-tap bounds tests) and inner loops over
 /// contiguous slices that LLVM vectorizes (depthwise: a block of channels). Dense convolutions go
-/// through [`dense_blocked`] with SIMD blocks on x86-64 (SSE2 or AVX2 `pmaddwd`) and, with the
-/// feature `cortex-m-dsp`, on Armv7E-M (`SMLAD`).
+/// through [`dense_blocked`] with SIMD blocks on x86-64 (SSE2 or AVX2 `pmaddwd`); with the
+/// feature `cortex-m-dsp` on Armv7E-M every convolution goes to [`super::cortex_m::conv`].
 pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `depthwise` needs AVX2, which `has_avx2` checked.
-    if has_avx2()
-        && (pointwise::run(p, input, out) || unsafe { pointwise::depthwise(p, input, out) })
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    super::cortex_m::conv(p, input, out);
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
     {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if !p.depthwise {
-        return dense_x86(p, input, out);
-    }
-    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-    if !p.depthwise {
-        return dense_dsp(p, input, out);
-    }
-    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-    if depthwise_by_channels(p, input, out) {
-        return;
-    }
-    optimized_portable(p, input, out)
-}
-
-/// Depthwise convolution one group of four channels at a time over the whole map (Cortex-M DSP):
-/// each group's requantization constants are decoded once, its four accumulators stay in
-/// registers, and a tap is one word of input and one of weights (`SMLABB`/`SMLATT`, one product
-/// each). Channels left over past a multiple of four run one at a time. Returns `false` (nothing
-/// written) where the buffers are not the sizes the shapes say, for the portable path.
-#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-fn depthwise_by_channels(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
-    let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
-    let k = p.kernel;
-    if input.len() < ih * iw * c || p.weights.len() < k * k * c || p.output.channels != c {
-        return false;
-    }
-    let (s, pad, ow, zp) = (p.stride, k / 2, p.output.width, p.input_zero_point);
-    let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
-    let (xp, wp) = (input.as_ptr(), p.weights.as_ptr());
-    let groups = c / 4;
-    for g in 0..groups {
-        let c0 = 4 * g;
-        let finish: [Finish; 4] = core::array::from_fn(|j| Finish::new(&p.stage, p.bias, c0 + j));
-        for oy in 0..p.output.height {
-            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
-            for ox in 0..ow {
-                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
-                let mut acc = [0i32; 4];
-                for (ky, y) in (ky0..ky1).zip(y0..) {
-                    for (kx, x) in (kx0..kx1).zip(x0..) {
-                        // SAFETY: y < ih, x < iw (valid taps) and c0 + 4 ≤ c, so the word lies
-                        // inside `input` (checked ≥ ih·iw·c); likewise ky, kx < k for the
-                        // weights (≥ k·k·c). Cortex-M7 loads words unaligned.
-                        let (xw, ww) = unsafe {
-                            (
-                                (xp.add((y * iw + x) * c + c0) as *const u32).read_unaligned(),
-                                (wp.add((ky * k + kx) * c + c0) as *const u32).read_unaligned(),
-                            )
-                        };
-                        let (xe, xo) = (
-                            dsp::ssub16(dsp::sxtb16(xw), zp2),
-                            dsp::ssub16(dsp::sxtb16_ror8(xw), zp2),
-                        );
-                        let (we, wo) = (dsp::sxtb16(ww), dsp::sxtb16_ror8(ww));
-                        // bytes 0, 2 are in the even halves, 1, 3 in the odd ones
-                        acc[0] = dsp::smlabb(xe, we, acc[0]);
-                        acc[2] = dsp::smlatt(xe, we, acc[2]);
-                        acc[1] = dsp::smlabb(xo, wo, acc[1]);
-                        acc[3] = dsp::smlatt(xo, wo, acc[3]);
-                    }
-                }
-                let base = (oy * ow + ox) * c + c0;
-                for (j, f) in finish.iter().enumerate() {
-                    f.store(out, base + j, acc[j]);
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `depthwise` needs AVX2, which `has_avx2` checked.
+        if has_avx2()
+            && (pointwise::run(p, input, out) || unsafe { pointwise::depthwise(p, input, out) })
+        {
+            return;
         }
-    }
-    for ch in 4 * groups..c {
-        let finish = Finish::new(&p.stage, p.bias, ch);
-        for oy in 0..p.output.height {
-            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
-            for ox in 0..ow {
-                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
-                let mut acc = 0i32;
-                for (ky, y) in (ky0..ky1).zip(y0..) {
-                    for (kx, x) in (kx0..kx1).zip(x0..) {
-                        let xv = input[(y * iw + x) * c + ch] as i32 - zp;
-                        acc += xv * p.weights[(ky * k + kx) * c + ch] as i32;
-                    }
-                }
-                finish.store(out, (oy * ow + ox) * c + ch, acc);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if !p.depthwise {
+            return dense_x86(p, input, out);
         }
+        portable(p, input, out)
     }
-    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -392,10 +321,7 @@ fn dense_x86(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 /// (1 or 4) output channels at weight offsets `ws[..channels]`, `w_row` apart per row; `rows`
 /// rows of `span` bytes.
 #[derive(Clone, Copy)]
-#[cfg_attr(
-    not(any(target_arch = "x86_64", feature = "cortex-m-dsp")),
-    allow(dead_code)
-)]
+#[cfg(target_arch = "x86_64")]
 struct Step {
     xs: [usize; 2],
     pixels: usize,
@@ -416,10 +342,7 @@ struct Step {
 /// # Safety
 /// `block` may read `input[xs[i] + r·x_row .. + span]` and `weights[ws[c] + r·w_row .. + span]` for
 /// `r < rows` unchecked: this function checks those bounds before each call.
-#[cfg_attr(
-    not(any(target_arch = "x86_64", feature = "cortex-m-dsp")),
-    allow(dead_code)
-)]
+#[cfg(target_arch = "x86_64")]
 unsafe fn dense_blocked(
     p: &ConvParams<'_>,
     input: &[i8],
@@ -485,10 +408,7 @@ unsafe fn dense_blocked(
 }
 
 /// Calls `$block::<P, C>(input, weights, &step)` for the step's pixel and channel counts.
-#[cfg(any(
-    target_arch = "x86_64",
-    all(feature = "cortex-m-dsp", target_arch = "arm")
-))]
+#[cfg(target_arch = "x86_64")]
 macro_rules! by_shape {
     ($($block:ident)::+, $input:expr, $weights:expr, $t:expr) => {
         match ($t.pixels, $t.channels) {
@@ -504,10 +424,7 @@ macro_rules! by_shape {
 ///
 /// # Safety
 /// The step's reads are in bounds (as [`dense_blocked`] checks).
-#[cfg(any(
-    target_arch = "x86_64",
-    all(feature = "cortex-m-dsp", target_arch = "arm")
-))]
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn row_tail<const P: usize, const C: usize>(
     input: &[i8],
@@ -544,136 +461,6 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
                 by_shape!(x86::block, input, weights, &t)
             }
         })
-    }
-}
-
-/// The Cortex-M (Armv7E-M DSP extension) dense convolution: four products per two `SMLAD`s.
-#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-fn dense_dsp(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-    let weights = p.weights;
-    // SAFETY: `dense_blocked` checks every step's reads.
-    unsafe { dense_blocked(p, input, out, |t| by_shape!(dsp::block, input, weights, &t)) }
-}
-
-#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-mod dsp {
-    use super::Step;
-    use core::arch::asm;
-
-    /// Bytes 0 and 2 of `x`, sign-extended to two halfwords.
-    #[inline(always)]
-    pub fn sxtb16(x: u32) -> u32 {
-        let r;
-        // SAFETY: a register-only DSP instruction (Armv7E-M).
-        unsafe {
-            asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-        };
-        r
-    }
-
-    /// Bytes 1 and 3 of `x`, sign-extended to two halfwords.
-    #[inline(always)]
-    pub fn sxtb16_ror8(x: u32) -> u32 {
-        let r;
-        // SAFETY: as above.
-        unsafe {
-            asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
-        };
-        r
-    }
-
-    /// Halfword-wise `a − b` (wrapping; sets the GE flags, which nothing reads).
-    #[inline(always)]
-    pub fn ssub16(a: u32, b: u32) -> u32 {
-        let r;
-        // SAFETY: as above.
-        unsafe {
-            asm!("ssub16 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack))
-        };
-        r
-    }
-
-    /// `acc + a.lo·b.lo` (halfwords; wrapping, Q flag as `smlad`).
-    #[inline(always)]
-    pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
-        let r;
-        // SAFETY: as above.
-        unsafe {
-            asm!("smlabb {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
-        };
-        r
-    }
-
-    /// `acc + a.hi·b.hi` (halfwords; wrapping, Q flag as `smlad`).
-    #[inline(always)]
-    pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
-        let r;
-        // SAFETY: as above.
-        unsafe {
-            asm!("smlatt {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
-        };
-        r
-    }
-
-    /// `acc + a.lo·b.lo + a.hi·b.hi` (wrapping; sets the sticky Q flag, which nothing reads).
-    #[inline(always)]
-    fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-        let r;
-        // SAFETY: as above.
-        unsafe {
-            asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
-        };
-        r
-    }
-
-    /// The sums of a [`Step`] for `P` pixels (one after the other, so the accumulators stay in
-    /// registers) and `C` channels. (x − zp) fits a halfword; the int32 sums wrap exactly as the
-    /// reference's do, so the results are identical.
-    ///
-    /// # Safety
-    /// The step's reads are in bounds (as [`super::dense_blocked`] checks).
-    #[inline(always)]
-    pub unsafe fn block<const P: usize, const C: usize>(
-        input: &[i8],
-        weights: &[i8],
-        t: &Step,
-    ) -> [[i32; 4]; 2] {
-        let zp2 = ((t.zp as u32) & 0xffff) | ((t.zp as u32) << 16);
-        let (xp, wp) = (input.as_ptr(), weights.as_ptr());
-        let mut out = [[0i32; 4]; 2];
-        let words = t.span / 4;
-        for r in 0..t.rows {
-            // SAFETY: the caller guarantees the bounds; Cortex-M7 loads words unaligned.
-            unsafe {
-                let xr: [*const u8; P] =
-                    core::array::from_fn(|i| xp.add(t.xs[i] + r * t.x_row) as *const u8);
-                let wr: [*const u8; C] =
-                    core::array::from_fn(|c| wp.add(t.ws[c] + r * t.w_row) as *const u8);
-                for j in 0..words {
-                    // the pixels' inputs are widened once and each weight word once, for all
-                    // the products it takes part in
-                    let mut xe = [0u32; P];
-                    let mut xo = [0u32; P];
-                    for i in 0..P {
-                        let xw = (xr[i].add(4 * j) as *const u32).read_unaligned();
-                        xe[i] = ssub16(sxtb16(xw), zp2);
-                        xo[i] = ssub16(sxtb16_ror8(xw), zp2);
-                    }
-                    for c in 0..C {
-                        let ww = (wr[c].add(4 * j) as *const u32).read_unaligned();
-                        let (we, wo) = (sxtb16(ww), sxtb16_ror8(ww));
-                        for i in 0..P {
-                            out[i][c] = smlad(xo[i], wo, smlad(xe[i], we, out[i][c]));
-                        }
-                    }
-                }
-            }
-        }
-        for r in 0..t.rows {
-            // SAFETY: as above.
-            unsafe { super::row_tail::<P, C>(input, weights, t, r, 4 * words, &mut out) };
-        }
-        out
     }
 }
 
@@ -1290,14 +1077,42 @@ mod tests {
 
     conv_family_matches_reference! {
         optimized_matches_reference: optimized,
-        portable_matches_reference: optimized_portable,
+        portable_matches_reference: portable,
+        cortex_m_matches_reference: super::super::cortex_m::conv,
+        cortex_m_dense_matches_reference: cortex_m_dense_only,
+        cortex_m_depthwise_matches_reference: cortex_m_depthwise_only,
+    }
+
+    /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
+    fn cortex_m_dense_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if p.depthwise {
+            return reference(p, input, out);
+        }
+        let depth = p.kernel * p.kernel * p.input.channels;
+        if depth > super::super::cortex_m::MAX_DEPTH {
+            return reference(p, input, out);
+        }
+        assert!(
+            super::super::cortex_m::dense(p, input, out),
+            "dense declined"
+        );
+    }
+
+    fn cortex_m_depthwise_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if !p.depthwise {
+            return reference(p, input, out);
+        }
+        assert!(
+            super::super::cortex_m::depthwise(p, input, out),
+            "depthwise declined"
+        );
     }
 
     /// The SSE2 and (where the CPU has it) AVX2 blocks of the x86-64 dense path.
     #[cfg(target_arch = "x86_64")]
     fn dense_sse2(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         if p.depthwise {
-            return optimized_portable(p, input, out);
+            return portable(p, input, out);
         }
         dense_x86_with(p, input, out, false)
     }
@@ -1305,7 +1120,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn dense_avx2(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         if p.depthwise || !has_avx2() {
-            return optimized_portable(p, input, out);
+            return portable(p, input, out);
         }
         dense_x86_with(p, input, out, true)
     }

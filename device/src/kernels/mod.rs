@@ -4,6 +4,7 @@
 //! values. The engine calls the optimized ones unless told otherwise (`Engine::set_kernels`).
 
 pub mod conv;
+pub mod cortex_m;
 pub mod elementwise;
 pub mod pool;
 pub mod upsample;

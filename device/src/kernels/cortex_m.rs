@@ -1,0 +1,722 @@
+//! The Cortex-M convolutions (Armv7E-M DSP extension: `SMLAD`, `SXTB16`), CMSIS-NN's approach:
+//! every input value is widened to int16 (zero point subtracted) once per use of a whole block
+//! of output channels, products go two at a time through `SMLAD` in blocks of 2 pixels × 2
+//! output channels, and the requantization runs once per output with each channel's constants
+//! decoded once per block.
+//!
+//! The code is compiled on every target: the intrinsics are inline assembly on Arm with the
+//! feature `cortex-m-dsp` and portable stand-ins elsewhere ([`intrinsics`]), so the host tests
+//! replay the very kernels the firmware runs against the reference, bit for bit.
+
+use super::conv::{taps, ConvParams, Finish, OutputStage};
+use depthling_model::{read_i32, read_requant};
+use intrinsics::{smlabb, smlad, smlatt, ssub16, sxtb16, sxtb16_ror8};
+
+/// The DSP instructions the kernels use: inline assembly on Armv7E-M, the same integer
+/// functions in portable Rust elsewhere (for the host tests).
+pub(crate) mod intrinsics {
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    mod imp {
+        use core::arch::asm;
+
+        /// Bytes 0 and 2 of `x`, sign-extended to two halfwords.
+        #[inline(always)]
+        pub fn sxtb16(x: u32) -> u32 {
+            let r;
+            // SAFETY: a register-only DSP instruction (Armv7E-M).
+            unsafe {
+                asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+
+        /// Bytes 1 and 3 of `x`, sign-extended to two halfwords.
+        #[inline(always)]
+        pub fn sxtb16_ror8(x: u32) -> u32 {
+            let r;
+            // SAFETY: as above.
+            unsafe {
+                asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x, options(pure, nomem, nostack, preserves_flags))
+            };
+            r
+        }
+
+        /// Halfword-wise `a − b` (wrapping; sets the GE flags, which nothing reads).
+        #[inline(always)]
+        pub fn ssub16(a: u32, b: u32) -> u32 {
+            let r;
+            // SAFETY: as above.
+            unsafe {
+                asm!("ssub16 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack))
+            };
+            r
+        }
+
+        /// `acc + a.lo·b.lo + a.hi·b.hi` (wrapping; sets the sticky Q flag, which nothing reads).
+        #[inline(always)]
+        pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+            let r;
+            // SAFETY: as above.
+            unsafe {
+                asm!("smlad {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
+            };
+            r
+        }
+
+        /// `acc + a.lo·b.lo`.
+        #[inline(always)]
+        pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
+            let r;
+            // SAFETY: as above.
+            unsafe {
+                asm!("smlabb {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
+            };
+            r
+        }
+
+        /// `acc + a.hi·b.hi`.
+        #[inline(always)]
+        pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
+            let r;
+            // SAFETY: as above.
+            unsafe {
+                asm!("smlatt {r}, {a}, {b}, {c}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack))
+            };
+            r
+        }
+    }
+
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    mod imp {
+        #[inline(always)]
+        fn lo(x: u32) -> i32 {
+            x as u16 as i16 as i32
+        }
+        #[inline(always)]
+        fn hi(x: u32) -> i32 {
+            (x >> 16) as u16 as i16 as i32
+        }
+        #[inline(always)]
+        fn pack(lo: i32, hi: i32) -> u32 {
+            (lo as u32 & 0xffff) | ((hi as u32) << 16)
+        }
+        pub fn sxtb16(x: u32) -> u32 {
+            pack(x as u8 as i8 as i32, (x >> 16) as u8 as i8 as i32)
+        }
+        pub fn sxtb16_ror8(x: u32) -> u32 {
+            sxtb16(x.rotate_right(8))
+        }
+        pub fn ssub16(a: u32, b: u32) -> u32 {
+            pack(lo(a).wrapping_sub(lo(b)), hi(a).wrapping_sub(hi(b)))
+        }
+        pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+            acc.wrapping_add(lo(a) * lo(b)).wrapping_add(hi(a) * hi(b))
+        }
+        pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
+            acc.wrapping_add(lo(a) * lo(b))
+        }
+        pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
+            acc.wrapping_add(hi(a) * hi(b))
+        }
+    }
+
+    pub use imp::*;
+}
+
+/// One output channel's constants, decoded once for many outputs: the common case (an int8
+/// output without a LUT, a multiplier below one) inline, anything else through [`Finish`].
+#[derive(Clone, Copy)]
+struct Chan<'a> {
+    bias: i32,
+    multiplier: i32,
+    /// Right shift of the rounding division and its mask `2^shift − 1`.
+    shift: u32,
+    mask: i32,
+    zero_point: i32,
+    min: i32,
+    max: i32,
+    general: Option<Finish<'a>>,
+}
+
+impl<'a> Chan<'a> {
+    #[inline(always)]
+    fn new(stage: &OutputStage<'a>, bias: &[u8], channel: usize) -> Self {
+        let general = Finish::new(stage, bias, channel);
+        let mut c = Chan {
+            bias: read_i32(bias, channel).unwrap_or(0),
+            multiplier: 0,
+            shift: 0,
+            mask: 0,
+            zero_point: 0,
+            min: 0,
+            max: 0,
+            general: Some(general),
+        };
+        if let OutputStage::Int8 {
+            requant,
+            zero_point,
+            act_min,
+            act_max,
+            lut: None,
+        } = *stage
+        {
+            if let Some(r) = read_requant(requant, channel) {
+                // TFLite's doubling high multiply is (x·m + 2³⁰) >> 31 for every m ≥ 0 (its
+                // nudge and truncating division agree with this floor), so only a left shift
+                // or a negative multiplier needs the general path
+                if r.multiplier >= 0 && (-31..=0).contains(&r.shift) {
+                    c.multiplier = r.multiplier;
+                    c.shift = (-r.shift) as u32;
+                    c.mask = ((1u64 << c.shift) - 1) as i32;
+                    c.zero_point = zero_point;
+                    c.min = act_min;
+                    c.max = act_max;
+                    c.general = None;
+                }
+            }
+        }
+        c
+    }
+
+    /// Writes `bias + acc`, finished, at element `index`, as [`Finish::store`] does.
+    #[inline(always)]
+    fn store(&self, out: &mut [u8], index: usize, acc: i32) {
+        match self.general {
+            None => {
+                let x = self.bias.wrapping_add(acc);
+                let high = ((x as i64 * self.multiplier as i64 + (1 << 30)) >> 31) as i32;
+                // gemmlowp's RoundingDivideByPOT
+                let threshold = (self.mask >> 1) + (high < 0) as i32;
+                let v = (high >> self.shift) + ((high & self.mask) > threshold) as i32;
+                out[index] =
+                    v.saturating_add(self.zero_point).clamp(self.min, self.max) as i8 as u8;
+            }
+            Some(f) => f.store(out, index, acc),
+        }
+    }
+}
+
+/// Most output channels whose constants are decoded together (on the stack).
+const CHANNELS: usize = 32;
+/// Most values in one receptive field, `k·k·C_in`, padded to a multiple of 4 (two pixels'
+/// int16 copies on the stack: 4.5 KiB).
+pub(crate) const MAX_DEPTH: usize = 1152;
+
+/// The receptive fields of two output pixels as int16 (input − zero point, 0 in the padding),
+/// interleaved for [`gemm`]: for each group of four values `g`, pixel `i`'s words at
+/// `4g + 2i` = (v₀, v₂) and `4g + 2i + 1` = (v₁, v₃), the order in which `SXTB16` and
+/// `SXTB16 ROR #8` split a word of four int8 weights.
+struct Fields {
+    words: [u64; MAX_DEPTH],
+}
+
+impl Fields {
+    /// Writes output pixel `(oy, ox)`'s receptive field as pixel `slot` (0 or 1).
+    #[inline(always)]
+    fn gather(&mut self, p: &ConvParams<'_>, input: &[i8], slot: usize, oy: usize, ox: usize) {
+        let (iw, ic, k) = (p.input.width, p.input.channels, p.kernel);
+        let (s, pad) = (p.stride, p.kernel / 2);
+        let depth = k * k * ic;
+        let zp = p.input_zero_point;
+        let (ky0, ky1, y0) = taps(oy, s, pad, k, p.input.height);
+        let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+        let at = |kidx: usize| -> usize {
+            let g = kidx / 4;
+            let r = kidx % 4;
+            2 * (4 * g + 2 * slot + (r & 1)) + (r >> 1)
+        };
+        if ic % 4 == 0 && (ky0, ky1, kx0, kx1) == (0, k, 0, k) {
+            // every tap valid, every run of C_in bytes a whole number of words: one word of
+            // input becomes the two int16 words of its group
+            let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+            let row = k * ic;
+            let xw = p.input.width * ic;
+            let words = self.words_mut();
+            for ky in 0..k {
+                let src = &input[(y0 + ky) * xw + x0 * ic..(y0 + ky) * xw + x0 * ic + row];
+                let g0 = ky * row / 4;
+                for (j, c) in src.chunks_exact(4).enumerate() {
+                    let w = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
+                    let at = 4 * (g0 + j) + 2 * slot;
+                    words[at] = ssub16(sxtb16(w), zp2);
+                    words[at + 1] = ssub16(sxtb16_ror8(w), zp2);
+                }
+            }
+            return;
+        }
+        let padded = depth.div_ceil(4) * 4;
+        let halves = self.halves();
+        for kidx in 0..padded {
+            halves[at(kidx)] = 0;
+        }
+        for (ky, y) in (ky0..ky1).zip(y0..) {
+            for (kx, x) in (kx0..kx1).zip(x0..) {
+                let src = &input[(y * iw + x) * ic..(y * iw + x + 1) * ic];
+                let k0 = (ky * k + kx) * ic;
+                for (ci, &v) in src.iter().enumerate() {
+                    halves[at(k0 + ci)] = (v as i32 - zp) as i16;
+                }
+            }
+        }
+    }
+
+    fn halves(&mut self) -> &mut [i16] {
+        // SAFETY: u64 storage viewed as i16 (alignment 8 ≥ 2, every bit pattern valid).
+        unsafe {
+            core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<i16>(), 4 * MAX_DEPTH)
+        }
+    }
+
+    fn words_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as above, as u32.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u32>(), 2 * MAX_DEPTH)
+        }
+    }
+
+    fn clear_slot(&mut self, slot: usize, depth: usize) {
+        let words = self.words_mut();
+        for g in 0..depth.div_ceil(4) {
+            words[4 * g + 2 * slot] = 0;
+            words[4 * g + 2 * slot + 1] = 0;
+        }
+    }
+}
+
+/// One group of four values of two pixels (`x0`, `x1`: their two int16 words each) times one
+/// weight word: the four `SMLAD`s into `a0`, `a1`.
+#[inline(always)]
+fn group(x0: u64, x1: u64, ww: u32, a0: &mut i32, a1: &mut i32) {
+    let (we, wo) = (sxtb16(ww), sxtb16_ror8(ww));
+    *a0 = smlad((x0 >> 32) as u32, wo, smlad(x0 as u32, we, *a0));
+    *a1 = smlad((x1 >> 32) as u32, wo, smlad(x1 as u32, we, *a1));
+}
+
+/// The last, partial word of a weight row (`tail` < 4 bytes, read one by one so nothing past
+/// the row is touched).
+///
+/// # Safety
+/// `w` points at `tail` readable bytes.
+#[inline(always)]
+unsafe fn tail_word(w: *const i8, tail: usize) -> u32 {
+    let mut b = [0u8; 4];
+    for (j, v) in b.iter_mut().enumerate().take(tail) {
+        // SAFETY: j < tail, by the contract.
+        *v = unsafe { *w.add(j) } as u8;
+    }
+    u32::from_le_bytes(b)
+}
+
+/// The sums of two pixels' fields (interleaved, `groups` whole groups of four values and a
+/// partial one of `tail` values) with two weight rows `w0`, `w1`: `[pixel][channel]`. The
+/// accumulators are plain locals so that they stay in registers.
+///
+/// # Safety
+/// `w0`, `w1` point at `4·groups + tail` readable bytes, `x` at `2·(groups + (tail > 0))` u64s.
+#[inline(always)]
+unsafe fn gemm2(
+    x: *const u64,
+    w0: *const i8,
+    w1: *const i8,
+    groups: usize,
+    tail: usize,
+) -> [[i32; 2]; 2] {
+    let (mut a00, mut a01, mut a10, mut a11) = (0i32, 0i32, 0i32, 0i32);
+    let (mut xp, mut p0, mut p1) = (x, w0 as *const u32, w1 as *const u32);
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if groups > 0 {
+        // The loop below in assembly with its twelve registers allocated by hand (four
+        // accumulators, three pointers, the count, four temporaries: all a Thumb function may
+        // give an `asm!` block): compiled from Rust, LLVM spills three accumulators per group.
+        // The first pixel's words are read a second time instead of being kept.
+        // SAFETY: reads as the contract allows (the fields 8-aligned for `ldrd`, the weight words
+        // unaligned, which Cortex-M7 loads); registers only otherwise.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "ldr {t0}, [{p0}], #4",
+                "sxtb16 {t1}, {t0}",
+                "sxtb16 {t0}, {t0}, ror #8",
+                "ldrd {t2}, {t3}, [{xp}]",
+                "smlad {a00}, {t2}, {t1}, {a00}",
+                "smlad {a00}, {t3}, {t0}, {a00}",
+                "ldrd {t2}, {t3}, [{xp}, #8]",
+                "smlad {a10}, {t2}, {t1}, {a10}",
+                "smlad {a10}, {t3}, {t0}, {a10}",
+                "ldr {t0}, [{p1}], #4",
+                "sxtb16 {t1}, {t0}",
+                "sxtb16 {t0}, {t0}, ror #8",
+                "smlad {a11}, {t2}, {t1}, {a11}",
+                "smlad {a11}, {t3}, {t0}, {a11}",
+                "ldrd {t2}, {t3}, [{xp}], #16",
+                "smlad {a01}, {t2}, {t1}, {a01}",
+                "smlad {a01}, {t3}, {t0}, {a01}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                a00 = inout(reg) a00,
+                a01 = inout(reg) a01,
+                a10 = inout(reg) a10,
+                a11 = inout(reg) a11,
+                xp = inout(reg) xp,
+                p0 = inout(reg) p0,
+                p1 = inout(reg) p1,
+                n = inout(reg) groups => _,
+                t0 = out(reg) _,
+                t1 = out(reg) _,
+                t2 = out(reg) _,
+                t3 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    for _ in 0..groups {
+        // SAFETY: in bounds by the contract; the fields are 8-aligned, the weights read
+        // unaligned.
+        unsafe {
+            let (x0, x1) = (xp.read(), xp.add(1).read());
+            let (u, v) = (p0.read_unaligned(), p1.read_unaligned());
+            xp = xp.add(2);
+            p0 = p0.add(1);
+            p1 = p1.add(1);
+            group(x0, x1, u, &mut a00, &mut a10);
+            group(x0, x1, v, &mut a01, &mut a11);
+        }
+    }
+    if tail > 0 {
+        // SAFETY: as above; `tail` bytes of each row remain.
+        unsafe {
+            let (x0, x1) = (xp.read(), xp.add(1).read());
+            let (u, v) = (tail_word(p0.cast(), tail), tail_word(p1.cast(), tail));
+            group(x0, x1, u, &mut a00, &mut a10);
+            group(x0, x1, v, &mut a01, &mut a11);
+        }
+    }
+    [[a00, a01], [a10, a11]]
+}
+
+/// [`gemm2`] with one weight row: `[pixel]`.
+///
+/// # Safety
+/// As [`gemm2`].
+#[inline(always)]
+unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize, tail: usize) -> [i32; 2] {
+    let (mut a0, mut a1) = (0i32, 0i32);
+    let (mut xp, mut p0) = (x, w0 as *const u32);
+    for _ in 0..groups {
+        // SAFETY: as in `gemm2`.
+        unsafe {
+            let (x0, x1) = (xp.read(), xp.add(1).read());
+            let u = p0.read_unaligned();
+            xp = xp.add(2);
+            p0 = p0.add(1);
+            group(x0, x1, u, &mut a0, &mut a1);
+        }
+    }
+    if tail > 0 {
+        // SAFETY: as above.
+        unsafe {
+            let (x0, x1) = (xp.read(), xp.add(1).read());
+            group(x0, x1, tail_word(p0.cast(), tail), &mut a0, &mut a1);
+        }
+    }
+    [a0, a1]
+}
+
+/// A dense convolution (any kernel size and stride) as a GEMM of pixel pairs × channel pairs:
+/// for each block of up to [`CHANNELS`] output channels (constants decoded once), each pair of
+/// output pixels' receptive fields is gathered once ([`Fields`]) and multiplied with every
+/// weight row of the block ([`gemm`]). Returns `false`, having written nothing, where the
+/// shapes and buffers do not agree or a receptive field is larger than [`MAX_DEPTH`].
+pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let depth = k * k * ic;
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    if p.depthwise
+        || ic == 0
+        || oc == 0
+        || k == 0
+        || s == 0
+        || depth > MAX_DEPTH
+        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+        || input.len() < ih * iw * ic
+        || p.weights.len() < oc * depth
+        || out.len() < oh * ow * oc * elem
+    {
+        return false;
+    }
+    let (groups, tail) = (depth / 4, depth % 4);
+    let pixels = oh * ow;
+    let mut fields = Fields {
+        words: [0; MAX_DEPTH],
+    };
+    let wp = p.weights.as_ptr();
+    let mut c0 = 0;
+    while c0 < oc {
+        let n = CHANNELS.min(oc - c0);
+        let chans: [Chan; CHANNELS] =
+            core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j.min(n - 1)));
+        let mut px = 0;
+        while px < pixels {
+            let pair = px + 1 < pixels;
+            fields.gather(p, input, 0, px / ow, px % ow);
+            if pair {
+                fields.gather(p, input, 1, (px + 1) / ow, (px + 1) % ow);
+            } else {
+                fields.clear_slot(1, depth);
+            }
+            let x = fields.words.as_ptr();
+            let mut j = 0;
+            while j < n {
+                let co = c0 + j;
+                if j + 1 < n {
+                    // SAFETY: rows co and co + 1 have `depth` bytes (checked above); the fields
+                    // hold 2·ceil(depth / 4) u64s.
+                    let acc = unsafe {
+                        gemm2(
+                            x,
+                            wp.add(co * depth),
+                            wp.add((co + 1) * depth),
+                            groups,
+                            tail,
+                        )
+                    };
+                    for (i, a) in acc.iter().enumerate().take(1 + pair as usize) {
+                        chans[j].store(out, (px + i) * oc + co, a[0]);
+                        chans[j + 1].store(out, (px + i) * oc + co + 1, a[1]);
+                    }
+                    j += 2;
+                } else {
+                    // SAFETY: as above, one row.
+                    let acc = unsafe { gemm1(x, wp.add(co * depth), groups, tail) };
+                    for (i, &a) in acc.iter().enumerate().take(1 + pair as usize) {
+                        chans[j].store(out, (px + i) * oc + co, a);
+                    }
+                    j += 1;
+                }
+            }
+            px += 2;
+        }
+        c0 += n;
+    }
+    true
+}
+
+/// A depthwise convolution four channels at a time over the whole map: each group's constants
+/// are decoded once and its four accumulators stay in registers; a tap is one word of input and
+/// one of weights (`SMLABB`/`SMLATT`, one product each). Inside the map, where every tap is
+/// valid, the zero point is folded into the bias (−z·Σw), so the input is only sign-extended;
+/// at the borders it is subtracted per tap. Channels past a multiple of four run one at a time.
+/// Returns `false` (nothing written) where the buffers are not the sizes the shapes say.
+pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let (k, s) = (p.kernel, p.stride);
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    if !p.depthwise
+        || k == 0
+        || k > 7
+        || s == 0
+        || p.output.channels != c
+        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+        || input.len() < ih * iw * c
+        || p.weights.len() < k * k * c
+        || out.len() < oh * ow * c * elem
+    {
+        return false;
+    }
+    let (pad, zp) = (k / 2, p.input_zero_point);
+    let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+    let xp = input.as_ptr();
+    // the output rows and columns whose taps all lie inside the input
+    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    let groups = c / 4;
+    for g in 0..groups {
+        let c0 = 4 * g;
+        let chans: [Chan; 4] = core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j));
+        // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) per tap
+        let mut we = [0u32; 49];
+        let mut wo = [0u32; 49];
+        let mut folded = [0i32; 4];
+        for t in 0..k * k {
+            let w = &p.weights[t * c + c0..t * c + c0 + 4];
+            let ww = u32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
+            (we[t], wo[t]) = (sxtb16(ww), sxtb16_ror8(ww));
+            for (f, &v) in folded.iter_mut().zip(w) {
+                *f -= zp * v as i32;
+            }
+        }
+        let mut inside = chans;
+        for (ch, f) in inside.iter_mut().zip(folded) {
+            ch.bias = ch.bias.wrapping_add(f);
+            if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut ch.general {
+                *bias = bias.wrapping_add(f);
+            }
+        }
+        for oy in 0..oh {
+            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+            let row_inside = inner(oy, ih);
+            for ox in 0..ow {
+                let base = (oy * ow + ox) * c + c0;
+                let mut acc = [0i32; 4];
+                if row_inside && inner(ox, iw) {
+                    let x0 = ox * s - pad;
+                    for ky in 0..k {
+                        // SAFETY: every tap of an inner pixel lies inside the input (checked
+                        // ≥ ih·iw·c), and c0 + 4 ≤ c.
+                        let row = unsafe { xp.add(((y0 + ky) * iw + x0) * c + c0) };
+                        for kx in 0..k {
+                            let t = ky * k + kx;
+                            // SAFETY: as above; Cortex-M7 loads words unaligned.
+                            let xw = unsafe { (row.add(kx * c) as *const u32).read_unaligned() };
+                            let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
+                            acc[0] = smlabb(xe, we[t], acc[0]);
+                            acc[2] = smlatt(xe, we[t], acc[2]);
+                            acc[1] = smlabb(xo, wo[t], acc[1]);
+                            acc[3] = smlatt(xo, wo[t], acc[3]);
+                        }
+                    }
+                    for (j, ch) in inside.iter().enumerate() {
+                        ch.store(out, base + j, acc[j]);
+                    }
+                    continue;
+                }
+                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+                for (ky, y) in (ky0..ky1).zip(y0..) {
+                    for (kx, x) in (kx0..kx1).zip(x0..) {
+                        let t = ky * k + kx;
+                        // SAFETY: y < ih, x < iw (valid taps) and c0 + 4 ≤ c.
+                        let xw = unsafe {
+                            (xp.add((y * iw + x) * c + c0) as *const u32).read_unaligned()
+                        };
+                        let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
+                        acc[0] = smlabb(xe, we[t], acc[0]);
+                        acc[2] = smlatt(xe, we[t], acc[2]);
+                        acc[1] = smlabb(xo, wo[t], acc[1]);
+                        acc[3] = smlatt(xo, wo[t], acc[3]);
+                    }
+                }
+                for (j, ch) in chans.iter().enumerate() {
+                    ch.store(out, base + j, acc[j]);
+                }
+            }
+        }
+    }
+    for ch in 4 * groups..c {
+        let chan = Chan::new(&p.stage, p.bias, ch);
+        for oy in 0..oh {
+            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+            for ox in 0..ow {
+                let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+                let mut acc = 0i32;
+                for (ky, y) in (ky0..ky1).zip(y0..) {
+                    for (kx, x) in (kx0..kx1).zip(x0..) {
+                        let xv = input[(y * iw + x) * c + ch] as i32 - zp;
+                        acc += xv * p.weights[(ky * k + kx) * c + ch] as i32;
+                    }
+                }
+                chan.store(out, (oy * ow + ox) * c + ch, acc);
+            }
+        }
+    }
+    true
+}
+
+/// The Cortex-M convolution: [`dense`] or [`depthwise`], else the portable kernel.
+pub fn conv(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    let done = if p.depthwise {
+        depthwise(p, input, out)
+    } else {
+        dense(p, input, out)
+    };
+    if !done {
+        super::conv::portable(p, input, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// The inline requantization of [`Chan`] writes what [`Finish::store`] writes, at the
+    /// extremes of the accumulator, the multiplier and the shift (where the fast path applies and
+    /// where it must hand over to the general one).
+    #[test]
+    fn channel_requantization_matches_finish_at_the_extremes() {
+        let mut rng = super::super::TestRng(0xc0de);
+        let accs = [
+            i32::MIN,
+            i32::MIN + 1,
+            -(1 << 30),
+            -(1 << 16) - 1,
+            -3,
+            -1,
+            0,
+            1,
+            3,
+            (1 << 16) + 1,
+            1 << 30,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        let mut fast = 0;
+        for case in 0..3000usize {
+            let multiplier = match case % 6 {
+                0 => i32::MAX,
+                1 => 1 << 30,
+                2 => 0,
+                3 => -((rng.next() >> 1) as i32),
+                _ => (rng.next() >> 1) as i32,
+            };
+            let shift = match case % 5 {
+                0 => 0,
+                1 => -31,
+                2 => 1 + (rng.next() % 4) as i32,
+                _ => -((rng.next() % 32) as i32),
+            };
+            let bias = match case % 4 {
+                0 => 0,
+                1 => i32::MAX,
+                2 => i32::MIN,
+                _ => (rng.next() % 20001) as i32 - 10000,
+            };
+            let requant: Vec<u8> = [multiplier.to_le_bytes(), shift.to_le_bytes()].concat();
+            let stage = OutputStage::Int8 {
+                requant: &requant,
+                zero_point: (case % 256) as i32 - 128,
+                act_min: -128 + (case % 7) as i32,
+                act_max: 127 - (case % 5) as i32,
+                lut: None,
+            };
+            let bias_bytes = bias.to_le_bytes();
+            let chan = Chan::new(&stage, &bias_bytes, 0);
+            fast += chan.general.is_none() as usize;
+            let finish = Finish::new(&stage, &bias_bytes, 0);
+            for acc in accs
+                .iter()
+                .copied()
+                .chain((0..8).map(|_| rng.next() as i32))
+            {
+                if bias.checked_add(acc).is_none() {
+                    continue; // the reference's accumulator would overflow too
+                }
+                let (mut a, mut b) = ([0u8], [0u8]);
+                finish.store(&mut a, 0, acc);
+                chan.store(&mut b, 0, acc);
+                assert_eq!(a, b, "m {multiplier} shift {shift} bias {bias} acc {acc}");
+            }
+        }
+        // the fast path must be the one tested most, not skipped
+        assert!(fast > 1000, "{fast} fast channels");
+    }
+}
