@@ -182,16 +182,38 @@ impl<'a> Chan<'a> {
     #[inline(always)]
     fn store(&self, out: &mut [u8], index: usize, acc: i32) {
         match self.general {
-            None => {
-                let x = self.bias.wrapping_add(acc);
-                let high = ((x as i64 * self.multiplier as i64 + (1 << 30)) >> 31) as i32;
-                // gemmlowp's RoundingDivideByPOT
-                let threshold = (self.mask >> 1) + (high < 0) as i32;
-                let v = (high >> self.shift) + ((high & self.mask) > threshold) as i32;
-                out[index] =
-                    v.saturating_add(self.zero_point).clamp(self.min, self.max) as i8 as u8;
-            }
+            None => out[index] = self.fast(acc),
             Some(f) => f.store(out, index, acc),
+        }
+    }
+
+    /// The int8 output of `bias + acc` on the fast path (`general` is `None`).
+    #[inline(always)]
+    fn fast(&self, acc: i32) -> u8 {
+        let x = self.bias.wrapping_add(acc);
+        let high = ((x as i64 * self.multiplier as i64 + (1 << 30)) >> 31) as i32;
+        // gemmlowp's RoundingDivideByPOT
+        let threshold = (self.mask >> 1) + (high < 0) as i32;
+        let v = (high >> self.shift) + ((high & self.mask) > threshold) as i32;
+        // max then min, not clamp: no min ≤ max assertion per output (the reference clamps the
+        // same way for every valid model, where act_min ≤ act_max)
+        v.saturating_add(self.zero_point)
+            .max(self.min)
+            .min(self.max) as i8 as u8
+    }
+
+    /// [`Self::store`] where `FAST` says every channel of the block is on the fast path, without
+    /// the bounds test.
+    ///
+    /// # Safety
+    /// `index < out.len()`; with `FAST`, `self.general` is `None`.
+    #[inline(always)]
+    unsafe fn put<const FAST: bool>(&self, out: &mut [u8], index: usize, acc: i32) {
+        if FAST {
+            // SAFETY: by the contract.
+            unsafe { *out.get_unchecked_mut(index) = self.fast(acc) }
+        } else {
+            self.store(out, index, acc)
         }
     }
 }
@@ -427,7 +449,8 @@ unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize, tail: usize) -> [i3
 /// for each block of up to [`CHANNELS`] output channels (constants decoded once), each pair of
 /// output pixels' receptive fields is gathered once ([`Fields`]) and multiplied with every
 /// weight row of the block ([`gemm`]). Returns `false`, having written nothing, where the
-/// shapes and buffers do not agree or a receptive field is larger than [`MAX_DEPTH`].
+/// shapes and buffers do not agree or a receptive field is larger than [`MAX_DEPTH`] (with
+/// more than one output channel).
 pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
@@ -442,7 +465,7 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         || oc == 0
         || k == 0
         || s == 0
-        || depth > MAX_DEPTH
+        || (depth > MAX_DEPTH && !(oc == 1 && ic % 4 == 0))
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * depth
@@ -450,17 +473,118 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     {
         return false;
     }
-    let (groups, tail) = (depth / 4, depth % 4);
-    let pixels = oh * ow;
+    if oc == 1 && ic % 4 == 0 {
+        single(p, input, out);
+        return true;
+    }
     let mut fields = Fields {
         words: [0; MAX_DEPTH],
     };
-    let wp = p.weights.as_ptr();
     let mut c0 = 0;
     while c0 < oc {
         let n = CHANNELS.min(oc - c0);
         let chans: [Chan; CHANNELS] =
             core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j.min(n - 1)));
+        let block = Block {
+            chans: &chans[..n],
+            c0,
+            depth,
+        };
+        if block.chans.iter().all(|c| c.general.is_none()) {
+            block.run::<true>(p, input, out, &mut fields);
+        } else {
+            block.run::<false>(p, input, out, &mut fields);
+        }
+        c0 += n;
+    }
+    true
+}
+
+/// A dense convolution with one output channel (a depth head) and `C_in` a multiple of four,
+/// pixel by pixel straight from the int8 input: with one weight row, widening each receptive
+/// field to int16 would cost more than the products it feeds. Inside the map every tap is valid
+/// and the zero point is folded into the bias (−z·Σw); at the borders it is subtracted per tap.
+/// The caller ([`dense`]) has checked the shapes and buffer sizes.
+fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let (k, s) = (p.kernel, p.stride);
+    let (pad, zp) = (k / 2, p.input_zero_point);
+    let chan = Chan::new(&p.stage, p.bias, 0);
+    let weights = &p.weights[..k * k * ic];
+    let sum: i32 = weights.iter().map(|&w| w as i32).sum();
+    let mut inside = chan;
+    let folded = zp.wrapping_mul(sum).wrapping_neg();
+    inside.bias = inside.bias.wrapping_add(folded);
+    if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut inside.general {
+        *bias = bias.wrapping_add(folded);
+    }
+    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    let (row, words) = (iw * ic, k * ic / 4);
+    let (xp, wp) = (input.as_ptr(), weights.as_ptr());
+    for oy in 0..oh {
+        let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+        let row_inside = inner(oy, ih);
+        for ox in 0..ow {
+            let index = oy * ow + ox;
+            if row_inside && inner(ox, iw) {
+                let x0 = ox * s - pad;
+                let mut acc = 0i32;
+                for ky in 0..k {
+                    // SAFETY: every tap of an inner pixel lies inside the input (checked by
+                    // `dense`), a row of taps is `k·C_in` bytes, `words` words; weights likewise.
+                    unsafe {
+                        let x = xp.add((y0 + ky) * row + x0 * ic) as *const u32;
+                        let w = wp.add(ky * k * ic) as *const u32;
+                        for j in 0..words {
+                            let (xw, ww) = (x.add(j).read_unaligned(), w.add(j).read_unaligned());
+                            acc = smlad(sxtb16(xw), sxtb16(ww), acc);
+                            acc = smlad(sxtb16_ror8(xw), sxtb16_ror8(ww), acc);
+                        }
+                    }
+                }
+                inside.store(out, index, acc);
+                continue;
+            }
+            let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+            let mut acc = 0i32;
+            for (ky, y) in (ky0..ky1).zip(y0..) {
+                let n = (kx1 - kx0) * ic;
+                let x = &input[y * row + x0 * ic..][..n];
+                let w = &weights[(ky * k + kx0) * ic..][..n];
+                for (&xv, &wv) in x.iter().zip(w) {
+                    acc += (xv as i32 - zp) * wv as i32;
+                }
+            }
+            chan.store(out, index, acc);
+        }
+    }
+}
+
+/// One block of output channels of [`dense`]: their decoded constants, the first channel and
+/// the receptive-field depth.
+struct Block<'c, 'a> {
+    chans: &'c [Chan<'a>],
+    c0: usize,
+    depth: usize,
+}
+
+impl Block<'_, '_> {
+    /// Every output pixel of the block's channels, two pixels at a time; `FAST`: every channel
+    /// on [`Chan`]'s fast path. The caller ([`dense`]) has checked the buffer sizes.
+    #[inline(always)]
+    fn run<const FAST: bool>(
+        &self,
+        p: &ConvParams<'_>,
+        input: &[i8],
+        out: &mut [u8],
+        fields: &mut Fields,
+    ) {
+        let (ow, oc) = (p.output.width, p.output.channels);
+        let pixels = p.output.height * ow;
+        let (depth, n, c0) = (self.depth, self.chans.len(), self.c0);
+        let (groups, tail) = (depth / 4, depth % 4);
+        let wp = p.weights.as_ptr();
         let mut px = 0;
         while px < pixels {
             let pair = px + 1 < pixels;
@@ -471,40 +595,48 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
                 fields.clear_slot(1, depth);
             }
             let x = fields.words.as_ptr();
+            let (o0, o1) = (px * oc + c0, (px + 1) * oc + c0);
             let mut j = 0;
-            while j < n {
-                let co = c0 + j;
-                if j + 1 < n {
-                    // SAFETY: rows co and co + 1 have `depth` bytes (checked above); the fields
-                    // hold 2·ceil(depth / 4) u64s.
-                    let acc = unsafe {
-                        gemm2(
-                            x,
-                            wp.add(co * depth),
-                            wp.add((co + 1) * depth),
-                            groups,
-                            tail,
-                        )
-                    };
-                    for (i, a) in acc.iter().enumerate().take(1 + pair as usize) {
-                        chans[j].store(out, (px + i) * oc + co, a[0]);
-                        chans[j + 1].store(out, (px + i) * oc + co + 1, a[1]);
+            while j + 1 < n {
+                // SAFETY: rows c0 + j and c0 + j + 1 have `depth` bytes (checked by `dense`);
+                // the fields hold 2·ceil(depth / 4) u64s.
+                let [[a00, a01], [a10, a11]] = unsafe {
+                    gemm2(
+                        x,
+                        wp.add((c0 + j) * depth),
+                        wp.add((c0 + j + 1) * depth),
+                        groups,
+                        tail,
+                    )
+                };
+                let (c, d) = (&self.chans[j], &self.chans[j + 1]);
+                // SAFETY: pixels px (and px + 1 with `pair`) and channels c0 + j + 1 < oc lie
+                // in `out` (checked by `dense`); `FAST` as the caller says.
+                unsafe {
+                    c.put::<FAST>(out, o0 + j, a00);
+                    d.put::<FAST>(out, o0 + j + 1, a01);
+                    if pair {
+                        c.put::<FAST>(out, o1 + j, a10);
+                        d.put::<FAST>(out, o1 + j + 1, a11);
                     }
-                    j += 2;
-                } else {
-                    // SAFETY: as above, one row.
-                    let acc = unsafe { gemm1(x, wp.add(co * depth), groups, tail) };
-                    for (i, &a) in acc.iter().enumerate().take(1 + pair as usize) {
-                        chans[j].store(out, (px + i) * oc + co, a);
+                }
+                j += 2;
+            }
+            if j < n {
+                // SAFETY: as above, one row.
+                let [a0, a1] = unsafe { gemm1(x, wp.add((c0 + j) * depth), groups, tail) };
+                let c = &self.chans[j];
+                // SAFETY: as above.
+                unsafe {
+                    c.put::<FAST>(out, o0 + j, a0);
+                    if pair {
+                        c.put::<FAST>(out, o1 + j, a1);
                     }
-                    j += 1;
                 }
             }
             px += 2;
         }
-        c0 += n;
     }
-    true
 }
 
 /// A depthwise convolution four channels at a time over the whole map: each group's constants
@@ -554,6 +686,7 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
                 *f -= zp * v as i32;
             }
         }
+        let fast = chans.iter().all(|c| c.general.is_none());
         let mut inside = chans;
         for (ch, f) in inside.iter_mut().zip(folded) {
             ch.bias = ch.bias.wrapping_add(f);
@@ -568,24 +701,25 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
                 let base = (oy * ow + ox) * c + c0;
                 let mut acc = [0i32; 4];
                 if row_inside && inner(ox, iw) {
-                    let x0 = ox * s - pad;
-                    for ky in 0..k {
-                        // SAFETY: every tap of an inner pixel lies inside the input (checked
-                        // ≥ ih·iw·c), and c0 + 4 ≤ c.
-                        let row = unsafe { xp.add(((y0 + ky) * iw + x0) * c + c0) };
-                        for kx in 0..k {
-                            let t = ky * k + kx;
-                            // SAFETY: as above; Cortex-M7 loads words unaligned.
-                            let xw = unsafe { (row.add(kx * c) as *const u32).read_unaligned() };
-                            let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
-                            acc[0] = smlabb(xe, we[t], acc[0]);
-                            acc[2] = smlatt(xe, we[t], acc[2]);
-                            acc[1] = smlabb(xo, wo[t], acc[1]);
-                            acc[3] = smlatt(xo, wo[t], acc[3]);
+                    // SAFETY: every tap of an inner pixel lies inside the input (checked
+                    // ≥ ih·iw·c), and c0 + 4 ≤ c.
+                    let first = unsafe { xp.add((y0 * iw + ox * s - pad) * c + c0) };
+                    let acc = match k {
+                        // SAFETY: as above, for each kernel size.
+                        3 => unsafe { inner_taps::<3>(first, iw * c, c, 3, &we, &wo) },
+                        5 => unsafe { inner_taps::<5>(first, iw * c, c, 5, &we, &wo) },
+                        _ => unsafe { inner_taps::<0>(first, iw * c, c, k, &we, &wo) },
+                    };
+                    if fast {
+                        for (j, ch) in inside.iter().enumerate() {
+                            // SAFETY: base + j < oh·ow·c ≤ out.len() (checked above); every
+                            // channel of the group is on the fast path.
+                            unsafe { ch.put::<true>(out, base + j, acc[j]) };
                         }
-                    }
-                    for (j, ch) in inside.iter().enumerate() {
-                        ch.store(out, base + j, acc[j]);
+                    } else {
+                        for (j, ch) in inside.iter().enumerate() {
+                            ch.store(out, base + j, acc[j]);
+                        }
                     }
                     continue;
                 }
@@ -628,6 +762,39 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         }
     }
     true
+}
+
+/// The four accumulators of one group of channels at an inner pixel of [`depthwise`]: `k×k`
+/// taps (`K` when it is not 0, so that the loops unroll), one word of input each (sign-extended,
+/// the zero point folded into the bias) times the group's pre-extended weights.
+///
+/// # Safety
+/// `first` is the pixel's first tap; `(ky·row + kx·c)` + 4 bytes lie inside the input for every
+/// tap.
+#[inline(always)]
+unsafe fn inner_taps<const K: usize>(
+    first: *const i8,
+    row: usize,
+    c: usize,
+    k: usize,
+    we: &[u32; 49],
+    wo: &[u32; 49],
+) -> [i32; 4] {
+    let k = if K > 0 { K } else { k };
+    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+    for ky in 0..k {
+        for kx in 0..k {
+            let t = ky * k + kx;
+            // SAFETY: by the contract; Cortex-M7 loads words unaligned.
+            let xw = unsafe { (first.add(ky * row + kx * c) as *const u32).read_unaligned() };
+            let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
+            a0 = smlabb(xe, we[t], a0);
+            a2 = smlatt(xe, we[t], a2);
+            a1 = smlabb(xo, wo[t], a1);
+            a3 = smlatt(xo, wo[t], a3);
+        }
+    }
+    [a0, a1, a2, a3]
 }
 
 /// The Cortex-M convolution: [`dense`] or [`depthwise`], else the portable kernel.
