@@ -110,6 +110,10 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
         return bilinear_reference(input, shape, factor, out);
     }
     let shift = den2.trailing_zeros();
+    #[cfg(target_arch = "arm")]
+    if bilinear_swar(input, shape, factor, out) {
+        return;
+    }
     let px = |y: usize, x: usize| &input[(y * w + x) * c..(y * w + x) * c + c];
     for oy in 0..h * factor {
         let (y0, y1, fy) = taps(oy, factor, h);
@@ -132,6 +136,87 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
             }
         }
     }
+}
+
+/// [`bilinear_optimized`] four channels per 32-bit word, for cores without a vector unit
+/// (Cortex-M): each input word is made unsigned (`x + 128`, the sign bit flipped) and split into
+/// two words of two 16-bit lanes (channels 0, 2 and 1, 3), so that one 32-bit multiply-add forms
+/// two channels' weighted sums at once: a lane holds at most `(2f)² · 255 < 2¹⁶`, no carry
+/// crosses lanes. With `v = lane − 128·(2f)²` the reference's rounding half away from zero is
+/// `⌊(v + half − [v ≤ 0]) / (2f)²⌋`, and that plus 128 is the lane's byte with the sign bit
+/// flipped back. Returns `false`, having written nothing, unless `C` is a multiple of four and
+/// `f` a power of two up to 8 with the buffers the sizes the shape says.
+pub fn bilinear_swar(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) -> bool {
+    let (h, w, c) = (shape.height, shape.width, shape.channels);
+    if c % 4 != 0
+        || c == 0
+        || h == 0
+        || w == 0
+        || !factor.is_power_of_two()
+        || factor > 8
+        || input.len() < h * w * c
+        || out.len() < h * factor * w * factor * c
+    {
+        return false;
+    }
+    const LOW: u32 = 0x00ff_00ff;
+    const FLIP: u32 = 0x8080_8080;
+    let den = 2 * factor as u32;
+    let shift = (den * den).trailing_zeros();
+    let half = 1u32 << (shift - 1);
+    let zero = 128u32 << shift;
+    let byte = |lane: u32| (((lane + half - (lane <= zero) as u32) >> shift) & 0xff) ^ 0x80;
+    let log_den = den.trailing_zeros();
+    // `taps` with the division by the power of two 2f as shifts
+    let taps2 = |o: usize, n: usize| -> (usize, usize, u32) {
+        let num = 2 * o + 1;
+        if num < factor {
+            return (0, 0, 0);
+        }
+        let num = num - factor;
+        let i0 = num >> log_den;
+        (
+            i0.min(n - 1),
+            (i0 + 1).min(n - 1),
+            (num & (den as usize - 1)) as u32,
+        )
+    };
+    let (words, ow) = (c / 4, w * factor);
+    let (src, dst) = (input.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
+    for oy in 0..h * factor {
+        let (y0, y1, fy) = taps2(oy, h);
+        let gy = den - fy;
+        let (r0, r1) = (y0 * w * c, y1 * w * c);
+        for ox in 0..ow {
+            let (x0, x1, fx) = taps2(ox, w);
+            let gx = den - fx;
+            let (w00, w01, w10, w11) = (gy * gx, gy * fx, fy * gx, fy * fx);
+            // SAFETY: y0, y1 < h and x0, x1 < w, so the four source pixels lie in `input`, the
+            // destination pixel in `out` (both sizes checked above); unaligned word access.
+            unsafe {
+                let (a, b) = (src.add(r0 + x0 * c), src.add(r0 + x1 * c));
+                let (cc, d) = (src.add(r1 + x0 * c), src.add(r1 + x1 * c));
+                let o = dst.add((oy * ow + ox) * c);
+                let load =
+                    |p: *const u8, j: usize| (p.add(4 * j) as *const u32).read_unaligned() ^ FLIP;
+                for j in 0..words {
+                    let (a, b, cc, d) = (load(a, j), load(b, j), load(cc, j), load(d, j));
+                    let even =
+                        w00 * (a & LOW) + w01 * (b & LOW) + w10 * (cc & LOW) + w11 * (d & LOW);
+                    let odd = w00 * ((a >> 8) & LOW)
+                        + w01 * ((b >> 8) & LOW)
+                        + w10 * ((cc >> 8) & LOW)
+                        + w11 * ((d >> 8) & LOW);
+                    let v = byte(even & 0xffff)
+                        | byte(odd & 0xffff) << 8
+                        | byte(even >> 16) << 16
+                        | byte(odd >> 16) << 24;
+                    (o.add(4 * j) as *mut u32).write_unaligned(v.to_le());
+                }
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -163,5 +248,17 @@ mod tests {
     upsample_family_matches_reference! {
         nearest_optimized_matches_reference: nearest_reference, nearest_optimized,
         bilinear_optimized_matches_reference: bilinear_reference, bilinear_optimized,
+        bilinear_swar_matches_reference: bilinear_reference, bilinear_swar_only,
+    }
+
+    /// [`bilinear_swar`] alone where it applies (C a multiple of four, f ≤ 8), else the reference.
+    fn bilinear_swar_only(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
+        if shape.channels % 4 != 0 || factor > 8 {
+            return bilinear_reference(input, shape, factor, out);
+        }
+        assert!(
+            bilinear_swar(input, shape, factor, out),
+            "declined {shape:?} x{factor}"
+        );
     }
 }
