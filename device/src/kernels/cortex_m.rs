@@ -129,9 +129,11 @@ pub(crate) mod intrinsics {
 struct Chan<'a> {
     bias: i32,
     multiplier: i32,
-    /// Right shift of the rounding division and its mask `2^shift − 1`.
-    shift: u32,
-    mask: i32,
+    /// The rounding terms of the fused requantization ([`Chan::fast`]) for `x ≥ 0` and `x < 0`.
+    round_pos: i64,
+    round_neg: i64,
+    /// `e − 1`, where `e` ≥ 1 is the right shift of the rounding division.
+    high_shift: u32,
     zero_point: i32,
     min: i32,
     max: i32,
@@ -145,8 +147,9 @@ impl<'a> Chan<'a> {
         let mut c = Chan {
             bias: read_i32(bias, channel).unwrap_or(0),
             multiplier: 0,
-            shift: 0,
-            mask: 0,
+            round_pos: 0,
+            round_neg: 0,
+            high_shift: 0,
             zero_point: 0,
             min: 0,
             max: 0,
@@ -161,13 +164,19 @@ impl<'a> Chan<'a> {
         } = *stage
         {
             if let Some(r) = read_requant(requant, channel) {
-                // TFLite's doubling high multiply is (x·m + 2³⁰) >> 31 for every m ≥ 0 (its
-                // nudge and truncating division agree with this floor), so only a left shift
-                // or a negative multiplier needs the general path
-                if r.multiplier >= 0 && (-31..=0).contains(&r.shift) {
+                // TFLite's doubling high multiply is ⌊(x·m + 2³⁰) / 2³¹⌋ for every m ≥ 0 (its
+                // nudge and truncating division agree with this floor), and gemmlowp's rounding
+                // division by 2ᵉ is ⌊(h + 2ᵉ⁻¹ − [h < 0]) / 2ᵉ⌋; since ⌊(⌊a/b⌋ + c)/d⌋ =
+                // ⌊(a + c·b)/(b·d)⌋, both are one rounding of x·m plus a constant by 2³¹⁺ᵉ (with
+                // m ≥ 0, h < 0 only where x < 0, and where x < 0 but h = 0 both constants give
+                // 0 for e ≥ 1). A left shift, e = 0 or a negative multiplier take the general
+                // path.
+                if r.multiplier >= 0 && (-31..=-1).contains(&r.shift) {
+                    let e = (-r.shift) as u32;
                     c.multiplier = r.multiplier;
-                    c.shift = (-r.shift) as u32;
-                    c.mask = ((1u64 << c.shift) - 1) as i32;
+                    c.round_pos = (1i64 << 30) + (1i64 << (e + 30));
+                    c.round_neg = c.round_pos - (1i64 << 31);
+                    c.high_shift = e - 1;
                     c.zero_point = zero_point;
                     c.min = act_min;
                     c.max = act_max;
@@ -191,10 +200,15 @@ impl<'a> Chan<'a> {
     #[inline(always)]
     fn fast(&self, acc: i32) -> u8 {
         let x = self.bias.wrapping_add(acc);
-        let high = ((x as i64 * self.multiplier as i64 + (1 << 30)) >> 31) as i32;
-        // gemmlowp's RoundingDivideByPOT
-        let threshold = (self.mask >> 1) + (high < 0) as i32;
-        let v = (high >> self.shift) + ((high & self.mask) > threshold) as i32;
+        let round = if x < 0 {
+            self.round_neg
+        } else {
+            self.round_pos
+        };
+        // |x·m| ≤ 2⁶², the rounding term < 2⁶¹ + 2³¹: no overflow; the shift by 31 + e is the
+        // high word shifted by e − 1
+        let sum = x as i64 * self.multiplier as i64 + round;
+        let v = ((sum >> 32) as i32) >> self.high_shift;
         // max then min, not clamp: no min ≤ max assertion per output (the reference clamps the
         // same way for every valid model, where act_min ≤ act_max)
         v.saturating_add(self.zero_point)

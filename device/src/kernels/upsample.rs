@@ -253,7 +253,7 @@ mod tests {
 
     /// [`bilinear_swar`] alone where it applies (C a multiple of four, f ≤ 8), else the reference.
     fn bilinear_swar_only(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
-        if shape.channels % 4 != 0 || factor > 8 {
+        if !shape.channels.is_multiple_of(4) || factor > 8 {
             return bilinear_reference(input, shape, factor, out);
         }
         assert!(
