@@ -114,7 +114,8 @@ pub(super) fn run(cfg: &ExperimentConfig) -> Result<Results> {
     }
 
     let setup = format!(
-        "Simulated outdoor domain at {w}×{h} (stereo baseline 0.54 m): X = {} labeled stereo pairs, U = {} unlabeled stereo pairs, {} held-out pairs (KITTI protocol, 80 m cap); sets are balanced (X repeated to about U's size). Teachers `demo-teacher` (stereo: left and right stacked into 6 channels; mono: left only), {} steps on X; student `demo-student`, every student row {} steps of batch {}; ADU γ = {}, response weight {}, feature weight {}.",
+        "Simulated outdoor domain at {w}×{h} (stereo baseline {} m): X = {} labeled stereo pairs, U = {} unlabeled stereo pairs, {} held-out pairs (KITTI protocol, 80 m cap); sets are balanced (X repeated to about U's size). Teachers `demo-teacher` (stereo: left and right stacked into 6 channels; mono: left only), {} steps on X; student `demo-student`, every student row {} steps of batch {}; ADU γ = {}, response weight {}, feature weight {}.",
+        Domain::Outdoor.baseline(),
         b.target_train,
         b.aux_images,
         b.target_test,
