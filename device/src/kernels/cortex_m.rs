@@ -234,8 +234,9 @@ impl<'a> Chan<'a> {
 
 /// Most output channels whose constants are decoded together (on the stack).
 const CHANNELS: usize = 32;
-/// Most values in one receptive field, `k·k·C_in`, padded to a multiple of 4 (two pixels'
-/// int16 copies on the stack: 4.5 KiB).
+/// Most values in one receptive field, `k·k·C_in`, padded to a multiple of 4: two pixels' int16
+/// copies ([`Fields`], 1×1) or four channels' int16 weights ([`Quad`], larger kernels) take 9 KiB
+/// of stack, one at a time.
 pub(crate) const MAX_DEPTH: usize = 1152;
 
 /// The receptive fields of two output pixels as int16 (input − zero point, 0 in the padding),
@@ -459,10 +460,12 @@ unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize, tail: usize) -> [i3
     [a0, a1]
 }
 
-/// A dense convolution (any kernel size and stride) as a GEMM of pixel pairs × channel pairs:
-/// for each block of up to [`CHANNELS`] output channels (constants decoded once), each pair of
-/// output pixels' receptive fields is gathered once ([`Fields`]) and multiplied with every
-/// weight row of the block ([`gemm`]). Returns `false`, having written nothing, where the
+/// A dense convolution (any kernel size and stride). One output channel: [`single`]. Kernels
+/// larger than 1×1: [`quads`]. 1×1, where the receptive field is a few words and each costs as
+/// much to widen as to use: a GEMM of pixel pairs × channel pairs, for each block of up to
+/// [`CHANNELS`] output channels (constants decoded once), each pair of output pixels' inputs
+/// widened once ([`Fields`]) and multiplied with every weight row of the block ([`gemm2`]).
+/// Returns `false`, having written nothing, where the
 /// shapes and buffers do not agree or a receptive field is larger than [`MAX_DEPTH`] (with
 /// more than one output channel).
 pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
@@ -491,6 +494,10 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         single(p, input, out);
         return true;
     }
+    if k > 1 {
+        quads(p, input, out);
+        return true;
+    }
     let mut fields = Fields {
         words: [0; MAX_DEPTH],
     };
@@ -512,6 +519,187 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         c0 += n;
     }
     true
+}
+
+/// Four output channels' weights, sign-extended once: for each group `g` of four values of the
+/// receptive field, channel `j`'s words at `8g + 2j` = (w₀, w₂) and `8g + 2j + 1` = (w₁, w₃),
+/// the order in which `SXTB16` and `SXTB16 ROR #8` split a word of four int8 inputs. Channels
+/// past the last and values past the depth are 0.
+struct Quad {
+    words: [u32; 2 * MAX_DEPTH],
+}
+
+/// The sums of one pixel's receptive field, `rows` runs of `groups` words of int8 input `row`
+/// bytes apart from `x`, with a [`Quad`]'s four channels from `w`: `[channel]`.
+///
+/// # Safety
+/// `x + r·row` has `4·groups` readable bytes for `r < rows`; `w` has `8·rows·groups` words.
+#[inline(always)]
+unsafe fn quad_sums(
+    x: *const i8,
+    row: usize,
+    rows: usize,
+    groups: usize,
+    w: *const u32,
+) -> [i32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+    let mut wp = w;
+    for r in 0..rows {
+        // SAFETY: by the contract.
+        let xp = unsafe { x.add(r * row) } as *const u32;
+        #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+        if groups > 0 {
+            // The loop in assembly with its registers allocated by hand (four accumulators,
+            // two pointers, the count, four temporaries), as in `gemm2`.
+            // SAFETY: reads as the contract allows (the weights 4-aligned for `ldrd`, the input
+            // unaligned, which Cortex-M7 loads); registers only otherwise.
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    "ldr {t0}, [{xp}], #4",
+                    "sxtb16 {t1}, {t0}",
+                    "sxtb16 {t0}, {t0}, ror #8",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a0}, {t1}, {t2}, {a0}",
+                    "smlad {a0}, {t0}, {t3}, {a0}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a1}, {t1}, {t2}, {a1}",
+                    "smlad {a1}, {t0}, {t3}, {a1}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a2}, {t1}, {t2}, {a2}",
+                    "smlad {a2}, {t0}, {t3}, {a2}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a3}, {t1}, {t2}, {a3}",
+                    "smlad {a3}, {t0}, {t3}, {a3}",
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    a0 = inout(reg) a0,
+                    a1 = inout(reg) a1,
+                    a2 = inout(reg) a2,
+                    a3 = inout(reg) a3,
+                    xp = inout(reg) xp => _,
+                    wp = inout(reg) wp,
+                    n = inout(reg) groups => _,
+                    t0 = out(reg) _,
+                    t1 = out(reg) _,
+                    t2 = out(reg) _,
+                    t3 = out(reg) _,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+        for i in 0..groups {
+            // SAFETY: in bounds by the contract.
+            unsafe {
+                let xw = xp.add(i).read_unaligned();
+                let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
+                let q = |j: usize| (wp.add(2 * j).read(), wp.add(2 * j + 1).read());
+                let ((e0, o0), (e1, o1)) = (q(0), q(1));
+                let ((e2, o2), (e3, o3)) = (q(2), q(3));
+                a0 = smlad(xo, o0, smlad(xe, e0, a0));
+                a1 = smlad(xo, o1, smlad(xe, e1, a1));
+                a2 = smlad(xo, o2, smlad(xe, e2, a2));
+                a3 = smlad(xo, o3, smlad(xe, e3, a3));
+                wp = wp.add(8);
+            }
+        }
+    }
+    [a0, a1, a2, a3]
+}
+
+/// A dense convolution four output channels at a time, weights-stationary: each [`Quad`] of
+/// weights is sign-extended once, the input is read as int8 words and split by `SXTB16` (one
+/// load and two extends per four values, shared by the four channels), and the zero point is
+/// folded into the bias (−z·Σw). Where a pixel's taps are whole words of the input (`C_in` a
+/// multiple of four, every tap inside) its rows are read in place; elsewhere (the borders, other
+/// `C_in`) its receptive field is first copied into a contiguous buffer with the zero point in
+/// the padding. The caller ([`dense`]) has checked the shapes and sizes (depth ≤ [`MAX_DEPTH`]).
+/// Not inlined, so that its buffers and [`dense`]'s [`Fields`] never share a stack frame.
+#[inline(never)]
+fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s, pad) = (p.kernel, p.stride, p.kernel / 2);
+    let depth = k * k * ic;
+    let groups = depth.div_ceil(4);
+    let zp = p.input_zero_point;
+    let direct = ic % 4 == 0;
+    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    let mut quad = Quad {
+        words: [0; 2 * MAX_DEPTH],
+    };
+    let mut field = [0i8; MAX_DEPTH + 4];
+    let xp = input.as_ptr();
+    for c0 in (0..oc).step_by(4) {
+        let n = 4.min(oc - c0);
+        let mut chans: [Chan; 4] =
+            core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j.min(n - 1)));
+        for (j, ch) in chans.iter_mut().enumerate().take(n) {
+            let w = &p.weights[(c0 + j) * depth..(c0 + j + 1) * depth];
+            let folded = zp
+                .wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
+                .wrapping_neg();
+            ch.bias = ch.bias.wrapping_add(folded);
+            if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut ch.general {
+                *bias = bias.wrapping_add(folded);
+            }
+            for g in 0..groups {
+                let v = |i: usize| w.get(4 * g + i).copied().unwrap_or(0) as u8;
+                let word = u32::from_le_bytes([v(0), v(1), v(2), v(3)]);
+                quad.words[8 * g + 2 * j] = sxtb16(word);
+                quad.words[8 * g + 2 * j + 1] = sxtb16_ror8(word);
+            }
+        }
+        for j in n..4 {
+            for g in 0..groups {
+                quad.words[8 * g + 2 * j] = 0;
+                quad.words[8 * g + 2 * j + 1] = 0;
+            }
+        }
+        let fast = chans[..n].iter().all(|c| c.general.is_none());
+        let wq = quad.words.as_ptr();
+        for oy in 0..oh {
+            let row_inside = inner(oy, ih);
+            let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
+            for ox in 0..ow {
+                let acc = if direct && row_inside && inner(ox, iw) {
+                    // SAFETY: every tap inside the input (checked ≥ ih·iw·ic by `dense`): k rows
+                    // of k·ic bytes, `iw·ic` apart; the quad holds k·(k·ic/4)·8 words.
+                    unsafe {
+                        quad_sums(
+                            xp.add(((y0) * iw + ox * s - pad) * ic),
+                            iw * ic,
+                            k,
+                            k * ic / 4,
+                            wq,
+                        )
+                    }
+                } else {
+                    field[..groups * 4].fill(zp as i8);
+                    let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
+                    for (ky, y) in (ky0..ky1).zip(y0..) {
+                        let n = (kx1 - kx0) * ic;
+                        let at = (ky * k + kx0) * ic;
+                        field[at..at + n].copy_from_slice(&input[(y * iw + x0) * ic..][..n]);
+                    }
+                    // SAFETY: the field holds 4·groups bytes; the quad 8·groups words.
+                    unsafe { quad_sums(field.as_ptr(), 0, 1, groups, wq) }
+                };
+                let base = (oy * ow + ox) * oc + c0;
+                if fast {
+                    for (j, ch) in chans.iter().enumerate().take(n) {
+                        // SAFETY: base + j < oh·ow·oc ≤ out.len() (checked by `dense`).
+                        unsafe { ch.put::<true>(out, base + j, acc[j]) };
+                    }
+                } else {
+                    for (j, ch) in chans.iter().enumerate().take(n) {
+                        ch.store(out, base + j, acc[j]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A dense convolution with one output channel (a depth head) and `C_in` a multiple of four,
