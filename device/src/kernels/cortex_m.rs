@@ -873,17 +873,24 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     // the output rows and columns whose taps all lie inside the input
     let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
     let groups = c / 4;
+    // the byte offset of each tap from a pixel's first tap, for every inner pixel and group
+    let mut offsets = [0u32; 49];
+    for (t, o) in offsets.iter_mut().enumerate().take(k * k) {
+        *o = (((t / k) * iw + t % k) * c) as u32;
+    }
     for g in 0..groups {
         let c0 = 4 * g;
         let chans: [Chan; 4] = core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j));
         // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) per tap
         let mut we = [0u32; 49];
         let mut wo = [0u32; 49];
+        let mut pairs = [0u32; 98];
         let mut folded = [0i32; 4];
         for t in 0..k * k {
             let w = &p.weights[t * c + c0..t * c + c0 + 4];
             let ww = u32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
             (we[t], wo[t]) = (sxtb16(ww), sxtb16_ror8(ww));
+            (pairs[2 * t], pairs[2 * t + 1]) = (we[t], wo[t]);
             for (f, &v) in folded.iter_mut().zip(w) {
                 *f -= zp * v as i32;
             }
@@ -906,12 +913,8 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
                     // SAFETY: every tap of an inner pixel lies inside the input (checked
                     // ≥ ih·iw·c), and c0 + 4 ≤ c.
                     let first = unsafe { xp.add((y0 * iw + ox * s - pad) * c + c0) };
-                    let acc = match k {
-                        // SAFETY: as above, for each kernel size.
-                        3 => unsafe { inner_taps::<3>(first, iw * c, c, 3, &we, &wo) },
-                        5 => unsafe { inner_taps::<5>(first, iw * c, c, 5, &we, &wo) },
-                        _ => unsafe { inner_taps::<0>(first, iw * c, c, k, &we, &wo) },
-                    };
+                    // SAFETY: as above: `offsets` are the k² taps' byte offsets from the first.
+                    let acc = unsafe { inner_taps(first, &offsets[..k * k], &pairs) };
                     if fast {
                         for (j, ch) in inside.iter().enumerate() {
                             // SAFETY: base + j < oh·ow·c ≤ out.len() (checked above); every
@@ -966,35 +969,62 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     true
 }
 
-/// The four accumulators of one group of channels at an inner pixel of [`depthwise`]: `k×k`
-/// taps (`K` when it is not 0, so that the loops unroll), one word of input each (sign-extended,
-/// the zero point folded into the bias) times the group's pre-extended weights.
+/// The four accumulators of one group of channels at an inner pixel of [`depthwise`]: one word
+/// of input per tap at `first + offsets[t]` (sign-extended, the zero point folded into the
+/// bias) times the group's pre-extended weights `pairs[2t]` = (w₀, w₂), `pairs[2t + 1]` =
+/// (w₁, w₃).
 ///
 /// # Safety
-/// `first` is the pixel's first tap; `(ky·row + kx·c)` + 4 bytes lie inside the input for every
-/// tap.
+/// `first + offsets[t]` has 4 readable bytes for every `t`; `pairs` has `2·offsets.len()` words.
 #[inline(always)]
-unsafe fn inner_taps<const K: usize>(
-    first: *const i8,
-    row: usize,
-    c: usize,
-    k: usize,
-    we: &[u32; 49],
-    wo: &[u32; 49],
-) -> [i32; 4] {
-    let k = if K > 0 { K } else { k };
+unsafe fn inner_taps(first: *const i8, offsets: &[u32], pairs: &[u32; 98]) -> [i32; 4] {
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
-    for ky in 0..k {
-        for kx in 0..k {
-            let t = ky * k + kx;
-            // SAFETY: by the contract; Cortex-M7 loads words unaligned.
-            let xw = unsafe { (first.add(ky * row + kx * c) as *const u32).read_unaligned() };
-            let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
-            a0 = smlabb(xe, we[t], a0);
-            a2 = smlatt(xe, we[t], a2);
-            a1 = smlabb(xo, wo[t], a1);
-            a3 = smlatt(xo, wo[t], a3);
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if !offsets.is_empty() {
+        // The tap loop in assembly (four accumulators, three pointers, the count, four
+        // temporaries): from Rust, LLVM spills the accumulators.
+        // SAFETY: reads as the contract allows (the tables 4-aligned for `ldrd`, the input
+        // unaligned, which Cortex-M7 loads); registers only otherwise.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "ldr {t0}, [{op}], #4",
+                "ldr {t0}, [{xp}, {t0}]",
+                "ldrd {t2}, {t3}, [{wp}], #8",
+                "sxtb16 {t1}, {t0}",
+                "smlabb {a0}, {t1}, {t2}, {a0}",
+                "smlatt {a2}, {t1}, {t2}, {a2}",
+                "sxtb16 {t1}, {t0}, ror #8",
+                "smlabb {a1}, {t1}, {t3}, {a1}",
+                "smlatt {a3}, {t1}, {t3}, {a3}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                a2 = inout(reg) a2,
+                a3 = inout(reg) a3,
+                xp = in(reg) first,
+                op = inout(reg) offsets.as_ptr() => _,
+                wp = inout(reg) pairs.as_ptr() => _,
+                n = inout(reg) offsets.len() => _,
+                t0 = out(reg) _,
+                t1 = out(reg) _,
+                t2 = out(reg) _,
+                t3 = out(reg) _,
+                options(nostack, readonly),
+            );
         }
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    for (t, &o) in offsets.iter().enumerate() {
+        // SAFETY: by the contract.
+        let xw = unsafe { (first.add(o as usize) as *const u32).read_unaligned() };
+        let (we, wo) = (pairs[2 * t], pairs[2 * t + 1]);
+        let (xe, xo) = (sxtb16(xw), sxtb16_ror8(xw));
+        a0 = smlabb(xe, we, a0);
+        a2 = smlatt(xe, we, a2);
+        a1 = smlabb(xo, wo, a1);
+        a3 = smlatt(xo, wo, a3);
     }
     [a0, a1, a2, a3]
 }
