@@ -724,11 +724,46 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
     let (row, words) = (iw * ic, k * ic / 4);
     let (xp, wp) = (input.as_ptr(), weights.as_ptr());
+    // the weights sign-extended once, (w₀, w₂) and (w₁, w₃) per word, where they fit
+    let widened = weights.len() <= MAX_DEPTH;
+    let mut wide = [0u32; MAX_DEPTH / 2];
+    if widened {
+        for (g, w) in weights.chunks_exact(4).enumerate() {
+            let ww = u32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
+            (wide[2 * g], wide[2 * g + 1]) = (sxtb16(ww), sxtb16_ror8(ww));
+        }
+    }
     for oy in 0..oh {
         let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
         let row_inside = inner(oy, ih);
-        for ox in 0..ow {
+        let mut ox = 0;
+        while ox < ow {
             let index = oy * ow + ox;
+            if widened && row_inside && ox + 1 < ow && inner(ox, iw) && inner(ox + 1, iw) {
+                // two neighbouring inner pixels share each widened weight word
+                let x0 = ox * s - pad;
+                let (mut a, mut b) = (0i32, 0i32);
+                for ky in 0..k {
+                    // SAFETY: every tap of both inner pixels lies inside the input (checked by
+                    // `dense`): `words` words per row from each pixel's first tap, the second
+                    // pixel's `s·C_in` bytes on; `wide` holds 2·k·words words.
+                    unsafe {
+                        let x = xp.add((y0 + ky) * row + x0 * ic);
+                        let (xa, xb) = (x as *const u32, x.add(s * ic) as *const u32);
+                        let w = wide.as_ptr().add(2 * ky * words);
+                        for j in 0..words {
+                            let (u, v) = (xa.add(j).read_unaligned(), xb.add(j).read_unaligned());
+                            let (we, wo) = (w.add(2 * j).read(), w.add(2 * j + 1).read());
+                            a = smlad(sxtb16_ror8(u), wo, smlad(sxtb16(u), we, a));
+                            b = smlad(sxtb16_ror8(v), wo, smlad(sxtb16(v), we, b));
+                        }
+                    }
+                }
+                inside.store(out, index, a);
+                inside.store(out, index + 1, b);
+                ox += 2;
+                continue;
+            }
             if row_inside && inner(ox, iw) {
                 let x0 = ox * s - pad;
                 let mut acc = 0i32;
@@ -746,6 +781,7 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
                     }
                 }
                 inside.store(out, index, acc);
+                ox += 1;
                 continue;
             }
             let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
@@ -759,6 +795,7 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
                 }
             }
             chan.store(out, index, acc);
+            ox += 1;
         }
     }
 }
