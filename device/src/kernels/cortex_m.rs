@@ -631,12 +631,16 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     };
     let mut field = [0i8; MAX_DEPTH + 4];
     let xp = input.as_ptr();
-    for c0 in (0..oc).step_by(4) {
-        let n = 4.min(oc - c0);
-        let mut chans: [Chan; 4] =
-            core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j.min(n - 1)));
-        for (j, ch) in chans.iter_mut().enumerate().take(n) {
-            let w = &p.weights[(c0 + j) * depth..(c0 + j + 1) * depth];
+    // as many quads per block as their weights fit in `Quad` (at most 8: 32 channels), so that
+    // a pixel's tap checks and copied field serve the whole block
+    let per_block = (2 * MAX_DEPTH / (8 * groups)).clamp(1, 8);
+    let quad_words = 8 * groups;
+    for b0 in (0..oc).step_by(4 * per_block) {
+        let nb = (4 * per_block).min(oc - b0);
+        let mut chans: [Chan; 32] =
+            core::array::from_fn(|j| Chan::new(&p.stage, p.bias, b0 + j.min(nb - 1)));
+        for (j, ch) in chans.iter_mut().enumerate().take(nb) {
+            let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
             let folded = zp
                 .wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
                 .wrapping_neg();
@@ -644,37 +648,33 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
             if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut ch.general {
                 *bias = bias.wrapping_add(folded);
             }
+        }
+        for j in 0..nb.div_ceil(4) * 4 {
+            let (q, lane) = (j / 4, j % 4);
+            let words = &mut quad.words[q * quad_words..(q + 1) * quad_words];
             for g in 0..groups {
-                let v = |i: usize| w.get(4 * g + i).copied().unwrap_or(0) as u8;
-                let word = u32::from_le_bytes([v(0), v(1), v(2), v(3)]);
-                quad.words[8 * g + 2 * j] = sxtb16(word);
-                quad.words[8 * g + 2 * j + 1] = sxtb16_ror8(word);
+                let word = if j < nb {
+                    let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
+                    let v = |i: usize| w.get(4 * g + i).copied().unwrap_or(0) as u8;
+                    u32::from_le_bytes([v(0), v(1), v(2), v(3)])
+                } else {
+                    0
+                };
+                words[8 * g + 2 * lane] = sxtb16(word);
+                words[8 * g + 2 * lane + 1] = sxtb16_ror8(word);
             }
         }
-        for j in n..4 {
-            for g in 0..groups {
-                quad.words[8 * g + 2 * j] = 0;
-                quad.words[8 * g + 2 * j + 1] = 0;
-            }
-        }
-        let fast = chans[..n].iter().all(|c| c.general.is_none());
-        let wq = quad.words.as_ptr();
+        let fast = chans[..nb].iter().all(|c| c.general.is_none());
         for oy in 0..oh {
             let row_inside = inner(oy, ih);
             let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
             for ox in 0..ow {
-                let acc = if direct && row_inside && inner(ox, iw) {
-                    // SAFETY: every tap inside the input (checked ≥ ih·iw·ic by `dense`): k rows
-                    // of k·ic bytes, `iw·ic` apart; the quad holds k·(k·ic/4)·8 words.
-                    unsafe {
-                        quad_sums(
-                            xp.add(((y0) * iw + ox * s - pad) * ic),
-                            iw * ic,
-                            k,
-                            k * ic / 4,
-                            wq,
-                        )
-                    }
+                let in_place = direct && row_inside && inner(ox, iw);
+                let (x, row, rows, per_row) = if in_place {
+                    // SAFETY: every tap inside the input (checked ≥ ih·iw·ic by `dense`): k
+                    // rows of k·ic bytes, `iw·ic` apart.
+                    let x = unsafe { xp.add((y0 * iw + ox * s - pad) * ic) };
+                    (x, iw * ic, k, k * ic / 4)
                 } else {
                     field[..groups * 4].fill(zp as i8);
                     let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
@@ -683,18 +683,32 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
                         let at = (ky * k + kx0) * ic;
                         field[at..at + n].copy_from_slice(&input[(y * iw + x0) * ic..][..n]);
                     }
-                    // SAFETY: the field holds 4·groups bytes; the quad 8·groups words.
-                    unsafe { quad_sums(field.as_ptr(), 0, 1, groups, wq) }
+                    (field.as_ptr(), 0, 1, groups)
                 };
-                let base = (oy * ow + ox) * oc + c0;
-                if fast {
-                    for (j, ch) in chans.iter().enumerate().take(n) {
-                        // SAFETY: base + j < oh·ow·oc ≤ out.len() (checked by `dense`).
-                        unsafe { ch.put::<true>(out, base + j, acc[j]) };
-                    }
-                } else {
-                    for (j, ch) in chans.iter().enumerate().take(n) {
-                        ch.store(out, base + j, acc[j]);
+                let base = (oy * ow + ox) * oc + b0;
+                for q in 0..nb.div_ceil(4) {
+                    // SAFETY: `x` has `rows` runs of `per_row` words (in place, or the field's
+                    // 4·groups bytes); quad q holds rows·per_row·8 = 8·groups words.
+                    let acc = unsafe {
+                        quad_sums(
+                            x,
+                            row,
+                            rows,
+                            per_row,
+                            quad.words.as_ptr().add(q * quad_words),
+                        )
+                    };
+                    let n = 4.min(nb - 4 * q);
+                    let chans = &chans[4 * q..4 * q + n];
+                    if fast {
+                        for (j, ch) in chans.iter().enumerate() {
+                            // SAFETY: base + 4q + j < oh·ow·oc ≤ out.len() (checked by `dense`).
+                            unsafe { ch.put::<true>(out, base + 4 * q + j, acc[j]) };
+                        }
+                    } else {
+                        for (j, ch) in chans.iter().enumerate() {
+                            ch.store(out, base + 4 * q + j, acc[j]);
+                        }
                     }
                 }
             }
