@@ -329,37 +329,16 @@ fn group(x0: u64, x1: u64, ww: u32, a0: &mut i32, a1: &mut i32) {
     *a1 = smlad((x1 >> 32) as u32, wo, smlad(x1 as u32, we, *a1));
 }
 
-/// The last, partial word of a weight row (`tail` < 4 bytes, read one by one so nothing past
-/// the row is touched).
-///
-/// # Safety
-/// `w` points at `tail` readable bytes.
-#[inline(always)]
-unsafe fn tail_word(w: *const i8, tail: usize) -> u32 {
-    let mut b = [0u8; 4];
-    for (j, v) in b.iter_mut().enumerate().take(tail) {
-        // SAFETY: j < tail, by the contract.
-        *v = unsafe { *w.add(j) } as u8;
-    }
-    u32::from_le_bytes(b)
-}
-
-/// The sums of two pixels' fields (interleaved, `groups` whole groups of four values and a
-/// partial one of `tail` values) with two weight rows `w0`, `w1`: `[pixel][channel]`. The
+/// The sums of two pixels' fields (interleaved, `groups` groups of four values) with two
+/// weight rows `w0`, `w1`: `[pixel][channel]`. The
 /// accumulators are plain locals so that they stay in registers.
 ///
 /// # Safety
-/// `w0`, `w1` point at `4·groups + tail` readable bytes, `x` at `2·(groups + (tail > 0))` u64s.
+/// `w0`, `w1` point at `4·groups` readable bytes, `x` at `2·groups` u64s.
 #[inline(always)]
-unsafe fn gemm2(
-    x: *const u64,
-    w0: *const i8,
-    w1: *const i8,
-    groups: usize,
-    tail: usize,
-) -> [[i32; 2]; 2] {
+unsafe fn gemm2(x: *const u64, w0: *const i8, w1: *const i8, groups: usize) -> [[i32; 2]; 2] {
     let (mut a00, mut a01, mut a10, mut a11) = (0i32, 0i32, 0i32, 0i32);
-    let (mut xp, mut p0, mut p1) = (x, w0 as *const u32, w1 as *const u32);
+    let (xp, p0, p1) = (x, w0 as *const u32, w1 as *const u32);
     #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
     if groups > 0 {
         // The loop below in assembly with its twelve registers allocated by hand (four
@@ -394,9 +373,9 @@ unsafe fn gemm2(
                 a01 = inout(reg) a01,
                 a10 = inout(reg) a10,
                 a11 = inout(reg) a11,
-                xp = inout(reg) xp,
-                p0 = inout(reg) p0,
-                p1 = inout(reg) p1,
+                xp = inout(reg) xp => _,
+                p0 = inout(reg) p0 => _,
+                p1 = inout(reg) p1 => _,
                 n = inout(reg) groups => _,
                 t0 = out(reg) _,
                 t1 = out(reg) _,
@@ -407,24 +386,12 @@ unsafe fn gemm2(
         }
     }
     #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
-    for _ in 0..groups {
+    for i in 0..groups {
         // SAFETY: in bounds by the contract; the fields are 8-aligned, the weights read
         // unaligned.
         unsafe {
-            let (x0, x1) = (xp.read(), xp.add(1).read());
-            let (u, v) = (p0.read_unaligned(), p1.read_unaligned());
-            xp = xp.add(2);
-            p0 = p0.add(1);
-            p1 = p1.add(1);
-            group(x0, x1, u, &mut a00, &mut a10);
-            group(x0, x1, v, &mut a01, &mut a11);
-        }
-    }
-    if tail > 0 {
-        // SAFETY: as above; `tail` bytes of each row remain.
-        unsafe {
-            let (x0, x1) = (xp.read(), xp.add(1).read());
-            let (u, v) = (tail_word(p0.cast(), tail), tail_word(p1.cast(), tail));
+            let (x0, x1) = (xp.add(2 * i).read(), xp.add(2 * i + 1).read());
+            let (u, v) = (p0.add(i).read_unaligned(), p1.add(i).read_unaligned());
             group(x0, x1, u, &mut a00, &mut a10);
             group(x0, x1, v, &mut a01, &mut a11);
         }
@@ -437,7 +404,7 @@ unsafe fn gemm2(
 /// # Safety
 /// As [`gemm2`].
 #[inline(always)]
-unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize, tail: usize) -> [i32; 2] {
+unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize) -> [i32; 2] {
     let (mut a0, mut a1) = (0i32, 0i32);
     let (mut xp, mut p0) = (x, w0 as *const u32);
     for _ in 0..groups {
@@ -448,13 +415,6 @@ unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize, tail: usize) -> [i3
             xp = xp.add(2);
             p0 = p0.add(1);
             group(x0, x1, u, &mut a0, &mut a1);
-        }
-    }
-    if tail > 0 {
-        // SAFETY: as above.
-        unsafe {
-            let (x0, x1) = (xp.read(), xp.add(1).read());
-            group(x0, x1, tail_word(p0.cast(), tail), &mut a0, &mut a1);
         }
     }
     [a0, a1]
@@ -494,7 +454,7 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         single(p, input, out);
         return true;
     }
-    if k > 1 {
+    if k > 1 || ic % 4 != 0 {
         quads(p, input, out);
         return true;
     }
@@ -836,7 +796,7 @@ impl Block<'_, '_> {
         let (ow, oc) = (p.output.width, p.output.channels);
         let pixels = p.output.height * ow;
         let (depth, n, c0) = (self.depth, self.chans.len(), self.c0);
-        let (groups, tail) = (depth / 4, depth % 4);
+        let groups = depth / 4;
         let wp = p.weights.as_ptr();
         let mut px = 0;
         while px < pixels {
@@ -859,7 +819,6 @@ impl Block<'_, '_> {
                         wp.add((c0 + j) * depth),
                         wp.add((c0 + j + 1) * depth),
                         groups,
-                        tail,
                     )
                 };
                 let (c, d) = (&self.chans[j], &self.chans[j + 1]);
@@ -877,7 +836,7 @@ impl Block<'_, '_> {
             }
             if j < n {
                 // SAFETY: as above, one row.
-                let [a0, a1] = unsafe { gemm1(x, wp.add((c0 + j) * depth), groups, tail) };
+                let [a0, a1] = unsafe { gemm1(x, wp.add((c0 + j) * depth), groups) };
                 let c = &self.chans[j];
                 // SAFETY: as above.
                 unsafe {
