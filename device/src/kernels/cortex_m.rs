@@ -510,12 +510,48 @@ unsafe fn quad_sums(
         #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
         if groups > 0 {
             // The loop in assembly with its registers allocated by hand (four accumulators,
-            // two pointers, the count, four temporaries), as in `gemm2`.
+            // two pointers, the count, four temporaries), as in `gemm2`; two groups per
+            // iteration, an odd one first.
             // SAFETY: reads as the contract allows (the weights 4-aligned for `ldrd`, the input
             // unaligned, which Cortex-M7 loads); registers only otherwise.
             unsafe {
                 core::arch::asm!(
+                    "tst {n}, #1",
+                    "beq 3f",
+                    "ldr {t0}, [{xp}], #4",
+                    "sxtb16 {t1}, {t0}",
+                    "sxtb16 {t0}, {t0}, ror #8",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a0}, {t1}, {t2}, {a0}",
+                    "smlad {a0}, {t0}, {t3}, {a0}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a1}, {t1}, {t2}, {a1}",
+                    "smlad {a1}, {t0}, {t3}, {a1}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a2}, {t1}, {t2}, {a2}",
+                    "smlad {a2}, {t0}, {t3}, {a2}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a3}, {t1}, {t2}, {a3}",
+                    "smlad {a3}, {t0}, {t3}, {a3}",
+                    "3:",
+                    "lsrs {n}, {n}, #1",
+                    "beq 4f",
                     "2:",
+                    "ldr {t0}, [{xp}], #4",
+                    "sxtb16 {t1}, {t0}",
+                    "sxtb16 {t0}, {t0}, ror #8",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a0}, {t1}, {t2}, {a0}",
+                    "smlad {a0}, {t0}, {t3}, {a0}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a1}, {t1}, {t2}, {a1}",
+                    "smlad {a1}, {t0}, {t3}, {a1}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a2}, {t1}, {t2}, {a2}",
+                    "smlad {a2}, {t0}, {t3}, {a2}",
+                    "ldrd {t2}, {t3}, [{wp}], #8",
+                    "smlad {a3}, {t1}, {t2}, {a3}",
+                    "smlad {a3}, {t0}, {t3}, {a3}",
                     "ldr {t0}, [{xp}], #4",
                     "sxtb16 {t1}, {t0}",
                     "sxtb16 {t0}, {t0}, ror #8",
@@ -533,6 +569,7 @@ unsafe fn quad_sums(
                     "smlad {a3}, {t0}, {t3}, {a3}",
                     "subs {n}, {n}, #1",
                     "bne 2b",
+                    "4:",
                     a0 = inout(reg) a0,
                     a1 = inout(reg) a1,
                     a2 = inout(reg) a2,
