@@ -5,7 +5,7 @@
 //! decoded once per block.
 //!
 //! The code is compiled on every target: the intrinsics are inline assembly on Arm with the
-//! feature `cortex-m-dsp` and portable stand-ins elsewhere ([`intrinsics`]), so the host tests
+//! feature `cortex-m-dsp` and portable stand-ins elsewhere (`intrinsics`), so the host tests
 //! replay the very kernels the firmware runs against the reference, bit for bit.
 
 use super::conv::{taps, ConvParams, Finish, OutputStage};
@@ -235,7 +235,7 @@ impl<'a> Chan<'a> {
 /// Most output channels whose constants are decoded together (on the stack).
 const CHANNELS: usize = 32;
 /// Most values in one receptive field, `k·k·C_in`, padded to a multiple of 4: two pixels' int16
-/// copies ([`Fields`], 1×1) or four channels' int16 weights ([`Quad`], larger kernels) take 9 KiB
+/// copies (`Fields`, 1×1) or four channels' int16 weights (`Quad`, larger kernels) take 9 KiB
 /// of stack, one at a time.
 pub(crate) const MAX_DEPTH: usize = 1152;
 
@@ -420,13 +420,13 @@ unsafe fn gemm1(x: *const u64, w0: *const i8, groups: usize) -> [i32; 2] {
     [a0, a1]
 }
 
-/// A dense convolution (any kernel size and stride). One output channel: [`single`]. Kernels
-/// larger than 1×1: [`quads`]. 1×1, where the receptive field is a few words and each costs as
+/// A dense convolution (any kernel size and stride). One output channel: `single`. Kernels
+/// larger than 1×1: `quads`. 1×1, where the receptive field is a few words and each costs as
 /// much to widen as to use: a GEMM of pixel pairs × channel pairs, for each block of up to
-/// [`CHANNELS`] output channels (constants decoded once), each pair of output pixels' inputs
-/// widened once ([`Fields`]) and multiplied with every weight row of the block ([`gemm2`]).
+/// `CHANNELS` output channels (constants decoded once), each pair of output pixels' inputs
+/// widened once (`Fields`) and multiplied with every weight row of the block (`gemm2`).
 /// Returns `false`, having written nothing, where the
-/// shapes and buffers do not agree or a receptive field is larger than [`MAX_DEPTH`] (with
+/// shapes and buffers do not agree or a receptive field is larger than `MAX_DEPTH` (with
 /// more than one output channel).
 pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
