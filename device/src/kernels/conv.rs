@@ -210,6 +210,35 @@ pub(super) fn taps(
     (lo, hi.max(lo), (start + lo as isize) as usize)
 }
 
+/// Whether a depthwise convolution's shapes and buffers agree (same channels in and out, the
+/// output map the input's divided by the stride, buffers at least the sizes the shapes say), for
+/// kernels up to `max_kernel`: what the optimized depthwise kernels check before they index
+/// without bounds tests.
+pub(super) fn depthwise_fits(
+    p: &ConvParams<'_>,
+    input_len: usize,
+    out_len: usize,
+    max_kernel: usize,
+) -> bool {
+    let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let (k, s) = (p.kernel, p.stride);
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    p.depthwise
+        && c > 0
+        && k > 0
+        && k <= max_kernel
+        && s > 0
+        && p.output.channels == c
+        && (oh, ow) == (ih.div_ceil(s), iw.div_ceil(s))
+        && input_len >= ih * iw * c
+        && p.weights.len() >= k * k * c
+        && out_len >= oh * ow * c * elem
+}
+
 /// The portable optimized convolution (every target; on x86-64 the depthwise case).
 pub(super) fn portable(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let (iw, ic) = (p.input.width, p.input.channels);
@@ -628,21 +657,7 @@ mod pointwise {
         let (ih, iw) = (p.input.height, p.input.width);
         let (oh, ow) = (p.output.height, p.output.width);
         let (k, s) = (p.kernel, p.stride);
-        let elem = match p.stage {
-            super::OutputStage::Int8 { .. } => 1,
-            super::OutputStage::F32 { .. } => 4,
-        };
-        if !p.depthwise
-            || c == 0
-            || k == 0
-            || k > 5
-            || s == 0
-            || p.output.channels != c
-            || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
-            || input.len() < ih * iw * c
-            || p.weights.len() < k * k * c
-            || out.len() < oh * ow * c * elem
-        {
+        if !super::depthwise_fits(p, input.len(), out.len(), 5) {
             return false;
         }
         let pad = k / 2;

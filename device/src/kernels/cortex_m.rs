@@ -489,6 +489,31 @@ struct Quad {
     words: [u32; 2 * MAX_DEPTH],
 }
 
+/// One group of four input values times a [`Quad`]'s four channels, in Thumb assembly: one word
+/// of input split by `SXTB16`, each channel's two weight words by `LDRD`, two `SMLAD`s each.
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+macro_rules! quad_group {
+    () => {
+        concat!(
+            "ldr {t0}, [{xp}], #4\n",
+            "sxtb16 {t1}, {t0}\n",
+            "sxtb16 {t0}, {t0}, ror #8\n",
+            "ldrd {t2}, {t3}, [{wp}], #8\n",
+            "smlad {a0}, {t1}, {t2}, {a0}\n",
+            "smlad {a0}, {t0}, {t3}, {a0}\n",
+            "ldrd {t2}, {t3}, [{wp}], #8\n",
+            "smlad {a1}, {t1}, {t2}, {a1}\n",
+            "smlad {a1}, {t0}, {t3}, {a1}\n",
+            "ldrd {t2}, {t3}, [{wp}], #8\n",
+            "smlad {a2}, {t1}, {t2}, {a2}\n",
+            "smlad {a2}, {t0}, {t3}, {a2}\n",
+            "ldrd {t2}, {t3}, [{wp}], #8\n",
+            "smlad {a3}, {t1}, {t2}, {a3}\n",
+            "smlad {a3}, {t0}, {t3}, {a3}",
+        )
+    };
+}
+
 /// The sums of one pixel's receptive field, `rows` runs of `groups` words of int8 input `row`
 /// bytes apart from `x`, with a [`Quad`]'s four channels from `w`: `[channel]`.
 ///
@@ -518,55 +543,13 @@ unsafe fn quad_sums(
                 core::arch::asm!(
                     "tst {n}, #1",
                     "beq 3f",
-                    "ldr {t0}, [{xp}], #4",
-                    "sxtb16 {t1}, {t0}",
-                    "sxtb16 {t0}, {t0}, ror #8",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a0}, {t1}, {t2}, {a0}",
-                    "smlad {a0}, {t0}, {t3}, {a0}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a1}, {t1}, {t2}, {a1}",
-                    "smlad {a1}, {t0}, {t3}, {a1}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a2}, {t1}, {t2}, {a2}",
-                    "smlad {a2}, {t0}, {t3}, {a2}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a3}, {t1}, {t2}, {a3}",
-                    "smlad {a3}, {t0}, {t3}, {a3}",
+                    quad_group!(),
                     "3:",
                     "lsrs {n}, {n}, #1",
                     "beq 4f",
                     "2:",
-                    "ldr {t0}, [{xp}], #4",
-                    "sxtb16 {t1}, {t0}",
-                    "sxtb16 {t0}, {t0}, ror #8",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a0}, {t1}, {t2}, {a0}",
-                    "smlad {a0}, {t0}, {t3}, {a0}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a1}, {t1}, {t2}, {a1}",
-                    "smlad {a1}, {t0}, {t3}, {a1}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a2}, {t1}, {t2}, {a2}",
-                    "smlad {a2}, {t0}, {t3}, {a2}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a3}, {t1}, {t2}, {a3}",
-                    "smlad {a3}, {t0}, {t3}, {a3}",
-                    "ldr {t0}, [{xp}], #4",
-                    "sxtb16 {t1}, {t0}",
-                    "sxtb16 {t0}, {t0}, ror #8",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a0}, {t1}, {t2}, {a0}",
-                    "smlad {a0}, {t0}, {t3}, {a0}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a1}, {t1}, {t2}, {a1}",
-                    "smlad {a1}, {t0}, {t3}, {a1}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a2}, {t1}, {t2}, {a2}",
-                    "smlad {a2}, {t0}, {t3}, {a2}",
-                    "ldrd {t2}, {t3}, [{wp}], #8",
-                    "smlad {a3}, {t1}, {t2}, {a3}",
-                    "smlad {a3}, {t0}, {t3}, {a3}",
+                    quad_group!(),
+                    quad_group!(),
                     "subs {n}, {n}, #1",
                     "bne 2b",
                     "4:",
@@ -898,20 +881,7 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow) = (p.output.height, p.output.width);
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
-    if !p.depthwise
-        || k == 0
-        || k > 7
-        || s == 0
-        || p.output.channels != c
-        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
-        || input.len() < ih * iw * c
-        || p.weights.len() < k * k * c
-        || out.len() < oh * ow * c * elem
-    {
+    if !super::conv::depthwise_fits(p, input.len(), out.len(), 7) {
         return false;
     }
     let (pad, zp) = (k / 2, p.input_zero_point);
