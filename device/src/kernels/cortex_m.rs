@@ -187,6 +187,14 @@ impl<'a> Chan<'a> {
         c
     }
 
+    /// Adds `f` to the bias (the folded zero-point term −z·Σw), on either path.
+    fn fold(&mut self, f: i32) {
+        self.bias = self.bias.wrapping_add(f);
+        if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut self.general {
+            *bias = bias.wrapping_add(f);
+        }
+    }
+
     /// Writes `bias + acc`, finished, at element `index`, as [`Finish::store`] does.
     #[inline(always)]
     fn store(&self, out: &mut [u8], index: usize, acc: i32) {
@@ -232,6 +240,19 @@ impl<'a> Chan<'a> {
     }
 }
 
+/// Four int8 values as one little-endian word, for `SXTB16`.
+#[inline(always)]
+fn word(v: &[i8]) -> u32 {
+    u32::from_le_bytes([v[0] as u8, v[1] as u8, v[2] as u8, v[3] as u8])
+}
+
+/// Whether every tap of output row or column `o` lies inside an input of `n` rows or columns.
+#[inline(always)]
+fn all_taps_inside(o: usize, stride: usize, k: usize, n: usize) -> bool {
+    let pad = k / 2;
+    o * stride >= pad && o * stride + k - pad <= n
+}
+
 /// Most output channels whose constants are decoded together (on the stack).
 const CHANNELS: usize = 32;
 /// Most values in one receptive field, `k·k·C_in`, padded to a multiple of 4: two pixels' int16
@@ -239,8 +260,8 @@ const CHANNELS: usize = 32;
 /// of stack, one at a time.
 pub(crate) const MAX_DEPTH: usize = 1152;
 
-/// The receptive fields of two output pixels as int16 (input − zero point, 0 in the padding),
-/// interleaved for [`gemm`]: for each group of four values `g`, pixel `i`'s words at
+/// The inputs of two output pixels of a 1×1 convolution as int16 (input − zero point),
+/// interleaved for [`gemm2`]: for each group of four values `g`, pixel `i`'s words at
 /// `4g + 2i` = (v₀, v₂) and `4g + 2i + 1` = (v₁, v₃), the order in which `SXTB16` and
 /// `SXTB16 ROR #8` split a word of four int8 weights.
 struct Fields {
@@ -248,59 +269,20 @@ struct Fields {
 }
 
 impl Fields {
-    /// Writes output pixel `(oy, ox)`'s receptive field as pixel `slot` (0 or 1).
+    /// Writes output pixel `(oy, ox)`'s input as pixel `slot` (0 or 1), for a 1×1 convolution
+    /// with `C_in` a multiple of four (the only case [`dense`] sends here): one word of input
+    /// becomes the two int16 words of its group.
     #[inline(always)]
     fn gather(&mut self, p: &ConvParams<'_>, input: &[i8], slot: usize, oy: usize, ox: usize) {
-        let (iw, ic, k) = (p.input.width, p.input.channels, p.kernel);
-        let (s, pad) = (p.stride, p.kernel / 2);
-        let depth = k * k * ic;
+        let (ic, s) = (p.input.channels, p.stride);
         let zp = p.input_zero_point;
-        let (ky0, ky1, y0) = taps(oy, s, pad, k, p.input.height);
-        let (kx0, kx1, x0) = taps(ox, s, pad, k, iw);
-        let at = |kidx: usize| -> usize {
-            let g = kidx / 4;
-            let r = kidx % 4;
-            2 * (4 * g + 2 * slot + (r & 1)) + (r >> 1)
-        };
-        if ic % 4 == 0 && (ky0, ky1, kx0, kx1) == (0, k, 0, k) {
-            // every tap valid, every run of C_in bytes a whole number of words: one word of
-            // input becomes the two int16 words of its group
-            let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
-            let row = k * ic;
-            let xw = p.input.width * ic;
-            let words = self.words_mut();
-            for ky in 0..k {
-                let src = &input[(y0 + ky) * xw + x0 * ic..(y0 + ky) * xw + x0 * ic + row];
-                let g0 = ky * row / 4;
-                for (j, c) in src.chunks_exact(4).enumerate() {
-                    let w = u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
-                    let at = 4 * (g0 + j) + 2 * slot;
-                    words[at] = ssub16(sxtb16(w), zp2);
-                    words[at + 1] = ssub16(sxtb16_ror8(w), zp2);
-                }
-            }
-            return;
-        }
-        let padded = depth.div_ceil(4) * 4;
-        let halves = self.halves();
-        for kidx in 0..padded {
-            halves[at(kidx)] = 0;
-        }
-        for (ky, y) in (ky0..ky1).zip(y0..) {
-            for (kx, x) in (kx0..kx1).zip(x0..) {
-                let src = &input[(y * iw + x) * ic..(y * iw + x + 1) * ic];
-                let k0 = (ky * k + kx) * ic;
-                for (ci, &v) in src.iter().enumerate() {
-                    halves[at(k0 + ci)] = (v as i32 - zp) as i16;
-                }
-            }
-        }
-    }
-
-    fn halves(&mut self) -> &mut [i16] {
-        // SAFETY: u64 storage viewed as i16 (alignment 8 ≥ 2, every bit pattern valid).
-        unsafe {
-            core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<i16>(), 4 * MAX_DEPTH)
+        let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+        let at = (oy * s * p.input.width + ox * s) * ic;
+        let words = self.words_mut();
+        for (g, c) in input[at..at + ic].chunks_exact(4).enumerate() {
+            let w = word(c);
+            words[4 * g + 2 * slot] = ssub16(sxtb16(w), zp2);
+            words[4 * g + 2 * slot + 1] = ssub16(sxtb16_ror8(w), zp2);
         }
     }
 
@@ -605,7 +587,7 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let groups = depth.div_ceil(4);
     let zp = p.input_zero_point;
     let direct = ic % 4 == 0;
-    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    let inner = |o: usize, n: usize| all_taps_inside(o, s, k, n);
     let mut quad = Quad {
         words: [0; 2 * MAX_DEPTH],
     };
@@ -621,27 +603,27 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
             core::array::from_fn(|j| Chan::new(&p.stage, p.bias, b0 + j.min(nb - 1)));
         for (j, ch) in chans.iter_mut().enumerate().take(nb) {
             let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
-            let folded = zp
-                .wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
-                .wrapping_neg();
-            ch.bias = ch.bias.wrapping_add(folded);
-            if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut ch.general {
-                *bias = bias.wrapping_add(folded);
-            }
+            ch.fold(
+                zp.wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
+                    .wrapping_neg(),
+            );
         }
         for j in 0..nb.div_ceil(4) * 4 {
             let (q, lane) = (j / 4, j % 4);
             let words = &mut quad.words[q * quad_words..(q + 1) * quad_words];
+            let w: &[i8] = if j < nb {
+                &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth]
+            } else {
+                &[]
+            };
             for g in 0..groups {
-                let word = if j < nb {
-                    let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
-                    let v = |i: usize| w.get(4 * g + i).copied().unwrap_or(0) as u8;
-                    u32::from_le_bytes([v(0), v(1), v(2), v(3)])
-                } else {
-                    0
-                };
-                words[8 * g + 2 * lane] = sxtb16(word);
-                words[8 * g + 2 * lane + 1] = sxtb16_ror8(word);
+                // the last group padded with zero weights
+                let mut v = [0i8; 4];
+                let tail = w.get(4 * g..).unwrap_or(&[]);
+                let n = tail.len().min(4);
+                v[..n].copy_from_slice(&tail[..n]);
+                words[8 * g + 2 * lane] = sxtb16(word(&v));
+                words[8 * g + 2 * lane + 1] = sxtb16_ror8(word(&v));
             }
         }
         let fast = chans[..nb].iter().all(|c| c.general.is_none());
@@ -710,12 +692,8 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let weights = &p.weights[..k * k * ic];
     let sum: i32 = weights.iter().map(|&w| w as i32).sum();
     let mut inside = chan;
-    let folded = zp.wrapping_mul(sum).wrapping_neg();
-    inside.bias = inside.bias.wrapping_add(folded);
-    if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut inside.general {
-        *bias = bias.wrapping_add(folded);
-    }
-    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    inside.fold(zp.wrapping_mul(sum).wrapping_neg());
+    let inner = |o: usize, n: usize| all_taps_inside(o, s, k, n);
     let (row, words) = (iw * ic, k * ic / 4);
     let (xp, wp) = (input.as_ptr(), weights.as_ptr());
     // the weights sign-extended once, (w₀, w₂) and (w₁, w₃) per word, where they fit
@@ -723,8 +701,7 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let mut wide = [0u32; MAX_DEPTH / 2];
     if widened {
         for (g, w) in weights.chunks_exact(4).enumerate() {
-            let ww = u32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
-            (wide[2 * g], wide[2 * g + 1]) = (sxtb16(ww), sxtb16_ror8(ww));
+            (wide[2 * g], wide[2 * g + 1]) = (sxtb16(word(w)), sxtb16_ror8(word(w)));
         }
     }
     for oy in 0..oh {
@@ -888,7 +865,7 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
     let xp = input.as_ptr();
     // the output rows and columns whose taps all lie inside the input
-    let inner = |o: usize, n: usize| o * s >= pad && o * s + k - pad <= n;
+    let inner = |o: usize, n: usize| all_taps_inside(o, s, k, n);
     let groups = c / 4;
     // the byte offset of each tap from a pixel's first tap, for every inner pixel and group
     let mut offsets = [0u32; 49];
@@ -898,16 +875,12 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     for g in 0..groups {
         let c0 = 4 * g;
         let chans: [Chan; 4] = core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j));
-        // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) per tap
-        let mut we = [0u32; 49];
-        let mut wo = [0u32; 49];
+        // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) at 2t, 2t + 1
         let mut pairs = [0u32; 98];
         let mut folded = [0i32; 4];
         for t in 0..k * k {
             let w = &p.weights[t * c + c0..t * c + c0 + 4];
-            let ww = u32::from_le_bytes([w[0] as u8, w[1] as u8, w[2] as u8, w[3] as u8]);
-            (we[t], wo[t]) = (sxtb16(ww), sxtb16_ror8(ww));
-            (pairs[2 * t], pairs[2 * t + 1]) = (we[t], wo[t]);
+            (pairs[2 * t], pairs[2 * t + 1]) = (sxtb16(word(w)), sxtb16_ror8(word(w)));
             for (f, &v) in folded.iter_mut().zip(w) {
                 *f -= zp * v as i32;
             }
@@ -915,10 +888,7 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         let fast = chans.iter().all(|c| c.general.is_none());
         let mut inside = chans;
         for (ch, f) in inside.iter_mut().zip(folded) {
-            ch.bias = ch.bias.wrapping_add(f);
-            if let Some(Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut ch.general {
-                *bias = bias.wrapping_add(f);
-            }
+            ch.fold(f);
         }
         for oy in 0..oh {
             let (ky0, ky1, y0) = taps(oy, s, pad, k, ih);
@@ -954,10 +924,11 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
                             (xp.add((y * iw + x) * c + c0) as *const u32).read_unaligned()
                         };
                         let (xe, xo) = (ssub16(sxtb16(xw), zp2), ssub16(sxtb16_ror8(xw), zp2));
-                        acc[0] = smlabb(xe, we[t], acc[0]);
-                        acc[2] = smlatt(xe, we[t], acc[2]);
-                        acc[1] = smlabb(xo, wo[t], acc[1]);
-                        acc[3] = smlatt(xo, wo[t], acc[3]);
+                        let (we, wo) = (pairs[2 * t], pairs[2 * t + 1]);
+                        acc[0] = smlabb(xe, we, acc[0]);
+                        acc[2] = smlatt(xe, we, acc[2]);
+                        acc[1] = smlabb(xo, wo, acc[1]);
+                        acc[3] = smlatt(xo, wo, acc[3]);
                     }
                 }
                 for (j, ch) in chans.iter().enumerate() {
