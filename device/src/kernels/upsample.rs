@@ -111,7 +111,7 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
     }
     let shift = den2.trailing_zeros();
     #[cfg(target_arch = "arm")]
-    if bilinear_swar(input, shape, factor, out) {
+    if bilinear_separable(input, shape, factor, out) {
         return;
     }
     let px = |y: usize, x: usize| &input[(y * w + x) * c..(y * w + x) * c + c];
@@ -138,85 +138,134 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
     }
 }
 
-/// [`bilinear_optimized`] four channels per 32-bit word, for cores without a vector unit
-/// (Cortex-M): each input word is made unsigned (`x + 128`, the sign bit flipped) and split into
-/// two words of two 16-bit lanes (channels 0, 2 and 1, 3), so that one 32-bit multiply-add forms
-/// two channels' weighted sums at once: a lane holds at most `(2f)² · 255 < 2¹⁶`, no carry
-/// crosses lanes. With `v = lane − 128·(2f)²` the reference's rounding half away from zero is
-/// `⌊(v + half − [v ≤ 0]) / (2f)²⌋`, and that plus 128 is the lane's byte with the sign bit
-/// flipped back. Returns `false`, having written nothing, unless `C` is a multiple of four and
-/// `f` a power of two up to 8 with the buffers the sizes the shape says.
-pub fn bilinear_swar(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) -> bool {
+/// Calls `emit(ox, left, right, fx)` for every output column `ox` of a bilinear ×`F` (`F` a
+/// power of two ≥ 2) upsampling of `w` columns, in order, with the column values `vert(x)` of
+/// its two source columns and the weight `fx` of the right one (out of `2F`). With half-pixel
+/// centres the columns fall in a fixed pattern: the first and last `F / 2` outputs copy the edge
+/// column (`fx` = 0), and between columns `x` and `x + 1` lie `F` outputs with `fx` = 1, 3, …,
+/// 2F − 1: each source column is formed once. `F` is a constant so that the `F` outputs unroll
+/// with constant weights.
+#[inline(always)]
+fn for_columns<const F: usize, V: Copy>(
+    w: usize,
+    mut vert: impl FnMut(usize) -> V,
+    mut emit: impl FnMut(usize, V, V, u32),
+) {
+    let mut prev = vert(0);
+    let mut ox = 0;
+    for _ in 0..F / 2 {
+        emit(ox, prev, prev, 0);
+        ox += 1;
+    }
+    for x in 1..w {
+        let next = vert(x);
+        for r in 0..F {
+            emit(ox, prev, next, 2 * r as u32 + 1);
+            ox += 1;
+        }
+        prev = next;
+    }
+    for _ in 0..F / 2 {
+        emit(ox, prev, prev, 0);
+        ox += 1;
+    }
+}
+
+/// [`bilinear_optimized`] separably, for cores without a vector unit (Cortex-M): per output row,
+/// each source column's vertical sum `gy·a + fy·c` is formed once and shared by the `factor`
+/// output columns around it ([`for_columns`]), which add `gx·left + fx·right`: the same exact
+/// integer sum as the reference, so the same rounding. Four channels go in one 32-bit word where
+/// `factor` ≤ 4: the input made unsigned (`x + 128`, the sign bit flipped) and split into two
+/// words of two 16-bit lanes (channels 0, 2 and 1, 3); a lane holds at most `(2f)² · 255 < 2¹⁵`,
+/// so no carry crosses lanes and the test `lane ≤ 128·(2f)²` is the sign bit of
+/// `2¹⁵ + 128·(2f)² − lane`. With `v = lane − 128·(2f)²` the reference's rounding half away from
+/// zero is `⌊(v + half − [v ≤ 0]) / (2f)²⌋`, and that plus 128 is the lane's byte with the sign
+/// bit flipped back. The other channels (all of them for `factor` ≥ 8) go one at a time in
+/// 32-bit arithmetic. Returns `false`, having written nothing, unless `factor` is a power of two
+/// from 2 to 16 (the IR's factors) and the buffers are the sizes the shape says.
+pub fn bilinear_separable(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) -> bool {
     let (h, w, c) = (shape.height, shape.width, shape.channels);
-    if c % 4 != 0
-        || c == 0
+    if c == 0
         || h == 0
         || w == 0
-        || !factor.is_power_of_two()
-        || factor > 8
         || input.len() < h * w * c
         || out.len() < h * factor * w * factor * c
     {
         return false;
     }
+    match factor {
+        2 => separable::<2>(input, shape, out),
+        4 => separable::<4>(input, shape, out),
+        8 => separable::<8>(input, shape, out),
+        16 => separable::<16>(input, shape, out),
+        _ => return false,
+    }
+    true
+}
+
+/// [`bilinear_separable`] for factor `F`, the shapes checked.
+fn separable<const F: usize>(input: &[i8], shape: Shape, out: &mut [i8]) {
+    let (h, w, c, factor) = (shape.height, shape.width, shape.channels, F);
     const LOW: u32 = 0x00ff_00ff;
     const FLIP: u32 = 0x8080_8080;
     let den = 2 * factor as u32;
     let shift = (den * den).trailing_zeros();
     let half = 1u32 << (shift - 1);
-    let zero = 128u32 << shift;
-    let byte = |lane: u32| (((lane + half - (lane <= zero) as u32) >> shift) & 0xff) ^ 0x80;
+    let (half2, zero_test) = (half * 0x0001_0001, (0x8000 + (128 << shift)) * 0x0001_0001);
     let log_den = den.trailing_zeros();
-    // `taps` with the division by the power of two 2f as shifts
-    let taps2 = |o: usize, n: usize| -> (usize, usize, u32) {
-        let num = 2 * o + 1;
-        if num < factor {
-            return (0, 0, 0);
-        }
-        let num = num - factor;
-        let i0 = num >> log_den;
-        (
-            i0.min(n - 1),
-            (i0 + 1).min(n - 1),
-            (num & (den as usize - 1)) as u32,
-        )
-    };
-    let (words, ow) = (c / 4, w * factor);
+    let words = if factor <= 4 { c / 4 } else { 0 };
+    let ow = w * factor;
     let (src, dst) = (input.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
     for oy in 0..h * factor {
-        let (y0, y1, fy) = taps2(oy, h);
-        let gy = den - fy;
-        let (r0, r1) = (y0 * w * c, y1 * w * c);
-        for ox in 0..ow {
-            let (x0, x1, fx) = taps2(ox, w);
-            let gx = den - fx;
-            let (w00, w01, w10, w11) = (gy * gx, gy * fx, fy * gx, fy * fx);
-            // SAFETY: y0, y1 < h and x0, x1 < w, so the four source pixels lie in `input`, the
-            // destination pixel in `out` (both sizes checked above); unaligned word access.
-            unsafe {
-                let (a, b) = (src.add(r0 + x0 * c), src.add(r0 + x1 * c));
-                let (cc, d) = (src.add(r1 + x0 * c), src.add(r1 + x1 * c));
-                let o = dst.add((oy * ow + ox) * c);
-                let load =
-                    |p: *const u8, j: usize| (p.add(4 * j) as *const u32).read_unaligned() ^ FLIP;
-                for j in 0..words {
-                    let (a, b, cc, d) = (load(a, j), load(b, j), load(cc, j), load(d, j));
-                    let even =
-                        w00 * (a & LOW) + w01 * (b & LOW) + w10 * (cc & LOW) + w11 * (d & LOW);
-                    let odd = w00 * ((a >> 8) & LOW)
-                        + w01 * ((b >> 8) & LOW)
-                        + w10 * ((cc >> 8) & LOW)
-                        + w11 * ((d >> 8) & LOW);
-                    let v = byte(even & 0xffff)
-                        | byte(odd & 0xffff) << 8
-                        | byte(even >> 16) << 16
-                        | byte(odd >> 16) << 24;
-                    (o.add(4 * j) as *mut u32).write_unaligned(v.to_le());
-                }
+        // the source rows and the weight of the second, as `taps` with shifts
+        let (y0, y1, fy) = match (2 * oy + 1).checked_sub(factor) {
+            None => (0, 0, 0),
+            Some(num) => {
+                let i0 = num >> log_den;
+                (
+                    i0.min(h - 1),
+                    (i0 + 1).min(h - 1),
+                    (num & (den as usize - 1)) as u32,
+                )
             }
+        };
+        let gy = den - fy;
+        let (r0, r1, o) = (y0 * w * c, y1 * w * c, oy * ow * c);
+        for j in 0..words {
+            // SAFETY: x < w and y0, y1 < h, so both source words lie in `input`; ox < ow and
+            // 4j + 4 ≤ c, so the output word lies in `out` (sizes checked above); unaligned.
+            let load = |at: usize| unsafe { (src.add(at) as *const u32).read_unaligned() ^ FLIP };
+            let vert = |x: usize| {
+                let (a, b) = (load(r0 + x * c + 4 * j), load(r1 + x * c + 4 * j));
+                (
+                    gy * (a & LOW) + fy * (b & LOW),
+                    gy * ((a >> 8) & LOW) + fy * ((b >> 8) & LOW),
+                )
+            };
+            let lanes = |sum: u32| {
+                let flag = ((zero_test - sum) >> 15) & 0x0001_0001;
+                ((sum + half2 - flag) >> shift) & LOW
+            };
+            for_columns::<F, _>(w, vert, |ox, (le, lo), (re, ro), fx| {
+                let gx = den - fx;
+                let v = (lanes(gx * le + fx * re) | lanes(gx * lo + fx * ro) << 8) ^ FLIP;
+                // SAFETY: as above.
+                unsafe { (dst.add(o + ox * c + 4 * j) as *mut u32).write_unaligned(v.to_le()) };
+            });
+        }
+        let (den, shift, half) = (den as i32, shift, half as i32);
+        let (gy, fy) = (gy as i32, fy as i32);
+        for ch in 4 * words..c {
+            let vert =
+                |x: usize| gy * input[r0 + x * c + ch] as i32 + fy * input[r1 + x * c + ch] as i32;
+            for_columns::<F, _>(w, vert, |ox, left, right, fx| {
+                let sum = (den - fx as i32) * left + fx as i32 * right;
+                // half away from zero, as `round_shift`; a bilinear mix of int8 stays int8
+                let v = (sum + half - (sum <= 0) as i32) >> shift;
+                out[o + ox * c + ch] = v as i8;
+            });
         }
     }
-    true
 }
 
 #[cfg(test)]
@@ -248,16 +297,16 @@ mod tests {
     upsample_family_matches_reference! {
         nearest_optimized_matches_reference: nearest_reference, nearest_optimized,
         bilinear_optimized_matches_reference: bilinear_reference, bilinear_optimized,
-        bilinear_swar_matches_reference: bilinear_reference, bilinear_swar_only,
+        bilinear_separable_matches_reference: bilinear_reference, bilinear_separable_only,
     }
 
-    /// [`bilinear_swar`] alone where it applies (C a multiple of four, f ≤ 8), else the reference.
-    fn bilinear_swar_only(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
-        if !shape.channels.is_multiple_of(4) || factor > 8 {
+    /// [`bilinear_separable`] alone where it applies (f ≥ 2), else the reference.
+    fn bilinear_separable_only(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
+        if factor < 2 {
             return bilinear_reference(input, shape, factor, out);
         }
         assert!(
-            bilinear_swar(input, shape, factor, out),
+            bilinear_separable(input, shape, factor, out),
             "declined {shape:?} x{factor}"
         );
     }
