@@ -38,15 +38,13 @@ pub fn nearest_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [i
     }
 }
 
-/// `sum / 2^shift` rounded half away from zero: [`round_div`] by a power of two with shifts.
+/// `sum / 2^shift` rounded half away from zero: [`round_div`] by a power of two with shifts, for
+/// `shift` ≥ 1 (the divisors here are `(2f)²` ≥ 4).
 #[inline(always)]
 fn round_shift(sum: i32, shift: u32) -> i32 {
+    // for sum ≤ 0, −⌊(half − sum) / 2ˢ⌋ = ⌊(sum + half − 1) / 2ˢ⌋ (2ˢ = 2·half): no branch
     let half = (1i32 << shift) >> 1;
-    if sum > 0 {
-        (sum + half) >> shift
-    } else {
-        -((half - sum) >> shift)
-    }
+    (sum + half - (sum <= 0) as i32) >> shift
 }
 
 /// `sum / den2` rounded half away from zero (division truncating toward zero, as in C++).
@@ -253,16 +251,15 @@ fn separable<const F: usize>(input: &[i8], shape: Shape, out: &mut [i8]) {
                 unsafe { (dst.add(o + ox * c + 4 * j) as *mut u32).write_unaligned(v.to_le()) };
             });
         }
-        let (den, shift, half) = (den as i32, shift, half as i32);
+        let (den, shift) = (den as i32, shift);
         let (gy, fy) = (gy as i32, fy as i32);
         for ch in 4 * words..c {
             let vert =
                 |x: usize| gy * input[r0 + x * c + ch] as i32 + fy * input[r1 + x * c + ch] as i32;
             for_columns::<F, _>(w, vert, |ox, left, right, fx| {
                 let sum = (den - fx as i32) * left + fx as i32 * right;
-                // half away from zero, as `round_shift`; a bilinear mix of int8 stays int8
-                let v = (sum + half - (sum <= 0) as i32) >> shift;
-                out[o + ox * c + ch] = v as i8;
+                // a bilinear mix of int8 stays int8
+                out[o + ox * c + ch] = round_shift(sum, shift) as i8;
             });
         }
     }
