@@ -1069,7 +1069,13 @@ mod tests {
                     let stage = if f32_out {
                         OutputStage::F32 { input_scale: 0.02, weight_scales: &scales }
                     } else {
-                        OutputStage::Int8 { requant: &requant, zero_point: (rng.next() % 256) as i32 - 128, act_min: -128, act_max: 127, lut: None }
+                        {
+                        // a fused activation's clamp every third case
+                        let clamp = case % 3 == 1;
+                        let act_min = if clamp { -128 + (rng.next() % 128) as i32 } else { -128 };
+                        let act_max = if clamp { act_min + (rng.next() % 128) as i32 } else { 127 };
+                        OutputStage::Int8 { requant: &requant, zero_point: (rng.next() % 256) as i32 - 128, act_min, act_max, lut: None }
+                    }
                     };
                     let p = ConvParams {
                         input: super::super::Shape { height: h, width: w, channels: ic },

@@ -852,7 +852,8 @@ impl Block<'_, '_> {
 /// are decoded once and its four accumulators stay in registers; a tap is one word of input and
 /// one of weights (`SMLABB`/`SMLATT`, one product each). Inside the map, where every tap is
 /// valid, the zero point is folded into the bias (−z·Σw), so the input is only sign-extended;
-/// at the borders it is subtracted per tap. Channels past a multiple of four run one at a time.
+/// at the borders it is subtracted per tap. 3×3 kernels of stride 1 or 2 go through
+/// [`depthwise3`] instead, for each group whose constants [`Fused`] takes. Channels past a multiple of four run one at a time.
 /// Returns `false` (nothing written) where the buffers are not the sizes the shapes say.
 pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
@@ -872,8 +873,24 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     for (t, o) in offsets.iter_mut().enumerate().take(k * k) {
         *o = (((t / k) * iw + t % k) * c) as u32;
     }
+    let fits = k == 3 && s <= 2 && ow > 0 && (ow - 1) * s + 3 <= RING_COLUMNS;
+    // (zeroed only where used: 6 KiB)
+    let mut ring = if fits && groups > 0 {
+        Some(Ring {
+            words: [[0; 6]; RING_COLUMNS],
+            rows: [i32::MIN; 3],
+        })
+    } else {
+        None
+    };
     for g in 0..groups {
         let c0 = 4 * g;
+        if let Some(ring) = &mut ring {
+            if let Some(f) = Fused::new(p, g) {
+                depthwise3(p, input, out, ring, &f, c0);
+                continue;
+            }
+        }
         let chans: [Chan; 4] = core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j));
         // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) at 2t, 2t + 1
         let mut pairs = [0u32; 98];
@@ -955,6 +972,395 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         }
     }
     true
+}
+
+/// Most padded input columns (`(W_out − 1)·stride + 3`, at most the input width + 2) of
+/// [`depthwise3`]'s ring: 6 KiB of stack.
+const RING_COLUMNS: usize = 258;
+
+/// The three input rows of one group of four channels that a row of a 3×3 depthwise
+/// convolution reads, widened once: for each padded column `xx` (input column `xx − 1`), three
+/// slots of two words, input row `y` in slot `y mod 3`, its four channels minus the zero point
+/// as int16 pairs (c₀, c₂), (c₁, c₃) (the order of `SXTB16`, `SXTB16 ROR #8`), zeros where the
+/// tap lies in the padding. A tap of an output pixel is then one `LDRD` at an offset fixed by
+/// the tap and the slot rotation, and no pixel is a border pixel.
+#[repr(C, align(8))]
+struct Ring {
+    words: [[u32; 6]; RING_COLUMNS],
+    /// The input row each slot holds (`i32::MIN`: none yet).
+    rows: [i32; 3],
+}
+
+impl Ring {
+    /// Makes slot `y mod 3` hold input row `y` (zeros outside the input) of channels
+    /// `c0..c0 + 4`, for the first `columns` padded columns; nothing if it already does.
+    #[inline(always)]
+    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], c0: usize, y: i32, columns: usize) {
+        let slot = y.rem_euclid(3) as usize;
+        if self.rows[slot] == y {
+            return;
+        }
+        self.rows[slot] = y;
+        let (ih, iw, c) = (p.input.height, p.input.width, p.input.channels);
+        // padded columns 1..=xs hold input columns 0..xs; column 0 and any past the input stay
+        // zero from the ring's creation
+        let xs = (columns - 1).min(iw);
+        let cols = &mut self.words[1..=xs];
+        if y < 0 || y as usize >= ih {
+            for col in cols {
+                col[2 * slot] = 0;
+                col[2 * slot + 1] = 0;
+            }
+            return;
+        }
+        let zp = p.input_zero_point;
+        let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+        let row = &input[y as usize * iw * c..][..iw * c];
+        for (col, px) in cols.iter_mut().zip(row.chunks_exact(c)) {
+            let w = word(&px[c0..c0 + 4]);
+            col[2 * slot] = ssub16(sxtb16(w), zp2);
+            col[2 * slot + 1] = ssub16(sxtb16_ror8(w), zp2);
+        }
+    }
+}
+
+/// Largest |bias| for which [`Fused`] applies: with |acc| ≤ 9·255·128 (input minus zero point
+/// within ±255, weights within ±128), `2·(acc + bias)` still fits in an `i32`.
+const FUSED_BIAS: i32 = (1 << 30) - 1 - 9 * 255 * 128;
+
+/// One group of four channels of a 3×3 depthwise convolution, laid out for [`ring_row`]'s
+/// assembly: the weights as [`Ring`] holds its inputs (tap `t` at words `2t`, `2t + 1`), then
+/// per channel `2·bias`, the multiplier `m`, `2ᵉ⁻¹ + z_out·2ᵉ` and the right shift `e`, then the
+/// activation's minimum and maximum in each byte and the output's pixel stride in bytes.
+///
+/// For `x = acc + bias` and `m ≥ 0` the channel's int8 output is
+/// `(⌊(x·m + 2³⁰)/2³¹⌋ + 2ᵉ⁻¹ − [x < 0]) >> e` plus the zero point, clamped (TFLite's doubling
+/// high multiply and gemmlowp's rounding division; [`Chan::new`] has the derivation, and
+/// `[x < 0]` may stand for `[h < 0]` there since both give 0 where they differ). With
+/// `|x| < 2³⁰` the first term is `SMMULR(2x, m)`, so one `SMMLAR` gives it plus the rounding
+/// constant, and with `e ≤ 22` the zero point folds into that constant (`z·2ᵉ` passes through
+/// the shift exactly; `|h| < 2³⁰` leaves no overflow). The clamp to int8 is an `SSAT`, the
+/// activation's a byte-wise `SSUB8`/`SEL` on the four outputs at once.
+#[repr(C, align(8))]
+struct Fused {
+    pairs: [u32; 18],
+    chan: [[i32; 4]; 4],
+    mins: u32,
+    maxs: u32,
+    stride: u32,
+}
+
+impl Fused {
+    /// Group `g`'s constants, or `None` where a channel is outside the fused path (an f32 or
+    /// LUT output, a negative multiplier, `e` outside 1..=22, |bias| > [`FUSED_BIAS`]).
+    fn new(p: &ConvParams<'_>, g: usize) -> Option<Self> {
+        let OutputStage::Int8 {
+            requant,
+            zero_point,
+            act_min,
+            act_max,
+            lut: None,
+        } = p.stage
+        else {
+            return None;
+        };
+        let (c, c0) = (p.input.channels, 4 * g);
+        let byte = |v: i32| (v.clamp(-128, 127) as u8 as u32) * 0x0101_0101;
+        let mut f = Fused {
+            pairs: [0; 18],
+            chan: [[0; 4]; 4],
+            mins: byte(act_min),
+            maxs: byte(act_max),
+            stride: c as u32,
+        };
+        for (j, ch) in f.chan.iter_mut().enumerate() {
+            let r = read_requant(requant, c0 + j)?;
+            let bias = read_i32(p.bias, c0 + j).unwrap_or(0);
+            let e = r.shift.checked_neg()?;
+            if r.multiplier < 0 || !(1..=22).contains(&e) || bias.unsigned_abs() > FUSED_BIAS as u32
+            {
+                return None;
+            }
+            *ch = [
+                2 * bias,
+                r.multiplier,
+                (1 << (e - 1)) + zero_point * (1 << e),
+                e,
+            ];
+        }
+        for t in 0..9 {
+            let w = word(&p.weights[t * c + c0..t * c + c0 + 4]);
+            (f.pairs[2 * t], f.pairs[2 * t + 1]) = (sxtb16(w), sxtb16_ror8(w));
+        }
+        Some(f)
+    }
+
+    /// The four outputs of accumulators `acc` as one little-endian word: what the assembly
+    /// of [`ring_row`] computes, in portable Rust.
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    fn requantize(&self, acc: [i32; 4]) -> u32 {
+        let mut w = [0u8; 4];
+        for ((o, a), &[bias2, m, round, e]) in w.iter_mut().zip(acc).zip(&self.chan) {
+            // ADD x, bias2, acc, LSL #1; SMMLAR; SUB …, x, LSR #31; ASR; SSAT #8
+            let x = bias2.wrapping_add(a.wrapping_shl(1));
+            let h = ((((round as i64) << 32) + x as i64 * m as i64 + (1 << 31)) >> 32) as i32;
+            *o = ((h - (x < 0) as i32) >> e).clamp(-128, 127) as i8 as u8;
+        }
+        // SSUB8/SEL with the minimums, then with the maximums
+        let (lo, hi) = (self.mins.to_le_bytes(), self.maxs.to_le_bytes());
+        for ((o, &l), &h) in w.iter_mut().zip(&lo).zip(&hi) {
+            *o = (*o as i8).max(l as i8).min(h as i8) as u8;
+        }
+        u32::from_le_bytes(w)
+    }
+}
+
+/// One output row of one group of [`depthwise`] through a [`Ring`]: for `n` pixels, the first
+/// padded column of pixel `i` at `col + 6·stride·i` words, its four outputs as one word at
+/// `out + i·f.stride`; `base` is the slot of tap row 0 (tap row `ky` is in slot
+/// `(base + ky) mod 3`).
+///
+/// # Safety
+/// `col` has `6·((n − 1)·stride + 3)` readable words, 8-aligned; `out + i·f.stride` 4 writable
+/// bytes for every `i < n`; `n ≥ 1`, `base < 3`, `stride` 1 or 2.
+#[inline(always)]
+unsafe fn ring_row(col: *const u32, f: &Fused, out: *mut u8, n: usize, base: usize, stride: usize) {
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    {
+        // SAFETY: by the contract.
+        unsafe {
+            match (base, stride) {
+                (0, 1) => ring_row_0_1(col, f, out, n),
+                (1, 1) => ring_row_1_1(col, f, out, n),
+                (2, 1) => ring_row_2_1(col, f, out, n),
+                (0, _) => ring_row_0_2(col, f, out, n),
+                (1, _) => ring_row_1_2(col, f, out, n),
+                _ => ring_row_2_2(col, f, out, n),
+            }
+        }
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    for i in 0..n {
+        // SAFETY: by the contract.
+        let c = unsafe { col.add(6 * stride * i) };
+        let mut a = [0i32; 4];
+        for ky in 0..3 {
+            let slot = (base + ky) % 3;
+            for kx in 0..3 {
+                let t = 3 * ky + kx;
+                // SAFETY: by the contract: column kx of the pixel.
+                let (xe, xo) =
+                    unsafe { (*c.add(6 * kx + 2 * slot), *c.add(6 * kx + 2 * slot + 1)) };
+                let (we, wo) = (f.pairs[2 * t], f.pairs[2 * t + 1]);
+                a[0] = smlabb(xe, we, a[0]);
+                a[2] = smlatt(xe, we, a[2]);
+                a[1] = smlabb(xo, wo, a[1]);
+                a[3] = smlatt(xo, wo, a[3]);
+            }
+        }
+        // SAFETY: by the contract.
+        unsafe {
+            (out.add(i * f.stride as usize) as *mut u32).write_unaligned(f.requantize(a).to_le())
+        };
+    }
+}
+
+/// [`ring_row`] for one slot rotation `$b` and stride `$s` in assembly: the nine taps unrolled,
+/// each an `LDRD` of the input pair and one of the weight pair at immediate offsets and four
+/// multiply-accumulates (the first tap multiplies), then the four channels requantized as
+/// [`Fused`] says with the constants loaded by `LDRD` from the same table: 97 instructions per
+/// pixel and group, 36 MACs.
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+macro_rules! ring_row_asm {
+    ($($name:ident: $b:literal, $s:literal;)*) => {$(
+        /// See [`ring_row_asm`].
+        ///
+        /// # Safety
+        /// As [`ring_row`].
+        #[inline(always)]
+        unsafe fn $name(col: *const u32, f: &Fused, out: *mut u8, n: usize) {
+            // SAFETY: reads and writes as the contract allows (the ring and the table 8-aligned
+            // for `LDRD`, the output word unaligned, which Cortex-M7 stores); registers only
+            // otherwise.
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    "ldrd {x0}, {x1}, [{col}, #{o0}]",
+                    "ldrd {w0}, {w1}, [{f}, #0]",
+                    "smulbb {a0}, {x0}, {w0}",
+                    "smultt {a2}, {x0}, {w0}",
+                    "smulbb {a1}, {x1}, {w1}",
+                    "smultt {a3}, {x1}, {w1}",
+                    "ldrd {x0}, {x1}, [{col}, #{o1}]",
+                    "ldrd {w0}, {w1}, [{f}, #8]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o2}]",
+                    "ldrd {w0}, {w1}, [{f}, #16]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o3}]",
+                    "ldrd {w0}, {w1}, [{f}, #24]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o4}]",
+                    "ldrd {w0}, {w1}, [{f}, #32]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o5}]",
+                    "ldrd {w0}, {w1}, [{f}, #40]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o6}]",
+                    "ldrd {w0}, {w1}, [{f}, #48]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o7}]",
+                    "ldrd {w0}, {w1}, [{f}, #56]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    "ldrd {x0}, {x1}, [{col}, #{o8}]",
+                    "ldrd {w0}, {w1}, [{f}, #64]",
+                    "smlabb {a0}, {x0}, {w0}, {a0}",
+                    "smlatt {a2}, {x0}, {w0}, {a2}",
+                    "smlabb {a1}, {x1}, {w1}, {a1}",
+                    "smlatt {a3}, {x1}, {w1}, {a3}",
+                    // channel 0: x = 2·(acc + bias); SMMLAR = rounding constant + SMMULR(x, m);
+                    // minus [x < 0]; >> e; to int8; the byte of the output word
+                    "ldrd {x0}, {x1}, [{f}, #72]",
+                    "add {a0}, {x0}, {a0}, lsl #1",
+                    "ldrd {w0}, {w1}, [{f}, #80]",
+                    "smmlar {w0}, {a0}, {x1}, {w0}",
+                    "sub {w0}, {w0}, {a0}, lsr #31",
+                    "asr {w0}, {w0}, {w1}",
+                    "ssat {w0}, #8, {w0}",
+                    "uxtb {a0}, {w0}",
+                    "ldrd {x0}, {x1}, [{f}, #88]",
+                    "add {a1}, {x0}, {a1}, lsl #1",
+                    "ldrd {w0}, {w1}, [{f}, #96]",
+                    "smmlar {w0}, {a1}, {x1}, {w0}",
+                    "sub {w0}, {w0}, {a1}, lsr #31",
+                    "asr {w0}, {w0}, {w1}",
+                    "ssat {w0}, #8, {w0}",
+                    "bfi {a0}, {w0}, #8, #8",
+                    "ldrd {x0}, {x1}, [{f}, #104]",
+                    "add {a2}, {x0}, {a2}, lsl #1",
+                    "ldrd {w0}, {w1}, [{f}, #112]",
+                    "smmlar {w0}, {a2}, {x1}, {w0}",
+                    "sub {w0}, {w0}, {a2}, lsr #31",
+                    "asr {w0}, {w0}, {w1}",
+                    "ssat {w0}, #8, {w0}",
+                    "bfi {a0}, {w0}, #16, #8",
+                    "ldrd {x0}, {x1}, [{f}, #120]",
+                    "add {a3}, {x0}, {a3}, lsl #1",
+                    "ldrd {w0}, {w1}, [{f}, #128]",
+                    "smmlar {w0}, {a3}, {x1}, {w0}",
+                    "sub {w0}, {w0}, {a3}, lsr #31",
+                    "asr {w0}, {w0}, {w1}",
+                    "ssat {w0}, #8, {w0}",
+                    "bfi {a0}, {w0}, #24, #8",
+                    // the activation: byte-wise max with the minimums, min with the maximums
+                    "ldrd {x0}, {x1}, [{f}, #136]",
+                    "ssub8 {w0}, {a0}, {x0}",
+                    "sel {a0}, {a0}, {x0}",
+                    "ssub8 {w0}, {a0}, {x1}",
+                    "sel {a0}, {x1}, {a0}",
+                    "ldr {x0}, [{f}, #144]",
+                    "str {a0}, [{out}]",
+                    "add {out}, {out}, {x0}",
+                    "add {col}, {col}, #{step}",
+                    "subs {n}, {n}, #1",
+                    "bne 2b",
+                    // tap (ky, kx): padded column kx, slot (b + ky) mod 3, two words each
+                    o0 = const 4 * (2 * (($b + 0) % 3)),
+                    o1 = const 4 * (6 + 2 * (($b + 0) % 3)),
+                    o2 = const 4 * (12 + 2 * (($b + 0) % 3)),
+                    o3 = const 4 * (2 * (($b + 1) % 3)),
+                    o4 = const 4 * (6 + 2 * (($b + 1) % 3)),
+                    o5 = const 4 * (12 + 2 * (($b + 1) % 3)),
+                    o6 = const 4 * (2 * (($b + 2) % 3)),
+                    o7 = const 4 * (6 + 2 * (($b + 2) % 3)),
+                    o8 = const 4 * (12 + 2 * (($b + 2) % 3)),
+                    step = const 24 * $s,
+                    col = inout(reg) col => _,
+                    f = in(reg) f as *const Fused,
+                    out = inout(reg) out => _,
+                    n = inout(reg) n => _,
+                    x0 = out(reg) _,
+                    x1 = out(reg) _,
+                    w0 = out(reg) _,
+                    w1 = out(reg) _,
+                    a0 = out(reg) _,
+                    a1 = out(reg) _,
+                    a2 = out(reg) _,
+                    a3 = out(reg) _,
+                    options(nostack),
+                );
+            }
+        }
+    )*};
+}
+
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+ring_row_asm! {
+    ring_row_0_1: 0, 1;
+    ring_row_1_1: 1, 1;
+    ring_row_2_1: 2, 1;
+    ring_row_0_2: 0, 2;
+    ring_row_1_2: 1, 2;
+    ring_row_2_2: 2, 2;
+}
+
+/// Group `f` (channels `c0..c0 + 4`) of a 3×3 depthwise convolution of stride 1 or 2 through
+/// `ring`: per output row, the input rows the ring does not hold yet are widened (one for
+/// stride 1, two for stride 2) and [`ring_row`] writes the row's outputs. The caller
+/// ([`depthwise`]) has checked the shapes and buffers, `W_out ≥ 1` and that the padded columns
+/// fit the ring.
+fn depthwise3(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    ring: &mut Ring,
+    f: &Fused,
+    c0: usize,
+) {
+    let (c, s) = (p.input.channels, p.stride);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let columns = (ow - 1) * s + 3;
+    ring.rows = [i32::MIN; 3];
+    for oy in 0..oh {
+        let y0 = (oy * s) as i32 - 1;
+        for y in y0..y0 + 3 {
+            ring.load(p, input, c0, y, columns);
+        }
+        // SAFETY: the ring has `columns` ≤ RING_COLUMNS columns of 6 words for `ow` pixels;
+        // pixel i's word is at (oy·ow + i)·c + c0, and c0 + 4 ≤ c, inside `out` (checked ≥
+        // oh·ow·c by `depthwise`); `ow ≥ 1`; base < 3; s is 1 or 2.
+        unsafe {
+            ring_row(
+                ring.words.as_ptr().cast::<u32>(),
+                f,
+                out.as_mut_ptr().add(oy * ow * c + c0),
+                ow,
+                y0.rem_euclid(3) as usize,
+                s,
+            )
+        };
+    }
 }
 
 /// The four accumulators of one group of channels at an inner pixel of [`depthwise`]: one word
