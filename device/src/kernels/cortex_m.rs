@@ -570,6 +570,211 @@ unsafe fn quad_sums(
     [a0, a1, a2, a3]
 }
 
+/// Most words of [`quads`]' ring of widened input rows: 16 KiB.
+const ROW_WORDS: usize = 4096;
+
+/// The `k` input rows that a row of outputs of a dense `k×k` convolution with `C_in` a multiple
+/// of four reads, widened once: input row `y` in slot `y mod k`, each slot a padded row of
+/// `pad + W_in + pad` pixels, each pixel's `C_in` values minus the zero point as int16 pairs,
+/// per group of four (c₀, c₂), (c₁, c₃) (the order of a [`Quad`]'s weights), zeros in the
+/// padding. The taps of a pixel in one kernel row are then `k·C_in / 2` consecutive words, for
+/// every pixel: no border pixels, no zero-point fold.
+#[repr(C, align(8))]
+struct Rows {
+    words: [u32; ROW_WORDS],
+    /// The input row each slot holds (`i32::MIN`: none yet).
+    held: [i32; 7],
+    /// Words per slot.
+    slot: usize,
+}
+
+impl Rows {
+    /// The ring for `p`, or `None` where `C_in` is not a multiple of four, `k > 7` or `k` padded
+    /// rows do not fit.
+    fn new(p: &ConvParams<'_>) -> Option<Self> {
+        let (iw, ic, k) = (p.input.width, p.input.channels, p.kernel);
+        let slot = (iw + 2 * (k / 2)) * ic / 2;
+        if ic % 4 != 0 || k > 7 || k * slot > ROW_WORDS {
+            return None;
+        }
+        Some(Rows {
+            words: [0; ROW_WORDS],
+            held: [i32::MIN; 7],
+            slot,
+        })
+    }
+
+    /// Makes slot `y mod k` hold input row `y` (zeros outside the input); nothing if it does.
+    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], y: i32) {
+        let (ih, iw, ic, k) = (p.input.height, p.input.width, p.input.channels, p.kernel);
+        let slot = y.rem_euclid(k as i32) as usize;
+        if self.held[slot] == y {
+            return;
+        }
+        self.held[slot] = y;
+        let words = &mut self.words[slot * self.slot..(slot + 1) * self.slot];
+        if y < 0 || y as usize >= ih {
+            words.fill(0);
+            return;
+        }
+        let zp = p.input_zero_point;
+        let zp2 = ((zp as u32) & 0xffff) | ((zp as u32) << 16);
+        let row = &input[y as usize * iw * ic..][..iw * ic];
+        // the padding columns stay zero from the ring's creation or a row outside the input
+        let inside = &mut words[(k / 2) * ic / 2..][..iw * ic / 2];
+        for (pair, v) in inside.chunks_exact_mut(2).zip(row.chunks_exact(4)) {
+            let v = word(v);
+            pair[0] = ssub16(sxtb16(v), zp2);
+            pair[1] = ssub16(sxtb16_ror8(v), zp2);
+        }
+    }
+
+    /// The first word of input row `y`'s padded column `x` (the row loaded).
+    fn at(&self, p: &ConvParams<'_>, y: i32, x: usize) -> *const u32 {
+        let slot = y.rem_euclid(p.kernel as i32) as usize;
+        self.words[slot * self.slot + x * p.input.channels / 2..].as_ptr()
+    }
+}
+
+/// One group of four widened input values (`LDRD` of its two words) times a [`Quad`]'s four
+/// channels (an `LDRD` and two `SMLAD`s each): 13 instructions for 16 MACs.
+#[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+macro_rules! wide_group {
+    () => {
+        concat!(
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "ldrd {t0}, {t1}, [{wp}], #8\n",
+            "smlad {a0}, {x0}, {t0}, {a0}\n",
+            "smlad {a0}, {x1}, {t1}, {a0}\n",
+            "ldrd {t0}, {t1}, [{wp}], #8\n",
+            "smlad {a1}, {x0}, {t0}, {a1}\n",
+            "smlad {a1}, {x1}, {t1}, {a1}\n",
+            "ldrd {t0}, {t1}, [{wp}], #8\n",
+            "smlad {a2}, {x0}, {t0}, {a2}\n",
+            "smlad {a2}, {x1}, {t1}, {a2}\n",
+            "ldrd {t0}, {t1}, [{wp}], #8\n",
+            "smlad {a3}, {x0}, {t0}, {a3}\n",
+            "smlad {a3}, {x1}, {t1}, {a3}",
+        )
+    };
+}
+
+/// Adds `groups` groups of widened input from `x` (as [`Rows`] holds them) times a [`Quad`]'s
+/// four channels from `w` to `acc`; returns `w` past them.
+///
+/// # Safety
+/// `x` has `2·groups` readable words, `w` `8·groups`, both 8-aligned.
+#[inline(always)]
+unsafe fn wide_sums(x: *const u32, groups: usize, w: *const u32, acc: &mut [i32; 4]) -> *const u32 {
+    let [mut a0, mut a1, mut a2, mut a3] = *acc;
+    let mut wp = w;
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if groups > 0 {
+        // two groups per iteration, an odd one first, as in `quad_sums`
+        // SAFETY: reads as the contract allows; registers only otherwise.
+        unsafe {
+            core::arch::asm!(
+                "tst {n}, #1",
+                "beq 3f",
+                wide_group!(),
+                "3:",
+                "lsrs {n}, {n}, #1",
+                "beq 4f",
+                "2:",
+                wide_group!(),
+                wide_group!(),
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "4:",
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                a2 = inout(reg) a2,
+                a3 = inout(reg) a3,
+                xp = inout(reg) x => _,
+                wp = inout(reg) wp,
+                n = inout(reg) groups => _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                t0 = out(reg) _,
+                t1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    for i in 0..groups {
+        // SAFETY: in bounds by the contract.
+        unsafe {
+            let (xe, xo) = (x.add(2 * i).read(), x.add(2 * i + 1).read());
+            let q = |j: usize| (wp.add(2 * j).read(), wp.add(2 * j + 1).read());
+            let ((e0, o0), (e1, o1)) = (q(0), q(1));
+            let ((e2, o2), (e3, o3)) = (q(2), q(3));
+            a0 = smlad(xo, o0, smlad(xe, e0, a0));
+            a1 = smlad(xo, o1, smlad(xe, e1, a1));
+            a2 = smlad(xo, o2, smlad(xe, e2, a2));
+            a3 = smlad(xo, o3, smlad(xe, e3, a3));
+            wp = wp.add(8);
+        }
+    }
+    *acc = [a0, a1, a2, a3];
+    wp
+}
+
+/// One block of [`quads`] (channels `b0..b0 + nb`, their weights in `quad`) through `rows`:
+/// each pixel's taps are `k` runs of widened words; each full quad of channels that
+/// [`Requant4`] takes is stored as one word, the others channel by channel through `chans`
+/// (not folded: the ring has the zero point subtracted).
+#[allow(clippy::too_many_arguments)]
+fn ring_block(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    rows: &mut Rows,
+    quad: &Quad,
+    chans: &[Chan<'_>],
+    b0: usize,
+    nb: usize,
+) {
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s, ic) = (p.kernel, p.stride, p.input.channels);
+    let (depth, per_run) = (k * k * ic, k * ic / 4);
+    let quad_words = 8 * k * per_run;
+    let quads = nb.div_ceil(4);
+    let rq: [Option<Requant4>; 8] = core::array::from_fn(|q| {
+        (4 * q + 4 <= nb)
+            .then(|| Requant4::new(p, b0 + 4 * q, depth))
+            .flatten()
+    });
+    for oy in 0..oh {
+        let y0 = (oy * s) as i32 - (k / 2) as i32;
+        for y in y0..y0 + k as i32 {
+            rows.load(p, input, y);
+        }
+        for ox in 0..ow {
+            let base = (oy * ow + ox) * oc + b0;
+            for (q, rq) in rq.iter().enumerate().take(quads) {
+                let mut acc = [0i32; 4];
+                let mut w = quad.words[q * quad_words..].as_ptr();
+                for y in y0..y0 + k as i32 {
+                    // SAFETY: padded column ox·s + k − 1 ≤ W_in + 2·pad − 1 (W_out =
+                    // ⌈W_in / s⌉), so the run's 2·per_run words lie in the slot; quad q holds
+                    // 8·k·per_run words; the ring and the quads are 8-aligned.
+                    w = unsafe { wide_sums(rows.at(p, y, ox * s), per_run, w, &mut acc) };
+                }
+                match rq {
+                    Some(r) => out[base + 4 * q..base + 4 * q + 4]
+                        .copy_from_slice(&requant4(r, acc).to_le_bytes()),
+                    None => {
+                        for (j, &a) in acc.iter().enumerate().take(nb - 4 * q) {
+                            chans[4 * q + j].store(out, base + 4 * q + j, a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A dense convolution four output channels at a time, weights-stationary: each [`Quad`] of
 /// weights is sign-extended once, the input is read as int8 words and split by `SXTB16` (one
 /// load and two extends per four values, shared by the four channels), and the zero point is
@@ -597,34 +802,42 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     // a pixel's tap checks and copied field serve the whole block
     let per_block = (2 * MAX_DEPTH / (8 * groups)).clamp(1, 8);
     let quad_words = 8 * groups;
+    let mut rows = if direct { Rows::new(p) } else { None };
     for b0 in (0..oc).step_by(4 * per_block) {
         let nb = (4 * per_block).min(oc - b0);
         let mut chans: [Chan; 32] =
             core::array::from_fn(|j| Chan::new(&p.stage, p.bias, b0 + j.min(nb - 1)));
+        let fill = |quad: &mut Quad| {
+            for j in 0..nb.div_ceil(4) * 4 {
+                let (q, lane) = (j / 4, j % 4);
+                let words = &mut quad.words[q * quad_words..(q + 1) * quad_words];
+                let w: &[i8] = if j < nb {
+                    &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth]
+                } else {
+                    &[]
+                };
+                for g in 0..groups {
+                    // the last group padded with zero weights
+                    let mut v = [0i8; 4];
+                    let tail = w.get(4 * g..).unwrap_or(&[]);
+                    let n = tail.len().min(4);
+                    v[..n].copy_from_slice(&tail[..n]);
+                    words[8 * g + 2 * lane] = sxtb16(word(&v));
+                    words[8 * g + 2 * lane + 1] = sxtb16_ror8(word(&v));
+                }
+            }
+        };
+        fill(&mut quad);
+        if let Some(rows) = &mut rows {
+            ring_block(p, input, out, rows, &quad, &chans[..nb], b0, nb);
+            continue;
+        }
         for (j, ch) in chans.iter_mut().enumerate().take(nb) {
             let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
             ch.fold(
                 zp.wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
                     .wrapping_neg(),
             );
-        }
-        for j in 0..nb.div_ceil(4) * 4 {
-            let (q, lane) = (j / 4, j % 4);
-            let words = &mut quad.words[q * quad_words..(q + 1) * quad_words];
-            let w: &[i8] = if j < nb {
-                &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth]
-            } else {
-                &[]
-            };
-            for g in 0..groups {
-                // the last group padded with zero weights
-                let mut v = [0i8; 4];
-                let tail = w.get(4 * g..).unwrap_or(&[]);
-                let n = tail.len().min(4);
-                v[..n].copy_from_slice(&tail[..n]);
-                words[8 * g + 2 * lane] = sxtb16(word(&v));
-                words[8 * g + 2 * lane + 1] = sxtb16_ror8(word(&v));
-            }
         }
         let fast = chans[..nb].iter().all(|c| c.general.is_none());
         for oy in 0..oh {
@@ -1024,14 +1237,9 @@ impl Ring {
     }
 }
 
-/// Largest |bias| for which [`Fused`] applies: with |acc| ≤ 9·255·128 (input minus zero point
-/// within ±255, weights within ±128), `2·(acc + bias)` still fits in an `i32`.
-const FUSED_BIAS: i32 = (1 << 30) - 1 - 9 * 255 * 128;
-
-/// One group of four channels of a 3×3 depthwise convolution, laid out for [`ring_row`]'s
-/// assembly: the weights as [`Ring`] holds its inputs (tap `t` at words `2t`, `2t + 1`), then
-/// per channel `2·bias`, the multiplier `m`, `2ᵉ⁻¹ + z_out·2ᵉ` and the right shift `e`, then the
-/// activation's minimum and maximum in each byte and the output's pixel stride in bytes.
+/// Four output channels' requantization for one word of four int8 outputs, laid out for the
+/// assembly that uses it: per channel `2·bias`, the multiplier `m`, `2ᵉ⁻¹ + z_out·2ᵉ` and the
+/// right shift `e`, then the activation's minimum and maximum in each byte.
 ///
 /// For `x = acc + bias` and `m ≥ 0` the channel's int8 output is
 /// `(⌊(x·m + 2³⁰)/2³¹⌋ + 2ᵉ⁻¹ − [x < 0]) >> e` plus the zero point, clamped (TFLite's doubling
@@ -1040,20 +1248,22 @@ const FUSED_BIAS: i32 = (1 << 30) - 1 - 9 * 255 * 128;
 /// `|x| < 2³⁰` the first term is `SMMULR(2x, m)`, so one `SMMLAR` gives it plus the rounding
 /// constant, and with `e ≤ 22` the zero point folds into that constant (`z·2ᵉ` passes through
 /// the shift exactly; `|h| < 2³⁰` leaves no overflow). The clamp to int8 is an `SSAT`, the
-/// activation's a byte-wise `SSUB8`/`SEL` on the four outputs at once.
+/// activation's a byte-wise `SSUB8`/`SEL` on the four outputs at once: 37 instructions for
+/// four outputs ([`requant4`]).
 #[repr(C, align(8))]
-struct Fused {
-    pairs: [u32; 18],
+#[derive(Clone, Copy)]
+struct Requant4 {
     chan: [[i32; 4]; 4],
     mins: u32,
     maxs: u32,
-    stride: u32,
 }
 
-impl Fused {
-    /// Group `g`'s constants, or `None` where a channel is outside the fused path (an f32 or
-    /// LUT output, a negative multiplier, `e` outside 1..=22, |bias| > [`FUSED_BIAS`]).
-    fn new(p: &ConvParams<'_>, g: usize) -> Option<Self> {
+impl Requant4 {
+    /// Channels `c0..c0 + 4` of `p`, whose accumulators sum `depth` products, or `None` where
+    /// one is outside the path: an f32 or LUT output, a negative multiplier, `e` outside
+    /// 1..=22, or a bias that could take `|acc + bias|` to 2³⁰ (|acc| ≤ depth·255·128: input
+    /// minus zero point within ±255, weights within ±128).
+    fn new(p: &ConvParams<'_>, c0: usize, depth: usize) -> Option<Self> {
         let OutputStage::Int8 {
             requant,
             zero_point,
@@ -1064,21 +1274,18 @@ impl Fused {
         else {
             return None;
         };
-        let (c, c0) = (p.input.channels, 4 * g);
+        let limit = (1i64 << 30) - 1 - depth as i64 * 255 * 128;
         let byte = |v: i32| (v.clamp(-128, 127) as u8 as u32) * 0x0101_0101;
-        let mut f = Fused {
-            pairs: [0; 18],
+        let mut q = Requant4 {
             chan: [[0; 4]; 4],
             mins: byte(act_min),
             maxs: byte(act_max),
-            stride: c as u32,
         };
-        for (j, ch) in f.chan.iter_mut().enumerate() {
+        for (j, ch) in q.chan.iter_mut().enumerate() {
             let r = read_requant(requant, c0 + j)?;
             let bias = read_i32(p.bias, c0 + j).unwrap_or(0);
             let e = r.shift.checked_neg()?;
-            if r.multiplier < 0 || !(1..=22).contains(&e) || bias.unsigned_abs() > FUSED_BIAS as u32
-            {
+            if r.multiplier < 0 || !(1..=22).contains(&e) || (bias as i64).abs() > limit {
                 return None;
             }
             *ch = [
@@ -1088,15 +1295,11 @@ impl Fused {
                 e,
             ];
         }
-        for t in 0..9 {
-            let w = word(&p.weights[t * c + c0..t * c + c0 + 4]);
-            (f.pairs[2 * t], f.pairs[2 * t + 1]) = (sxtb16(w), sxtb16_ror8(w));
-        }
-        Some(f)
+        Some(q)
     }
 
     /// The four outputs of accumulators `acc` as one little-endian word: what the assembly
-    /// of [`ring_row`] computes, in portable Rust.
+    /// computes, in portable Rust.
     #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
     fn requantize(&self, acc: [i32; 4]) -> u32 {
         let mut w = [0u8; 4];
@@ -1112,6 +1315,102 @@ impl Fused {
             *o = (*o as i8).max(l as i8).min(h as i8) as u8;
         }
         u32::from_le_bytes(w)
+    }
+}
+
+/// [`Requant4::requantize`]: in assembly on Armv7E-M (the sequence [`ring_row`] inlines).
+#[inline(always)]
+fn requant4(q: &Requant4, acc: [i32; 4]) -> u32 {
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    {
+        let [mut a0, a1, a2, a3] = acc;
+        // SAFETY: reads the 72 bytes of `q` (8-aligned for `LDRD`); registers only otherwise.
+        unsafe {
+            core::arch::asm!(
+                "ldrd {x0}, {x1}, [{q}, #0]",
+                "add {a0}, {x0}, {a0}, lsl #1",
+                "ldrd {w0}, {w1}, [{q}, #8]",
+                "smmlar {w0}, {a0}, {x1}, {w0}",
+                "sub {w0}, {w0}, {a0}, lsr #31",
+                "asr {w0}, {w0}, {w1}",
+                "ssat {w0}, #8, {w0}",
+                "uxtb {a0}, {w0}",
+                "ldrd {x0}, {x1}, [{q}, #16]",
+                "add {a1}, {x0}, {a1}, lsl #1",
+                "ldrd {w0}, {w1}, [{q}, #24]",
+                "smmlar {w0}, {a1}, {x1}, {w0}",
+                "sub {w0}, {w0}, {a1}, lsr #31",
+                "asr {w0}, {w0}, {w1}",
+                "ssat {w0}, #8, {w0}",
+                "bfi {a0}, {w0}, #8, #8",
+                "ldrd {x0}, {x1}, [{q}, #32]",
+                "add {a2}, {x0}, {a2}, lsl #1",
+                "ldrd {w0}, {w1}, [{q}, #40]",
+                "smmlar {w0}, {a2}, {x1}, {w0}",
+                "sub {w0}, {w0}, {a2}, lsr #31",
+                "asr {w0}, {w0}, {w1}",
+                "ssat {w0}, #8, {w0}",
+                "bfi {a0}, {w0}, #16, #8",
+                "ldrd {x0}, {x1}, [{q}, #48]",
+                "add {a3}, {x0}, {a3}, lsl #1",
+                "ldrd {w0}, {w1}, [{q}, #56]",
+                "smmlar {w0}, {a3}, {x1}, {w0}",
+                "sub {w0}, {w0}, {a3}, lsr #31",
+                "asr {w0}, {w0}, {w1}",
+                "ssat {w0}, #8, {w0}",
+                "bfi {a0}, {w0}, #24, #8",
+                "ldrd {x0}, {x1}, [{q}, #64]",
+                "ssub8 {w0}, {a0}, {x0}",
+                "sel {a0}, {a0}, {x0}",
+                "ssub8 {w0}, {a0}, {x1}",
+                "sel {a0}, {x1}, {a0}",
+                q = in(reg) q as *const Requant4,
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1 => _,
+                a2 = inout(reg) a2 => _,
+                a3 = inout(reg) a3 => _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                w0 = out(reg) _,
+                w1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+        a0 as u32
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    q.requantize(acc)
+}
+
+/// One group of four channels of a 3×3 depthwise convolution, laid out for [`ring_row`]'s
+/// assembly: the weights as [`Ring`] holds its inputs (tap `t` at words `2t`, `2t + 1`), the
+/// group's [`Requant4`] (bytes 72..144) and the output's pixel stride in bytes (at 144).
+#[repr(C, align(8))]
+struct Fused {
+    pairs: [u32; 18],
+    q: Requant4,
+    stride: u32,
+}
+
+// the offsets the assembly reads at
+const _: () = assert!(core::mem::size_of::<Requant4>() == 72);
+const _: () = assert!(core::mem::offset_of!(Fused, q) == 72);
+const _: () = assert!(core::mem::offset_of!(Fused, stride) == 144);
+
+impl Fused {
+    /// Group `g`'s constants, or `None` where [`Requant4::new`] declines a channel.
+    fn new(p: &ConvParams<'_>, g: usize) -> Option<Self> {
+        let (c, c0) = (p.input.channels, 4 * g);
+        let mut f = Fused {
+            pairs: [0; 18],
+            q: Requant4::new(p, c0, 9)?,
+            stride: c as u32,
+        };
+        for t in 0..9 {
+            let w = word(&p.weights[t * c + c0..t * c + c0 + 4]);
+            (f.pairs[2 * t], f.pairs[2 * t + 1]) = (sxtb16(w), sxtb16_ror8(w));
+        }
+        Some(f)
     }
 }
 
@@ -1160,7 +1459,7 @@ unsafe fn ring_row(col: *const u32, f: &Fused, out: *mut u8, n: usize, base: usi
         }
         // SAFETY: by the contract.
         unsafe {
-            (out.add(i * f.stride as usize) as *mut u32).write_unaligned(f.requantize(a).to_le())
+            (out.add(i * f.stride as usize) as *mut u32).write_unaligned(f.q.requantize(a).to_le())
         };
     }
 }
