@@ -433,7 +433,9 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         return false;
     }
     if oc == 1 && ic % 4 == 0 {
-        single(p, input, out);
+        if !single_ring(p, input, out) {
+            single(p, input, out);
+        }
         return true;
     }
     if k > 1 || ic % 4 != 0 {
@@ -448,8 +450,16 @@ pub fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         let n = CHANNELS.min(oc - c0);
         let chans: [Chan; CHANNELS] =
             core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j.min(n - 1)));
+        let quads: [Option<Requant4>; CHANNELS / 4] = core::array::from_fn(|q| {
+            if 4 * q + 4 <= n {
+                Requant4::new(p, c0 + 4 * q, depth)
+            } else {
+                None
+            }
+        });
         let block = Block {
             chans: &chans[..n],
+            quads: &quads,
             c0,
             depth,
         };
@@ -570,8 +580,10 @@ unsafe fn quad_sums(
     [a0, a1, a2, a3]
 }
 
-/// Most words of [`quads`]' ring of widened input rows: 16 KiB.
+/// Words of [`quads`]' ring of widened input rows (16 KiB) and of [`single`]'s (25 KiB: a
+/// depth head's 3×3 rows of 32 channels at 128 columns).
 const ROW_WORDS: usize = 4096;
+const HEAD_ROW_WORDS: usize = 6400;
 
 /// The `k` input rows that a row of outputs of a dense `k×k` convolution with `C_in` a multiple
 /// of four reads, widened once: input row `y` in slot `y mod k`, each slot a padded row of
@@ -580,25 +592,25 @@ const ROW_WORDS: usize = 4096;
 /// padding. The taps of a pixel in one kernel row are then `k·C_in / 2` consecutive words, for
 /// every pixel: no border pixels, no zero-point fold.
 #[repr(C, align(8))]
-struct Rows {
-    words: [u32; ROW_WORDS],
+struct Rows<const N: usize> {
+    words: [u32; N],
     /// The input row each slot holds (`i32::MIN`: none yet).
     held: [i32; 7],
     /// Words per slot.
     slot: usize,
 }
 
-impl Rows {
+impl<const N: usize> Rows<N> {
     /// The ring for `p`, or `None` where `C_in` is not a multiple of four, `k > 7` or `k` padded
     /// rows do not fit.
     fn new(p: &ConvParams<'_>) -> Option<Self> {
         let (iw, ic, k) = (p.input.width, p.input.channels, p.kernel);
         let slot = (iw + 2 * (k / 2)) * ic / 2;
-        if ic % 4 != 0 || k > 7 || k * slot > ROW_WORDS {
+        if ic % 4 != 0 || k > 7 || k * slot > N {
             return None;
         }
         Some(Rows {
-            words: [0; ROW_WORDS],
+            words: [0; N],
             held: [i32::MIN; 7],
             slot,
         })
@@ -729,7 +741,7 @@ fn ring_block(
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
-    rows: &mut Rows,
+    rows: &mut Rows<ROW_WORDS>,
     quad: &Quad,
     chans: &[Chan<'_>],
     b0: usize,
@@ -802,7 +814,11 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     // a pixel's tap checks and copied field serve the whole block
     let per_block = (2 * MAX_DEPTH / (8 * groups)).clamp(1, 8);
     let quad_words = 8 * groups;
-    let mut rows = if direct { Rows::new(p) } else { None };
+    let mut rows = if direct {
+        Rows::<ROW_WORDS>::new(p)
+    } else {
+        None
+    };
     for b0 in (0..oc).step_by(4 * per_block) {
         let nb = (4 * per_block).min(oc - b0);
         let mut chans: [Chan; 32] =
@@ -889,6 +905,124 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
             }
         }
     }
+}
+
+/// Adds `groups` groups of widened input of two pixels, from `xa` and `xb` (as [`Rows`] holds
+/// them), times one channel's widened weights from `w` to `acc`; returns `w` past them. Each
+/// weight pair serves both pixels: 7 instructions for 8 MACs.
+///
+/// # Safety
+/// `xa`, `xb`, `w` have `2·groups` readable words each, 4-aligned.
+#[inline(always)]
+unsafe fn wide_pair(
+    xa: *const u32,
+    xb: *const u32,
+    groups: usize,
+    w: *const u32,
+    acc: &mut [i32; 2],
+) -> *const u32 {
+    let [mut a, mut b] = *acc;
+    let mut wp = w;
+    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+    if groups > 0 {
+        // SAFETY: reads as the contract allows; registers only otherwise.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "ldrd {x0}, {x1}, [{xa}], #8",
+                "ldrd {w0}, {w1}, [{wp}], #8",
+                "smlad {a}, {x0}, {w0}, {a}",
+                "smlad {a}, {x1}, {w1}, {a}",
+                "ldrd {x0}, {x1}, [{xb}], #8",
+                "smlad {b}, {x0}, {w0}, {b}",
+                "smlad {b}, {x1}, {w1}, {b}",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                a = inout(reg) a,
+                b = inout(reg) b,
+                xa = inout(reg) xa => _,
+                xb = inout(reg) xb => _,
+                wp = inout(reg) wp,
+                n = inout(reg) groups => _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                w0 = out(reg) _,
+                w1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
+    for i in 0..groups {
+        // SAFETY: in bounds by the contract.
+        unsafe {
+            let (we, wo) = (wp.read(), wp.add(1).read());
+            a = smlad(
+                xa.add(2 * i + 1).read(),
+                wo,
+                smlad(xa.add(2 * i).read(), we, a),
+            );
+            b = smlad(
+                xb.add(2 * i + 1).read(),
+                wo,
+                smlad(xb.add(2 * i).read(), we, b),
+            );
+            wp = wp.add(2);
+        }
+    }
+    *acc = [a, b];
+    wp
+}
+
+/// [`single`] through a ring of widened rows, two pixels at a time (the second pixel of an odd
+/// row's last pair is the first again, its result dropped). Returns `false`, having written
+/// nothing, where the ring does not fit or the weights do not fit the widened table.
+#[inline(never)]
+fn single_ring(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let weights = &p.weights[..k * k * ic];
+    if weights.len() > MAX_DEPTH {
+        return false;
+    }
+    let Some(mut rows) = Rows::<HEAD_ROW_WORDS>::new(p) else {
+        return false;
+    };
+    let chan = Chan::new(&p.stage, p.bias, 0);
+    let mut wide = [0u32; MAX_DEPTH / 2];
+    for (g, w) in weights.chunks_exact(4).enumerate() {
+        (wide[2 * g], wide[2 * g + 1]) = (sxtb16(word(w)), sxtb16_ror8(word(w)));
+    }
+    let per_run = k * ic / 4;
+    for oy in 0..oh {
+        let y0 = (oy * s) as i32 - (k / 2) as i32;
+        for y in y0..y0 + k as i32 {
+            rows.load(p, input, y);
+        }
+        for ox in (0..ow).step_by(2) {
+            let ob = if ox + 1 < ow { ox + 1 } else { ox };
+            let mut acc = [0i32; 2];
+            let mut w = wide.as_ptr();
+            for y in y0..y0 + k as i32 {
+                // SAFETY: both pixels' runs of 2·per_run words lie in their slot (as in
+                // `ring_block`); `wide` holds 2·k·per_run words.
+                w = unsafe {
+                    wide_pair(
+                        rows.at(p, y, ox * s),
+                        rows.at(p, y, ob * s),
+                        per_run,
+                        w,
+                        &mut acc,
+                    )
+                };
+            }
+            chan.store(out, oy * ow + ox, acc[0]);
+            if ob != ox {
+                chan.store(out, oy * ow + ob, acc[1]);
+            }
+        }
+    }
+    true
 }
 
 /// A dense convolution with one output channel (a depth head) and `C_in` a multiple of four,
@@ -988,6 +1122,8 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 /// the receptive-field depth.
 struct Block<'c, 'a> {
     chans: &'c [Chan<'a>],
+    /// Each full quad of channels that [`Requant4`] takes: requantized four at a time.
+    quads: &'c [Option<Requant4>],
     c0: usize,
     depth: usize,
 }
@@ -1021,6 +1157,23 @@ impl Block<'_, '_> {
             let (o0, o1) = (px * oc + c0, (px + 1) * oc + c0);
             let mut j = 0;
             while j + 1 < n {
+                if let Some(Some(q)) = self.quads.get(j / 4).filter(|_| j % 4 == 0) {
+                    // a quad of channels: two GEMMs, then one word per pixel
+                    // SAFETY: rows c0 + j .. c0 + j + 4 have `depth` bytes (checked by `dense`,
+                    // the quad is full); the fields as below.
+                    let ([[a0, a1], [b0, b1]], [[a2, a3], [b2, b3]]) = unsafe {
+                        let w = |i: usize| wp.add((c0 + j + i) * depth);
+                        (gemm2(x, w(0), w(1), groups), gemm2(x, w(2), w(3), groups))
+                    };
+                    out[o0 + j..o0 + j + 4]
+                        .copy_from_slice(&requant4(q, [a0, a1, a2, a3]).to_le_bytes());
+                    if pair {
+                        out[o1 + j..o1 + j + 4]
+                            .copy_from_slice(&requant4(q, [b0, b1, b2, b3]).to_le_bytes());
+                    }
+                    j += 4;
+                    continue;
+                }
                 // SAFETY: rows c0 + j and c0 + j + 1 have `depth` bytes (checked by `dense`);
                 // the fields hold 2·ceil(depth / 4) u64s.
                 let [[a00, a01], [a10, a11]] = unsafe {
