@@ -641,7 +641,8 @@ impl<const N: usize> Rows<N> {
         }
     }
 
-    /// The first word of input row `y`'s padded column `x` (the row loaded).
+    /// The first word of input row `y`'s padded column `x` (the row loaded); a pixel's column
+    /// `x + i` is `i·C_in / 2` words on, within the slot.
     fn at(&self, p: &ConvParams<'_>, y: i32, x: usize) -> *const u32 {
         let slot = y.rem_euclid(p.kernel as i32) as usize;
         self.words[slot * self.slot + x * p.input.channels / 2..].as_ptr()
@@ -757,21 +758,24 @@ fn ring_block(
             .then(|| Requant4::new(p, b0 + 4 * q, depth))
             .flatten()
     });
+    let step = s * ic / 2;
     for oy in 0..oh {
         let y0 = (oy * s) as i32 - (k / 2) as i32;
-        for y in y0..y0 + k as i32 {
+        let mut runs = [core::ptr::null(); 7];
+        for (y, run) in (y0..y0 + k as i32).zip(&mut runs) {
             rows.load(p, input, y);
+            *run = rows.at(p, y, 0);
         }
         for ox in 0..ow {
             let base = (oy * ow + ox) * oc + b0;
             for (q, rq) in rq.iter().enumerate().take(quads) {
                 let mut acc = [0i32; 4];
                 let mut w = quad.words[q * quad_words..].as_ptr();
-                for y in y0..y0 + k as i32 {
+                for &run in &runs[..k] {
                     // SAFETY: padded column ox·s + k − 1 ≤ W_in + 2·pad − 1 (W_out =
-                    // ⌈W_in / s⌉), so the run's 2·per_run words lie in the slot; quad q holds
-                    // 8·k·per_run words; the ring and the quads are 8-aligned.
-                    w = unsafe { wide_sums(rows.at(p, y, ox * s), per_run, w, &mut acc) };
+                    // ⌈W_in / s⌉), so the run's 2·per_run words from column ox·s lie in the
+                    // slot; quad q holds 8·k·per_run words; the ring and the quads are 4-aligned.
+                    w = unsafe { wide_sums(run.add(ox * step), per_run, w, &mut acc) };
                 }
                 match rq {
                     Some(r) => out[base + 4 * q..base + 4 * q + 4]
@@ -993,27 +997,23 @@ fn single_ring(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     for (g, w) in weights.chunks_exact(4).enumerate() {
         (wide[2 * g], wide[2 * g + 1]) = (sxtb16(word(w)), sxtb16_ror8(word(w)));
     }
-    let per_run = k * ic / 4;
+    let (per_run, step) = (k * ic / 4, s * ic / 2);
     for oy in 0..oh {
         let y0 = (oy * s) as i32 - (k / 2) as i32;
-        for y in y0..y0 + k as i32 {
+        let mut runs = [core::ptr::null(); 7];
+        for (y, run) in (y0..y0 + k as i32).zip(&mut runs) {
             rows.load(p, input, y);
+            *run = rows.at(p, y, 0);
         }
         for ox in (0..ow).step_by(2) {
             let ob = if ox + 1 < ow { ox + 1 } else { ox };
             let mut acc = [0i32; 2];
             let mut w = wide.as_ptr();
-            for y in y0..y0 + k as i32 {
+            for &run in &runs[..k] {
                 // SAFETY: both pixels' runs of 2·per_run words lie in their slot (as in
                 // `ring_block`); `wide` holds 2·k·per_run words.
                 w = unsafe {
-                    wide_pair(
-                        rows.at(p, y, ox * s),
-                        rows.at(p, y, ob * s),
-                        per_run,
-                        w,
-                        &mut acc,
-                    )
+                    wide_pair(run.add(ox * step), run.add(ob * step), per_run, w, &mut acc)
                 };
             }
             chan.store(out, oy * ow + ox, acc[0]);
