@@ -326,6 +326,11 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
     {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `vnni::run` needs AVX-512 VNNI, which `vnni::available` checked.
+        if vnni::available() && unsafe { vnni::run(p, input, out) } {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: `depthwise` needs AVX2, which `has_avx2` checked.
         if has_avx2()
             && (pointwise::run(p, input, out) || unsafe { pointwise::depthwise(p, input, out) })
@@ -496,11 +501,12 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
 /// Whether the CPU has AVX2: detected at run time with `std`, else what the build targets.
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    #[cfg(feature = "std")]
+    #[cfg(any(feature = "std", test))]
     {
+        extern crate std;
         std::is_x86_feature_detected!("avx2")
     }
-    #[cfg(not(feature = "std"))]
+    #[cfg(not(any(feature = "std", test)))]
     {
         cfg!(target_feature = "avx2")
     }
@@ -513,6 +519,9 @@ fn has_avx2() -> bool {
 /// for every block, and each block's output constants decoded once per group instead of per
 /// output element; the four pixels share each weight load. The sums are exact, so the bits are
 /// [`reference`]'s.
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
 #[cfg(target_arch = "x86_64")]
 mod pointwise {
     use super::{ConvParams, Finish};
@@ -1104,9 +1113,27 @@ mod tests {
         cortex_m_matches_reference: super::super::cortex_m::conv,
         cortex_m_dense_matches_reference: cortex_m_dense_only,
         cortex_m_depthwise_matches_reference: cortex_m_depthwise_only,
+        vnni_matches_reference: vnni_only,
     }
 
     /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
+    /// The AVX-512 VNNI kernel alone (the reference where the CPU lacks it, with a note).
+    fn vnni_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::vnni::available() {
+            if p.depthwise {
+                return reference(p, input, out);
+            }
+            // SAFETY: the CPU has AVX-512 VNNI (checked above).
+            assert!(unsafe { super::vnni::run(p, input, out) }, "vnni declined");
+            return;
+        }
+        std::eprintln!(
+            "note: no AVX-512 VNNI here; vnni_matches_reference compares the reference with itself"
+        );
+        reference(p, input, out)
+    }
+
     fn cortex_m_dense_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         if p.depthwise {
             return reference(p, input, out);

@@ -1,0 +1,397 @@
+//! Dense convolutions on x86-64 with AVX-512 VNNI: `VPDPBUSD` multiplies 64 unsigned input
+//! bytes by 64 signed weights and adds each group of four products into one of 16 int32
+//! lanes, 64 MACs per instruction, exactly (no saturation: four products of at most 255·128).
+//!
+//! The input is read as unsigned bytes `u = x + 128` (`x ^ 0x80`), so
+//! `Σ (x − z)·w = Σ u·w − (z + 128)·Σ w`: the second term is a per-channel constant folded into
+//! the bias, and padding is the byte `z + 128`, whose products cancel in it. The `k` input rows
+//! an output row reads are held in a ring of padded rows (converted once, padding included), so
+//! a pixel's taps in one kernel row are one run of `k·C_in` bytes, for every pixel: no border
+//! cases and no gather. Weights are packed once per call: for each block of 16 output channels,
+//! each kernel row and each group of four values of its run (padded with zero weights to a
+//! multiple of four), the 16 channels' four weights. A tile of 4 pixels × 2 blocks then costs,
+//! per group of four values, two weight loads, four broadcasts and eight `VPDPBUSD`s for 512
+//! MACs. One output channel (a depth head) instead vectorises along the run. The sums are
+//! exact, so the bits are [`super::reference`]'s; the requantization is
+//! [`super::pointwise::Requant8`]'s.
+
+use super::pointwise::Requant8;
+use super::{ConvParams, Finish, OutputStage};
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+const LANES: usize = 16;
+/// Bytes of the ring of padded input rows (on the stack), including 64 bytes of slack that the
+/// last run's whole-vector reads may touch.
+const RING: usize = 64 * 1024;
+/// Most packed weight words of one convolution (128 KiB on the stack).
+const PACKED: usize = 32 * 1024;
+/// Pixels per tile.
+const PIXELS: usize = 4;
+
+/// Whether the CPU has AVX-512 F, BW and VNNI: detected at run time with `std`, else what the
+/// build targets.
+pub(super) fn available() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        extern crate std;
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        cfg!(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni"
+        ))
+    }
+}
+
+/// The ring of `k` padded input rows: input row `y` in slot `y mod k`, each slot
+/// `(pad + W_in + pad)·C_in` bytes of `x ^ 0x80`, the padding `z ^ 0x80`.
+struct Rows {
+    bytes: [u8; RING],
+    held: [i32; 7],
+    slot: usize,
+}
+
+impl Rows {
+    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], y: i32, pad_byte: u8) {
+        let (ih, iw, ic, k) = (p.input.height, p.input.width, p.input.channels, p.kernel);
+        let slot = y.rem_euclid(k as i32) as usize;
+        if self.held[slot] == y {
+            return;
+        }
+        self.held[slot] = y;
+        let row = &mut self.bytes[slot * self.slot..(slot + 1) * self.slot];
+        if y < 0 || y as usize >= ih {
+            row.fill(pad_byte);
+            return;
+        }
+        let pad = (k / 2) * ic;
+        row[..pad].fill(pad_byte);
+        row[pad + iw * ic..].fill(pad_byte);
+        let src = &input[y as usize * iw * ic..][..iw * ic];
+        for (d, &s) in row[pad..pad + iw * ic].iter_mut().zip(src) {
+            *d = s as u8 ^ 0x80;
+        }
+    }
+
+    fn at(&self, p: &ConvParams<'_>, y: i32) -> *const u8 {
+        let slot = y.rem_euclid(p.kernel as i32) as usize;
+        self.bytes[slot * self.slot..].as_ptr()
+    }
+}
+
+/// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
+/// (returns `false`, having written nothing, otherwise).
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI ([`available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    if p.depthwise
+        || ic == 0
+        || oc == 0
+        || k == 0
+        || k > 7
+        || s == 0
+        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+        || input.len() < ih * iw * ic
+        || p.weights.len() < oc * k * k * ic
+        || out.len() < oh * ow * oc * elem
+    {
+        return false;
+    }
+    let pad = k / 2;
+    let run = k * ic;
+    let groups = run.div_ceil(4);
+    let slot = (iw + 2 * pad) * ic;
+    if k * slot + 64 > RING {
+        return false;
+    }
+    let zp = p.input_zero_point;
+    let pad_byte = (zp as i8 as u8) ^ 0x80;
+    let depth = k * run;
+    // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
+    let finish = |c: usize| {
+        let mut f = Finish::new(&p.stage, p.bias, c);
+        let sum: i32 = p.weights[c * depth..(c + 1) * depth]
+            .iter()
+            .map(|&w| w as i32)
+            .sum();
+        let fold = (zp + 128).wrapping_mul(sum).wrapping_neg();
+        match &mut f {
+            Finish::Int8 { bias, .. } | Finish::F32 { bias, .. } => *bias = bias.wrapping_add(fold),
+        }
+        f
+    };
+    let mut rows = Rows {
+        bytes: [0; RING],
+        held: [i32::MIN; 7],
+        slot,
+    };
+    if oc == 1 {
+        // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
+        // plus 64 of slack.
+        unsafe { head(p, input, out, &mut rows, pad_byte, finish(0)) };
+        return true;
+    }
+    let blocks = oc.div_ceil(LANES);
+    // words per block: k rows × groups × 16 lanes
+    let per_block = k * groups * LANES;
+    if blocks * per_block > PACKED {
+        return false;
+    }
+    let mut storage = [MaybeUninit::<i32>::uninit(); PACKED];
+    for b in 0..blocks {
+        for ky in 0..k {
+            for g in 0..groups {
+                for j in 0..LANES {
+                    let c = b * LANES + j;
+                    let mut v = [0i8; 4];
+                    if c < oc {
+                        for (i, v) in v.iter_mut().enumerate() {
+                            let at = 4 * g + i;
+                            if at < run {
+                                *v = p.weights[c * depth + ky * run + at];
+                            }
+                        }
+                    }
+                    storage[b * per_block + (ky * groups + g) * LANES + j]
+                        .write(i32::from_le_bytes(v.map(|v| v as u8)));
+                }
+            }
+        }
+    }
+    // SAFETY: the loops above wrote the first blocks · per_block words.
+    let packed: &[i32] =
+        unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i32, blocks * per_block) };
+    let mut finishes = [[Finish::F32 {
+        bias: 0,
+        scale: 0.0,
+    }; LANES]; 8];
+    let mut vectors: [[Option<Requant8>; 2]; 8] = Default::default();
+    // at most 8 blocks of constants at a time (128 channels), decoded once per call
+    for b0 in (0..blocks).step_by(8) {
+        let nb = 8.min(blocks - b0);
+        for b in 0..nb {
+            let c0 = (b0 + b) * LANES;
+            finishes[b] = core::array::from_fn(|j| finish((c0 + j).min(oc - 1)));
+            for h in 0..2 {
+                let half: [Finish; 8] = core::array::from_fn(|j| finishes[b][8 * h + j]);
+                vectors[b][h] = Requant8::new(&half);
+            }
+        }
+        for oy in 0..oh {
+            let y0 = (oy * s) as i32 - pad as i32;
+            let mut runs = [core::ptr::null(); 7];
+            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+                rows.load(p, input, y, pad_byte);
+                *r = rows.at(p, y);
+            }
+            let mut ox = 0;
+            while ox < ow {
+                let m = PIXELS.min(ow - ox);
+                let mut b = 0;
+                while b < nb {
+                    let w = packed[(b0 + b) * per_block..].as_ptr();
+                    let two = b + 1 < nb;
+                    // SAFETY: AVX-512 as the caller guarantees; pixel ox + i's run in row ky
+                    // is `run` bytes from runs[ky] + (ox + i)·s·C_in, within the slot (padded
+                    // column (ox + i)·s + k − 1 < W_in + 2·pad), whole groups reading at most
+                    // 3 bytes past it (inside the ring's slack); the block(s) hold per_block
+                    // words each.
+                    let sums = unsafe {
+                        if two {
+                            tile::<2>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
+                        } else {
+                            tile::<1>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
+                        }
+                    };
+                    for (i, px) in sums.iter().enumerate().take(m) {
+                        let base = (oy * ow + ox + i) * oc;
+                        for (bb, acc) in px.iter().enumerate().take(if two { 2 } else { 1 }) {
+                            let c0 = (b0 + b + bb) * LANES;
+                            let n = LANES.min(oc - c0);
+                            for (h, vector) in vectors[b + bb].iter().enumerate() {
+                                let lo = 8 * h;
+                                if lo >= n {
+                                    break;
+                                }
+                                let part: [i32; 8] = core::array::from_fn(|j| acc[lo + j]);
+                                let end = n.min(lo + 8);
+                                match vector {
+                                    Some(v) => {
+                                        // SAFETY: AVX2 (implied by AVX-512 F).
+                                        let q = unsafe { v.apply(&part) };
+                                        for (o, &q) in
+                                            out[base + c0 + lo..base + c0 + end].iter_mut().zip(&q)
+                                        {
+                                            *o = q as i8 as u8;
+                                        }
+                                    }
+                                    None => {
+                                        for j in lo..end {
+                                            finishes[b + bb][j].store(out, base + c0 + j, acc[j]);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    b += if two { 2 } else { 1 };
+                }
+                ox += m;
+            }
+        }
+    }
+    true
+}
+
+/// The sums of `m ≤ 4` pixels × `B` blocks of 16 channels: pixel `i`'s run in kernel row `r`
+/// at `runs[r] + x0 + i·step`, block `b`'s weights at `w + b·per_block`, row `r` group `g` at
+/// `(r·groups + g)·16` words.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI; the reads as [`run`] says.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const B: usize>(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    groups: usize,
+    w: *const i32,
+    per_block: usize,
+) -> [[[i32; LANES]; 2]; PIXELS] {
+    let mut acc = [[_mm512_setzero_si512(); B]; PIXELS];
+    // SAFETY: by the contract; unaligned loads.
+    unsafe {
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const u8; PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step));
+            let wr = w.add(r * groups * LANES);
+            for g in 0..groups {
+                let wv: [__m512i; B] = core::array::from_fn(|b| {
+                    _mm512_loadu_si512(wr.add(b * per_block + g * LANES) as *const _)
+                });
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv = _mm512_set1_epi32((xp.add(4 * g) as *const i32).read_unaligned());
+                    for (a, &wv) in a.iter_mut().zip(&wv) {
+                        *a = _mm512_dpbusd_epi32(*a, xv, wv);
+                    }
+                }
+            }
+        }
+        let mut out = [[[0i32; LANES]; 2]; PIXELS];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                _mm512_storeu_si512(o.as_mut_ptr() as *mut _, *a);
+            }
+        }
+        out
+    }
+}
+
+/// One output channel: each pixel's `k` runs against the weight rows in 64-byte vectors
+/// (zero weights past each run, so the bytes read past it add nothing), one horizontal sum
+/// per pixel.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI; `rows` holds `k` slots with 64 bytes of slack after them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn head(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    rows: &mut Rows,
+    pad_byte: u8,
+    finish: Finish<'_>,
+) {
+    let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let run = k * ic;
+    let chunks = run.div_ceil(64);
+    // the weight rows, each zero-padded to whole vectors (at most 7·7·C_in … 7 rows × 4 KiB)
+    let mut wbuf = [0i8; 7 * 4096];
+    if chunks * 64 > 4096 {
+        // SAFETY: as the caller guarantees.
+        return unsafe { head_scalar(p, input, out, rows, pad_byte, finish) };
+    }
+    for ky in 0..k {
+        wbuf[ky * chunks * 64..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
+    }
+    for oy in 0..oh {
+        let y0 = (oy * s) as i32 - (k / 2) as i32;
+        let mut runs = [core::ptr::null(); 7];
+        for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+            rows.load(p, input, y, pad_byte);
+            *r = rows.at(p, y);
+        }
+        for ox in 0..ow {
+            // SAFETY: by the contract: each run's chunks lie in its slot or the slack after
+            // the ring's last slot (a run ends inside its slot, and a slot is followed by
+            // another slot or the slack).
+            let sum = unsafe {
+                let mut acc = _mm512_setzero_si512();
+                for (ky, &r) in runs[..k].iter().enumerate() {
+                    let x = r.add(ox * s * ic);
+                    for c in 0..chunks {
+                        let xv = _mm512_loadu_si512(x.add(64 * c) as *const _);
+                        let wv = _mm512_loadu_si512(
+                            wbuf.as_ptr().add((ky * chunks + c) * 64) as *const _
+                        );
+                        acc = _mm512_dpbusd_epi32(acc, xv, wv);
+                    }
+                }
+                _mm512_reduce_add_epi32(acc)
+            };
+            finish.store(out, oy * ow + ox, sum);
+        }
+    }
+}
+
+/// [`head`] for runs longer than 4 KiB: the same sums, one byte at a time.
+///
+/// # Safety
+/// As [`head`].
+unsafe fn head_scalar(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    rows: &mut Rows,
+    pad_byte: u8,
+    finish: Finish<'_>,
+) {
+    let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let run = k * ic;
+    for oy in 0..oh {
+        let y0 = (oy * s) as i32 - (k / 2) as i32;
+        for y in y0..y0 + k as i32 {
+            rows.load(p, input, y, pad_byte);
+        }
+        for ox in 0..ow {
+            let mut sum = 0i32;
+            for (ky, y) in (y0..y0 + k as i32).enumerate() {
+                let slot = y.rem_euclid(k as i32) as usize;
+                let x = &rows.bytes[slot * rows.slot + ox * s * ic..][..run];
+                for (&u, &w) in x.iter().zip(&p.weights[ky * run..(ky + 1) * run]) {
+                    sum = sum.wrapping_add(u as i32 * w as i32);
+                }
+            }
+            finish.store(out, oy * ow + ox, sum);
+        }
+    }
+}
