@@ -500,7 +500,7 @@ fn dense_x86_with(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], avx2: bool) 
 
 /// Whether the CPU has AVX2: detected at run time with `std`, else what the build targets.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(any(feature = "std", test))]
     {
         extern crate std;
