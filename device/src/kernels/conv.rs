@@ -770,26 +770,29 @@ mod pointwise {
     /// One block's int8 output stage in AVX2: `bias + acc`, TFLite's `MultiplyByQuantizedMultiplier`
     /// for multipliers below one (the doubling high multiply is ⌊(x·m + 2³⁰) / 2³¹⌋ exactly,
     /// then the rounding shift right), the zero point and the activation clamp, per lane.
-    pub(super) struct Requant8 {
-        bias: [i32; LANES],
-        multiplier: [i32; LANES],
-        shift: [i32; LANES],
-        mask: [i32; LANES],
-        half: [i32; LANES],
-        zero_point: i32,
-        act_min: i32,
-        act_max: i32,
+    pub(super) struct Requant<const N: usize> {
+        pub(super) bias: [i32; N],
+        pub(super) multiplier: [i32; N],
+        pub(super) shift: [i32; N],
+        pub(super) mask: [i32; N],
+        pub(super) half: [i32; N],
+        pub(super) zero_point: i32,
+        pub(super) act_min: i32,
+        pub(super) act_max: i32,
     }
 
-    impl Requant8 {
+    /// Eight lanes: one AVX2 register.
+    pub(super) type Requant8 = Requant<8>;
+
+    impl<const N: usize> Requant<N> {
         /// `None` (the scalar path) for f32 outputs, a LUT, or a multiplier of one or more.
-        pub(super) fn new(finish: &[Finish<'_>; LANES]) -> Option<Self> {
-            let mut v = Requant8 {
-                bias: [0; LANES],
-                multiplier: [0; LANES],
-                shift: [0; LANES],
-                mask: [0; LANES],
-                half: [0; LANES],
+        pub(super) fn new(finish: &[Finish<'_>; N]) -> Option<Self> {
+            let mut v = Requant {
+                bias: [0; N],
+                multiplier: [0; N],
+                shift: [0; N],
+                mask: [0; N],
+                half: [0; N],
                 zero_point: 0,
                 act_min: 0,
                 act_max: 0,
@@ -820,7 +823,9 @@ mod pointwise {
             }
             Some(v)
         }
+    }
 
+    impl Requant8 {
         /// The finished int8 values of one pixel's eight sums.
         ///
         /// # Safety

@@ -13,9 +13,9 @@
 //! per group of four values, two weight loads, four broadcasts and eight `VPDPBUSD`s for 512
 //! MACs. One output channel (a depth head) instead vectorises along the run. The sums are
 //! exact, so the bits are [`super::reference`]'s; the requantization is
-//! [`super::pointwise::Requant8`]'s.
+//! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
-use super::pointwise::Requant8;
+use super::pointwise::Requant;
 use super::{ConvParams, Finish, OutputStage};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -37,6 +37,7 @@ pub(super) fn available() -> bool {
         extern crate std;
         std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(any(feature = "std", test)))]
@@ -44,6 +45,7 @@ pub(super) fn available() -> bool {
         cfg!(all(
             target_feature = "avx512f",
             target_feature = "avx512bw",
+            target_feature = "avx512vl",
             target_feature = "avx512vnni"
         ))
     }
@@ -90,7 +92,7 @@ impl Rows {
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and VNNI ([`available`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
 pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
@@ -180,17 +182,14 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
         bias: 0,
         scale: 0.0,
     }; LANES]; 8];
-    let mut vectors: [[Option<Requant8>; 2]; 8] = Default::default();
+    let mut vectors: [Option<Requant<16>>; 8] = Default::default();
     // at most 8 blocks of constants at a time (128 channels), decoded once per call
     for b0 in (0..blocks).step_by(8) {
         let nb = 8.min(blocks - b0);
         for b in 0..nb {
             let c0 = (b0 + b) * LANES;
             finishes[b] = core::array::from_fn(|j| finish((c0 + j).min(oc - 1)));
-            for h in 0..2 {
-                let half: [Finish; 8] = core::array::from_fn(|j| finishes[b][8 * h + j]);
-                vectors[b][h] = Requant8::new(&half);
-            }
+            vectors[b] = Requant::new(&finishes[b]);
         }
         for oy in 0..oh {
             let y0 = (oy * s) as i32 - pad as i32;
@@ -223,27 +222,16 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
                         for (bb, acc) in px.iter().enumerate().take(if two { 2 } else { 1 }) {
                             let c0 = (b0 + b + bb) * LANES;
                             let n = LANES.min(oc - c0);
-                            for (h, vector) in vectors[b + bb].iter().enumerate() {
-                                let lo = 8 * h;
-                                if lo >= n {
-                                    break;
-                                }
-                                let part: [i32; 8] = core::array::from_fn(|j| acc[lo + j]);
-                                let end = n.min(lo + 8);
-                                match vector {
-                                    Some(v) => {
-                                        // SAFETY: AVX2 (implied by AVX-512 F).
-                                        let q = unsafe { v.apply(&part) };
-                                        for (o, &q) in
-                                            out[base + c0 + lo..base + c0 + end].iter_mut().zip(&q)
-                                        {
-                                            *o = q as i8 as u8;
-                                        }
-                                    }
-                                    None => {
-                                        for j in lo..end {
-                                            finishes[b + bb][j].store(out, base + c0 + j, acc[j]);
-                                        }
+                            match &vectors[b + bb] {
+                                // SAFETY: AVX-512 as the caller guarantees; the n bytes at
+                                // base + c0 lie in `out` (checked ≥ oh·ow·oc).
+                                Some(v) => unsafe {
+                                    let o = out[base + c0..base + c0 + n].as_mut_ptr();
+                                    apply16(v, _mm512_loadu_si512(acc.as_ptr() as *const _), o, n)
+                                },
+                                None => {
+                                    for (j, &a) in acc.iter().enumerate().take(n) {
+                                        finishes[b + bb][j].store(out, base + c0 + j, a);
                                     }
                                 }
                             }
@@ -256,6 +244,51 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
         }
     }
     true
+}
+
+/// The int8 outputs of 16 sums, as [`super::pointwise::Requant8::apply`] computes them for 8,
+/// the first `n` stored at `dst`.
+///
+/// # Safety
+/// AVX-512 F, BW and VL; `dst` has `n ≤ 16` writable bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn apply16(v: &Requant<16>, acc: __m512i, dst: *mut u8, n: usize) {
+    // SAFETY: unaligned loads of 16 × i32 from 16-element arrays; the masked store as the
+    // contract allows.
+    unsafe {
+        let ld = |a: &[i32; 16]| _mm512_loadu_si512(a.as_ptr() as *const _);
+        let x = _mm512_add_epi32(acc, ld(&v.bias));
+        let m = ld(&v.multiplier);
+        let round = _mm512_set1_epi64(1 << 30);
+        let even = _mm512_add_epi64(_mm512_mul_epi32(x, m), round);
+        let odd = _mm512_add_epi64(
+            _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(m)),
+            round,
+        );
+        // bits 31..62 of each 64-bit product: the low words of a logical shift
+        let high = _mm512_mask_blend_epi32(
+            0xaaaa,
+            _mm512_srli_epi64::<31>(even),
+            _mm512_slli_epi64::<1>(odd),
+        );
+        // RoundingDivideByPOT: (x >> e) + (remainder > (mask >> 1) + (x < 0))
+        let threshold = _mm512_sub_epi32(ld(&v.half), _mm512_srai_epi32::<31>(high));
+        let up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(high, ld(&v.mask)), threshold);
+        let q = _mm512_srav_epi32(high, ld(&v.shift));
+        let q = _mm512_mask_add_epi32(q, up, q, _mm512_set1_epi32(1));
+        // keep the zero point's addition from overflowing; the clamp is int8 anyway
+        let q = _mm512_max_epi32(
+            _mm512_min_epi32(q, _mm512_set1_epi32(1 << 24)),
+            _mm512_set1_epi32(-(1 << 24)),
+        );
+        let q = _mm512_add_epi32(q, _mm512_set1_epi32(v.zero_point));
+        let q = _mm512_max_epi32(
+            _mm512_min_epi32(q, _mm512_set1_epi32(v.act_max)),
+            _mm512_set1_epi32(v.act_min),
+        );
+        let mask = ((1u32 << n) - 1) as u16;
+        _mm_mask_storeu_epi8(dst as *mut i8, mask, _mm512_cvtepi32_epi8(q));
+    }
 }
 
 /// The sums of `m ≤ 4` pixels × `B` blocks of 16 channels: pixel `i`'s run in kernel row `r`
