@@ -327,7 +327,15 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `vnni::run` needs AVX-512 VNNI, which `vnni::available` checked.
-        if vnni::available() && unsafe { vnni::run(p, input, out) } {
+        if vnni::available()
+            && unsafe {
+                if p.depthwise {
+                    vnni::depthwise(p, input, out)
+                } else {
+                    vnni::run(p, input, out)
+                }
+            }
+        {
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -1126,11 +1134,15 @@ mod tests {
     fn vnni_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         if super::vnni::available() {
-            if p.depthwise {
-                return reference(p, input, out);
-            }
             // SAFETY: the CPU has AVX-512 VNNI (checked above).
-            assert!(unsafe { super::vnni::run(p, input, out) }, "vnni declined");
+            let done = unsafe {
+                if p.depthwise {
+                    super::vnni::depthwise(p, input, out)
+                } else {
+                    super::vnni::run(p, input, out)
+                }
+            };
+            assert!(done, "vnni declined");
             return;
         }
         std::eprintln!(

@@ -11,7 +11,9 @@
 //! each kernel row and each group of four values of its run (padded with zero weights to a
 //! multiple of four), the 16 channels' four weights. A tile of 4 pixels × 2 blocks then costs,
 //! per group of four values, two weight loads, four broadcasts and eight `VPDPBUSD`s for 512
-//! MACs. One output channel (a depth head) instead vectorises along the run. The sums are
+//! MACs. One output channel (a depth head) instead vectorises along the run. Depthwise
+//! convolutions use the same ring with signed bytes and `VPDPWSSD`, 16 channels a step
+//! ([`depthwise`]). The sums are
 //! exact, so the bits are [`super::reference`]'s; the requantization is
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
@@ -52,15 +54,31 @@ pub(super) fn available() -> bool {
 }
 
 /// The ring of `k` padded input rows: input row `y` in slot `y mod k`, each slot
-/// `(pad + W_in + pad)·C_in` bytes of `x ^ 0x80`, the padding `z ^ 0x80`.
+/// `(pad + W_in + pad)·C_in` bytes of `x ^ flip`, the padding `z ^ flip` (`flip` 0x80 for the
+/// unsigned bytes of `VPDPBUSD`, 0 for the depthwise kernel's signed ones).
 struct Rows {
     bytes: [u8; RING],
     held: [i32; 7],
     slot: usize,
+    flip: u8,
+    pad: u8,
 }
 
 impl Rows {
-    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], y: i32, pad_byte: u8) {
+    /// An empty ring for `p` (its slots fitting: the caller checked `k·slot + 64 ≤ RING`).
+    fn new(p: &ConvParams<'_>, flip: u8) -> Self {
+        Rows {
+            bytes: [0; RING],
+            held: [i32::MIN; 7],
+            slot: (p.input.width + 2 * (p.kernel / 2)) * p.input.channels,
+            flip,
+            pad: (p.input_zero_point as i8 as u8) ^ flip,
+        }
+    }
+
+    /// Makes slot `y mod k` hold input row `y` (padding outside the input); nothing if it does.
+    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], y: i32) {
+        let (pad_byte, flip) = (self.pad, self.flip);
         let (ih, iw, ic, k) = (p.input.height, p.input.width, p.input.channels, p.kernel);
         let slot = y.rem_euclid(k as i32) as usize;
         if self.held[slot] == y {
@@ -77,7 +95,7 @@ impl Rows {
         row[pad + iw * ic..].fill(pad_byte);
         let src = &input[y as usize * iw * ic..][..iw * ic];
         for (d, &s) in row[pad..pad + iw * ic].iter_mut().zip(src) {
-            *d = s as u8 ^ 0x80;
+            *d = s as u8 ^ flip;
         }
     }
 
@@ -122,7 +140,6 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
         return false;
     }
     let zp = p.input_zero_point;
-    let pad_byte = (zp as i8 as u8) ^ 0x80;
     let depth = k * run;
     // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
     let finish = |c: usize| {
@@ -137,15 +154,11 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
         }
         f
     };
-    let mut rows = Rows {
-        bytes: [0; RING],
-        held: [i32::MIN; 7],
-        slot,
-    };
+    let mut rows = Rows::new(p, 0x80);
     if oc == 1 {
         // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
         // plus 64 of slack.
-        unsafe { head(p, input, out, &mut rows, pad_byte, finish(0)) };
+        unsafe { head(p, input, out, &mut rows, finish(0)) };
         return true;
     }
     let blocks = oc.div_ceil(LANES);
@@ -195,7 +208,7 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
             let y0 = (oy * s) as i32 - pad as i32;
             let mut runs = [core::ptr::null(); 7];
             for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-                rows.load(p, input, y, pad_byte);
+                rows.load(p, input, y);
                 *r = rows.at(p, y);
             }
             let mut ox = 0;
@@ -349,7 +362,6 @@ unsafe fn head(
     input: &[i8],
     out: &mut [u8],
     rows: &mut Rows,
-    pad_byte: u8,
     finish: Finish<'_>,
 ) {
     let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
@@ -360,7 +372,7 @@ unsafe fn head(
     let mut wbuf = [0i8; 7 * 4096];
     if chunks * 64 > 4096 {
         // SAFETY: as the caller guarantees.
-        return unsafe { head_scalar(p, input, out, rows, pad_byte, finish) };
+        return unsafe { head_scalar(p, input, out, rows, finish) };
     }
     for ky in 0..k {
         wbuf[ky * chunks * 64..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
@@ -369,7 +381,7 @@ unsafe fn head(
         let y0 = (oy * s) as i32 - (k / 2) as i32;
         let mut runs = [core::ptr::null(); 7];
         for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-            rows.load(p, input, y, pad_byte);
+            rows.load(p, input, y);
             *r = rows.at(p, y);
         }
         for ox in 0..ow {
@@ -404,7 +416,6 @@ unsafe fn head_scalar(
     input: &[i8],
     out: &mut [u8],
     rows: &mut Rows,
-    pad_byte: u8,
     finish: Finish<'_>,
 ) {
     let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
@@ -413,7 +424,7 @@ unsafe fn head_scalar(
     for oy in 0..oh {
         let y0 = (oy * s) as i32 - (k / 2) as i32;
         for y in y0..y0 + k as i32 {
-            rows.load(p, input, y, pad_byte);
+            rows.load(p, input, y);
         }
         for ox in 0..ow {
             let mut sum = 0i32;
@@ -427,4 +438,87 @@ unsafe fn head_scalar(
             finish.store(out, oy * ow + ox, sum);
         }
     }
+}
+
+/// Runs `p` if it is a depthwise convolution whose padded rows fit the ring (returns `false`,
+/// having written nothing, otherwise): blocks of 16 channels, one int32 lane each; a tap is one
+/// `VPMOVSXBD` of 16 input bytes from the ring (the padding holds the zero point, so every
+/// pixel is an inner one) and one `VPDPWSSD` against the tap's weights as int16 pairs `(w, 0)`:
+/// the lane's low half times `w`, its high half (the input's sign) times 0. The zero point's
+/// share, `z·Σw`, leaves the bias; the output stage is [`apply16`]'s.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW, VL and VNNI ([`available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+pub(super) unsafe fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (iw, c) = (p.input.width, p.input.channels);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let (k, s) = (p.kernel, p.stride);
+    if !super::depthwise_fits(p, input.len(), out.len(), 7)
+        || k * (iw + 2 * (k / 2)) * c + 64 > RING
+    {
+        return false;
+    }
+    let zp = p.input_zero_point;
+    let mut rows = Rows::new(p, 0);
+    for c0 in (0..c).step_by(LANES) {
+        let n = LANES.min(c - c0);
+        // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
+        let mut wbuf = [[0i32; LANES]; 49];
+        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
+            for (j, v) in row.iter_mut().enumerate().take(n) {
+                *v = p.weights[t * c + c0 + j] as i16 as u16 as i32;
+            }
+        }
+        let finishes: [Finish; LANES] = core::array::from_fn(|j| {
+            let ch = (c0 + j).min(c - 1);
+            let mut f = Finish::new(&p.stage, p.bias, ch);
+            let sum: i32 = (0..k * k).map(|t| p.weights[t * c + ch] as i32).sum();
+            let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
+            *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
+            f
+        });
+        let vector = Requant::<16>::new(&finishes);
+        rows.held = [i32::MIN; 7];
+        for oy in 0..oh {
+            let y0 = (oy * s) as i32 - (k / 2) as i32;
+            let mut runs = [core::ptr::null(); 7];
+            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+                rows.load(p, input, y);
+                *r = rows.at(p, y);
+            }
+            for ox in 0..ow {
+                // SAFETY: AVX-512 as the caller guarantees; tap (ky, kx) reads 16 bytes at
+                // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at
+                // most 15 bytes past the block (the next pixel, another slot or the slack).
+                let acc = unsafe {
+                    let mut acc = _mm512_setzero_si512();
+                    for (ky, &r) in runs[..k].iter().enumerate() {
+                        let x = r.add(ox * s * c + c0);
+                        for kx in 0..k {
+                            let xv =
+                                _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(kx * c) as *const _));
+                            let wv = _mm512_loadu_si512(wbuf[ky * k + kx].as_ptr() as *const _);
+                            acc = _mm512_dpwssd_epi32(acc, xv, wv);
+                        }
+                    }
+                    acc
+                };
+                let base = (oy * ow + ox) * c + c0;
+                match &vector {
+                    // SAFETY: AVX-512; the n bytes at `base` lie in `out` (checked).
+                    Some(v) => unsafe { apply16(v, acc, out[base..base + n].as_mut_ptr(), n) },
+                    None => {
+                        let mut sums = [0i32; LANES];
+                        // SAFETY: 16 × i32 into a 16-element array.
+                        unsafe { _mm512_storeu_si512(sums.as_mut_ptr() as *mut _, acc) };
+                        for (j, f) in finishes.iter().enumerate().take(n) {
+                            f.store(out, base + j, sums[j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
 }
