@@ -76,3 +76,16 @@ cargo test --release --workspace
 
 echo "== firmware lints (boards/cortex-m7 is its own workspace)"
 (cd boards/cortex-m7 && cargo fmt -- --check && cargo clippy --release -- -D warnings && cargo clippy --release --features op-profile -- -D warnings)
+
+# The engine's kernel tests on aarch64 under QEMU user mode: every NEON kernel against the
+# reference, on a core with the dot-product extension (`max`: SDOT) and one without
+# (`cortex-a72`: SMULL), as the HIL test runs the whole runner on both.
+if [ "${DEPTHLING_REQUIRE_HIL:-}" = 1 ]; then
+  for cpu in max cortex-a72; do
+    echo "== device kernel tests on aarch64 (qemu-aarch64 -cpu $cpu)"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
+      cargo test --release -p depthling-device --lib --target aarch64-unknown-linux-gnu
+  done
+else
+  skip "qemu-aarch64 or the aarch64 toolchain missing: the NEON kernel tests did not run"
+fi

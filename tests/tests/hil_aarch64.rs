@@ -1,6 +1,7 @@
 //! Hardware-in-the-loop for Linux ARM boards (Jetson, Raspberry Pi): `depthling-runner`,
-//! cross-compiled for aarch64, runs under `qemu-aarch64 -cpu cortex-a72` and must print the same
-//! depth checksums as the host's int8 engine, bit for bit. Skips with a message when the cross
+//! cross-compiled for aarch64, runs under `qemu-aarch64 -cpu cortex-a72` (NEON without the
+//! dot-product extension) and `-cpu max` (with it) and must print the same depth checksums as
+//! the host's int8 engine, bit for bit. Skips with a message when the cross
 //! toolchain, the target or QEMU is missing; fails instead when `DEPTHLING_REQUIRE_HIL=1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -47,13 +48,9 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let (w, h) = (48usize, 32usize);
-    let (model, _) = depthling_tests::demo_student_and_frame(w, h).unwrap();
-    let model_path = dir.path().join("model.dlm");
-    std::fs::write(&model_path, &model).unwrap();
+    let (w, h) = (64usize, 32usize);
     let frames = dir.path().join("frames");
     std::fs::create_dir_all(&frames).unwrap();
-    let mut expected = Vec::new();
     let mut samples = Vec::new();
     for i in 0..3u64 {
         let s = depthling_host::sim::render_sample(
@@ -64,46 +61,61 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             i,
             false,
         );
-        let name = format!("{i:03}.png");
         image::RgbImage::from_raw(w as u32, h as u32, s.rgb.clone())
             .unwrap()
-            .save(frames.join(&name))
+            .save(frames.join(format!("{i:03}.png")))
             .unwrap();
-        expected.push((
-            name,
-            depthling_tests::host_checksum(&model, &s.rgb).unwrap(),
-        ));
         samples.push(s);
     }
-
     let runner = target_dir.join("aarch64-unknown-linux-gnu/release/depthling-runner");
-    let run = on_qemu(
-        &runner,
-        &[
-            "--model".as_ref(),
-            model_path.as_ref(),
-            "--input".as_ref(),
-            frames.as_ref(),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "runner failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    for (name, want) in expected {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("frame ") && l.contains(&name))
-            .unwrap_or_else(|| panic!("no line for {name}:\n{stdout}"));
-        let got = hex_field(line, "checksum").expect("checksum value");
-        assert_eq!(
-            got, want,
-            "{name}: aarch64 {got:#018x} != host {want:#018x}"
-        );
+    // the demo student (dense convolutions) and `micro` (depthwise, squeeze-excitation,
+    // bilinear upsampling), each on a core without the dot-product extension (Cortex-A72:
+    // Raspberry Pi 4, the SMULL kernels) and on QEMU's `max` (SDOT, as Cortex-A78 / Jetson Orin)
+    for arch in ["demo-student", "micro"] {
+        let (model, _) = depthling_tests::student_and_frame(arch, w, h).unwrap();
+        let model_path = dir.path().join(format!("{arch}.dlm"));
+        std::fs::write(&model_path, &model).unwrap();
+        let expected: Vec<(String, u64)> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    format!("{i:03}.png"),
+                    depthling_tests::host_checksum(&model, &s.rgb).unwrap(),
+                )
+            })
+            .collect();
+        for cpu in ["cortex-a72", "max"] {
+            let run = on_qemu(
+                cpu,
+                &runner,
+                &[
+                    "--model".as_ref(),
+                    model_path.as_ref(),
+                    "--input".as_ref(),
+                    frames.as_ref(),
+                ],
+            );
+            let stdout = String::from_utf8_lossy(&run.stdout);
+            assert!(
+                run.status.success(),
+                "{arch} on {cpu}: runner failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            for (name, want) in &expected {
+                let line = stdout
+                    .lines()
+                    .find(|l| l.starts_with("frame ") && l.contains(name.as_str()))
+                    .unwrap_or_else(|| panic!("{arch} on {cpu}: no line for {name}:\n{stdout}"));
+                let got = hex_field(line, "checksum").expect("checksum value");
+                assert_eq!(
+                    got, *want,
+                    "{arch} on {cpu}, {name}: aarch64 {got:#018x} != host {want:#018x}"
+                );
+            }
+            eprintln!("{arch} on {cpu}: {}", stdout.lines().last().unwrap_or(""));
+        }
     }
-    eprintln!("{}", stdout.lines().last().unwrap_or(""));
 
     // The tract path: the f32 ONNX export on aarch64 against candle on the host (f32 sums run in
     // another order there, so within tolerance: 1 mm in the millimetre PNGs, ≈ 3e-4 relative).
@@ -121,6 +133,7 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     .unwrap();
     let out = dir.path().join("tract-out");
     let run = on_qemu(
+        "cortex-a72",
         &runner,
         &[
             "--backend".as_ref(),
@@ -165,14 +178,14 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     );
 }
 
-/// Runs `runner args` under `qemu-aarch64 -cpu cortex-a72` (at most 300 s).
-fn on_qemu(runner: &std::path::Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+/// Runs `runner args` under `qemu-aarch64 -cpu CPU` (at most 300 s).
+fn on_qemu(cpu: &str, runner: &std::path::Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new("timeout")
         .args([
             "300",
             "qemu-aarch64",
             "-cpu",
-            "cortex-a72",
+            cpu,
             "-L",
             "/usr/aarch64-linux-gnu",
         ])

@@ -349,6 +349,12 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         if !p.depthwise {
             return dense_x86(p, input, out);
         }
+        #[cfg(target_arch = "aarch64")]
+        if (p.depthwise && neon::depthwise(p, input, out))
+            || (!p.depthwise && neon::dense(p, input, out, neon::dotprod()))
+        {
+            return;
+        }
         portable(p, input, out)
     }
 }
@@ -520,6 +526,8 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 /// Dense convolutions on x86-64 with AVX2 as a GEMM of pixels × output channels, vectorised over
 /// blocks of 8 output channels with `vpmaddwd` on (input − zero point, weight) int16 pairs, and
 /// the requantization vectorised per block too ([`Requant8`]). The weights are packed once per
@@ -527,6 +535,8 @@ pub(crate) fn has_avx2() -> bool {
 /// for every block, and each block's output constants decoded once per group instead of per
 /// output element; the four pixels share each weight load. The sums are exact, so the bits are
 /// [`reference`]'s.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod rows;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -1127,9 +1137,41 @@ mod tests {
         cortex_m_dense_matches_reference: cortex_m_dense_only,
         cortex_m_depthwise_matches_reference: cortex_m_depthwise_only,
         vnni_matches_reference: vnni_only,
+        neon_matches_reference: neon_only,
+        neon_without_dotprod_matches_reference: neon_plain_only,
     }
 
     /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
+    /// The NEON kernels alone (dense with the dot-product extension where the CPU has it),
+    /// the reference elsewhere.
+    fn neon_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        #[cfg(target_arch = "aarch64")]
+        {
+            let done = if p.depthwise {
+                super::neon::depthwise(p, input, out)
+            } else {
+                super::neon::dense(p, input, out, super::neon::dotprod())
+            };
+            assert!(done, "neon declined");
+            if !super::neon::dotprod() {
+                std::eprintln!("note: no dot-product extension here; neon_matches_reference ran the SMULL path");
+            }
+            return;
+        }
+        #[allow(unreachable_code)]
+        reference(p, input, out)
+    }
+
+    /// The NEON dense kernel without `SDOT` (what a Cortex-A72 runs), the reference elsewhere.
+    fn neon_plain_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        #[cfg(target_arch = "aarch64")]
+        if !p.depthwise {
+            assert!(super::neon::dense(p, input, out, false), "neon declined");
+            return;
+        }
+        reference(p, input, out)
+    }
+
     /// The AVX-512 VNNI kernel alone (the reference where the CPU lacks it, with a note).
     fn vnni_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]

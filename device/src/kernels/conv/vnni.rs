@@ -18,14 +18,12 @@
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
 use super::pointwise::Requant;
+use super::rows::{Rows, RING};
 use super::{ConvParams, Finish, OutputStage};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 const LANES: usize = 16;
-/// Bytes of the ring of padded input rows (on the stack), including 64 bytes of slack that the
-/// last run's whole-vector reads may touch.
-const RING: usize = 64 * 1024;
 /// Most packed weight words of one convolution (128 KiB on the stack).
 const PACKED: usize = 32 * 1024;
 /// Pixels per tile.
@@ -50,58 +48,6 @@ pub(super) fn available() -> bool {
             target_feature = "avx512vl",
             target_feature = "avx512vnni"
         ))
-    }
-}
-
-/// The ring of `k` padded input rows: input row `y` in slot `y mod k`, each slot
-/// `(pad + W_in + pad)·C_in` bytes of `x ^ flip`, the padding `z ^ flip` (`flip` 0x80 for the
-/// unsigned bytes of `VPDPBUSD`, 0 for the depthwise kernel's signed ones).
-struct Rows {
-    bytes: [u8; RING],
-    held: [i32; 7],
-    slot: usize,
-    flip: u8,
-    pad: u8,
-}
-
-impl Rows {
-    /// An empty ring for `p` (its slots fitting: the caller checked `k·slot + 64 ≤ RING`).
-    fn new(p: &ConvParams<'_>, flip: u8) -> Self {
-        Rows {
-            bytes: [0; RING],
-            held: [i32::MIN; 7],
-            slot: (p.input.width + 2 * (p.kernel / 2)) * p.input.channels,
-            flip,
-            pad: (p.input_zero_point as i8 as u8) ^ flip,
-        }
-    }
-
-    /// Makes slot `y mod k` hold input row `y` (padding outside the input); nothing if it does.
-    fn load(&mut self, p: &ConvParams<'_>, input: &[i8], y: i32) {
-        let (pad_byte, flip) = (self.pad, self.flip);
-        let (ih, iw, ic, k) = (p.input.height, p.input.width, p.input.channels, p.kernel);
-        let slot = y.rem_euclid(k as i32) as usize;
-        if self.held[slot] == y {
-            return;
-        }
-        self.held[slot] = y;
-        let row = &mut self.bytes[slot * self.slot..(slot + 1) * self.slot];
-        if y < 0 || y as usize >= ih {
-            row.fill(pad_byte);
-            return;
-        }
-        let pad = (k / 2) * ic;
-        row[..pad].fill(pad_byte);
-        row[pad + iw * ic..].fill(pad_byte);
-        let src = &input[y as usize * iw * ic..][..iw * ic];
-        for (d, &s) in row[pad..pad + iw * ic].iter_mut().zip(src) {
-            *d = s as u8 ^ flip;
-        }
-    }
-
-    fn at(&self, p: &ConvParams<'_>, y: i32) -> *const u8 {
-        let slot = y.rem_euclid(p.kernel as i32) as usize;
-        self.bytes[slot * self.slot..].as_ptr()
     }
 }
 

@@ -1,0 +1,430 @@
+//! Convolutions on aarch64 (Jetson, Raspberry Pi) with NEON, from the ring of padded input
+//! rows ([`super::rows`]) as signed bytes: the padding holds the zero point, so
+//! `Σ (x − z)·w = Σ x·w − z·Σ w` with the second term folded into the bias, and every pixel is
+//! an inner one.
+//!
+//! Dense convolutions are a GEMM of 4 pixels × 8 output channels. Weights are packed once per
+//! call in blocks of 4 channels: for each kernel row and each group of four values of its run
+//! (padded with zero weights to a multiple of 16 values), the 4 channels' four weights in one
+//! 16-byte vector. Where the CPU has the dot-product extension (Cortex-A76/A78, Jetson Orin:
+//! `-cpu max` under QEMU) each vector meets a group of the input with one `SDOT` by element
+//! (16 MACs); without it (Cortex-A72, Raspberry Pi 4) the same sums come from `SMULL`/`SMULL2`
+//! and `SADALP`. Depthwise convolutions go 8 channels a step in int16 (`SMLAL`/`SMLAL2`). The
+//! output stage is TFLite's NEON one, 4 lanes a step: `SQRDMULH` (the doubling high multiply),
+//! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
+//! exact, so the bits are [`super::reference`]'s.
+
+use super::rows::{Rows, RING};
+use super::{ConvParams, Finish, OutputStage};
+use core::arch::aarch64::*;
+
+/// Most bytes of packed weights of one convolution (128 KiB on the stack).
+const PACKED: usize = 128 * 1024;
+/// Pixels per tile.
+const PIXELS: usize = 4;
+
+/// Whether the CPU has the dot-product extension: detected at run time with `std`, else what
+/// the build targets.
+pub(super) fn dotprod() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        extern crate std;
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        cfg!(target_feature = "dotprod")
+    }
+}
+
+/// Four channels' int8 output stage in NEON, as [`super::pointwise::Requant8`] for AVX2.
+struct Requant4 {
+    bias: [i32; 4],
+    multiplier: [i32; 4],
+    /// `−e`: `SRSHL` shifts right by a negative amount.
+    shift: [i32; 4],
+    zero_point: i32,
+    act_min: i32,
+    act_max: i32,
+}
+
+impl Requant4 {
+    /// `None` (the scalar path) for f32 outputs, a LUT, a left shift or a negative multiplier.
+    fn new(finish: &[Finish<'_>]) -> Option<Self> {
+        let mut v = Requant4 {
+            bias: [0; 4],
+            multiplier: [0; 4],
+            shift: [0; 4],
+            zero_point: 0,
+            act_min: 0,
+            act_max: 0,
+        };
+        for (j, f) in finish.iter().enumerate().take(4) {
+            let Finish::Int8 {
+                bias,
+                requant,
+                zero_point,
+                act_min,
+                act_max,
+                lut: None,
+            } = *f
+            else {
+                return None;
+            };
+            if requant.shift > 0 || requant.shift < -31 || requant.multiplier < 0 {
+                return None;
+            }
+            v.bias[j] = bias;
+            v.multiplier[j] = requant.multiplier;
+            v.shift[j] = requant.shift;
+            (v.zero_point, v.act_min, v.act_max) = (zero_point, act_min, act_max);
+        }
+        Some(v)
+    }
+
+    /// The int8 outputs of four sums: `SQRDMULH` is ⌊(x·m + 2³⁰) / 2³¹⌋ for m ≥ 0 (it saturates
+    /// only for x = m = −2³¹), and `SRSHL` by −e of `h − [h < 0]` is gemmlowp's rounding
+    /// division (`h − 1` cannot saturate: |h| < 2³¹ − 1 for m < 2³¹).
+    #[inline(always)]
+    fn apply(&self, acc: int32x4_t) -> [i8; 4] {
+        // SAFETY: NEON is baseline on aarch64; loads of 4 × i32 from 4-element arrays.
+        unsafe {
+            let x = vaddq_s32(acc, vld1q_s32(self.bias.as_ptr()));
+            let h = vqrdmulhq_s32(x, vld1q_s32(self.multiplier.as_ptr()));
+            let shift = vld1q_s32(self.shift.as_ptr());
+            let fixup = vshrq_n_s32::<31>(vandq_s32(h, shift));
+            let q = vrshlq_s32(vqaddq_s32(h, fixup), shift);
+            let q = vqaddq_s32(q, vdupq_n_s32(self.zero_point));
+            let q = vminq_s32(
+                vmaxq_s32(q, vdupq_n_s32(self.act_min)),
+                vdupq_n_s32(self.act_max),
+            );
+            let mut out = [0i32; 4];
+            vst1q_s32(out.as_mut_ptr(), q);
+            out.map(|v| v as i8)
+        }
+    }
+}
+
+/// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
+/// (returns `false`, having written nothing, otherwise); `dot`: the CPU has the dot-product
+/// extension.
+pub(super) fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], dot: bool) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    if p.depthwise
+        || ic == 0
+        || oc == 0
+        || k == 0
+        || k > 7
+        || s == 0
+        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+        || input.len() < ih * iw * ic
+        || p.weights.len() < oc * k * k * ic
+        || out.len() < oh * ow * oc * elem
+        || k * (iw + 2 * (k / 2)) * ic + 64 > RING
+    {
+        return false;
+    }
+    let run = k * ic;
+    // groups of four values per kernel row, a multiple of four (one 16-byte input load each)
+    let groups = run.div_ceil(16) * 4;
+    let blocks = oc.div_ceil(4);
+    let per_block = k * groups * 16;
+    if blocks * per_block > PACKED {
+        return false;
+    }
+    let depth = k * run;
+    let zp = p.input_zero_point;
+    let mut packed = [0i8; PACKED];
+    for b in 0..blocks {
+        for ky in 0..k {
+            for g in 0..groups {
+                for j in 0..4 {
+                    let c = 4 * b + j;
+                    for i in 0..4 {
+                        let at = 4 * g + i;
+                        if c < oc && at < run {
+                            packed[b * per_block + (ky * groups + g) * 16 + 4 * j + i] =
+                                p.weights[c * depth + ky * run + at];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let finish = |c: usize| {
+        let mut f = Finish::new(&p.stage, p.bias, c);
+        let sum: i32 = p.weights[c * depth..(c + 1) * depth]
+            .iter()
+            .map(|&w| w as i32)
+            .sum();
+        let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
+        *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
+        f
+    };
+    let mut rows = Rows::new(p, 0);
+    let mut b = 0;
+    while b < blocks {
+        // two blocks (8 channels) at a time, the last one alone
+        let two = b + 1 < blocks;
+        let nb = if two { 2 } else { 1 };
+        let finishes: [[Finish; 4]; 2] = core::array::from_fn(|bb| {
+            core::array::from_fn(|j| finish((4 * (b + bb) + j).min(oc - 1)))
+        });
+        let vectors = [Requant4::new(&finishes[0]), Requant4::new(&finishes[1])];
+        rows.held = [i32::MIN; 7];
+        for oy in 0..oh {
+            let y0 = (oy * s) as i32 - (k / 2) as i32;
+            let mut runs = [core::ptr::null(); 7];
+            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+                rows.load(p, input, y);
+                *r = rows.at(p, y);
+            }
+            let mut ox = 0;
+            while ox < ow {
+                let m = PIXELS.min(ow - ox);
+                let w = packed[b * per_block..].as_ptr();
+                // SAFETY: pixel ox + i's run in row ky is `run` bytes from runs[ky] +
+                // (ox + i)·s·C_in, within the slot, and the 16-byte loads read at most 15 past
+                // it (the next slot or the ring's slack); the blocks hold per_block bytes each.
+                let sums = unsafe {
+                    let (x0, step) = (ox * s * ic, s * ic);
+                    match (dot, two) {
+                        (true, true) => {
+                            tile_dot::<2>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
+                        (true, false) => {
+                            tile_dot::<1>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
+                        (false, true) => tile::<2>(&runs[..k], x0, step, m, groups, w, per_block),
+                        (false, false) => tile::<1>(&runs[..k], x0, step, m, groups, w, per_block),
+                    }
+                };
+                for (i, px) in sums.iter().enumerate().take(m) {
+                    let base = (oy * ow + ox + i) * oc;
+                    for (bb, &acc) in px.iter().enumerate().take(nb) {
+                        let c0 = 4 * (b + bb);
+                        let n = 4.min(oc - c0);
+                        match &vectors[bb] {
+                            Some(v) => {
+                                for (o, q) in
+                                    out[base + c0..base + c0 + n].iter_mut().zip(v.apply(acc))
+                                {
+                                    *o = q as u8;
+                                }
+                            }
+                            None => {
+                                let mut sums = [0i32; 4];
+                                // SAFETY: 4 × i32 into a 4-element array.
+                                unsafe { vst1q_s32(sums.as_mut_ptr(), acc) };
+                                for (j, &a) in sums.iter().enumerate().take(n) {
+                                    finishes[bb][j].store(out, base + c0 + j, a);
+                                }
+                            }
+                        }
+                    }
+                }
+                ox += m;
+            }
+        }
+        b += nb;
+    }
+    true
+}
+
+/// The sums of `m ≤ 4` pixels × `B` blocks of 4 channels with `SDOT` by element: pixel `i`'s
+/// run in kernel row `r` at `runs[r] + x0 + i·step`, block `b`'s weights at `w + b·per_block`,
+/// row `r` group `g` at `(r·groups + g)·16` bytes.
+///
+/// # Safety
+/// The CPU has the dot-product extension; the reads as [`dense`] says.
+#[target_feature(enable = "dotprod")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_dot<const B: usize>(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    groups: usize,
+    w: *const i8,
+    per_block: usize,
+) -> [[int32x4_t; 2]; PIXELS] {
+    // SAFETY: by the contract.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); B]; PIXELS];
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i8; PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step) as *const i8);
+            let wr = w.add(r * groups * 16);
+            for g in (0..groups).step_by(4) {
+                let xv: [int8x16_t; PIXELS] = core::array::from_fn(|i| vld1q_s8(x[i].add(4 * g)));
+                for b in 0..B {
+                    let wb = wr.add(b * per_block + g * 16);
+                    let (w0, w1) = (vld1q_s8(wb), vld1q_s8(wb.add(16)));
+                    let (w2, w3) = (vld1q_s8(wb.add(32)), vld1q_s8(wb.add(48)));
+                    for (a, &xv) in acc.iter_mut().zip(&xv) {
+                        core::arch::asm!(
+                            "sdot {a:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
+                            "sdot {a:v}.4s, {w1:v}.16b, {x:v}.4b[1]",
+                            "sdot {a:v}.4s, {w2:v}.16b, {x:v}.4b[2]",
+                            "sdot {a:v}.4s, {w3:v}.16b, {x:v}.4b[3]",
+                            a = inout(vreg) a[b],
+                            w0 = in(vreg) w0,
+                            w1 = in(vreg) w1,
+                            w2 = in(vreg) w2,
+                            w3 = in(vreg) w3,
+                            x = in(vreg) xv,
+                            options(pure, nomem, nostack, preserves_flags),
+                        );
+                    }
+                }
+            }
+        }
+        let mut out = [[vdupq_n_s32(0); 2]; PIXELS];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            o[..B].copy_from_slice(a);
+        }
+        out
+    }
+}
+
+/// [`tile_dot`] without the dot-product extension: per group, the input's four values
+/// repeated across the vector (`DUP` by element), `SMULL`/`SMULL2` against the block's 16
+/// weights (int16 products, |x·w| ≤ 2¹⁴) and `SADALP` into int32 pairs per channel, which one
+/// `ADDP` folds at the end.
+///
+/// # Safety
+/// As [`tile_dot`], without the extension.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const B: usize>(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    groups: usize,
+    w: *const i8,
+    per_block: usize,
+) -> [[int32x4_t; 2]; PIXELS] {
+    // SAFETY: by the contract.
+    unsafe {
+        // per pixel and block: channels 0, 1 and channels 2, 3, two partial sums each
+        let mut lo = [[vdupq_n_s32(0); B]; PIXELS];
+        let mut hi = [[vdupq_n_s32(0); B]; PIXELS];
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i8; PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step) as *const i8);
+            let wr = w.add(r * groups * 16);
+            for g in 0..groups {
+                let xv: [int8x16_t; PIXELS] = core::array::from_fn(|i| {
+                    vreinterpretq_s8_s32(vld1q_dup_s32(x[i].add(4 * g) as *const i32))
+                });
+                for b in 0..B {
+                    let wv = vld1q_s8(wr.add(b * per_block + g * 16));
+                    for i in 0..PIXELS {
+                        lo[i][b] =
+                            vpadalq_s16(lo[i][b], vmull_s8(vget_low_s8(wv), vget_low_s8(xv[i])));
+                        hi[i][b] = vpadalq_s16(hi[i][b], vmull_high_s8(wv, xv[i]));
+                    }
+                }
+            }
+        }
+        let mut out = [[vdupq_n_s32(0); 2]; PIXELS];
+        for i in 0..PIXELS {
+            for b in 0..B {
+                out[i][b] = vpaddq_s32(lo[i][b], hi[i][b]);
+            }
+        }
+        out
+    }
+}
+
+/// Runs `p` if it is a depthwise convolution whose padded rows fit the ring (returns `false`,
+/// having written nothing, otherwise): 8 channels a step, per tap the input widened to int16
+/// (`SXTL`) and multiplied into int32 by the tap's int16 weights (`SMLAL`, `SMLAL2`).
+pub(super) fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    let (iw, c) = (p.input.width, p.input.channels);
+    let (oh, ow) = (p.output.height, p.output.width);
+    let (k, s) = (p.kernel, p.stride);
+    if !super::depthwise_fits(p, input.len(), out.len(), 7)
+        || k * (iw + 2 * (k / 2)) * c + 64 > RING
+    {
+        return false;
+    }
+    let zp = p.input_zero_point;
+    let mut rows = Rows::new(p, 0);
+    for c0 in (0..c).step_by(8) {
+        let n = 8.min(c - c0);
+        let mut wbuf = [[0i16; 8]; 49];
+        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
+            for (j, v) in row.iter_mut().enumerate().take(n) {
+                *v = p.weights[t * c + c0 + j] as i16;
+            }
+        }
+        let finishes: [Finish; 8] = core::array::from_fn(|j| {
+            let ch = (c0 + j).min(c - 1);
+            let mut f = Finish::new(&p.stage, p.bias, ch);
+            let sum: i32 = (0..k * k).map(|t| p.weights[t * c + ch] as i32).sum();
+            let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
+            *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
+            f
+        });
+        let vectors = [Requant4::new(&finishes[..4]), Requant4::new(&finishes[4..])];
+        rows.held = [i32::MIN; 7];
+        for oy in 0..oh {
+            let y0 = (oy * s) as i32 - (k / 2) as i32;
+            let mut runs = [core::ptr::null(); 7];
+            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+                rows.load(p, input, y);
+                *r = rows.at(p, y);
+            }
+            for ox in 0..ow {
+                // SAFETY: tap (ky, kx) reads 8 bytes at runs[ky] + (ox·s + kx)·C + c0, within
+                // the slot's padded columns plus at most 7 bytes past the block (the next
+                // pixel, another slot or the ring's slack); 8-element weight rows.
+                let acc = unsafe {
+                    let (mut lo, mut hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
+                    for (ky, &r) in runs[..k].iter().enumerate() {
+                        let x = r.add(ox * s * c + c0) as *const i8;
+                        for kx in 0..k {
+                            let xv = vmovl_s8(vld1_s8(x.add(kx * c)));
+                            let wv = vld1q_s16(wbuf[ky * k + kx].as_ptr());
+                            lo = vmlal_s16(lo, vget_low_s16(xv), vget_low_s16(wv));
+                            hi = vmlal_high_s16(hi, xv, wv);
+                        }
+                    }
+                    [lo, hi]
+                };
+                let base = (oy * ow + ox) * c + c0;
+                for (h, (v, acc)) in vectors.iter().zip(acc).enumerate() {
+                    let lanes = n.saturating_sub(4 * h).min(4);
+                    if lanes == 0 {
+                        break;
+                    }
+                    let at = base + 4 * h;
+                    match v {
+                        Some(v) => {
+                            for (o, q) in out[at..at + lanes].iter_mut().zip(v.apply(acc)) {
+                                *o = q as u8;
+                            }
+                        }
+                        None => {
+                            let mut sums = [0i32; 4];
+                            // SAFETY: 4 × i32 into a 4-element array.
+                            unsafe { vst1q_s32(sums.as_mut_ptr(), acc) };
+                            for (j, &a) in sums.iter().enumerate().take(lanes) {
+                                finishes[4 * h + j].store(out, at + j, a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
