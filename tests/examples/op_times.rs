@@ -1,0 +1,70 @@
+//! Per-op wall time of the int8 engine on this machine (one thread): the ops that take the
+//! most time first, with their shapes and MACs. For finding where a network's time goes; the
+//! comparison with other runtimes is `bench/infer_anchors.sh`.
+//! Usage: op_times DIR [RUNS]   (DIR holds `model.dlm` and `frame.rgb`, as `write_board_assets`
+//! writes them)
+use depthling_model::{Model, Op};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::path::PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: op_times DIR [RUNS]")?,
+    );
+    let runs: usize = std::env::args().nth(2).map_or(Ok(200), |r| r.parse())?;
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    let (model, frame) = (read("model.dlm")?, read("frame.rgb")?);
+    let m = Model::from_bytes(&model).map_err(|e| format!("model.dlm: {e:?}"))?;
+    let mut arena = vec![0u8; m.arena_bytes as usize];
+    let mut engine =
+        depthling_device::Engine::new(&m, &mut arena).map_err(|e| format!("{e:?}"))?;
+    let mut time = vec![0f64; m.ops.len()];
+    // ten runs to warm up, then `runs` timed ones
+    for r in 0..runs + 10 {
+        let mut last = std::time::Instant::now();
+        engine
+            .run_observed(&frame, |i, _, _| {
+                if r >= 10 {
+                    time[i] += last.elapsed().as_secs_f64();
+                }
+                last = std::time::Instant::now();
+            })
+            .map_err(|e| format!("frame.rgb: {e:?}"))?;
+    }
+    let total: f64 = time.iter().sum();
+    println!("total {:.3} ms per frame", 1e3 * total / runs as f64);
+    let mut order: Vec<usize> = (0..time.len()).collect();
+    order.sort_by(|&a, &b| time[b].total_cmp(&time[a]));
+    for i in order {
+        let what = match &m.ops[i] {
+            Op::Conv2d(c) => {
+                let (a, o) = (&m.tensors[c.input as usize], &m.tensors[c.output as usize]);
+                let kind = if c.depthwise { "depthwise" } else { "conv" };
+                format!(
+                    "{kind} {k}x{k} s{s} {}x{}x{} -> {}",
+                    a.height,
+                    a.width,
+                    a.channels,
+                    o.channels,
+                    k = c.kernel,
+                    s = c.stride
+                )
+            }
+            Op::Add { .. } => "add".into(),
+            Op::Concat { .. } => "concat".into(),
+            Op::Upsample { .. } => "upsample".into(),
+            Op::GlobalAvgPool { .. } => "pool".into(),
+            Op::Mul { .. } => "mul".into(),
+            _ => "other".into(),
+        };
+        println!(
+            "op {i:3} {:8.4} ms {:5.1} % macs {:9} {what}",
+            1e3 * time[i] / runs as f64,
+            100.0 * time[i] / total,
+            m.op_macs(i)
+        );
+    }
+    Ok(())
+}
