@@ -29,6 +29,7 @@ use kernels::elementwise::Operand;
 use kernels::{activation_range, Shape};
 
 pub use depthling_model;
+pub use kernels::KernelSet;
 
 /// What went wrong on the device. Small and `Copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +149,7 @@ pub enum Kernels {
 pub struct Engine<'m, 'a> {
     model: &'m Model<'m>,
     arena: &'a mut [u8],
-    kernels: Kernels,
+    kernels: KernelSet,
 }
 
 fn shape(t: &TensorInfo) -> Shape {
@@ -205,13 +206,30 @@ impl<'m, 'a> Engine<'m, 'a> {
         Ok(Engine {
             model,
             arena,
-            kernels: Kernels::Optimized,
+            kernels: KernelSet::detect(),
         })
     }
 
     /// Chooses the kernel implementations (optimized by default).
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.kernels = kernels;
+        self.kernels = match kernels {
+            Kernels::Reference => KernelSet::Reference,
+            Kernels::Optimized => KernelSet::detect(),
+        };
+    }
+
+    /// Runs with kernel table `set` from now on, if this build and CPU can run it (returns
+    /// `false`, leaving the table as it was, otherwise). [`Engine::new`] picks the fastest.
+    pub fn select_kernels(&mut self, set: KernelSet) -> bool {
+        if set.is_available() {
+            self.kernels = set;
+        }
+        set.is_available()
+    }
+
+    /// The kernel table the engine runs with.
+    pub fn kernel_set(&self) -> KernelSet {
+        self.kernels
     }
 
     /// Bytes of arena the model uses at its peak.
@@ -314,10 +332,18 @@ impl<'m, 'a> Engine<'m, 'a> {
                     stage,
                 };
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                match self.kernels {
-                    Kernels::Reference => kernels::conv::reference(&params, as_i8(inp), out),
-                    Kernels::Optimized => kernels::conv::optimized(&params, as_i8(inp), out),
-                }
+                // the default table through a plain function pointer, as the other families
+                // (on Cortex-M7 a table argument threaded into the call cost 0.2 M
+                // instructions on `micro`)
+                let conv: fn(&ConvParams<'_>, &[i8], &mut [u8]) = match self.kernels {
+                    KernelSet::Reference => kernels::conv::reference,
+                    set if set == KernelSet::detect() => kernels::conv::optimized,
+                    _ => {
+                        kernels::conv::with(self.kernels, &params, as_i8(inp), out);
+                        return Ok(());
+                    }
+                };
+                conv(&params, as_i8(inp), out)
             }
             Op::Add {
                 a,
@@ -333,8 +359,8 @@ impl<'m, 'a> Engine<'m, 'a> {
                     activation_range(*act, to.quant.scale, to.quant.zero_point);
                 let (out, [da, db]) = regions(self.arena, range(to), [range(ta), range(tb)], id)?;
                 let add = match self.kernels {
-                    Kernels::Reference => kernels::elementwise::add_reference,
-                    Kernels::Optimized => kernels::elementwise::add_optimized,
+                    KernelSet::Reference => kernels::elementwise::add_reference,
+                    _ => kernels::elementwise::add_optimized,
                 };
                 add(
                     Operand {
@@ -361,8 +387,8 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let to = t(*output)?;
                 let concat = match self.kernels {
-                    Kernels::Reference => kernels::elementwise::concat_reference,
-                    Kernels::Optimized => kernels::elementwise::concat_optimized,
+                    KernelSet::Reference => kernels::elementwise::concat_reference,
+                    _ => kernels::elementwise::concat_optimized,
                 };
                 let mut offset = 0;
                 for (&tid, r) in inputs.iter().zip(requant) {
@@ -393,11 +419,19 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 use depthling_model::UpsampleMode::{Bilinear, Nearest};
                 use kernels::upsample as up;
+                // the optimized kernels of the chosen table (the bilinear one honours a
+                // reference or x86 table choice through `bilinear_with`)
                 let upsample = match (mode, self.kernels) {
-                    (Nearest, Kernels::Reference) => up::nearest_reference,
-                    (Nearest, Kernels::Optimized) => up::nearest_optimized,
-                    (Bilinear, Kernels::Reference) => up::bilinear_reference,
-                    (Bilinear, Kernels::Optimized) => up::bilinear_optimized,
+                    (Nearest, KernelSet::Reference) => up::nearest_reference,
+                    (Nearest, _) => up::nearest_optimized,
+                    (Bilinear, KernelSet::Reference) => up::bilinear_reference,
+                    (Bilinear, set)
+                        if set == KernelSet::detect()
+                            || matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) =>
+                    {
+                        up::bilinear_optimized
+                    }
+                    (Bilinear, _) => up::bilinear_portable,
                 };
                 upsample(as_i8(inp), shape(ti), *factor as usize, as_i8_mut(out));
             }
@@ -409,8 +443,8 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (ti, to) = (t(*input)?, t(*output)?);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 let pool = match self.kernels {
-                    Kernels::Reference => kernels::pool::global_avg_pool_reference,
-                    Kernels::Optimized => kernels::pool::global_avg_pool_optimized,
+                    KernelSet::Reference => kernels::pool::global_avg_pool_reference,
+                    _ => kernels::pool::global_avg_pool_optimized,
                 };
                 pool(
                     Operand {
@@ -432,8 +466,8 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
                 let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
                 let mul = match self.kernels {
-                    Kernels::Reference => kernels::elementwise::mul_reference,
-                    Kernels::Optimized => kernels::elementwise::mul_optimized,
+                    KernelSet::Reference => kernels::elementwise::mul_reference,
+                    _ => kernels::elementwise::mul_optimized,
                 };
                 mul(
                     Operand {
@@ -528,10 +562,35 @@ mod tests {
                 .map(|i| (i * 29 % 256) as u8)
                 .collect();
             let mut e = Engine::new(&model, &mut arena).unwrap();
+            assert_eq!(e.kernel_set(), KernelSet::detect());
             let fast = e.run(&frame).unwrap().checksum();
             e.set_kernels(Kernels::Reference);
-            assert_eq!(e.run(&frame).unwrap().checksum(), fast);
+            let reference = e.run(&frame).unwrap().checksum();
+            assert_eq!(reference, fast);
+            // every table this build and CPU can run, and none it cannot
+            for set in KernelSet::ALL {
+                assert_eq!(e.select_kernels(set), set.is_available(), "{set:?}");
+                if set.is_available() {
+                    assert_eq!(e.kernel_set(), set);
+                    assert_eq!(e.run(&frame).unwrap().checksum(), reference, "{set:?}");
+                }
+            }
         }
+    }
+
+    /// The tables a build has: the reference and portable ones everywhere, the architecture's
+    /// own where the CPU has them, and the fastest of those chosen.
+    #[test]
+    fn kernel_tables_follow_the_architecture() {
+        let names: std::vec::Vec<&str> = KernelSet::available().map(KernelSet::name).collect();
+        assert_eq!(names[..2], ["reference", "portable"]);
+        assert_eq!(KernelSet::detect(), KernelSet::available().last().unwrap());
+        #[cfg(target_arch = "x86_64")]
+        assert!(names.contains(&"x86-sse2"));
+        #[cfg(target_arch = "aarch64")]
+        assert!(names.contains(&"aarch64-neon"));
+        assert!(!KernelSet::CortexMDsp.is_available() || cfg!(target_arch = "arm"));
+        std::eprintln!("kernel tables here: {names:?}");
     }
 
     #[test]

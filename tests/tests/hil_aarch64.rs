@@ -113,7 +113,20 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
                     "{arch} on {cpu}, {name}: aarch64 {got:#018x} != host {want:#018x}"
                 );
             }
-            eprintln!("{arch} on {cpu}: {}", stdout.lines().last().unwrap_or(""));
+            let summary = stdout.lines().last().unwrap_or("");
+            eprintln!("{arch} on {cpu}: {summary}");
+            // the NEON table the engine chose: SDOT only where the CPU has it
+            let want = if cpu == "max" {
+                "aarch64-neon-dotprod"
+            } else {
+                "aarch64-neon"
+            };
+            assert!(
+                summary
+                    .split_whitespace()
+                    .any(|f| f == format!("kernels={want}")),
+                "{arch} on {cpu}: expected kernels={want}: {summary}"
+            );
         }
     }
 

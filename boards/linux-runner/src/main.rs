@@ -175,10 +175,12 @@ fn run(args: &Args) -> Result<(), Failure> {
     let backend = args.backend.name();
     match &loaded {
         Loaded::Int8(model) => println!(
-            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={}",
+            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={} kernels={}",
             1e3 / mean_ms,
             model.arena_bytes,
-            model.macs()
+            model.macs(),
+            // the table the engine picked (Engine::new: KernelSet::detect)
+            depthling_device::KernelSet::detect().name()
         ),
         #[allow(unreachable_patterns)]
         _ => println!(

@@ -1,5 +1,6 @@
 //! Convolution (dense OHWI and depthwise HWC), padding `k / 2`, stride 1 or 2.
 
+use super::KernelSet;
 use super::Shape;
 use depthling_model::{read_f32, read_i32, read_requant};
 
@@ -315,53 +316,76 @@ fn dense_pixel(
     }
 }
 
-/// The optimized convolution: the same integer result as [`reference`], with the valid tap
-/// range computed once per output row/column (no per-tap bounds tests) and inner loops over
-/// contiguous slices that LLVM vectorizes (depthwise: a block of channels). Dense convolutions go
-/// through [`dense_blocked`] with SIMD blocks on x86-64 (SSE2 or AVX2 `pmaddwd`); with the
-/// feature `cortex-m-dsp` on Armv7E-M every convolution goes to [`super::cortex_m::conv`].
+/// The optimized convolution: [`with`] the fastest kernel table this build and CPU have
+/// ([`KernelSet::detect`]).
 pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-    #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-    super::cortex_m::conv(p, input, out);
-    #[cfg(not(all(feature = "cortex-m-dsp", target_arch = "arm")))]
-    {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `vnni::run` needs AVX-512 VNNI, which `vnni::available` checked.
-        if vnni::available()
-            && unsafe {
-                if p.depthwise {
-                    vnni::depthwise(p, input, out)
-                } else {
-                    vnni::run(p, input, out)
-                }
-            }
-        {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `depthwise` needs AVX2, which `has_avx2` checked.
-        if has_avx2()
-            && (pointwise::run(p, input, out) || unsafe { pointwise::depthwise(p, input, out) })
-        {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if !p.depthwise {
-            return dense_x86(p, input, out);
-        }
-        #[cfg(target_arch = "aarch64")]
-        if (p.depthwise && neon::depthwise(p, input, out))
-            || (!p.depthwise && neon::dense(p, input, out, neon::dotprod()))
-        {
-            return;
-        }
-        portable(p, input, out)
-    }
+    with(KernelSet::detect(), p, input, out)
 }
 
+/// The convolution with kernel table `set`: the same integer result as [`reference`] for every
+/// table. A table this build or CPU cannot run ([`KernelSet::is_available`]) runs the portable
+/// kernels instead. Each table's kernels decline the shapes they do not take (a stack buffer
+/// too small, a receptive field too deep), which then go to the next simpler one: AVX-512 VNNI
+/// → AVX2 → SSE2 blocks, NEON → portable, Cortex-M DSP → portable.
+#[inline(never)]
+pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    let set = if set.is_available() {
+        set
+    } else {
+        KernelSet::Portable
+    };
+    match set {
+        KernelSet::Reference => return reference(p, input, out),
+        KernelSet::Portable => return portable(p, input, out),
+        #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+        KernelSet::CortexMDsp => return super::cortex_m::conv(p, input, out),
+        #[cfg(target_arch = "aarch64")]
+        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
+            let dot = set == KernelSet::Aarch64NeonDot;
+            if (p.depthwise && neon::depthwise(p, input, out))
+                || (!p.depthwise && neon::dense(p, input, out, dot))
+            {
+                return;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::X86Sse2 | KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => {
+            // SAFETY: the AVX-512 kernels need AVX-512 F/BW/VL + VNNI and the AVX2 ones AVX2:
+            // `set` is available, and each table implies the ones below it.
+            unsafe {
+                if set == KernelSet::X86Avx512Vnni
+                    && if p.depthwise {
+                        vnni::depthwise(p, input, out)
+                    } else {
+                        vnni::run(p, input, out)
+                    }
+                {
+                    return;
+                }
+                let avx2 = set != KernelSet::X86Sse2;
+                if avx2 && (pointwise::run(p, input, out) || pointwise::depthwise(p, input, out)) {
+                    return;
+                }
+                if !p.depthwise {
+                    return dense_x86_with(p, input, out, avx2);
+                }
+            }
+        }
+        _ => {}
+    }
+    portable(p, input, out)
+}
+
+/// Whether the CPU has what the AVX-512 VNNI kernels need.
 #[cfg(target_arch = "x86_64")]
-fn dense_x86(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-    dense_x86_with(p, input, out, has_avx2())
+pub(crate) fn vnni_available() -> bool {
+    vnni::available()
+}
+
+/// Whether the CPU has the dot-product extension.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn dotprod_available() -> bool {
+    neon::dotprod()
 }
 
 /// What a blocked dense kernel computes for one step of [`dense_blocked`]: the sums of `pixels`

@@ -12,6 +12,91 @@ pub mod upsample;
 #[cfg(test)]
 extern crate std;
 
+/// One table of kernels: the instruction set the convolutions (and bilinear upsampling) run
+/// with. The engine picks the best the build and the CPU have when it is created
+/// ([`KernelSet::detect`]: run-time feature detection with `std`, the build's target features
+/// without) and calls through it on every run; any other table the build and CPU have can be
+/// chosen for comparison ([`KernelSet::available`]), and every one gives the reference's bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSet {
+    /// The plain loops that define the integer results.
+    Reference,
+    /// Portable Rust (valid tap ranges once per row, loops LLVM vectorizes).
+    Portable,
+    /// x86-64 baseline: SSE2 `pmaddwd` blocks.
+    X86Sse2,
+    /// x86-64 AVX2 (`vpmaddwd` GEMM, int16 depthwise, int16 bilinear).
+    X86Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (`vpdpbusd` GEMM, `vpdpwssd` depthwise), AVX2 elsewhere.
+    X86Avx512Vnni,
+    /// aarch64 NEON without the dot-product extension (Cortex-A72: `smull`/`sadalp`).
+    Aarch64Neon,
+    /// aarch64 NEON with the dot-product extension (Cortex-A76/A78: `sdot`).
+    Aarch64NeonDot,
+    /// Armv7E-M DSP (Cortex-M4/M7/M33: `smlad`, `sxtb16`), with the feature `cortex-m-dsp`.
+    CortexMDsp,
+}
+
+impl KernelSet {
+    /// Every table: the ones this build and CPU can run are [`KernelSet::available`].
+    pub const ALL: [KernelSet; 8] = [
+        KernelSet::Reference,
+        KernelSet::Portable,
+        KernelSet::X86Sse2,
+        KernelSet::X86Avx2,
+        KernelSet::X86Avx512Vnni,
+        KernelSet::Aarch64Neon,
+        KernelSet::Aarch64NeonDot,
+        KernelSet::CortexMDsp,
+    ];
+
+    /// A short name, as `depthling-runner` and `bench infer` print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelSet::Reference => "reference",
+            KernelSet::Portable => "portable",
+            KernelSet::X86Sse2 => "x86-sse2",
+            KernelSet::X86Avx2 => "x86-avx2",
+            KernelSet::X86Avx512Vnni => "x86-avx512-vnni",
+            KernelSet::Aarch64Neon => "aarch64-neon",
+            KernelSet::Aarch64NeonDot => "aarch64-neon-dotprod",
+            KernelSet::CortexMDsp => "cortex-m-dsp",
+        }
+    }
+
+    /// Whether this build on this CPU can run the table.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelSet::Reference | KernelSet::Portable => true,
+            KernelSet::X86Sse2 => cfg!(target_arch = "x86_64"),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::X86Avx2 => conv::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::X86Avx512Vnni => conv::vnni_available(),
+            KernelSet::Aarch64Neon => cfg!(target_arch = "aarch64"),
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Aarch64NeonDot => conv::dotprod_available(),
+            KernelSet::CortexMDsp => cfg!(all(feature = "cortex-m-dsp", target_arch = "arm")),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The tables this build on this CPU can run, the reference first.
+    pub fn available() -> impl Iterator<Item = KernelSet> {
+        KernelSet::ALL.into_iter().filter(|k| k.is_available())
+    }
+
+    /// The fastest table this build on this CPU can run.
+    pub fn detect() -> KernelSet {
+        KernelSet::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.is_available())
+            .unwrap_or(KernelSet::Portable)
+    }
+}
+
 /// Height, width, channels of an NHWC tensor (batch 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shape {

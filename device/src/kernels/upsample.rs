@@ -96,9 +96,31 @@ pub fn bilinear_reference(input: &[i8], shape: Shape, factor: usize, out: &mut [
     }
 }
 
-/// [`bilinear_reference`] with the four weights per output pixel formed once, the channels
-/// innermost over contiguous slices, and the rounding division by `(2f)²` as shifts.
+/// [`bilinear_with`] the fastest kernel table this build and CPU have.
 pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
+    bilinear_with(super::KernelSet::detect(), input, shape, factor, out)
+}
+
+/// [`bilinear_with`] the portable table (no SIMD beyond what LLVM finds).
+pub fn bilinear_portable(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
+    bilinear_with(super::KernelSet::Portable, input, shape, factor, out)
+}
+
+/// [`bilinear_reference`] with kernel table `set`: the reference itself for
+/// [`super::KernelSet::Reference`]; AVX2 ×2/×4 for the x86-64 AVX2 and AVX-512 tables; the
+/// separable kernel on 32-bit Arm; elsewhere the four weights per output pixel formed once,
+/// the channels innermost over contiguous slices, and the rounding division by `(2f)²` as
+/// shifts.
+pub fn bilinear_with(
+    set: super::KernelSet,
+    input: &[i8],
+    shape: Shape,
+    factor: usize,
+    out: &mut [i8],
+) {
+    if set == super::KernelSet::Reference {
+        return bilinear_reference(input, shape, factor, out);
+    }
     let (h, w, c) = (shape.height, shape.width, shape.channels);
     let ow = w * factor;
     let den = 2 * factor as i32;
@@ -114,7 +136,12 @@ pub fn bilinear_optimized(input: &[i8], shape: Shape, factor: usize, out: &mut [
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `avx2::bilinear` needs AVX2, which `has_avx2` checked.
-    if super::conv::has_avx2() && unsafe { avx2::bilinear(input, shape, factor, out) } {
+    if matches!(
+        set,
+        super::KernelSet::X86Avx2 | super::KernelSet::X86Avx512Vnni
+    ) && super::conv::has_avx2()
+        && unsafe { avx2::bilinear(input, shape, factor, out) }
+    {
         return;
     }
     let px = |y: usize, x: usize| &input[(y * w + x) * c..(y * w + x) * c + c];

@@ -227,6 +227,10 @@ pub fn teacher(
 pub struct InferBench {
     pub int8_ms: f64,
     pub int8_reference_ms: f64,
+    /// The kernel table the engine picks on this machine (`int8_ms`).
+    pub kernels: String,
+    /// The median of every kernel table this build and CPU can run, by name.
+    pub int8_ms_by_kernels: std::collections::BTreeMap<String, f64>,
     /// The same student's ONNX export through tract (f32), same frame, one thread.
     pub tract_ms: f64,
     /// `tract_ms / int8_ms`.
@@ -244,7 +248,7 @@ pub struct InferBench {
 pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
     use crate::nets::{preset, Net};
     use crate::quant::{quantize, Calibration, Provenance};
-    use depthling_device::{Engine, Kernels};
+    use depthling_device::{Engine, KernelSet, Kernels};
     let device = candle_core::Device::Cpu;
     let net = Net::new(preset("demo-student", 1.0)?, &device, 0)?;
     let calib = render_many(Domain::Ood, width, height, 3, 0, 8, false);
@@ -268,6 +272,12 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
         engine.set_kernels(Kernels::Reference);
         engine.run(frame).map(|_| ()).map_err(Error::from)
     })?;
+    let mut int8_ms_by_kernels = std::collections::BTreeMap::new();
+    for set in KernelSet::available() {
+        engine.select_kernels(set);
+        let ms = median_ms(runs, || engine.run(frame).map(|_| ()).map_err(Error::from))?;
+        int8_ms_by_kernels.insert(set.name().to_string(), ms);
+    }
     let tract = depthling_device::tract::TractModel::from_bytes(&crate::onnx::export(
         &net.net, width, height,
     )?)
@@ -281,6 +291,8 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
     Ok(InferBench {
         int8_ms,
         int8_reference_ms,
+        kernels: KernelSet::detect().name().to_string(),
+        int8_ms_by_kernels,
         tract_ms,
         int8_speedup_over_tract: tract_ms / int8_ms,
         arena_bytes: model.arena_bytes as u64,
