@@ -17,6 +17,8 @@
 pub mod frame;
 pub mod kernels;
 #[cfg(feature = "std")]
+mod pool;
+#[cfg(feature = "std")]
 pub mod runner;
 #[cfg(feature = "tract")]
 pub mod tract;
@@ -150,7 +152,56 @@ pub struct Engine<'m, 'a> {
     model: &'m Model<'m>,
     arena: &'a mut [u8],
     kernels: KernelSet,
+    /// Threads a large convolution may split its output rows over (`std`; 1 without).
+    threads: usize,
+    /// The workers beside the calling thread (`threads − 1` of them).
+    #[cfg(feature = "std")]
+    pool: Option<pool::Pool>,
 }
+
+/// Convolution `p` with its output rows in `pool.extra() + 1` bands, one per thread, where
+/// table `set` has banded kernels for it (`false`, having written nothing, elsewhere: every
+/// band declines or none does, the checks depending on the shapes alone).
+#[cfg(feature = "std")]
+fn parallel_conv(
+    pool: &pool::Pool,
+    set: KernelSet,
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+) -> bool {
+    let oh = p.output.height;
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    let row = p.output.width * p.output.channels * elem;
+    let bands = (pool.extra() + 1).min(oh);
+    if bands < 2 || out.len() < oh * row {
+        return false;
+    }
+    // band i: rows [i·oh/bands, (i+1)·oh/bands)
+    let edge = |i: usize| i * oh / bands;
+    let (first, mut rest) = out[..oh * row].split_at_mut(edge(1) * row);
+    let mut jobs: std::vec::Vec<std::boxed::Box<dyn FnOnce() -> bool + Send + '_>> =
+        std::vec::Vec::new();
+    for i in 1..bands {
+        let (part, tail) = core::mem::take(&mut rest).split_at_mut((edge(i + 1) - edge(i)) * row);
+        rest = tail;
+        let rows = edge(i)..edge(i + 1);
+        jobs.push(std::boxed::Box::new(move || {
+            kernels::conv::band(set, p, input, part, rows)
+        }));
+    }
+    pool.run(jobs, || {
+        kernels::conv::band(set, p, input, first, 0..edge(1))
+    })
+}
+
+/// Convolutions below this many MACs stay on one thread: starting the others costs more (in
+/// the unit tests every convolution splits, so that the small test models exercise it).
+#[cfg(feature = "std")]
+const PARALLEL_MACS: u64 = if cfg!(test) { 1 } else { 2_000_000 };
 
 fn shape(t: &TensorInfo) -> Shape {
     Shape {
@@ -207,6 +258,9 @@ impl<'m, 'a> Engine<'m, 'a> {
             model,
             arena,
             kernels: KernelSet::detect(),
+            threads: 1,
+            #[cfg(feature = "std")]
+            pool: None,
         })
     }
 
@@ -230,6 +284,23 @@ impl<'m, 'a> Engine<'m, 'a> {
     /// The kernel table the engine runs with.
     pub fn kernel_set(&self) -> KernelSet {
         self.kernels
+    }
+
+    /// Lets each convolution of at least 2 M MACs split its output rows over `threads`
+    /// threads (the calling one and `threads − 1` workers the engine keeps until it is dropped
+    /// or this is called again; one band each), where the kernel table has banded kernels
+    /// (AVX-512 VNNI, NEON). The bits are the same as on one thread.
+    #[cfg(feature = "std")]
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+        if self.pool.as_ref().map_or(0, |p| p.extra()) != self.threads - 1 {
+            self.pool = (self.threads > 1).then(|| pool::Pool::new(self.threads - 1));
+        }
+    }
+
+    /// The threads a large convolution may use ([`Engine::set_threads`]).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Bytes of arena the model uses at its peak.
@@ -335,6 +406,16 @@ impl<'m, 'a> Engine<'m, 'a> {
                 // the default table through a plain function pointer, as the other families
                 // (on Cortex-M7 a table argument threaded into the call cost 0.2 M
                 // instructions on `micro`)
+                #[cfg(feature = "std")]
+                if let Some(pool) = self
+                    .pool
+                    .as_ref()
+                    .filter(|_| m.op_macs(index) >= PARALLEL_MACS)
+                {
+                    if parallel_conv(pool, self.kernels, &params, as_i8(inp), out) {
+                        return Ok(());
+                    }
+                }
                 let conv: fn(&ConvParams<'_>, &[i8], &mut [u8]) = match self.kernels {
                     KernelSet::Reference => kernels::conv::reference,
                     set if set == KernelSet::detect() => kernels::conv::optimized,
@@ -574,6 +655,30 @@ mod tests {
                     assert_eq!(e.kernel_set(), set);
                     assert_eq!(e.run(&frame).unwrap().checksum(), reference, "{set:?}");
                 }
+            }
+        }
+    }
+
+    /// Several threads give the bits of one, on every table.
+    #[cfg(feature = "std")]
+    #[test]
+    fn threads_give_the_bits_of_one_thread() {
+        let bytes = depthling_model::example_model(64, 48, 5).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let frame: std::vec::Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 31 % 256) as u8).collect();
+        let mut e = Engine::new(&model, &mut arena).unwrap();
+        e.set_kernels(Kernels::Reference);
+        let want = e.run(&frame).unwrap().checksum();
+        for set in KernelSet::available() {
+            e.select_kernels(set);
+            for threads in [2, 3, 7] {
+                e.set_threads(threads);
+                assert_eq!(
+                    e.run(&frame).unwrap().checksum(),
+                    want,
+                    "{set:?} × {threads}"
+                );
             }
         }
     }

@@ -128,6 +128,16 @@ impl<'b> Loaded<'b> {
 
     /// A runner over this model, with `arena` (from [`Loaded::arena`]) as the engine's memory.
     pub fn runner<'m>(&'m self, arena: &'m mut [u8]) -> Result<Runner<'m>, RunnerError> {
+        self.runner_with_threads(arena, 1)
+    }
+
+    /// [`Loaded::runner`] with large int8 convolutions split over `threads` threads
+    /// ([`Engine::set_threads`]; tract plans its own threads).
+    pub fn runner_with_threads<'m>(
+        &'m self,
+        arena: &'m mut [u8],
+        threads: usize,
+    ) -> Result<Runner<'m>, RunnerError> {
         match self {
             Loaded::Int8(model) => {
                 let (h, w) = model
@@ -135,6 +145,7 @@ impl<'b> Loaded<'b> {
                     .ok_or_else(|| RunnerError::Model("model has no input".into()))?;
                 let mut engine =
                     Engine::new(model, arena).map_err(|e| RunnerError::Model(e.to_string()))?;
+                engine.set_threads(threads);
                 Ok(Runner {
                     size: (h as usize, w as usize),
                     backend: Backend::Int8,

@@ -85,7 +85,8 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
                 )
             })
             .collect();
-        for cpu in ["cortex-a72", "max"] {
+        // the last run splits large convolutions over three threads (NEON bands)
+        for (cpu, threads) in [("cortex-a72", "1"), ("max", "1"), ("max", "3")] {
             let run = on_qemu(
                 cpu,
                 &runner,
@@ -94,12 +95,14 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
                     model_path.as_ref(),
                     "--input".as_ref(),
                     frames.as_ref(),
+                    "--threads".as_ref(),
+                    threads.as_ref(),
                 ],
             );
             let stdout = String::from_utf8_lossy(&run.stdout);
             assert!(
                 run.status.success(),
-                "{arch} on {cpu}: runner failed:\n{stdout}\n{}",
+                "{arch} on {cpu} × {threads}: runner failed:\n{stdout}\n{}",
                 String::from_utf8_lossy(&run.stderr)
             );
             for (name, want) in &expected {
@@ -114,7 +117,7 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
                 );
             }
             let summary = stdout.lines().last().unwrap_or("");
-            eprintln!("{arch} on {cpu}: {summary}");
+            eprintln!("{arch} on {cpu} × {threads}: {summary}");
             // the NEON table the engine chose: SDOT only where the CPU has it
             let want = if cpu == "max" {
                 "aarch64-neon-dotprod"

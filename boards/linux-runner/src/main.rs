@@ -35,9 +35,10 @@ struct Args {
     backend: Backend,
     out: Option<PathBuf>,
     repeat: usize,
+    threads: usize,
 }
 
-const USAGE: &str = "usage: depthling-runner --model M.dlm|M.onnx (--input PNG|DIR | --camera /dev/videoN [--frames N]) [--backend int8|tract] [--out DIR] [--repeat N]";
+const USAGE: &str = "usage: depthling-runner --model M.dlm|M.onnx (--input PNG|DIR | --camera /dev/videoN [--frames N]) [--backend int8|tract] [--out DIR] [--repeat N] [--threads N]";
 
 /// An error with its exit code.
 struct Failure(u8, String);
@@ -48,6 +49,7 @@ fn bad(msg: impl Into<String>) -> Failure {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
     let (mut model, mut input, mut out, mut repeat) = (None, None, None, 1usize);
+    let mut threads = 1usize;
     let (mut camera, mut frames) = (None, 100usize);
     let mut backend = Backend::Int8;
     while let Some(flag) = argv.next() {
@@ -68,6 +70,13 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
                     .ok_or_else(|| bad("--frames needs a positive number"))?
             }
             "--backend" => backend = value()?.parse().map_err(bad)?,
+            "--threads" => {
+                threads = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad("--threads needs a positive number"))?
+            }
             "--repeat" => {
                 repeat = value()?
                     .parse()
@@ -89,6 +98,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, Failure> {
         backend,
         out,
         repeat: repeat.max(1),
+        threads,
     })
 }
 
@@ -136,7 +146,9 @@ fn run(args: &Args) -> Result<(), Failure> {
     };
     let loaded = Loaded::new(&bytes, args.backend).map_err(failed)?;
     let mut arena = loaded.arena();
-    let mut runner = loaded.runner(&mut arena).map_err(failed)?;
+    let mut runner = loaded
+        .runner_with_threads(&mut arena, args.threads)
+        .map_err(failed)?;
     let (h, w) = runner.input_size();
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| Failure(1, format!("{}: {e}", out.display())))?;
@@ -175,12 +187,13 @@ fn run(args: &Args) -> Result<(), Failure> {
     let backend = args.backend.name();
     match &loaded {
         Loaded::Int8(model) => println!(
-            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={} kernels={}",
+            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={} kernels={} threads={}",
             1e3 / mean_ms,
             model.arena_bytes,
             model.macs(),
             // the table the engine picked (Engine::new: KernelSet::detect)
-            depthling_device::KernelSet::detect().name()
+            depthling_device::KernelSet::detect().name(),
+            args.threads
         ),
         #[allow(unreachable_patterns)]
         _ => println!(

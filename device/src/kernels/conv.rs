@@ -342,8 +342,9 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "aarch64")]
         KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
             let dot = set == KernelSet::Aarch64NeonDot;
-            if (p.depthwise && neon::depthwise(p, input, out))
-                || (!p.depthwise && neon::dense(p, input, out, dot))
+            let all = 0..p.output.height;
+            if (p.depthwise && neon::depthwise(p, input, out, all.clone()))
+                || (!p.depthwise && neon::dense(p, input, out, dot, all))
             {
                 return;
             }
@@ -353,11 +354,12 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
             // SAFETY: the AVX-512 kernels need AVX-512 F/BW/VL + VNNI and the AVX2 ones AVX2:
             // `set` is available, and each table implies the ones below it.
             unsafe {
+                let all = 0..p.output.height;
                 if set == KernelSet::X86Avx512Vnni
                     && if p.depthwise {
-                        vnni::depthwise(p, input, out)
+                        vnni::depthwise(p, input, out, all)
                     } else {
-                        vnni::run(p, input, out)
+                        vnni::run(p, input, out, all)
                     }
                 {
                     return;
@@ -374,6 +376,90 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         _ => {}
     }
     portable(p, input, out)
+}
+
+/// Output rows `band` of `p` into `out` (that band's bytes only) with table `set`, where the
+/// table has a banded kernel for `p` (AVX-512 VNNI, NEON); `false`, having written nothing,
+/// elsewhere. A band's result is the same bits as those rows of the whole map.
+#[cfg(any(feature = "std", test))]
+pub(crate) fn band(
+    set: KernelSet,
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: core::ops::Range<usize>,
+) -> bool {
+    if !set.is_available() {
+        return false;
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = (&p, &input, &out, &band);
+    match set {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the table is available: the CPU has AVX-512 F/BW/VL + VNNI.
+        KernelSet::X86Avx512Vnni => unsafe {
+            if p.depthwise {
+                vnni::depthwise(p, input, out, band)
+            } else {
+                vnni::run(p, input, out, band)
+            }
+        },
+        #[cfg(target_arch = "aarch64")]
+        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
+            if p.depthwise {
+                neon::depthwise(p, input, out, band)
+            } else {
+                neon::dense(p, input, out, set == KernelSet::Aarch64NeonDot, band)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// [`with`] on `threads` threads (`std`): the output rows split into that many bands, each
+/// computed by its own thread into its own part of `out` ([`band`]), the same bits as one
+/// thread. Returns `false`, having written nothing, where the table has no banded kernel for
+/// `p` (the caller then runs [`with`]).
+#[cfg(any(feature = "std", test))]
+pub fn with_threads(
+    set: KernelSet,
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    threads: usize,
+) -> bool {
+    extern crate std;
+    let oh = p.output.height;
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    let row = p.output.width * p.output.channels * elem;
+    let bands = threads.clamp(1, oh.max(1));
+    if oh == 0 || out.len() < oh * row {
+        return false;
+    }
+    // band i: rows [i·oh/bands, (i+1)·oh/bands)
+    let edge = |i: usize| i * oh / bands;
+    let mut parts = std::vec::Vec::with_capacity(bands);
+    let mut rest = &mut out[..oh * row];
+    for i in 0..bands {
+        let (part, tail) = rest.split_at_mut((edge(i + 1) - edge(i)) * row);
+        parts.push((edge(i)..edge(i + 1), part));
+        rest = tail;
+    }
+    let first = parts.remove(0);
+    std::thread::scope(|scope| {
+        let others: std::vec::Vec<_> = parts
+            .into_iter()
+            .map(|(rows, part)| scope.spawn(move || band(set, p, input, part, rows)))
+            .collect();
+        let here = band(set, p, input, first.1, first.0.clone());
+        // every band declines or none does: the checks depend on the shapes alone
+        others.into_iter().fold(here, |ok, h| {
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) && ok
+        })
+    })
 }
 
 /// Whether the CPU has what the AVX-512 VNNI kernels need.
@@ -1162,19 +1248,39 @@ mod tests {
         cortex_m_depthwise_matches_reference: cortex_m_depthwise_only,
         vnni_matches_reference: vnni_only,
         neon_matches_reference: neon_only,
+        three_threads_match_reference: three_threads,
         neon_without_dotprod_matches_reference: neon_plain_only,
     }
 
     /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
+    /// The fastest table on three threads (one band per thread); the one-thread kernel where it
+    /// has no banded kernel for the case.
+    fn three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        let set = KernelSet::detect();
+        let banded = matches!(
+            set,
+            KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot
+        );
+        // the test shapes fit every banded kernel's buffers
+        assert_eq!(with_threads(set, p, input, out, 3), banded, "{set:?}");
+        if !banded {
+            std::eprintln!(
+                "note: no banded kernels in {set:?}; three_threads_match_reference ran one thread"
+            );
+            with(set, p, input, out);
+        }
+    }
+
     /// The NEON kernels alone (dense with the dot-product extension where the CPU has it),
     /// the reference elsewhere.
     fn neon_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "aarch64")]
         {
+            let all = 0..p.output.height;
             let done = if p.depthwise {
-                super::neon::depthwise(p, input, out)
+                super::neon::depthwise(p, input, out, all)
             } else {
-                super::neon::dense(p, input, out, super::neon::dotprod())
+                super::neon::dense(p, input, out, super::neon::dotprod(), all)
             };
             assert!(done, "neon declined");
             if !super::neon::dotprod() {
@@ -1190,7 +1296,11 @@ mod tests {
     fn neon_plain_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "aarch64")]
         if !p.depthwise {
-            assert!(super::neon::dense(p, input, out, false), "neon declined");
+            let all = 0..p.output.height;
+            assert!(
+                super::neon::dense(p, input, out, false, all),
+                "neon declined"
+            );
             return;
         }
         reference(p, input, out)
@@ -1201,11 +1311,12 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if super::vnni::available() {
             // SAFETY: the CPU has AVX-512 VNNI (checked above).
+            let all = 0..p.output.height;
             let done = unsafe {
                 if p.depthwise {
-                    super::vnni::depthwise(p, input, out)
+                    super::vnni::depthwise(p, input, out, all)
                 } else {
-                    super::vnni::run(p, input, out)
+                    super::vnni::run(p, input, out, all)
                 }
             };
             assert!(done, "vnni declined");

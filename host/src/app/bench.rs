@@ -231,6 +231,9 @@ pub struct InferBench {
     pub kernels: String,
     /// The median of every kernel table this build and CPU can run, by name.
     pub int8_ms_by_kernels: std::collections::BTreeMap<String, f64>,
+    /// `--threads`, and the default table's median with that many threads.
+    pub threads: usize,
+    pub int8_threads_ms: f64,
     /// The same student's ONNX export through tract (f32), same frame, one thread.
     pub tract_ms: f64,
     /// `tract_ms / int8_ms`.
@@ -245,7 +248,7 @@ pub struct InferBench {
 /// Times the int8 engine (optimized and reference kernels) on the demo student, quantized from
 /// seeded weights and calibrated on simulated OOD images, and tract on the student's ONNX export,
 /// on one core with the same input.
-pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
+pub fn infer(width: usize, height: usize, runs: usize, threads: usize) -> Result<InferBench> {
     use crate::nets::{preset, Net};
     use crate::quant::{quantize, Calibration, Provenance};
     use depthling_device::{Engine, KernelSet, Kernels};
@@ -278,6 +281,10 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
         let ms = median_ms(runs, || engine.run(frame).map(|_| ()).map_err(Error::from))?;
         int8_ms_by_kernels.insert(set.name().to_string(), ms);
     }
+    engine.select_kernels(KernelSet::detect());
+    engine.set_threads(threads);
+    let int8_threads_ms = median_ms(runs, || engine.run(frame).map(|_| ()).map_err(Error::from))?;
+    engine.set_threads(1);
     let tract = depthling_device::tract::TractModel::from_bytes(&crate::onnx::export(
         &net.net, width, height,
     )?)
@@ -293,6 +300,8 @@ pub fn infer(width: usize, height: usize, runs: usize) -> Result<InferBench> {
         int8_reference_ms,
         kernels: KernelSet::detect().name().to_string(),
         int8_ms_by_kernels,
+        threads,
+        int8_threads_ms,
         tract_ms,
         int8_speedup_over_tract: tract_ms / int8_ms,
         arena_bytes: model.arena_bytes as u64,
@@ -353,14 +362,26 @@ pub struct BenchConfig {
     /// to set beside bench/pytorch_reference.py)
     #[arg(long)]
     pub arch: Option<String>,
+    /// `bench infer` only: also time the engine with large convolutions split over this many
+    /// threads (`int8_threads_ms`; the same bits as one thread)
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Dispatches `depthling bench WHAT`; one JSON object.
 pub fn bench(cfg: &BenchConfig) -> Result<serde_json::Value> {
-    run(cfg.what, cfg.arch.as_deref())
+    if cfg.threads != 1 && cfg.what != What::Infer {
+        return Err(Error::Usage(
+            "--threads only applies to `bench infer`".into(),
+        ));
+    }
+    if cfg.threads == 0 {
+        return Err(Error::Usage("--threads needs at least 1".into()));
+    }
+    run(cfg.what, cfg.arch.as_deref(), cfg.threads)
 }
 
-fn run(what: What, arch: Option<&str>) -> Result<serde_json::Value> {
+fn run(what: What, arch: Option<&str>, threads: usize) -> Result<serde_json::Value> {
     let json =
         |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Runtime(e.to_string()));
     if arch.is_some() && what != What::Train {
@@ -372,7 +393,7 @@ fn run(what: What, arch: Option<&str>) -> Result<serde_json::Value> {
     match what {
         What::Sim => json(serde_json::to_value(sim(2.0)?)),
         What::Train => json(serde_json::to_value(train(128, 96, 10, arch)?)),
-        What::Infer => json(serde_json::to_value(infer(128, 96, 40)?)),
+        What::Infer => json(serde_json::to_value(infer(128, 96, 40, threads)?)),
         What::Teacher => json(serde_json::to_value(teacher(128, 96, 1.0, 7)?)),
     }
 }
@@ -399,7 +420,7 @@ mod tests {
             Err(Error::Usage(_))
         ));
         assert!(matches!(
-            run(What::Infer, Some("micro")),
+            run(What::Infer, Some("micro"), 1),
             Err(Error::Usage(_))
         ));
     }

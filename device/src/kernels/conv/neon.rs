@@ -17,6 +17,7 @@
 use super::rows::{Rows, RING};
 use super::{ConvParams, Finish, OutputStage};
 use core::arch::aarch64::*;
+use core::ops::Range;
 
 /// Most bytes of packed weights of one convolution (128 KiB on the stack).
 const PACKED: usize = 128 * 1024;
@@ -109,7 +110,13 @@ impl Requant4 {
 /// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
 /// (returns `false`, having written nothing, otherwise); `dot`: the CPU has the dot-product
 /// extension.
-pub(super) fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], dot: bool) -> bool {
+pub(super) fn dense(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    dot: bool,
+    band: Range<usize>,
+) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
@@ -126,7 +133,9 @@ pub(super) fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], dot: bool)
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
-        || out.len() < oh * ow * oc * elem
+        || band.start > band.end
+        || band.end > oh
+        || out.len() < band.len() * ow * oc * elem
         || k * (iw + 2 * (k / 2)) * ic + 64 > RING
     {
         return false;
@@ -179,7 +188,7 @@ pub(super) fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], dot: bool)
         });
         let vectors = [Requant4::new(&finishes[0]), Requant4::new(&finishes[1])];
         rows.held = [i32::MIN; 7];
-        for oy in 0..oh {
+        for oy in band.clone() {
             let y0 = (oy * s) as i32 - (k / 2) as i32;
             let mut runs = [core::ptr::null(); 7];
             for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
@@ -207,7 +216,7 @@ pub(super) fn dense(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], dot: bool)
                     }
                 };
                 for (i, px) in sums.iter().enumerate().take(m) {
-                    let base = (oy * ow + ox + i) * oc;
+                    let base = ((oy - band.start) * ow + ox + i) * oc;
                     for (bb, &acc) in px.iter().enumerate().take(nb) {
                         let c0 = 4 * (b + bb);
                         let n = 4.min(oc - c0);
@@ -347,12 +356,25 @@ unsafe fn tile<const B: usize>(
 /// Runs `p` if it is a depthwise convolution whose padded rows fit the ring (returns `false`,
 /// having written nothing, otherwise): 8 channels a step, per tap the input widened to int16
 /// (`SXTL`) and multiplied into int32 by the tap's int16 weights (`SMLAL`, `SMLAL2`).
-pub(super) fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+pub(super) fn depthwise(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
     let (iw, c) = (p.input.width, p.input.channels);
     let (oh, ow) = (p.output.height, p.output.width);
     let (k, s) = (p.kernel, p.stride);
-    if !super::depthwise_fits(p, input.len(), out.len(), 7)
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    // the shapes and the input as `depthwise_fits` checks them; the output is the band's
+    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
         || k * (iw + 2 * (k / 2)) * c + 64 > RING
+        || band.start > band.end
+        || band.end > oh
+        || out.len() < band.len() * ow * c * elem
     {
         return false;
     }
@@ -376,7 +398,7 @@ pub(super) fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> boo
         });
         let vectors = [Requant4::new(&finishes[..4]), Requant4::new(&finishes[4..])];
         rows.held = [i32::MIN; 7];
-        for oy in 0..oh {
+        for oy in band.clone() {
             let y0 = (oy * s) as i32 - (k / 2) as i32;
             let mut runs = [core::ptr::null(); 7];
             for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
@@ -400,7 +422,7 @@ pub(super) fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> boo
                     }
                     [lo, hi]
                 };
-                let base = (oy * ow + ox) * c + c0;
+                let base = ((oy - band.start) * ow + ox) * c + c0;
                 for (h, (v, acc)) in vectors.iter().zip(acc).enumerate() {
                     let lanes = n.saturating_sub(4 * h).min(4);
                     if lanes == 0 {

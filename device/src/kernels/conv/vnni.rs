@@ -22,6 +22,7 @@ use super::rows::{Rows, RING};
 use super::{ConvParams, Finish, OutputStage};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
+use core::ops::Range;
 
 const LANES: usize = 16;
 /// Most packed weight words of one convolution (128 KiB on the stack).
@@ -57,7 +58,12 @@ pub(super) fn available() -> bool {
 /// # Safety
 /// The CPU has AVX-512 F, BW and VNNI ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+pub(super) unsafe fn run(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
@@ -74,7 +80,9 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
-        || out.len() < oh * ow * oc * elem
+        || band.start > band.end
+        || band.end > oh
+        || out.len() < band.len() * ow * oc * elem
     {
         return false;
     }
@@ -104,7 +112,7 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
     if oc == 1 {
         // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
         // plus 64 of slack.
-        unsafe { head(p, input, out, &mut rows, finish(0)) };
+        unsafe { head(p, input, out, band, &mut rows, finish(0)) };
         return true;
     }
     let blocks = oc.div_ceil(LANES);
@@ -150,7 +158,7 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
             finishes[b] = core::array::from_fn(|j| finish((c0 + j).min(oc - 1)));
             vectors[b] = Requant::new(&finishes[b]);
         }
-        for oy in 0..oh {
+        for oy in band.clone() {
             let y0 = (oy * s) as i32 - pad as i32;
             let mut runs = [core::ptr::null(); 7];
             for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
@@ -177,7 +185,7 @@ pub(super) unsafe fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bo
                         }
                     };
                     for (i, px) in sums.iter().enumerate().take(m) {
-                        let base = (oy * ow + ox + i) * oc;
+                        let base = ((oy - band.start) * ow + ox + i) * oc;
                         for (bb, acc) in px.iter().enumerate().take(if two { 2 } else { 1 }) {
                             let c0 = (b0 + b + bb) * LANES;
                             let n = LANES.min(oc - c0);
@@ -307,10 +315,11 @@ unsafe fn head(
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
+    band: Range<usize>,
     rows: &mut Rows,
     finish: Finish<'_>,
 ) {
-    let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
+    let (ow, ic) = (p.output.width, p.input.channels);
     let (k, s) = (p.kernel, p.stride);
     let run = k * ic;
     let chunks = run.div_ceil(64);
@@ -318,12 +327,12 @@ unsafe fn head(
     let mut wbuf = [0i8; 7 * 4096];
     if chunks * 64 > 4096 {
         // SAFETY: as the caller guarantees.
-        return unsafe { head_scalar(p, input, out, rows, finish) };
+        return unsafe { head_scalar(p, input, out, band, rows, finish) };
     }
     for ky in 0..k {
         wbuf[ky * chunks * 64..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
     }
-    for oy in 0..oh {
+    for oy in band.clone() {
         let y0 = (oy * s) as i32 - (k / 2) as i32;
         let mut runs = [core::ptr::null(); 7];
         for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
@@ -348,7 +357,7 @@ unsafe fn head(
                 }
                 _mm512_reduce_add_epi32(acc)
             };
-            finish.store(out, oy * ow + ox, sum);
+            finish.store(out, (oy - band.start) * ow + ox, sum);
         }
     }
 }
@@ -361,13 +370,14 @@ unsafe fn head_scalar(
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
+    band: Range<usize>,
     rows: &mut Rows,
     finish: Finish<'_>,
 ) {
-    let (oh, ow, ic) = (p.output.height, p.output.width, p.input.channels);
+    let (ow, ic) = (p.output.width, p.input.channels);
     let (k, s) = (p.kernel, p.stride);
     let run = k * ic;
-    for oy in 0..oh {
+    for oy in band.clone() {
         let y0 = (oy * s) as i32 - (k / 2) as i32;
         for y in y0..y0 + k as i32 {
             rows.load(p, input, y);
@@ -381,7 +391,7 @@ unsafe fn head_scalar(
                     sum = sum.wrapping_add(u as i32 * w as i32);
                 }
             }
-            finish.store(out, oy * ow + ox, sum);
+            finish.store(out, (oy - band.start) * ow + ox, sum);
         }
     }
 }
@@ -396,12 +406,25 @@ unsafe fn head_scalar(
 /// # Safety
 /// The CPU has AVX-512 F, BW, VL and VNNI ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-pub(super) unsafe fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+pub(super) unsafe fn depthwise(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
     let (iw, c) = (p.input.width, p.input.channels);
     let (oh, ow) = (p.output.height, p.output.width);
     let (k, s) = (p.kernel, p.stride);
-    if !super::depthwise_fits(p, input.len(), out.len(), 7)
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    // the shapes and the input as `depthwise_fits` checks them; the output is the band's
+    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
         || k * (iw + 2 * (k / 2)) * c + 64 > RING
+        || band.start > band.end
+        || band.end > oh
+        || out.len() < band.len() * ow * c * elem
     {
         return false;
     }
@@ -426,7 +449,7 @@ pub(super) unsafe fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8])
         });
         let vector = Requant::<16>::new(&finishes);
         rows.held = [i32::MIN; 7];
-        for oy in 0..oh {
+        for oy in band.clone() {
             let y0 = (oy * s) as i32 - (k / 2) as i32;
             let mut runs = [core::ptr::null(); 7];
             for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
@@ -450,7 +473,7 @@ pub(super) unsafe fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8])
                     }
                     acc
                 };
-                let base = (oy * ow + ox) * c + c0;
+                let base = ((oy - band.start) * ow + ox) * c + c0;
                 match &vector {
                     // SAFETY: AVX-512; the n bytes at `base` lie in `out` (checked).
                     Some(v) => unsafe { apply16(v, acc, out[base..base + n].as_mut_ptr(), n) },
