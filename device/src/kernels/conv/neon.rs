@@ -14,8 +14,8 @@
 //! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
 //! exact, so the bits are [`super::reference`]'s.
 
-use super::rows::{Rows, RING};
-use super::{ConvParams, Finish, OutputStage};
+use super::rows::{band_fits, folded, ring_fits, Rows};
+use super::{ConvParams, Finish};
 use core::arch::aarch64::*;
 use core::ops::Range;
 
@@ -120,10 +120,6 @@ pub(super) fn dense(
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
     if p.depthwise
         || ic == 0
         || oc == 0
@@ -133,10 +129,8 @@ pub(super) fn dense(
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
-        || band.start > band.end
-        || band.end > oh
-        || out.len() < band.len() * ow * oc * elem
-        || k * (iw + 2 * (k / 2)) * ic + 64 > RING
+        || !band_fits(p, &band, out.len())
+        || !ring_fits(p)
     {
         return false;
     }
@@ -168,14 +162,12 @@ pub(super) fn dense(
         }
     }
     let finish = |c: usize| {
-        let mut f = Finish::new(&p.stage, p.bias, c);
-        let sum: i32 = p.weights[c * depth..(c + 1) * depth]
-            .iter()
-            .map(|&w| w as i32)
-            .sum();
-        let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
-        *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
-        f
+        folded(
+            p,
+            c,
+            zp,
+            p.weights[c * depth..(c + 1) * depth].iter().copied(),
+        )
     };
     let mut rows = Rows::new(p, 0);
     let mut b = 0;
@@ -189,12 +181,7 @@ pub(super) fn dense(
         let vectors = [Requant4::new(&finishes[0]), Requant4::new(&finishes[1])];
         rows.held = [i32::MIN; 7];
         for oy in band.clone() {
-            let y0 = (oy * s) as i32 - (k / 2) as i32;
-            let mut runs = [core::ptr::null(); 7];
-            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-                rows.load(p, input, y);
-                *r = rows.at(p, y);
-            }
+            let runs = rows.output_row(p, input, oy);
             let mut ox = 0;
             while ox < ow {
                 let m = PIXELS.min(ow - ox);
@@ -362,19 +349,13 @@ pub(super) fn depthwise(
     out: &mut [u8],
     band: Range<usize>,
 ) -> bool {
-    let (iw, c) = (p.input.width, p.input.channels);
-    let (oh, ow) = (p.output.height, p.output.width);
+    let c = p.input.channels;
+    let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
-        || k * (iw + 2 * (k / 2)) * c + 64 > RING
-        || band.start > band.end
-        || band.end > oh
-        || out.len() < band.len() * ow * c * elem
+        || !ring_fits(p)
+        || !band_fits(p, &band, out.len())
     {
         return false;
     }
@@ -390,21 +371,12 @@ pub(super) fn depthwise(
         }
         let finishes: [Finish; 8] = core::array::from_fn(|j| {
             let ch = (c0 + j).min(c - 1);
-            let mut f = Finish::new(&p.stage, p.bias, ch);
-            let sum: i32 = (0..k * k).map(|t| p.weights[t * c + ch] as i32).sum();
-            let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
-            *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
-            f
+            folded(p, ch, zp, (0..k * k).map(|t| p.weights[t * c + ch]))
         });
         let vectors = [Requant4::new(&finishes[..4]), Requant4::new(&finishes[4..])];
         rows.held = [i32::MIN; 7];
         for oy in band.clone() {
-            let y0 = (oy * s) as i32 - (k / 2) as i32;
-            let mut runs = [core::ptr::null(); 7];
-            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-                rows.load(p, input, y);
-                *r = rows.at(p, y);
-            }
+            let runs = rows.output_row(p, input, oy);
             for ox in 0..ow {
                 // SAFETY: tap (ky, kx) reads 8 bytes at runs[ky] + (ox·s + kx)·C + c0, within
                 // the slot's padded columns plus at most 7 bytes past the block (the next

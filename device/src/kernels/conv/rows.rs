@@ -2,7 +2,7 @@
 //! converted once per input row, the padding included, so that a pixel's taps in one kernel
 //! row are one run of `k·C_in` bytes for every pixel.
 
-use super::ConvParams;
+use super::{ConvParams, Finish, OutputStage};
 
 /// Bytes of the ring of padded input rows (on the stack), including 64 bytes of slack that the
 /// last run's whole-vector reads may touch.
@@ -58,4 +58,60 @@ impl Rows {
         let slot = y.rem_euclid(p.kernel as i32) as usize;
         self.bytes[slot * self.slot..].as_ptr()
     }
+}
+
+impl Rows {
+    /// Loads the `k` input rows output row `oy` reads and returns where each starts (tap row
+    /// `ky` at index `ky`; the rest null).
+    pub(super) fn output_row(
+        &mut self,
+        p: &ConvParams<'_>,
+        input: &[i8],
+        oy: usize,
+    ) -> [*const u8; 7] {
+        let k = p.kernel;
+        let y0 = (oy * p.stride) as i32 - (k / 2) as i32;
+        let mut runs = [core::ptr::null(); 7];
+        for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+            self.load(p, input, y);
+            *r = self.at(p, y);
+        }
+        runs
+    }
+}
+
+/// Whether `p`'s `k` padded input rows fit the ring (with its slack), for `k ≤ 7`.
+pub(super) fn ring_fits(p: &ConvParams<'_>) -> bool {
+    let k = p.kernel;
+    k <= 7 && k * (p.input.width + 2 * (k / 2)) * p.input.channels + 64 <= RING
+}
+
+/// Whether `band` is a range of `p`'s output rows and `out_len` bytes hold them.
+pub(super) fn band_fits(
+    p: &ConvParams<'_>,
+    band: &core::ops::Range<usize>,
+    out_len: usize,
+) -> bool {
+    let elem = match p.stage {
+        OutputStage::Int8 { .. } => 1,
+        OutputStage::F32 { .. } => 4,
+    };
+    band.start <= band.end
+        && band.end <= p.output.height
+        && out_len >= band.len() * p.output.width * p.output.channels * elem
+}
+
+/// Channel `c`'s output stage with `−z·Σw` added to its bias (`weights`: the channel's
+/// weights), for kernels whose sums run over raw inputs `x` where the reference has `x − z`.
+pub(super) fn folded<'a>(
+    p: &ConvParams<'a>,
+    c: usize,
+    z: i32,
+    weights: impl Iterator<Item = i8>,
+) -> Finish<'a> {
+    let mut f = Finish::new(&p.stage, p.bias, c);
+    let sum: i32 = weights.map(|w| w as i32).sum();
+    let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
+    *bias = bias.wrapping_sub(z.wrapping_mul(sum));
+    f
 }

@@ -18,8 +18,8 @@
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
 use super::pointwise::Requant;
-use super::rows::{Rows, RING};
-use super::{ConvParams, Finish, OutputStage};
+use super::rows::{band_fits, folded, ring_fits, Rows, RING};
+use super::{ConvParams, Finish};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 use core::ops::Range;
@@ -67,10 +67,6 @@ pub(super) unsafe fn run(
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
     if p.depthwise
         || ic == 0
         || oc == 0
@@ -80,9 +76,7 @@ pub(super) unsafe fn run(
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
-        || band.start > band.end
-        || band.end > oh
-        || out.len() < band.len() * ow * oc * elem
+        || !band_fits(p, &band, out.len())
     {
         return false;
     }
@@ -97,16 +91,12 @@ pub(super) unsafe fn run(
     let depth = k * run;
     // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
     let finish = |c: usize| {
-        let mut f = Finish::new(&p.stage, p.bias, c);
-        let sum: i32 = p.weights[c * depth..(c + 1) * depth]
-            .iter()
-            .map(|&w| w as i32)
-            .sum();
-        let fold = (zp + 128).wrapping_mul(sum).wrapping_neg();
-        match &mut f {
-            Finish::Int8 { bias, .. } | Finish::F32 { bias, .. } => *bias = bias.wrapping_add(fold),
-        }
-        f
+        folded(
+            p,
+            c,
+            zp + 128,
+            p.weights[c * depth..(c + 1) * depth].iter().copied(),
+        )
     };
     let mut rows = Rows::new(p, 0x80);
     if oc == 1 {
@@ -159,12 +149,7 @@ pub(super) unsafe fn run(
             vectors[b] = Requant::new(&finishes[b]);
         }
         for oy in band.clone() {
-            let y0 = (oy * s) as i32 - pad as i32;
-            let mut runs = [core::ptr::null(); 7];
-            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-                rows.load(p, input, y);
-                *r = rows.at(p, y);
-            }
+            let runs = rows.output_row(p, input, oy);
             let mut ox = 0;
             while ox < ow {
                 let m = PIXELS.min(ow - ox);
@@ -333,12 +318,7 @@ unsafe fn head(
         wbuf[ky * chunks * 64..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
     }
     for oy in band.clone() {
-        let y0 = (oy * s) as i32 - (k / 2) as i32;
-        let mut runs = [core::ptr::null(); 7];
-        for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-            rows.load(p, input, y);
-            *r = rows.at(p, y);
-        }
+        let runs = rows.output_row(p, input, oy);
         for ox in 0..ow {
             // SAFETY: by the contract: each run's chunks lie in its slot or the slack after
             // the ring's last slot (a run ends inside its slot, and a slot is followed by
@@ -412,19 +392,13 @@ pub(super) unsafe fn depthwise(
     out: &mut [u8],
     band: Range<usize>,
 ) -> bool {
-    let (iw, c) = (p.input.width, p.input.channels);
-    let (oh, ow) = (p.output.height, p.output.width);
+    let c = p.input.channels;
+    let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
-        || k * (iw + 2 * (k / 2)) * c + 64 > RING
-        || band.start > band.end
-        || band.end > oh
-        || out.len() < band.len() * ow * c * elem
+        || !ring_fits(p)
+        || !band_fits(p, &band, out.len())
     {
         return false;
     }
@@ -441,21 +415,12 @@ pub(super) unsafe fn depthwise(
         }
         let finishes: [Finish; LANES] = core::array::from_fn(|j| {
             let ch = (c0 + j).min(c - 1);
-            let mut f = Finish::new(&p.stage, p.bias, ch);
-            let sum: i32 = (0..k * k).map(|t| p.weights[t * c + ch] as i32).sum();
-            let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
-            *bias = bias.wrapping_sub(zp.wrapping_mul(sum));
-            f
+            folded(p, ch, zp, (0..k * k).map(|t| p.weights[t * c + ch]))
         });
         let vector = Requant::<16>::new(&finishes);
         rows.held = [i32::MIN; 7];
         for oy in band.clone() {
-            let y0 = (oy * s) as i32 - (k / 2) as i32;
-            let mut runs = [core::ptr::null(); 7];
-            for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
-                rows.load(p, input, y);
-                *r = rows.at(p, y);
-            }
+            let runs = rows.output_row(p, input, oy);
             for ox in 0..ow {
                 // SAFETY: AVX-512 as the caller guarantees; tap (ky, kx) reads 16 bytes at
                 // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at
