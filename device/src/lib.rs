@@ -16,7 +16,7 @@
 
 pub mod frame;
 pub mod kernels;
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 mod pool;
 #[cfg(feature = "std")]
 pub mod runner;
@@ -157,45 +157,6 @@ pub struct Engine<'m, 'a> {
     /// The workers beside the calling thread (`threads − 1` of them).
     #[cfg(feature = "std")]
     pool: Option<pool::Pool>,
-}
-
-/// Convolution `p` with its output rows in `pool.extra() + 1` bands, one per thread, where
-/// table `set` has banded kernels for it (`false`, having written nothing, elsewhere: every
-/// band declines or none does, the checks depending on the shapes alone).
-#[cfg(feature = "std")]
-fn parallel_conv(
-    pool: &pool::Pool,
-    set: KernelSet,
-    p: &ConvParams<'_>,
-    input: &[i8],
-    out: &mut [u8],
-) -> bool {
-    let oh = p.output.height;
-    let elem = match p.stage {
-        OutputStage::Int8 { .. } => 1,
-        OutputStage::F32 { .. } => 4,
-    };
-    let row = p.output.width * p.output.channels * elem;
-    let bands = (pool.extra() + 1).min(oh);
-    if bands < 2 || out.len() < oh * row {
-        return false;
-    }
-    // band i: rows [i·oh/bands, (i+1)·oh/bands)
-    let edge = |i: usize| i * oh / bands;
-    let (first, mut rest) = out[..oh * row].split_at_mut(edge(1) * row);
-    let mut jobs: std::vec::Vec<std::boxed::Box<dyn FnOnce() -> bool + Send + '_>> =
-        std::vec::Vec::new();
-    for i in 1..bands {
-        let (part, tail) = core::mem::take(&mut rest).split_at_mut((edge(i + 1) - edge(i)) * row);
-        rest = tail;
-        let rows = edge(i)..edge(i + 1);
-        jobs.push(std::boxed::Box::new(move || {
-            kernels::conv::band(set, p, input, part, rows)
-        }));
-    }
-    pool.run(jobs, || {
-        kernels::conv::band(set, p, input, first, 0..edge(1))
-    })
 }
 
 /// Convolutions below this many MACs stay on one thread: starting the others costs more (in
@@ -412,7 +373,7 @@ impl<'m, 'a> Engine<'m, 'a> {
                     .as_ref()
                     .filter(|_| m.op_macs(index) >= PARALLEL_MACS)
                 {
-                    if parallel_conv(pool, self.kernels, &params, as_i8(inp), out) {
+                    if kernels::conv::parallel(pool, self.kernels, &params, as_i8(inp), out) {
                         return Ok(());
                     }
                 }

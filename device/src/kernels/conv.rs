@@ -416,17 +416,17 @@ pub(crate) fn band(
     }
 }
 
-/// [`with`] on `threads` threads (`std`): the output rows split into that many bands, each
-/// computed by its own thread into its own part of `out` ([`band`]), the same bits as one
-/// thread. Returns `false`, having written nothing, where the table has no banded kernel for
-/// `p` (the caller then runs [`with`]).
+/// Convolution `p` with its output rows in `pool.extra() + 1` bands, one per thread (the
+/// calling one and the pool's workers), each into its own part of `out` ([`band`]): the same
+/// bits as one thread. Returns `false`, having written nothing, where table `set` has no banded
+/// kernel for `p` (every band declines or none does: the checks depend on the shapes alone).
 #[cfg(any(feature = "std", test))]
-pub fn with_threads(
+pub(crate) fn parallel(
+    pool: &crate::pool::Pool,
     set: KernelSet,
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
-    threads: usize,
 ) -> bool {
     extern crate std;
     let oh = p.output.height;
@@ -435,31 +435,25 @@ pub fn with_threads(
         OutputStage::F32 { .. } => 4,
     };
     let row = p.output.width * p.output.channels * elem;
-    let bands = threads.clamp(1, oh.max(1));
     if oh == 0 || out.len() < oh * row {
         return false;
     }
+    // one band (a map of one row) runs on the calling thread alone
+    let bands = (pool.extra() + 1).min(oh);
     // band i: rows [i·oh/bands, (i+1)·oh/bands)
     let edge = |i: usize| i * oh / bands;
-    let mut parts = std::vec::Vec::with_capacity(bands);
-    let mut rest = &mut out[..oh * row];
-    for i in 0..bands {
-        let (part, tail) = rest.split_at_mut((edge(i + 1) - edge(i)) * row);
-        parts.push((edge(i)..edge(i + 1), part));
+    let (first, mut rest) = out[..oh * row].split_at_mut(edge(1) * row);
+    let mut jobs: std::vec::Vec<std::boxed::Box<dyn FnOnce() -> bool + Send + '_>> =
+        std::vec::Vec::new();
+    for i in 1..bands {
+        let (part, tail) = core::mem::take(&mut rest).split_at_mut((edge(i + 1) - edge(i)) * row);
         rest = tail;
+        let rows = edge(i)..edge(i + 1);
+        jobs.push(std::boxed::Box::new(move || {
+            band(set, p, input, part, rows)
+        }));
     }
-    let first = parts.remove(0);
-    std::thread::scope(|scope| {
-        let others: std::vec::Vec<_> = parts
-            .into_iter()
-            .map(|(rows, part)| scope.spawn(move || band(set, p, input, part, rows)))
-            .collect();
-        let here = band(set, p, input, first.1, first.0.clone());
-        // every band declines or none does: the checks depend on the shapes alone
-        others.into_iter().fold(here, |ok, h| {
-            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)) && ok
-        })
-    })
+    pool.run(jobs, || band(set, p, input, first, 0..edge(1)))
 }
 
 /// Whether the CPU has what the AVX-512 VNNI kernels need.
@@ -1262,7 +1256,8 @@ mod tests {
             KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot
         );
         // the test shapes fit every banded kernel's buffers
-        assert_eq!(with_threads(set, p, input, out, 3), banded, "{set:?}");
+        let pool = crate::pool::Pool::new(2);
+        assert_eq!(parallel(&pool, set, p, input, out), banded, "{set:?}");
         if !banded {
             std::eprintln!(
                 "note: no banded kernels in {set:?}; three_threads_match_reference ran one thread"

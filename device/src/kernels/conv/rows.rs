@@ -3,6 +3,7 @@
 //! row are one run of `k·C_in` bytes for every pixel.
 
 use super::{ConvParams, Finish, OutputStage};
+use core::mem::MaybeUninit;
 
 /// Bytes of the ring of padded input rows (on the stack), including 64 bytes of slack that the
 /// last run's whole-vector reads may touch.
@@ -12,9 +13,11 @@ pub(super) const RING: usize = 64 * 1024;
 /// `(pad + W_in + pad)·C_in` bytes of `x ^ flip`, the padding `z ^ flip` (`flip` 0x80 for the
 /// unsigned bytes of `VPDPBUSD`, 0 for the depthwise kernel's signed ones).
 pub(super) struct Rows {
-    pub(super) bytes: [u8; RING],
+    /// Initialised up to `k·slot + 64` bytes (only what the kernels touch: zeroing the whole
+    /// 64 KiB per convolution cost more than small layers).
+    bytes: [MaybeUninit<u8>; RING],
     pub(super) held: [i32; 7],
-    pub(super) slot: usize,
+    slot: usize,
     flip: u8,
     pad: u8,
 }
@@ -22,10 +25,15 @@ pub(super) struct Rows {
 impl Rows {
     /// An empty ring for `p` (its slots fitting: the caller checked `k·slot + 64 ≤ RING`).
     pub(super) fn new(p: &ConvParams<'_>, flip: u8) -> Self {
+        let slot = (p.input.width + 2 * (p.kernel / 2)) * p.input.channels;
+        let mut bytes = [MaybeUninit::uninit(); RING];
+        for b in bytes.iter_mut().take(p.kernel * slot + 64) {
+            b.write(0);
+        }
         Rows {
-            bytes: [0; RING],
+            bytes,
             held: [i32::MIN; 7],
-            slot: (p.input.width + 2 * (p.kernel / 2)) * p.input.channels,
+            slot,
             flip,
             pad: (p.input_zero_point as i8 as u8) ^ flip,
         }
@@ -40,7 +48,13 @@ impl Rows {
             return;
         }
         self.held[slot] = y;
-        let row = &mut self.bytes[slot * self.slot..(slot + 1) * self.slot];
+        // SAFETY: slot < k, and the first k·slot + 64 bytes are initialised (`new`).
+        let row = unsafe {
+            core::slice::from_raw_parts_mut(
+                self.bytes.as_mut_ptr().add(slot * self.slot) as *mut u8,
+                self.slot,
+            )
+        };
         if y < 0 || y as usize >= ih {
             row.fill(pad_byte);
             return;
@@ -56,7 +70,7 @@ impl Rows {
 
     pub(super) fn at(&self, p: &ConvParams<'_>, y: i32) -> *const u8 {
         let slot = y.rem_euclid(p.kernel as i32) as usize;
-        self.bytes[slot * self.slot..].as_ptr()
+        self.bytes[slot * self.slot..].as_ptr() as *const u8
     }
 }
 

@@ -102,8 +102,7 @@ pub(super) unsafe fn run(
     if oc == 1 {
         // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
         // plus 64 of slack.
-        unsafe { head(p, input, out, band, &mut rows, finish(0)) };
-        return true;
+        return unsafe { head(p, input, out, band, &mut rows, finish(0)) };
     }
     let blocks = oc.div_ceil(LANES);
     // words per block: k rows × groups × 16 lanes
@@ -289,7 +288,8 @@ unsafe fn tile<const B: usize>(
     }
 }
 
-/// One output channel: each pixel's `k` runs against the weight rows in 64-byte vectors
+/// One output channel (`false`, having written nothing, where a run is longer than 4 KiB):
+/// each pixel's `k` runs against the weight rows in 64-byte vectors
 /// (zero weights past each run, so the bytes read past it add nothing), one horizontal sum
 /// per pixel.
 ///
@@ -303,17 +303,17 @@ unsafe fn head(
     band: Range<usize>,
     rows: &mut Rows,
     finish: Finish<'_>,
-) {
+) -> bool {
     let (ow, ic) = (p.output.width, p.input.channels);
     let (k, s) = (p.kernel, p.stride);
     let run = k * ic;
     let chunks = run.div_ceil(64);
-    // the weight rows, each zero-padded to whole vectors (at most 7·7·C_in … 7 rows × 4 KiB)
-    let mut wbuf = [0i8; 7 * 4096];
     if chunks * 64 > 4096 {
-        // SAFETY: as the caller guarantees.
-        return unsafe { head_scalar(p, input, out, band, rows, finish) };
+        // a run longer than the weight buffer's rows: the AVX2 kernels take it
+        return false;
     }
+    // the weight rows, each zero-padded to whole vectors (7 rows × 4 KiB at most)
+    let mut wbuf = [0i8; 7 * 4096];
     for ky in 0..k {
         wbuf[ky * chunks * 64..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
     }
@@ -340,40 +340,7 @@ unsafe fn head(
             finish.store(out, (oy - band.start) * ow + ox, sum);
         }
     }
-}
-
-/// [`head`] for runs longer than 4 KiB: the same sums, one byte at a time.
-///
-/// # Safety
-/// As [`head`].
-unsafe fn head_scalar(
-    p: &ConvParams<'_>,
-    input: &[i8],
-    out: &mut [u8],
-    band: Range<usize>,
-    rows: &mut Rows,
-    finish: Finish<'_>,
-) {
-    let (ow, ic) = (p.output.width, p.input.channels);
-    let (k, s) = (p.kernel, p.stride);
-    let run = k * ic;
-    for oy in band.clone() {
-        let y0 = (oy * s) as i32 - (k / 2) as i32;
-        for y in y0..y0 + k as i32 {
-            rows.load(p, input, y);
-        }
-        for ox in 0..ow {
-            let mut sum = 0i32;
-            for (ky, y) in (y0..y0 + k as i32).enumerate() {
-                let slot = y.rem_euclid(k as i32) as usize;
-                let x = &rows.bytes[slot * rows.slot + ox * s * ic..][..run];
-                for (&u, &w) in x.iter().zip(&p.weights[ky * run..(ky + 1) * run]) {
-                    sum = sum.wrapping_add(u as i32 * w as i32);
-                }
-            }
-            finish.store(out, (oy - band.start) * ow + ox, sum);
-        }
-    }
+    true
 }
 
 /// Runs `p` if it is a depthwise convolution whose padded rows fit the ring (returns `false`,
