@@ -563,7 +563,7 @@ mod tests {
     fn frames_feed_the_engine() {
         let bytes = depthling_model::example_model(16, 16, 1).unwrap();
         let model = depthling_model::Model::from_bytes(&bytes).unwrap();
-        let mut arena = [0u8; 8192];
+        let mut arena = std::vec![0u8; crate::Engine::arena_needed(&model).unwrap()];
         let mut engine = crate::Engine::new(&model, &mut arena).unwrap();
         let stored: Vec<u8> = (0..2 * 16 * 16 * 3).map(|i| (i % 251) as u8).collect();
         let mut src = MemoryFrames::new(&stored, 16, 16).unwrap();

@@ -5,7 +5,9 @@
 //! # fn main() -> Result<(), depthling_device::Error> {
 //! let bytes = depthling_model::example_model(16, 16, 1).unwrap();
 //! let model = depthling_model::Model::from_bytes(&bytes)?;
-//! let mut arena = [0u8; 8192];
+//! // the activations and, after them, the prepared plan (on a microcontroller: a static array
+//! // of at least this size)
+//! let mut arena = vec![0u8; depthling_device::Engine::arena_needed(&model)?];
 //! let mut engine = depthling_device::Engine::new(&model, &mut arena)?;
 //! let frame = [128u8; 16 * 16 * 3];
 //! let depth = engine.run(&frame)?;
@@ -16,6 +18,7 @@
 
 pub mod frame;
 pub mod kernels;
+pub mod plan;
 #[cfg(any(feature = "std", test))]
 mod pool;
 #[cfg(feature = "std")]
@@ -25,8 +28,8 @@ pub mod tract;
 
 use core::ops::Range;
 
-use depthling_model::{as_i8, as_i8_mut, DType, LoadError, Model, Op, TensorInfo};
-use kernels::conv::{ConvParams, OutputStage};
+use depthling_model::{as_i8, as_i8_mut, Conv2d, DType, LoadError, Model, Op, TensorInfo};
+use kernels::conv::{ConvParams, OutputStage, Prepared};
 use kernels::elementwise::Operand;
 use kernels::{activation_range, Shape};
 
@@ -39,7 +42,8 @@ pub use kernels::KernelSet;
 pub enum Error {
     /// The model failed validation.
     Model(LoadError),
-    /// The arena is smaller than the model's plan.
+    /// The arena is smaller than the model's activations and prepared plan
+    /// ([`Engine::arena_needed`]).
     ArenaTooSmall { needed: u32, given: usize },
     /// The frame does not have `height × width × 3` bytes.
     InputShape { expected: usize, got: usize },
@@ -150,7 +154,10 @@ pub enum Kernels {
 /// Runs one validated model in one arena.
 pub struct Engine<'m, 'a> {
     model: &'m Model<'m>,
+    /// The activations: the model's `arena_bytes` at the arena's head.
     arena: &'a mut [u8],
+    /// The prepared plan for `kernels` ([`plan`]), word-aligned after the activations.
+    plan: &'a mut [i32],
     kernels: KernelSet,
     /// Threads a large convolution may split its output rows over (`std`; 1 without).
     threads: usize,
@@ -205,41 +212,130 @@ fn regions<const N: usize>(
     }
 }
 
+/// Convolution `c` (op `id`) of `model` as the kernels take it, unprepared: its constants'
+/// slices of the weights, its shapes and output stage.
+pub(crate) fn conv_params<'m>(
+    m: &'m Model<'m>,
+    c: &'m Conv2d,
+    id: u16,
+) -> Result<ConvParams<'m>, Error> {
+    let err = Error::Internal { op: id };
+    let t = |tid: u16| m.tensor(tid).ok_or(err);
+    let (ti, to) = (t(c.input)?, t(c.output)?);
+    let stage = match to.dtype {
+        DType::F32 => OutputStage::F32 {
+            input_scale: ti.quant.scale,
+            weight_scales: c.weight_scales.get(m.weights).ok_or(err)?,
+        },
+        DType::I8 => {
+            let (act_min, act_max) = activation_range(c.act, to.quant.scale, to.quant.zero_point);
+            let (lut, zero_point) = match &c.lut {
+                Some(l) => (
+                    Some(as_i8(l.table.get(m.weights).ok_or(err)?)),
+                    l.zero_point,
+                ),
+                None => (None, to.quant.zero_point),
+            };
+            OutputStage::Int8 {
+                requant: c.requant.get(m.weights).ok_or(err)?,
+                zero_point,
+                act_min,
+                act_max,
+                lut,
+            }
+        }
+    };
+    Ok(ConvParams {
+        input: shape(ti),
+        output: shape(to),
+        kernel: c.kernel as usize,
+        stride: c.stride as usize,
+        depthwise: c.depthwise,
+        input_zero_point: ti.quant.zero_point,
+        weights: as_i8(c.weights.get(m.weights).ok_or(err)?),
+        bias: c.bias.get(m.weights).ok_or(err)?,
+        stage,
+        prepared: Prepared::default(),
+    })
+}
+
 impl<'m, 'a> Engine<'m, 'a> {
-    /// Prepares `model` to run in `arena`: validates it and checks the arena is large enough.
+    /// Bytes of arena [`Engine::new`] needs for `model`: the activations the model plans
+    /// (`arena_bytes`) and, after them, the prepared plan for the largest of the kernel tables
+    /// this build and CPU can run ([`plan::bytes`]; one engine may switch tables).
+    pub fn arena_needed(model: &Model<'_>) -> Result<usize, Error> {
+        let mut plan = 0;
+        for set in KernelSet::available() {
+            plan = plan.max(plan::bytes(model, set)?);
+        }
+        Ok(model.arena_bytes as usize + plan)
+    }
+
+    /// Prepares `model` to run in `arena` (at least [`Engine::arena_needed`] bytes): validates
+    /// it, picks the kernel table ([`KernelSet::detect`]) and builds the plan for it after the
+    /// activations, so that a run only computes.
     pub fn new(model: &'m Model<'m>, arena: &'a mut [u8]) -> Result<Self, Error> {
         model.validate()?;
-        if arena.len() < model.arena_bytes as usize {
+        let needed = Self::arena_needed(model)?;
+        if arena.len() < needed {
             return Err(Error::ArenaTooSmall {
-                needed: model.arena_bytes,
+                needed: needed.min(u32::MAX as usize) as u32,
                 given: arena.len(),
             });
         }
-        Ok(Engine {
+        let (arena, rest) = arena.split_at_mut(model.arena_bytes as usize);
+        // SAFETY: every bit pattern is an i32; `align_to_mut` keeps the words inside `rest`.
+        let (_, plan, _) = unsafe { rest.align_to_mut::<i32>() };
+        let mut engine = Engine {
             model,
             arena,
+            plan,
             kernels: KernelSet::detect(),
             threads: 1,
             #[cfg(feature = "std")]
             pool: None,
-        })
+        };
+        engine.prepare()?;
+        Ok(engine)
+    }
+
+    /// Builds the plan for the current table.
+    fn prepare(&mut self) -> Result<(), Error> {
+        plan::build(self.model, self.kernels, self.plan).map(|_| ())
+    }
+
+    /// Words of the prepared plan for the current table.
+    pub fn plan_words(&self) -> usize {
+        plan::words(self.model, self.kernels).unwrap_or(0)
     }
 
     /// Chooses the kernel implementations (optimized by default).
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.kernels = match kernels {
+        let set = match kernels {
             Kernels::Reference => KernelSet::Reference,
             Kernels::Optimized => KernelSet::detect(),
         };
+        self.select_kernels(set);
     }
 
     /// Runs with kernel table `set` from now on, if this build and CPU can run it (returns
-    /// `false`, leaving the table as it was, otherwise). [`Engine::new`] picks the fastest.
+    /// `false`, leaving the table as it was, otherwise), preparing the plan for it.
+    /// [`Engine::new`] picks the fastest.
     pub fn select_kernels(&mut self, set: KernelSet) -> bool {
-        if set.is_available() {
-            self.kernels = set;
+        if !set.is_available() {
+            return false;
         }
-        set.is_available()
+        let was = self.kernels;
+        self.kernels = set;
+        // the plan region holds the largest available table's plan (`arena_needed`), and the
+        // model's constants were decoded once already, so this cannot fail; if it did, the
+        // engine keeps the old table and plan
+        if self.prepare().is_err() {
+            self.kernels = was;
+            let _ = self.prepare();
+            return false;
+        }
+        true
     }
 
     /// The kernel table the engine runs with.
@@ -328,41 +424,9 @@ impl<'m, 'a> Engine<'m, 'a> {
         match op {
             Op::Conv2d(c) => {
                 let (ti, to) = (t(c.input)?, t(c.output)?);
-                let stage = match to.dtype {
-                    DType::F32 => OutputStage::F32 {
-                        input_scale: ti.quant.scale,
-                        weight_scales: c.weight_scales.get(m.weights).ok_or(err)?,
-                    },
-                    DType::I8 => {
-                        let (act_min, act_max) =
-                            activation_range(c.act, to.quant.scale, to.quant.zero_point);
-                        let (lut, zero_point) = match &c.lut {
-                            Some(l) => (
-                                Some(as_i8(l.table.get(m.weights).ok_or(err)?)),
-                                l.zero_point,
-                            ),
-                            None => (None, to.quant.zero_point),
-                        };
-                        OutputStage::Int8 {
-                            requant: c.requant.get(m.weights).ok_or(err)?,
-                            zero_point,
-                            act_min,
-                            act_max,
-                            lut,
-                        }
-                    }
-                };
-                let params = ConvParams {
-                    input: shape(ti),
-                    output: shape(to),
-                    kernel: c.kernel as usize,
-                    stride: c.stride as usize,
-                    depthwise: c.depthwise,
-                    input_zero_point: ti.quant.zero_point,
-                    weights: as_i8(c.weights.get(m.weights).ok_or(err)?),
-                    bias: c.bias.get(m.weights).ok_or(err)?,
-                    stage,
-                };
+                let mut params = conv_params(m, c, id)?;
+                params.prepared =
+                    plan::conv(self.plan, self.kernels, index, params.output.channels);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 // the default table through a plain function pointer, as the other families
                 // (on Cortex-M7 a table argument threaded into the call cost 0.2 M
@@ -546,7 +610,7 @@ mod tests {
     fn runs_the_example_model_deterministically() {
         let bytes = model_bytes();
         let model = Model::from_bytes(&bytes).unwrap();
-        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
         let frame: std::vec::Vec<u8> = (0..16 * 24 * 3).map(|i| (i * 37 % 251) as u8).collect();
         let (sum1, first) = {
             let mut e = Engine::new(&model, &mut arena).unwrap();
@@ -568,7 +632,7 @@ mod tests {
     fn observer_sees_every_op_output_and_the_final_depth() {
         let bytes = model_bytes();
         let model = Model::from_bytes(&bytes).unwrap();
-        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
         let frame: std::vec::Vec<u8> = (0..16 * 24 * 3).map(|i| (i * 13 % 256) as u8).collect();
         let mut seen = std::vec::Vec::new();
         let mut last = std::vec::Vec::new();
@@ -599,7 +663,7 @@ mod tests {
         for (h, w, seed) in [(16u16, 24u16, 3u64), (8, 8, 9), (12, 4, 1)] {
             let bytes = depthling_model::example_model(h, w, seed).unwrap();
             let model = Model::from_bytes(&bytes).unwrap();
-            let mut arena = vec![0u8; model.arena_bytes as usize];
+            let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
             let frame: std::vec::Vec<u8> = (0..h as usize * w as usize * 3)
                 .map(|i| (i * 29 % 256) as u8)
                 .collect();
@@ -626,7 +690,7 @@ mod tests {
     fn threads_give_the_bits_of_one_thread() {
         let bytes = depthling_model::example_model(64, 48, 5).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
-        let mut arena = vec![0u8; model.arena_bytes as usize];
+        let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
         let frame: std::vec::Vec<u8> = (0..64 * 48 * 3).map(|i| (i * 31 % 256) as u8).collect();
         let mut e = Engine::new(&model, &mut arena).unwrap();
         e.set_kernels(Kernels::Reference);
@@ -663,12 +727,22 @@ mod tests {
     fn wrong_frame_and_small_arena_are_errors() {
         let bytes = model_bytes();
         let model = Model::from_bytes(&bytes).unwrap();
-        let mut small = vec![0u8; model.arena_bytes as usize - 1];
-        assert!(matches!(
-            Engine::new(&model, &mut small),
-            Err(Error::ArenaTooSmall { .. })
-        ));
-        let mut arena = vec![0u8; model.arena_bytes as usize];
+        // the activations alone are too small: the prepared plan comes after them
+        let needed = Engine::arena_needed(&model).unwrap();
+        let plan = plan::bytes(&model, KernelSet::detect()).unwrap();
+        assert!(plan > model.ops.len() * 4, "plan {plan} bytes");
+        assert!(needed >= model.arena_bytes as usize + plan);
+        for given in [model.arena_bytes as usize, needed - 1] {
+            let mut small = vec![0u8; given];
+            assert_eq!(
+                Engine::new(&model, &mut small).err(),
+                Some(Error::ArenaTooSmall {
+                    needed: needed as u32,
+                    given
+                })
+            );
+        }
+        let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
         let mut e = Engine::new(&model, &mut arena).unwrap();
         assert_eq!(
             e.run(&[0u8; 10]).unwrap_err(),

@@ -117,10 +117,12 @@ impl<'b> Loaded<'b> {
         }
     }
 
-    /// An arena of the size the int8 model plans (empty for tract, which plans its own).
+    /// An arena of the size the int8 model plans, its prepared plan included
+    /// ([`Engine::arena_needed`]; empty for tract, which plans its own, and for a model whose
+    /// plan cannot be sized, which [`Loaded::runner`] then reports).
     pub fn arena(&self) -> Vec<u8> {
         match self {
-            Loaded::Int8(m) => std::vec![0u8; m.arena_bytes as usize],
+            Loaded::Int8(m) => std::vec![0u8; Engine::arena_needed(m).unwrap_or(0)],
             #[cfg(feature = "tract")]
             Loaded::Tract(_) => Vec::new(),
         }
@@ -206,7 +208,7 @@ mod tests {
     fn int8_runner_matches_the_engine() {
         let bytes = depthling_model::example_model(12, 16, 3).expect("example model");
         let model = Model::from_bytes(&bytes).expect("valid");
-        let mut arena = std::vec![0u8; model.arena_bytes as usize];
+        let mut arena = std::vec![0u8; Engine::arena_needed(&model).expect("plan")];
         let mut engine = Engine::new(&model, &mut arena).expect("engine");
         let frame: Vec<u8> = (0..12 * 16 * 3).map(|i| (i * 7 % 251) as u8).collect();
         let view = engine.run(&frame).expect("run");

@@ -22,7 +22,8 @@ fn check(data: &[u8]) {
     }
     let Some((h, w)) = model.input_size() else { return };
     let frame = vec![77u8; h as usize * w as usize * 3];
-    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let Ok(need) = depthling_device::Engine::arena_needed(&model) else { return };
+    let mut arena = vec![0u8; need];
     if let Ok(mut engine) = depthling_device::Engine::new(&model, &mut arena) {
         let _ = engine.run(&frame).map(|d| d.checksum());
     }

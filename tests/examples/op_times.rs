@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (model, frame) = (read("model.dlm")?, read("frame.rgb")?);
     let m = Model::from_bytes(&model).map_err(|e| format!("model.dlm: {e:?}"))?;
-    let mut arena = vec![0u8; m.arena_bytes as usize];
+    let mut arena =
+        vec![0u8; depthling_device::Engine::arena_needed(&m).map_err(|e| format!("{e:?}"))?];
     let mut engine = depthling_device::Engine::new(&m, &mut arena).map_err(|e| format!("{e:?}"))?;
     let mut time = vec![0f64; m.ops.len()];
     // ten runs to warm up, then `runs` timed ones

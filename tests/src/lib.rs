@@ -34,7 +34,7 @@ pub fn student_and_frame(
 /// The host int8 engine's checksum of `model` on `frame`: what every board must print.
 pub fn host_checksum(model: &[u8], frame: &[u8]) -> Result<u64, Box<dyn std::error::Error>> {
     let m = depthling_model::Model::from_bytes(model)?;
-    let mut arena = vec![0u8; m.arena_bytes as usize];
+    let mut arena = vec![0u8; depthling_device::Engine::arena_needed(&m)?];
     let mut e = depthling_device::Engine::new(&m, &mut arena)?;
     Ok(e.run(frame)?.checksum())
 }

@@ -105,11 +105,12 @@ fn main() -> ! {
     let elapsed = ticks() - start;
     let instructions = elapsed * INSTRUCTIONS_PER_TICK;
     hprintln!(
-        "depthling: checksum=0x{:016x} instructions={} macs={} arena={} flash_model={}",
+        "depthling: checksum=0x{:016x} instructions={} macs={} arena={} plan={} flash_model={}",
         checksum,
         instructions,
         model.macs(),
         model.arena_bytes,
+        4 * engine.plan_words(),
         MODEL.len()
     );
     #[cfg(feature = "op-profile")]

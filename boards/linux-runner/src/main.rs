@@ -187,9 +187,10 @@ fn run(args: &Args) -> Result<(), Failure> {
     let backend = args.backend.name();
     match &loaded {
         Loaded::Int8(model) => println!(
-            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} macs={} kernels={} threads={}",
+            "backend={backend} runs={runs} mean_ms={mean_ms:.3} fps={:.1} arena={} plan={} macs={} kernels={} threads={}",
             1e3 / mean_ms,
             model.arena_bytes,
+            depthling_device::plan::bytes(model, depthling_device::KernelSet::detect()).unwrap_or(0),
             model.macs(),
             // the table the engine picked (Engine::new: KernelSet::detect)
             depthling_device::KernelSet::detect().name(),

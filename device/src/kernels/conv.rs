@@ -38,6 +38,53 @@ pub struct ConvParams<'a> {
     /// int32 per output channel, little endian.
     pub bias: &'a [u8],
     pub stage: OutputStage<'a>,
+    /// What the engine's plan decoded for this convolution once (empty: nothing, each kernel
+    /// derives what it needs per call).
+    pub prepared: Prepared<'a>,
+}
+
+/// A convolution's share of the prepared plan ([`crate::plan`]): derived from the weights once
+/// at `Engine::new` instead of on every run. Each part is used only where its length is the
+/// one the kernel expects, so an empty `Prepared` (or one for another table) is always safe.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prepared<'a> {
+    /// `Σ w` over each output channel's weights (the term the kernels that sum raw inputs fold
+    /// into the bias as `−z·Σw`).
+    pub weight_sums: &'a [i32],
+    /// The weights in the layout of the table's dense kernel ([`pack`]), or empty.
+    pub packed: &'a [i32],
+}
+
+impl ConvParams<'_> {
+    /// `Σ w` over output channel `c`'s weights: from the plan where it has it, else summed.
+    #[inline]
+    pub(super) fn weight_sum(&self, c: usize) -> i32 {
+        if self.prepared.weight_sums.len() == self.output.channels {
+            if let Some(&s) = self.prepared.weight_sums.get(c) {
+                return s;
+            }
+        }
+        weight_sum(self, c)
+    }
+}
+
+/// `Σ w` over output channel `c`'s weights (depthwise: its `k²` taps), summed.
+pub(crate) fn weight_sum(p: &ConvParams<'_>, c: usize) -> i32 {
+    let oc = p.output.channels;
+    if p.depthwise {
+        (0..p.kernel * p.kernel)
+            .filter_map(|t| p.weights.get(t * oc + c))
+            .map(|&w| w as i32)
+            .sum()
+    } else {
+        let depth = p.kernel * p.kernel * p.input.channels;
+        p.weights
+            .get(c * depth..(c + 1) * depth)
+            .unwrap_or(&[])
+            .iter()
+            .map(|&w| w as i32)
+            .sum()
+    }
 }
 
 /// Finishes one accumulator into `out` at element `index`.
@@ -365,7 +412,11 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
                     return;
                 }
                 let avx2 = set != KernelSet::X86Sse2;
-                if avx2 && (pointwise::run(p, input, out) || pointwise::depthwise(p, input, out)) {
+                if avx2
+                    && (avx2::head(p, input, out)
+                        || pointwise::run(p, input, out)
+                        || pointwise::depthwise(p, input, out))
+                {
                     return;
                 }
                 if !p.depthwise {
@@ -630,8 +681,19 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub(crate) mod pack;
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+mod rows;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
 /// Dense convolutions on x86-64 with AVX2 as a GEMM of pixels × output channels, vectorised over
 /// blocks of 8 output channels with `vpmaddwd` on (input − zero point, weight) int16 pairs, and
 /// the requantization vectorised per block too ([`Requant8`]). The weights are packed once per
@@ -639,11 +701,6 @@ mod neon;
 /// for every block, and each block's output constants decoded once per group instead of per
 /// output element; the four pixels share each weight load. The sums are exact, so the bits are
 /// [`reference`]'s.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-mod rows;
-#[cfg(target_arch = "x86_64")]
-mod vnni;
-
 #[cfg(target_arch = "x86_64")]
 mod pointwise {
     use super::{ConvParams, Finish};
@@ -656,6 +713,8 @@ mod pointwise {
     /// Most packed weight words of one convolution (128 KiB on the stack).
     const MAX_PACKED: usize = 32 * 1024;
     const PIXELS: usize = 4;
+    /// Most blocks of 8 output channels whose constants are decoded once per call.
+    const MAX_BLOCKS: usize = 64;
 
     /// Runs `p` if it is a dense convolution whose `k·k·C_in` fits the stack buffers (returns
     /// `false`, having written nothing, otherwise). The caller has checked that the CPU has AVX2.
@@ -717,6 +776,20 @@ mod pointwise {
         // SAFETY: the loops above wrote every one of the first `used` words.
         let packed: &[i32] =
             unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i32, used) };
+        // each block's output constants, decoded once per call (per group of pixels past
+        // MAX_BLOCKS blocks)
+        let constants = |b: usize| {
+            let o0 = b * LANES;
+            let finish: [Finish<'_>; LANES] =
+                core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (o0 + j).min(oc - 1)));
+            (finish, Requant8::new(&finish))
+        };
+        let mut decoded = [const { None }; MAX_BLOCKS];
+        if blocks <= MAX_BLOCKS {
+            for (b, d) in decoded.iter_mut().enumerate().take(blocks) {
+                *d = Some(constants(b));
+            }
+        }
         let mut xc = [[0i16; MAX_IN + 2]; PIXELS];
         let mut px = 0;
         while px < pixels {
@@ -748,9 +821,14 @@ mod pointwise {
                 // SAFETY: AVX2 is present (the caller checked); `block` holds `pairs · LANES`
                 // words and each `xc` row `2 · pairs ≤ depth + 1` values.
                 let sums = unsafe { dot(block, &xc, pairs, m) };
-                let finish: [Finish<'_>; LANES] =
-                    core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (o0 + j).min(oc - 1)));
-                let vector = Requant8::new(&finish);
+                let here;
+                let (finish, vector) = match &decoded[b.min(MAX_BLOCKS - 1)] {
+                    Some(d) if blocks <= MAX_BLOCKS => d,
+                    _ => {
+                        here = constants(b);
+                        &here
+                    }
+                };
                 for (r, row) in sums.iter().enumerate().take(m) {
                     let base = (px + r) * oc + o0;
                     match &vector {
@@ -1223,12 +1301,19 @@ mod tests {
                         weights: &weights,
                         bias: &bias,
                         stage,
+                        prepared: Prepared::default(),
                     };
                     let size = oh * ow * oc * if f32_out { 4 } else { 1 };
                     let (mut a, mut b) = (std::vec![0u8; size], std::vec![0u8; size]);
                     reference(&p, &input, &mut a);
                     $kernel(&p, &input, &mut b);
                     assert_eq!(a, b, "case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
+                    // and with what a plan for this CPU's table holds
+                    let (sums, packed) = prepare(KernelSet::detect(), &p);
+                    let prepared = ConvParams { prepared: Prepared { weight_sums: &sums, packed: &packed }, ..p };
+                    b.fill(0);
+                    $kernel(&prepared, &input, &mut b);
+                    assert_eq!(a, b, "prepared, case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
                 }
             }
         )*};
@@ -1244,6 +1329,115 @@ mod tests {
         neon_matches_reference: neon_only,
         three_threads_match_reference: three_threads,
         neon_without_dotprod_matches_reference: neon_plain_only,
+    }
+
+    /// What the plan for table `set` holds for `p`: `Σw` per channel and the packed weights.
+    fn prepare(set: KernelSet, p: &ConvParams<'_>) -> (Vec<i32>, Vec<i32>) {
+        let sums = (0..p.output.channels).map(|c| weight_sum(p, c)).collect();
+        let packed = match pack::Layout::of(set, p) {
+            Some(layout) => {
+                let mut v = std::vec![core::mem::MaybeUninit::uninit(); layout.words()];
+                assert!(layout.pack(p, &mut v));
+                // SAFETY: `pack` wrote every word.
+                v.into_iter().map(|w| unsafe { w.assume_init() }).collect()
+            }
+            None => Vec::new(),
+        };
+        (sums, packed)
+    }
+
+    /// A dense convolution whose packed weights exceed the kernels' stack buffer (36 864 words
+    /// for VNNI, 147 456 bytes for NEON, over 128 KiB) runs in the table's GEMM from a plan's
+    /// packed weights, and is declined by it without them.
+    #[test]
+    fn packed_weights_beyond_the_stack_buffer_run_from_the_plan() {
+        let mut rng = super::super::TestRng(0xb16);
+        let (h, w, ic, oc, k) = (5, 7, 64, 256, 3);
+        let input = rng.bytes(h * w * ic);
+        let weights = rng.bytes(oc * k * k * ic);
+        let bias: Vec<u8> = (0..oc)
+            .flat_map(|c| (c as i32 * 37 - 4000).to_le_bytes())
+            .collect();
+        let requant: Vec<u8> = (0..oc)
+            .flat_map(|c| {
+                let r = depthling_model::Requant::from_real(2e-4 + c as f64 * 1e-6).unwrap();
+                [r.multiplier.to_le_bytes(), r.shift.to_le_bytes()].concat()
+            })
+            .collect();
+        let p = ConvParams {
+            input: super::super::Shape {
+                height: h,
+                width: w,
+                channels: ic,
+            },
+            output: super::super::Shape {
+                height: h,
+                width: w,
+                channels: oc,
+            },
+            kernel: k,
+            stride: 1,
+            depthwise: false,
+            input_zero_point: -3,
+            weights: &weights,
+            bias: &bias,
+            stage: OutputStage::Int8 {
+                requant: &requant,
+                zero_point: 4,
+                act_min: -128,
+                act_max: 127,
+                lut: None,
+            },
+            prepared: Prepared::default(),
+        };
+        let mut want = std::vec![0u8; h * w * oc];
+        reference(&p, &input, &mut want);
+        let set = KernelSet::detect();
+        let (sums, packed) = prepare(set, &p);
+        let prepared = ConvParams {
+            prepared: Prepared {
+                weight_sums: &sums,
+                packed: &packed,
+            },
+            ..p
+        };
+        let mut got = std::vec![0u8; h * w * oc];
+        #[cfg(target_arch = "x86_64")]
+        if set == KernelSet::X86Avx512Vnni {
+            assert!(packed.len() > 32 * 1024, "{} words", packed.len());
+            // SAFETY: the table is available: the CPU has AVX-512 VNNI.
+            unsafe {
+                assert!(
+                    !super::vnni::run(&p, &input, &mut got, 0..h),
+                    "fitted the stack"
+                );
+                assert!(
+                    super::vnni::run(&prepared, &input, &mut got, 0..h),
+                    "declined"
+                );
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert!(4 * packed.len() > 128 * 1024, "{} words", packed.len());
+            let dot = set == KernelSet::Aarch64NeonDot;
+            assert!(
+                !super::neon::dense(&p, &input, &mut got, dot, 0..h),
+                "fitted the stack"
+            );
+            assert!(
+                super::neon::dense(&prepared, &input, &mut got, dot, 0..h),
+                "declined"
+            );
+        }
+        if got == std::vec![0u8; h * w * oc] {
+            std::eprintln!(
+                "note: {} packs no weights; the plan's sums only",
+                set.name()
+            );
+            with(set, &prepared, &input, &mut got);
+        }
+        assert_eq!(got, want);
     }
 
     /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
@@ -1358,6 +1552,16 @@ mod tests {
         dense_x86_with(p, input, out, false)
     }
 
+    /// The AVX2 depth head alone on every one-channel dense case (the reference elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_head_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if p.depthwise || p.output.channels != 1 || !has_avx2() {
+            return reference(p, input, out);
+        }
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert!(unsafe { super::avx2::head(p, input, out) }, "head declined");
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn dense_avx2(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         if p.depthwise || !has_avx2() {
@@ -1370,6 +1574,7 @@ mod tests {
     conv_family_matches_reference! {
         sse2_matches_reference: dense_sse2,
         avx2_matches_reference: dense_avx2,
+        avx2_head_matches_reference: avx2_head_only,
     }
 
     /// The AVX2 output stage equals the scalar one at the extremes of its input and constants:
@@ -1493,6 +1698,7 @@ mod tests {
                 input_zero_point: (rng.next() % 256) as i32 - 128,
                 weights: &weights,
                 bias: &bias,
+                prepared: Prepared::default(),
                 // a ReLU's and a ReLU6's clamps on some
                 stage: OutputStage::Int8 {
                     requant: &requant,
@@ -1524,6 +1730,7 @@ mod tests {
             input_zero_point: 0,
             weights: &[0; 1153],
             bias: &[0; 4],
+            prepared: Prepared::default(),
             stage: OutputStage::Int8 {
                 requant: &[0; 8],
                 zero_point: 0,

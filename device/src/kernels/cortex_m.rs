@@ -853,11 +853,7 @@ fn quads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
             continue;
         }
         for (j, ch) in chans.iter_mut().enumerate().take(nb) {
-            let w = &p.weights[(b0 + j) * depth..(b0 + j + 1) * depth];
-            ch.fold(
-                zp.wrapping_mul(w.iter().map(|&v| v as i32).sum::<i32>())
-                    .wrapping_neg(),
-            );
+            ch.fold(zp.wrapping_mul(p.weight_sum(b0 + j)).wrapping_neg());
         }
         let fast = chans[..nb].iter().all(|c| c.general.is_none());
         for oy in 0..oh {
@@ -1037,9 +1033,8 @@ fn single(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     let (pad, zp) = (k / 2, p.input_zero_point);
     let chan = Chan::new(&p.stage, p.bias, 0);
     let weights = &p.weights[..k * k * ic];
-    let sum: i32 = weights.iter().map(|&w| w as i32).sum();
     let mut inside = chan;
-    inside.fold(zp.wrapping_mul(sum).wrapping_neg());
+    inside.fold(zp.wrapping_mul(p.weight_sum(0)).wrapping_neg());
     let inner = |o: usize, n: usize| all_taps_inside(o, s, k, n);
     let (row, words) = (iw * ic, k * ic / 4);
     let (xp, wp) = (input.as_ptr(), weights.as_ptr());
@@ -1260,14 +1255,12 @@ pub fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
         let chans: [Chan; 4] = core::array::from_fn(|j| Chan::new(&p.stage, p.bias, c0 + j));
         // the group's weights sign-extended once: (w₀, w₂) and (w₁, w₃) at 2t, 2t + 1
         let mut pairs = [0u32; 98];
-        let mut folded = [0i32; 4];
         for t in 0..k * k {
             let w = &p.weights[t * c + c0..t * c + c0 + 4];
             (pairs[2 * t], pairs[2 * t + 1]) = (sxtb16(word(w)), sxtb16_ror8(word(w)));
-            for (f, &v) in folded.iter_mut().zip(w) {
-                *f -= zp * v as i32;
-            }
         }
+        let folded: [i32; 4] =
+            core::array::from_fn(|j| zp.wrapping_mul(p.weight_sum(c0 + j)).wrapping_neg());
         let fast = chans.iter().all(|c| c.general.is_none());
         let mut inside = chans;
         for (ch, f) in inside.iter_mut().zip(folded) {

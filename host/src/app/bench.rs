@@ -265,7 +265,7 @@ pub fn infer(width: usize, height: usize, runs: usize, threads: usize) -> Result
     let model =
         depthling_model::Model::from_bytes(&bytes).map_err(|e| Error::Runtime(e.to_string()))?;
     let frame = calib[0].rgb.as_slice();
-    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut arena = vec![0u8; Engine::arena_needed(&model)?];
     let mut engine = Engine::new(&model, &mut arena)?;
     let int8_ms = median_ms(runs, || {
         engine.set_kernels(Kernels::Optimized);

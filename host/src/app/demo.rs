@@ -453,9 +453,10 @@ fn board_table(
     let frame_path = cfg.out.join("frame.rgb");
     write_atomic(&frame_path, &frame.rgb)?;
     let host = {
-        let mut arena = vec![0u8; model.arena_bytes as usize];
-        let mut engine = depthling_device::Engine::new(model, &mut arena)
-            .map_err(|e| Error::Runtime(format!("int8 engine: {e}")))?;
+        let engine_err = |e| Error::Runtime(format!("int8 engine: {e}"));
+        let mut arena =
+            vec![0u8; depthling_device::Engine::arena_needed(model).map_err(engine_err)?];
+        let mut engine = depthling_device::Engine::new(model, &mut arena).map_err(engine_err)?;
         engine
             .run(&frame.rgb)
             .map_err(|e| Error::Runtime(format!("int8 engine: {e}")))?
@@ -491,7 +492,10 @@ fn board_table(
         fps_source: "measured, one thread".into(),
     }];
     for b in Board::built_in()? {
-        let check = b.check(dlm.len() as u64, model.arena_bytes as u64);
+        // the activations and the prepared plan for the board's kernel table
+        let plan = depthling_device::plan::bytes(model, b.kernel_set())
+            .map_err(|e| Error::Runtime(format!("int8 plan: {e}")))?;
+        let check = b.check(dlm.len() as u64, model.arena_bytes as u64 + plan as u64);
         let (fps, source) = match (&m7, b.is_cortex_m()) {
             (Ok(r), true) => (
                 Some(b.clock_mhz as f64 * 1e6 / r.instructions.max(1) as f64),

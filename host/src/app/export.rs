@@ -83,7 +83,7 @@ pub fn export(cfg: &ExportConfig) -> Result<Profile> {
             };
             let mut p = profile_dlm(&m, bytes.len())?;
             if let Some(b) = board {
-                if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.arena_bytes.unwrap_or(0)) {
+                if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.ram_on(&b)) {
                     return Err(Error::bad_input(model, b.explain(&m)));
                 }
                 p.fits = Some(true);
@@ -140,6 +140,7 @@ fn export_onnx(
         flash_bytes: Some(bytes.len() as u64),
         // tract plans its own memory; the arena is the int8 engine's
         arena_bytes: None,
+        plan_bytes: Default::default(),
         tflm_arena_bytes: None,
         // checked above: a misfit never gets here
         fits: board.as_ref().map(|_| true),
@@ -213,7 +214,7 @@ pub fn import(cfg: &ImportConfig) -> Result<Profile> {
         .map_err(|e| Error::bad_input(path, format!("the imported model is invalid: {e}")))?;
     let mut p = profile_dlm(&model, dlm.len())?;
     if let Some(b) = board {
-        if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.arena_bytes.unwrap_or(0)) {
+        if let Err(m) = b.check(p.flash_bytes.unwrap_or(0), p.ram_on(&b)) {
             return Err(Error::bad_input(path, b.explain(&m)));
         }
         p.fits = Some(true);

@@ -1,6 +1,7 @@
 //! `depthling profile`: parameters, MACs, flash and arena of a `.dlm` or of an architecture,
 //! optionally checked against a board.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -52,8 +53,14 @@ pub struct Profile {
     /// Size of the int8 `.dlm` (or of the ONNX file from `export --format onnx`); `None` for an
     /// architecture the int8 engine does not run (teachers) or a size it cannot export.
     pub flash_bytes: Option<u64>,
-    /// The int8 engine's arena; `None` where there is no `.dlm` (teachers, ONNX).
+    /// The int8 engine's arena for the activations; `None` where there is no `.dlm` (teachers,
+    /// ONNX).
     pub arena_bytes: Option<u64>,
+    /// The prepared plan `Engine::new` keeps after the activations, by kernel table (the
+    /// per-channel `Σw` everywhere, and the packed weights where the table's GEMM packs them:
+    /// AVX-512 VNNI, NEON); empty where there is no `.dlm`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub plan_bytes: BTreeMap<String, u64>,
     /// The smallest arena TFLite Micro runs the same model's `.tflite` in (`--compare-tflm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tflm_arena_bytes: Option<u64>,
@@ -67,14 +74,21 @@ impl std::fmt::Display for Profile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "params {}{}  MACs {}  flash {}  arena {}",
+            "params {}{}  MACs {}  flash {}  arena {}{}",
             self.params,
             self.train_params
                 .map(|t| format!(" ({t} counting BatchNorm γ/β)"))
                 .unwrap_or_default(),
             self.macs,
             bytes_or_dash(self.flash_bytes),
-            bytes_or_dash(self.arena_bytes)
+            bytes_or_dash(self.arena_bytes),
+            {
+                let host = depthling_device::KernelSet::detect().name();
+                self.plan_bytes
+                    .get(host)
+                    .map(|b| format!(" + plan {b} bytes ({host})"))
+                    .unwrap_or_default()
+            }
         )?;
         if let Some(t) = self.tflm_arena_bytes {
             write!(f, "  (TFLite Micro arena {t} bytes)")?;
@@ -84,6 +98,31 @@ impl std::fmt::Display for Profile {
         }
         Ok(())
     }
+}
+
+impl Profile {
+    /// RAM the int8 engine needs on `board`: the activations and the plan for the board's
+    /// kernel table.
+    pub fn ram_on(&self, board: &crate::boards::Board) -> u64 {
+        self.arena_bytes.unwrap_or(0)
+            + self
+                .plan_bytes
+                .get(board.kernel_set().name())
+                .copied()
+                .unwrap_or(0)
+    }
+}
+
+/// The prepared plan's bytes for every kernel table ([`Profile::plan_bytes`]).
+pub fn plan_bytes(m: &Model<'_>) -> Result<BTreeMap<String, u64>> {
+    depthling_device::KernelSet::ALL
+        .iter()
+        .map(|&set| {
+            let b = depthling_device::plan::bytes(m, set)
+                .map_err(|e| Error::Runtime(format!("plan: {e}")))?;
+            Ok((set.name().to_string(), b as u64))
+        })
+        .collect()
 }
 
 /// An ONNX teacher at the size in use: what DDD and ADU can read of it.
@@ -226,8 +265,8 @@ fn profile_dlm_or_arch(cfg: &ProfileConfig) -> Result<Profile> {
     }
     if let Some(b) = &cfg.board {
         let b = crate::boards::Board::find(b)?;
-        if let (Some(f), Some(a)) = (p.flash_bytes, p.arena_bytes) {
-            p.fits = Some(b.check(f, a).is_ok());
+        if let (Some(f), Some(_)) = (p.flash_bytes, p.arena_bytes) {
+            p.fits = Some(b.check(f, p.ram_on(&b)).is_ok());
         }
         p.board = Some(b.name);
     }
@@ -318,6 +357,7 @@ pub fn profile_dlm(m: &Model<'_>, file_bytes: usize) -> Result<Profile> {
         macs: m.macs(),
         flash_bytes: Some(file_bytes as u64),
         arena_bytes: Some(m.arena_bytes as u64),
+        plan_bytes: plan_bytes(m)?,
         tflm_arena_bytes: None,
         board: None,
         fits: None,
@@ -338,6 +378,7 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
         macs,
         flash_bytes: None,
         arena_bytes: None,
+        plan_bytes: BTreeMap::new(),
         tflm_arena_bytes: None,
         board: None,
         fits: None,
@@ -373,5 +414,6 @@ pub fn profile_arch(arch: &str, width_mult: f32, width: usize, height: usize) ->
         .map_err(|e| Error::Runtime(format!("profile export invalid: {e}")))?;
     profile.flash_bytes = Some(bytes.len() as u64);
     profile.arena_bytes = Some(m.arena_bytes as u64);
+    profile.plan_bytes = plan_bytes(&m)?;
     Ok(profile)
 }

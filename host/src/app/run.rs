@@ -254,9 +254,9 @@ pub fn dump(model: &depthling_model::Model<'_>, rgb: &[u8], dir: &std::path::Pat
     use crate::io::{npy, write_atomic};
     use depthling_model::DType;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut arena = vec![0u8; model.arena_bytes as usize];
-    let mut engine = depthling_device::Engine::new(model, &mut arena)
-        .map_err(|e| Error::Runtime(format!("invalid model: {e}")))?;
+    let invalid = |e| Error::Runtime(format!("invalid model: {e}"));
+    let mut arena = vec![0u8; depthling_device::Engine::arena_needed(model).map_err(invalid)?];
+    let mut engine = depthling_device::Engine::new(model, &mut arena).map_err(invalid)?;
     let input = model
         .tensor(model.input)
         .ok_or_else(|| Error::Runtime("model has no input".into()))?;

@@ -85,6 +85,20 @@ impl Board {
             .map_err(|e| Error::bad_input(&origin, format!("not a board profile: {e}")))
     }
 
+    /// The kernel table the engine runs with on this board, which sizes its prepared plan:
+    /// the DSP one on Cortex-M, NEON with `sdot` on aarch64 (Cortex-A76/A78), AVX-512 VNNI
+    /// (the largest x86 plan) elsewhere.
+    pub fn kernel_set(&self) -> depthling_device::KernelSet {
+        use depthling_device::KernelSet;
+        if self.is_cortex_m() {
+            KernelSet::CortexMDsp
+        } else if self.target.starts_with("aarch64") {
+            KernelSet::Aarch64NeonDot
+        } else {
+            KernelSet::X86Avx512Vnni
+        }
+    }
+
     /// `Ok(())` when a model of `flash` bytes with an arena of `arena` bytes fits.
     pub fn check(&self, flash: u64, arena: u64) -> std::result::Result<(), Misfit> {
         let flash_budget = self.flash_bytes.saturating_sub(self.reserved_flash_bytes);

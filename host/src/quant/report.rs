@@ -29,7 +29,7 @@ pub fn layer_report(
         .collect();
     let mut signal = vec![0f64; model.ops.len()];
     let mut noise = vec![0f64; model.ops.len()];
-    let mut arena = vec![0u8; model.arena_bytes as usize];
+    let mut arena = vec![0u8; depthling_device::Engine::arena_needed(model)?];
     let mut engine = depthling_device::Engine::new(model, &mut arena)?;
     for s in samples.iter().take(8) {
         let x = images_to_tensor(&[s.rgb.as_slice()], s.width, s.height, device)?;
@@ -75,7 +75,7 @@ pub fn run_int8(model: &depthling_model::Model<'_>, samples: &[Sample]) -> Resul
     samples
         .par_chunks(8)
         .map(|chunk| {
-            let mut arena = vec![0u8; model.arena_bytes as usize];
+            let mut arena = vec![0u8; depthling_device::Engine::arena_needed(model)?];
             let mut engine = depthling_device::Engine::new(model, &mut arena)?;
             chunk
                 .iter()

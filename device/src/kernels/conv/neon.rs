@@ -14,8 +14,10 @@
 //! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
 //! exact, so the bits are [`super::reference`]'s.
 
+use super::pack::{packed, Layout};
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
+use crate::kernels::KernelSet;
 use core::arch::aarch64::*;
 use core::ops::Range;
 
@@ -134,48 +136,26 @@ pub(super) fn dense(
     {
         return false;
     }
-    let run = k * ic;
-    // groups of four values per kernel row, a multiple of four (one 16-byte input load each)
-    let groups = run.div_ceil(16) * 4;
-    let blocks = oc.div_ceil(4);
-    let per_block = k * groups * 16;
-    if blocks * per_block > PACKED {
+    let Some(layout) = Layout::of(KernelSet::Aarch64Neon, p) else {
         return false;
-    }
-    let depth = k * run;
-    let zp = p.input_zero_point;
-    // only the blocks' bytes are written (zeroing all 128 KiB per call cost more than small
-    // layers), zero weights past the channels and the run
-    let mut storage = [core::mem::MaybeUninit::<i8>::uninit(); PACKED];
-    for b in 0..blocks {
-        for ky in 0..k {
-            for g in 0..groups {
-                for j in 0..4 {
-                    let c = 4 * b + j;
-                    for i in 0..4 {
-                        let at = 4 * g + i;
-                        let w = if c < oc && at < run {
-                            p.weights[c * depth + ky * run + at]
-                        } else {
-                            0
-                        };
-                        storage[b * per_block + (ky * groups + g) * 16 + 4 * j + i].write(w);
-                    }
-                }
-            }
-        }
-    }
-    // SAFETY: the loops above wrote each of the first blocks · per_block bytes.
-    let packed: &[i8] =
-        unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i8, blocks * per_block) };
-    let finish = |c: usize| {
-        folded(
-            p,
-            c,
-            zp,
-            p.weights[c * depth..(c + 1) * depth].iter().copied(),
-        )
     };
+    let (blocks, per_block, groups) = (layout.blocks, 4 * layout.per_block(), layout.groups);
+    let zp = p.input_zero_point;
+    // the plan's packed weights, else packed here (when they fit the stack buffer): bytes
+    // `4·j + i` of a group's 16 are channel j's weight i
+    let mut storage = [core::mem::MaybeUninit::<i32>::uninit(); PACKED / 4];
+    let storage = &mut storage[..if 4 * layout.words() <= PACKED {
+        PACKED / 4
+    } else {
+        0
+    }];
+    let Some(words) = packed(&layout, p, storage) else {
+        return false;
+    };
+    // SAFETY: the same memory as bytes (little-endian words: byte i of a word is weight i).
+    let packed: &[i8] =
+        unsafe { core::slice::from_raw_parts(words.as_ptr() as *const i8, 4 * words.len()) };
+    let finish = |c: usize| folded(p, c, zp);
     let mut rows = Rows::new(p, 0);
     let mut b = 0;
     while b < blocks {
@@ -378,7 +358,7 @@ pub(super) fn depthwise(
         }
         let finishes: [Finish; 8] = core::array::from_fn(|j| {
             let ch = (c0 + j).min(c - 1);
-            folded(p, ch, zp, (0..k * k).map(|t| p.weights[t * c + ch]))
+            folded(p, ch, zp)
         });
         let vectors = [Requant4::new(&finishes[..4]), Requant4::new(&finishes[4..])];
         rows.held = [i32::MIN; 7];

@@ -115,16 +115,11 @@ pub(super) fn band_fits(
         && out_len >= band.len() * p.output.width * p.output.channels * elem
 }
 
-/// Channel `c`'s output stage with `−z·Σw` added to its bias (`weights`: the channel's
-/// weights), for kernels whose sums run over raw inputs `x` where the reference has `x − z`.
-pub(super) fn folded<'a>(
-    p: &ConvParams<'a>,
-    c: usize,
-    z: i32,
-    weights: impl Iterator<Item = i8>,
-) -> Finish<'a> {
+/// Channel `c`'s output stage with `−z·Σw` added to its bias (`Σw` from the plan where it has
+/// it), for kernels whose sums run over raw inputs `x` where the reference has `x − z`.
+pub(super) fn folded<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {
     let mut f = Finish::new(&p.stage, p.bias, c);
-    let sum: i32 = weights.map(|w| w as i32).sum();
+    let sum = p.weight_sum(c);
     let (Finish::Int8 { bias, .. } | Finish::F32 { bias, .. }) = &mut f;
     *bias = bias.wrapping_sub(z.wrapping_mul(sum));
     f

@@ -17,9 +17,11 @@
 //! exact, so the bits are [`super::reference`]'s; the requantization is
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
+use super::pack::{packed, Layout};
 use super::pointwise::Requant;
 use super::rows::{band_fits, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
+use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 use core::ops::Range;
@@ -88,52 +90,24 @@ pub(super) unsafe fn run(
         return false;
     }
     let zp = p.input_zero_point;
-    let depth = k * run;
     // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
-    let finish = |c: usize| {
-        folded(
-            p,
-            c,
-            zp + 128,
-            p.weights[c * depth..(c + 1) * depth].iter().copied(),
-        )
-    };
+    let finish = |c: usize| folded(p, c, zp + 128);
     let mut rows = Rows::new(p, 0x80);
     if oc == 1 {
         // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
         // plus 64 of slack.
         return unsafe { head(p, input, out, band, &mut rows, finish(0)) };
     }
-    let blocks = oc.div_ceil(LANES);
-    // words per block: k rows × groups × 16 lanes
-    let per_block = k * groups * LANES;
-    if blocks * per_block > PACKED {
+    let Some(layout) = Layout::of(KernelSet::X86Avx512Vnni, p) else {
         return false;
-    }
+    };
+    let (blocks, per_block) = (layout.blocks, layout.per_block());
+    // the plan's packed weights, else packed here (when they fit the stack buffer)
     let mut storage = [MaybeUninit::<i32>::uninit(); PACKED];
-    for b in 0..blocks {
-        for ky in 0..k {
-            for g in 0..groups {
-                for j in 0..LANES {
-                    let c = b * LANES + j;
-                    let mut v = [0i8; 4];
-                    if c < oc {
-                        for (i, v) in v.iter_mut().enumerate() {
-                            let at = 4 * g + i;
-                            if at < run {
-                                *v = p.weights[c * depth + ky * run + at];
-                            }
-                        }
-                    }
-                    storage[b * per_block + (ky * groups + g) * LANES + j]
-                        .write(i32::from_le_bytes(v.map(|v| v as u8)));
-                }
-            }
-        }
-    }
-    // SAFETY: the loops above wrote the first blocks · per_block words.
-    let packed: &[i32] =
-        unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i32, blocks * per_block) };
+    let storage = &mut storage[..if layout.words() <= PACKED { PACKED } else { 0 }];
+    let Some(packed) = packed(&layout, p, storage) else {
+        return false;
+    };
     let mut finishes = [[Finish::F32 {
         bias: 0,
         scale: 0.0,
@@ -382,7 +356,7 @@ pub(super) unsafe fn depthwise(
         }
         let finishes: [Finish; LANES] = core::array::from_fn(|j| {
             let ch = (c0 + j).min(c - 1);
-            folded(p, ch, zp, (0..k * k).map(|t| p.weights[t * c + ch]))
+            folded(p, ch, zp)
         });
         let vector = Requant::<16>::new(&finishes);
         rows.held = [i32::MIN; 7];
