@@ -3,10 +3,11 @@
 //! `Σ (x − z)·w = Σ x·w − z·Σ w` with the second term folded into the bias, and every pixel is
 //! an inner one.
 //!
-//! Dense convolutions are a GEMM of 4 pixels × 8 output channels. Weights are packed once per
-//! call in blocks of 4 channels: for each kernel row and each group of four values of its run
-//! (padded with zero weights to a multiple of 16 values), the 4 channels' four weights in one
-//! 16-byte vector. Where the CPU has the dot-product extension (Cortex-A76/A78, Jetson Orin:
+//! Dense convolutions are a GEMM of 4 pixels × 8 output channels. Weights are packed once, in
+//! the prepared plan ([`super::pack`]; per call on the stack without one), in blocks of 4
+//! channels: for each kernel row and each group of four values of its run (padded with zero
+//! weights to a multiple of 16 values), the 4 channels' four weights in one 16-byte vector.
+//! Where the CPU has the dot-product extension (Cortex-A76/A78, Jetson Orin:
 //! `-cpu max` under QEMU) each vector meets a group of the input with one `SDOT` by element
 //! (16 MACs); without it (Cortex-A72, Raspberry Pi 4) the same sums come from `SMULL`/`SMULL2`
 //! and `SADALP`. Depthwise convolutions go 8 channels a step in int16 (`SMLAL`/`SMLAL2`). The

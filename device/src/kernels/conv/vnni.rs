@@ -7,9 +7,10 @@
 //! the bias, and padding is the byte `z + 128`, whose products cancel in it. The `k` input rows
 //! an output row reads are held in a ring of padded rows (converted once, padding included), so
 //! a pixel's taps in one kernel row are one run of `k·C_in` bytes, for every pixel: no border
-//! cases and no gather. Weights are packed once per call: for each block of 16 output channels,
-//! each kernel row and each group of four values of its run (padded with zero weights to a
-//! multiple of four), the 16 channels' four weights. A tile of 4 pixels × 2 blocks then costs,
+//! cases and no gather. Weights are packed once, in the engine's prepared plan
+//! ([`super::pack`]; per call into a stack buffer without one): for each block of 16 output
+//! channels, each kernel row and each group of four values of its run (padded with zero weights
+//! to a multiple of four), the 16 channels' four weights. A tile of 4 pixels × 2 blocks then costs,
 //! per group of four values, two weight loads, four broadcasts and eight `VPDPBUSD`s for 512
 //! MACs. One output channel (a depth head) instead vectorises along the run. Depthwise
 //! convolutions use the same ring with signed bytes and `VPDPWSSD`, 16 channels a step
