@@ -15,7 +15,7 @@
 //! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
 //! exact, so the bits are [`super::reference`]'s.
 
-use super::pack::{packed, Layout};
+use super::pack::{packed, ring_shape, Layout};
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
@@ -121,19 +121,12 @@ pub(super) fn dense(
     band: Range<usize>,
 ) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
-    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if p.depthwise
-        || ic == 0
-        || oc == 0
-        || k == 0
-        || k > 7
-        || s == 0
-        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+    if !ring_shape(p)
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
         || !band_fits(p, &band, out.len())
-        || !ring_fits(p)
     {
         return false;
     }

@@ -13,6 +13,22 @@ use super::ConvParams;
 use crate::kernels::KernelSet;
 use core::mem::MaybeUninit;
 
+/// Whether `p` is a dense convolution of the shape the ring GEMMs take (channels, `1 ≤ k ≤ 7`, a
+/// stride, the output map the input's divided by it, the `k` padded rows fitting the ring); the
+/// kernels check their buffers besides.
+pub(crate) fn ring_shape(p: &ConvParams<'_>) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (k, s) = (p.kernel, p.stride);
+    !p.depthwise
+        && ic > 0
+        && oc > 0
+        && (1..=7).contains(&k)
+        && s > 0
+        && (oh, ow) == (ih.div_ceil(s), iw.div_ceil(s))
+        && k * (iw + 2 * (k / 2)) * ic + 64 <= RING
+}
+
 /// A dense kernel's packed layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -30,20 +46,10 @@ impl Layout {
     /// (its shape checks that do not depend on the buffers: a dense map, the ring of padded rows
     /// fitting); `None` elsewhere.
     pub(crate) fn of(set: KernelSet, p: &ConvParams<'_>) -> Option<Layout> {
-        let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
-        let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
-        let (k, s) = (p.kernel, p.stride);
-        if p.depthwise
-            || ic == 0
-            || oc == 0
-            || k == 0
-            || k > 7
-            || s == 0
-            || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
-            || k * (iw + 2 * (k / 2)) * ic + 64 > RING
-        {
+        if !ring_shape(p) {
             return None;
         }
+        let (ic, oc, k) = (p.input.channels, p.output.channels, p.kernel);
         let run = k * ic;
         match set {
             // one output channel is the depth head, which vectorises along the run instead

@@ -18,9 +18,9 @@
 //! exact, so the bits are [`super::reference`]'s; the requantization is
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
-use super::pack::{packed, Layout};
+use super::pack::{packed, ring_shape, Layout};
 use super::pointwise::Requant;
-use super::rows::{band_fits, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -68,28 +68,16 @@ pub(super) unsafe fn run(
     band: Range<usize>,
 ) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
-    let (oh, ow, oc) = (p.output.height, p.output.width, p.output.channels);
+    let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if p.depthwise
-        || ic == 0
-        || oc == 0
-        || k == 0
-        || k > 7
-        || s == 0
-        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+    if !ring_shape(p)
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
         || !band_fits(p, &band, out.len())
     {
         return false;
     }
-    let pad = k / 2;
-    let run = k * ic;
-    let groups = run.div_ceil(4);
-    let slot = (iw + 2 * pad) * ic;
-    if k * slot + 64 > RING {
-        return false;
-    }
+    let groups = (k * ic).div_ceil(4);
     let zp = p.input_zero_point;
     // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
     let finish = |c: usize| folded(p, c, zp + 128);
