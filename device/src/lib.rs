@@ -158,6 +158,8 @@ pub struct Engine<'m, 'a> {
     arena: &'a mut [u8],
     /// The prepared plan for `kernels` ([`plan`]), word-aligned after the activations.
     plan: &'a mut [i32],
+    /// Words of it the current plan uses.
+    plan_words: usize,
     kernels: KernelSet,
     /// Threads a large convolution may split its output rows over (`std`; 1 without).
     threads: usize,
@@ -290,6 +292,7 @@ impl<'m, 'a> Engine<'m, 'a> {
             model,
             arena,
             plan,
+            plan_words: 0,
             kernels: KernelSet::detect(),
             threads: 1,
             #[cfg(feature = "std")]
@@ -301,12 +304,13 @@ impl<'m, 'a> Engine<'m, 'a> {
 
     /// Builds the plan for the current table.
     fn prepare(&mut self) -> Result<(), Error> {
-        plan::build(self.model, self.kernels, self.plan).map(|_| ())
+        self.plan_words = plan::build(self.model, self.kernels, self.plan)?;
+        Ok(())
     }
 
     /// Words of the prepared plan for the current table.
     pub fn plan_words(&self) -> usize {
-        plan::words(self.model, self.kernels).unwrap_or(0)
+        self.plan_words
     }
 
     /// Chooses the kernel implementations (optimized by default).
@@ -744,6 +748,12 @@ mod tests {
         }
         let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
         let mut e = Engine::new(&model, &mut arena).unwrap();
+        assert_eq!(4 * e.plan_words() + 3, plan);
+        e.set_kernels(Kernels::Reference);
+        assert_eq!(
+            e.plan_words(),
+            plan::words(&model, KernelSet::Reference).unwrap()
+        );
         assert_eq!(
             e.run(&[0u8; 10]).unwrap_err(),
             Error::InputShape {
