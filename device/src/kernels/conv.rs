@@ -698,9 +698,9 @@ mod vnni;
 /// blocks of 8 output channels with `vpmaddwd` on (input − zero point, weight) int16 pairs, and
 /// the requantization vectorised per block too ([`Requant8`]). The weights are packed once per
 /// call (on the stack, up to 128 KiB), each group of four pixels' receptive fields gathered once
-/// for every block, and each block's output constants decoded once per group instead of per
-/// output element; the four pixels share each weight load. The sums are exact, so the bits are
-/// [`reference`]'s.
+/// for every block, and each block's output constants decoded once per call; a tile of four
+/// pixels × two blocks shares each broadcast input between two multiplies and each weight load
+/// between four (8 accumulators). The sums are exact, so the bits are [`reference`]'s.
 #[cfg(target_arch = "x86_64")]
 mod pointwise {
     use super::{ConvParams, Finish};
@@ -814,38 +814,52 @@ mod pointwise {
                 }
                 buf[depth] = 0;
             }
-            for b in 0..blocks {
-                let o0 = b * LANES;
-                let n = LANES.min(oc - o0);
-                let block = &packed[b * pairs * LANES..(b + 1) * pairs * LANES];
-                // SAFETY: AVX2 is present (the caller checked); `block` holds `pairs · LANES`
-                // words and each `xc` row `2 · pairs ≤ depth + 1` values.
-                let sums = unsafe { dot(block, &xc, pairs, m) };
-                let here;
-                let (finish, vector) = match &decoded[b.min(MAX_BLOCKS - 1)] {
-                    Some(d) if blocks <= MAX_BLOCKS => d,
-                    _ => {
-                        here = constants(b);
-                        &here
+            let mut b = 0;
+            while b < blocks {
+                // two blocks a tile where there are two: each broadcast input feeds two
+                // multiplies, and each weight load four
+                let two = b + 1 < blocks;
+                let nb = if two { 2 } else { 1 };
+                let tile = &packed[b * pairs * LANES..(b + nb) * pairs * LANES];
+                // SAFETY: AVX2 is present (the caller checked); `tile` holds `nb · pairs ·
+                // LANES` words and each `xc` row `2 · pairs ≤ depth + 1` values.
+                let sums = unsafe {
+                    if two {
+                        dot::<2>(tile, &xc, pairs, m)
+                    } else {
+                        dot::<1>(tile, &xc, pairs, m)
                     }
                 };
-                for (r, row) in sums.iter().enumerate().take(m) {
-                    let base = (px + r) * oc + o0;
-                    match &vector {
-                        Some(v) => {
-                            // SAFETY: AVX2 is present (the caller checked).
-                            let q = unsafe { v.apply(row) };
-                            for (o, &q) in out[base..base + n].iter_mut().zip(&q) {
-                                *o = q as i8 as u8;
-                            }
+                for (bb, sums) in sums.iter().enumerate().take(nb) {
+                    let o0 = (b + bb) * LANES;
+                    let n = LANES.min(oc - o0);
+                    let here;
+                    let (finish, vector) = match &decoded[(b + bb).min(MAX_BLOCKS - 1)] {
+                        Some(d) if blocks <= MAX_BLOCKS => d,
+                        _ => {
+                            here = constants(b + bb);
+                            &here
                         }
-                        None => {
-                            for (j, f) in finish.iter().enumerate().take(n) {
-                                f.store(out, base + j, row[j]);
+                    };
+                    for (r, row) in sums.iter().enumerate().take(m) {
+                        let base = (px + r) * oc + o0;
+                        match &vector {
+                            Some(v) => {
+                                // SAFETY: AVX2 is present (the caller checked).
+                                let q = unsafe { v.apply(row) };
+                                for (o, &q) in out[base..base + n].iter_mut().zip(&q) {
+                                    *o = q as i8 as u8;
+                                }
+                            }
+                            None => {
+                                for (j, f) in finish.iter().enumerate().take(n) {
+                                    f.store(out, base + j, row[j]);
+                                }
                             }
                         }
                     }
                 }
+                b += nb;
             }
             px += m;
         }
@@ -1071,37 +1085,43 @@ mod pointwise {
         }
     }
 
-    /// The sums of `m ≤ 4` pixels (centred int16 inputs in `xc`) against one packed block.
+    /// The sums of `m ≤ 4` pixels (centred int16 inputs in `xc`) against `B` packed blocks
+    /// (block `b`'s pair `q` at `(b·pairs + q)·LANES`); pixels past `m` repeat the last one.
     ///
     /// # Safety
-    /// The CPU has AVX2, `packed.len() ≥ pairs · LANES` and every `xc` row has `2 · pairs`
-    /// values.
+    /// The CPU has AVX2, `packed.len() ≥ B · pairs · LANES`, `1 ≤ m ≤ PIXELS` and every `xc` row
+    /// has `2 · pairs` values.
     #[target_feature(enable = "avx2")]
-    unsafe fn dot(
+    unsafe fn dot<const B: usize>(
         packed: &[i32],
         xc: &[[i16; MAX_IN + 2]; PIXELS],
         pairs: usize,
         m: usize,
-    ) -> [[i32; LANES]; PIXELS] {
-        let mut acc = [_mm256_setzero_si256(); PIXELS];
+    ) -> [[[i32; LANES]; PIXELS]; 2] {
+        let mut acc = [[_mm256_setzero_si256(); PIXELS]; B];
         let w = packed.as_ptr();
-        let x: [*const i32; PIXELS] = core::array::from_fn(|r| xc[r].as_ptr() as *const i32);
+        let x: [*const i32; PIXELS] =
+            core::array::from_fn(|r| xc[r.min(m - 1)].as_ptr() as *const i32);
         for q in 0..pairs {
             // SAFETY: in bounds by the contract; unaligned loads.
             unsafe {
-                let wv = _mm256_loadu_si256(w.add(q * LANES) as *const __m256i);
+                let wv: [__m256i; B] = core::array::from_fn(|b| {
+                    _mm256_loadu_si256(w.add((b * pairs + q) * LANES) as *const __m256i)
+                });
                 for r in 0..PIXELS {
-                    if r < m {
-                        let xv = _mm256_set1_epi32(x[r].add(q).read_unaligned());
-                        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(xv, wv));
+                    let xv = _mm256_set1_epi32(x[r].add(q).read_unaligned());
+                    for (a, &wv) in acc.iter_mut().zip(&wv) {
+                        a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(xv, wv));
                     }
                 }
             }
         }
-        let mut out = [[0i32; LANES]; PIXELS];
+        let mut out = [[[0i32; LANES]; PIXELS]; 2];
         for (o, a) in out.iter_mut().zip(&acc) {
-            // SAFETY: 8 × i32 into an 8-element array.
-            unsafe { _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, *a) };
+            for (o, a) in o.iter_mut().zip(a) {
+                // SAFETY: 8 × i32 into an 8-element array.
+                unsafe { _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, *a) };
+            }
         }
         out
     }
