@@ -429,8 +429,7 @@ impl<'m, 'a> Engine<'m, 'a> {
             Op::Conv2d(c) => {
                 let (ti, to) = (t(c.input)?, t(c.output)?);
                 let mut params = conv_params(m, c, id)?;
-                params.prepared =
-                    plan::conv(self.plan, self.kernels, index, params.output.channels);
+                params.prepared = plan::conv(self.plan, self.kernels, index, &params);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
                 // the default table through a plain function pointer, as the other families
                 // (on Cortex-M7 a table argument threaded into the call cost 0.2 M

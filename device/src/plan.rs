@@ -8,17 +8,17 @@
 //!   from the first record);
 //! - a convolution's record: `Σw` per output channel (the `−z·Σw` the kernels that sum raw
 //!   inputs fold into the bias), then, where the table's dense kernel packs its weights (AVX-512
-//!   VNNI: blocks of 16 channels; NEON: blocks of 4), the packed weights. Other ops have empty
-//!   records.
+//!   VNNI: blocks of 16 channels, four int8 a word; NEON: blocks of 4; AVX2: blocks of 8, int16
+//!   pairs), the packed weights. Other ops have empty records.
 //!
-//! A plan for a table without packing (reference, portable, SSE2, AVX2, Cortex-M DSP) is
+//! A plan for a table without packing (reference, portable, SSE2, Cortex-M DSP) is
 //! `Σ C_out + n + 3` words; on Cortex-M the widened int16 weights stay a per-call stack copy,
 //! since RAM, not flash, would hold them.
 
 use depthling_model::{Model, Op};
 
 use crate::kernels::conv::pack::Layout;
-use crate::kernels::conv::{weight_sum, Prepared};
+use crate::kernels::conv::{weight_sum, ConvParams, Prepared};
 use crate::kernels::KernelSet;
 use crate::{conv_params, Error};
 
@@ -88,15 +88,17 @@ pub(crate) fn build(model: &Model<'_>, set: KernelSet, dst: &mut [i32]) -> Resul
     Ok(at)
 }
 
-/// The record of op `op` in a plan `words` for `set`, as the conv kernels take it; empty where
-/// the plan is for another table or model (a plan is rebuilt whenever the table changes, so
-/// that is a bug, answered by the kernels deriving what they need themselves).
+/// The record of op `op` (convolution `p`) in a plan `words` for `set`, as the conv kernels
+/// take it; empty where the plan is for another table or model (a plan is rebuilt whenever the
+/// table changes, so that is a bug, answered by the kernels deriving what they need
+/// themselves).
 pub(crate) fn conv<'p>(
     words: &'p [i32],
     set: KernelSet,
     op: usize,
-    out_channels: usize,
+    p: &ConvParams<'_>,
 ) -> Prepared<'p> {
+    let out_channels = p.output.channels;
     let table = KernelSet::ALL.iter().position(|&s| s == set).unwrap_or(0);
     let n = match words.get(1) {
         Some(&n) if words.first() == Some(&(table as i32)) && n >= 0 => n as usize,
@@ -113,6 +115,7 @@ pub(crate) fn conv<'p>(
         Some(r) if r.len() >= out_channels => Prepared {
             weight_sums: &r[..out_channels],
             packed: &r[out_channels..],
+            layout: Layout::of(set, p),
         },
         _ => Prepared::default(),
     }

@@ -53,6 +53,12 @@ pub struct Prepared<'a> {
     pub weight_sums: &'a [i32],
     /// The weights in the layout of the table's dense kernel ([`pack`]), or empty.
     pub packed: &'a [i32],
+    /// That layout: a kernel uses `packed` only where it is the one it would pack itself.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    pub(crate) layout: Option<pack::Layout>,
 }
 
 impl ConvParams<'_> {
@@ -398,30 +404,13 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         }
         #[cfg(target_arch = "x86_64")]
         KernelSet::X86Sse2 | KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => {
-            // SAFETY: the AVX-512 kernels need AVX-512 F/BW/VL + VNNI and the AVX2 ones AVX2:
-            // `set` is available, and each table implies the ones below it.
-            unsafe {
-                let all = 0..p.output.height;
-                if set == KernelSet::X86Avx512Vnni
-                    && if p.depthwise {
-                        vnni::depthwise(p, input, out, all)
-                    } else {
-                        vnni::run(p, input, out, all)
-                    }
-                {
-                    return;
-                }
-                let avx2 = set != KernelSet::X86Sse2;
-                if avx2
-                    && (avx2::head(p, input, out)
-                        || pointwise::run(p, input, out)
-                        || pointwise::depthwise(p, input, out))
-                {
-                    return;
-                }
-                if !p.depthwise {
-                    return dense_x86_with(p, input, out, avx2);
-                }
+            // SAFETY: `set` is available.
+            if unsafe { x86_band(set, p, input, out, 0..p.output.height) } {
+                return;
+            }
+            if !p.depthwise {
+                // the AVX2 blocks need AVX2, which every table above SSE2 implies
+                return dense_x86_with(p, input, out, set != KernelSet::X86Sse2);
             }
         }
         _ => {}
@@ -429,9 +418,43 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
     portable(p, input, out)
 }
 
+/// Output rows `band` of `p` into `out` (that band's bytes) with the x86-64 table `set`'s
+/// kernels that take bands, in the order [`with`] tries them: AVX-512 VNNI (ring GEMM, ring
+/// depthwise), then AVX2 (depth head, GEMM, depthwise); `false`, having written nothing, where
+/// none takes `p`.
+///
+/// # Safety
+/// `set` is available ([`KernelSet::is_available`]): each table implies the ones below it.
+#[cfg(target_arch = "x86_64")]
+unsafe fn x86_band(
+    set: KernelSet,
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: core::ops::Range<usize>,
+) -> bool {
+    // SAFETY: the AVX-512 kernels need AVX-512 F/BW/VL + VNNI and the AVX2 ones AVX2, which
+    // the caller guarantees by `set`.
+    unsafe {
+        if set == KernelSet::X86Avx512Vnni
+            && if p.depthwise {
+                vnni::depthwise(p, input, out, band.clone())
+            } else {
+                vnni::run(p, input, out, band.clone())
+            }
+        {
+            return true;
+        }
+        set != KernelSet::X86Sse2
+            && (avx2::head(p, input, out, band.clone())
+                || pointwise::run(p, input, out, band.clone())
+                || pointwise::depthwise(p, input, out, band))
+    }
+}
+
 /// Output rows `band` of `p` into `out` (that band's bytes only) with table `set`, where the
-/// table has a banded kernel for `p` (AVX-512 VNNI, NEON); `false`, having written nothing,
-/// elsewhere. A band's result is the same bits as those rows of the whole map.
+/// table has a banded kernel for `p` (AVX-512 VNNI, AVX2, NEON); `false`, having written
+/// nothing, elsewhere. A band's result is the same bits as those rows of the whole map.
 #[cfg(any(feature = "std", test))]
 pub(crate) fn band(
     set: KernelSet,
@@ -447,13 +470,9 @@ pub(crate) fn band(
     let _ = (&p, &input, &out, &band);
     match set {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the table is available: the CPU has AVX-512 F/BW/VL + VNNI.
-        KernelSet::X86Avx512Vnni => unsafe {
-            if p.depthwise {
-                vnni::depthwise(p, input, out, band)
-            } else {
-                vnni::run(p, input, out, band)
-            }
+        // SAFETY: the table is available.
+        KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => unsafe {
+            x86_band(set, p, input, out, band)
         },
         #[cfg(target_arch = "aarch64")]
         KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
@@ -707,75 +726,68 @@ mod pointwise {
     use core::arch::x86_64::*;
 
     const LANES: usize = 8;
-    /// Most values in one receptive field, `k·k·C_in` (pairs of weights are packed on the
-    /// stack: 8 × 4 bytes per pair).
-    const MAX_IN: usize = 1152;
-    /// Most packed weight words of one convolution (128 KiB on the stack).
+    /// Most values in one receptive field, `k·k·C_in`.
+    const MAX_IN: usize = super::pack::AVX2_DEPTH;
+    /// Most packed weight words of one convolution without a plan (128 KiB on the stack).
     const MAX_PACKED: usize = 32 * 1024;
     const PIXELS: usize = 4;
     /// Most blocks of 8 output channels whose constants are decoded once per call.
     const MAX_BLOCKS: usize = 64;
 
-    /// Runs `p` if it is a dense convolution whose `k·k·C_in` fits the stack buffers (returns
-    /// `false`, having written nothing, otherwise). The caller has checked that the CPU has AVX2.
-    /// Each output pixel's receptive field is gathered (centred, as int16, zeros where the
-    /// padding is: the zero point's contribution) into one row, so every kernel size and stride
-    /// is the same GEMM.
-    pub(super) fn run(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    /// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a dense
+    /// convolution whose `k·k·C_in` fits the stack buffers and whose packed weights are in the
+    /// plan or fit the stack (returns `false`, having written nothing, otherwise). The caller
+    /// has checked that the CPU has AVX2. Each output pixel's receptive field is gathered
+    /// (centred, as int16, zeros where the padding is: the zero point's contribution) into one
+    /// row, so every kernel size and stride is the same GEMM.
+    pub(super) fn run(
+        p: &ConvParams<'_>,
+        input: &[i8],
+        out: &mut [u8],
+        band: core::ops::Range<usize>,
+    ) -> bool {
         let (ic, oc) = (p.input.channels, p.output.channels);
         let (ih, iw) = (p.input.height, p.input.width);
-        let (oh, ow) = (p.output.height, p.output.width);
+        let ow = p.output.width;
         let (k, s) = (p.kernel, p.stride);
         let depth = k * k * ic;
-        let pixels = oh * ow;
-        let elem = match p.stage {
-            super::OutputStage::Int8 { .. } => 1,
-            super::OutputStage::F32 { .. } => 4,
-        };
         if p.depthwise
             || ic == 0
             || oc == 0
             || k == 0
             || s == 0
             || depth > MAX_IN
-            || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+            || (p.output.height, ow) != (ih.div_ceil(s), iw.div_ceil(s))
             || input.len() < ih * iw * ic
             || p.weights.len() < oc * depth
-            || out.len() < pixels * oc * elem
+            || !super::rows::band_fits(p, &band, out.len())
         {
             return false;
         }
         let pad = k / 2;
         let pairs = depth.div_ceil(2);
         let blocks = oc.div_ceil(LANES);
-        if blocks * pairs * LANES > MAX_PACKED {
-            return false;
-        }
         let zp = p.input_zero_point as i16;
-        // every block's weights, packed once: block b's pair q at (b·pairs + q)·LANES (left
-        // uninitialised past what is written: zeroing 128 KiB per call cost more than small convs)
+        // block b's pair q at (b·pairs + q)·LANES: the plan's, else packed here (left
+        // uninitialised past what is written: zeroing 128 KiB per call cost more than small
+        // convs)
+        let layout = super::pack::Layout {
+            lanes: LANES,
+            groups: pairs,
+            blocks,
+            rows: 1,
+            run: depth,
+            wide: true,
+        };
         let mut storage = [core::mem::MaybeUninit::<i32>::uninit(); MAX_PACKED];
-        let used = blocks * pairs * LANES;
-        for b in 0..blocks {
-            let o0 = b * LANES;
-            let n = LANES.min(oc - o0);
-            for q in 0..pairs {
-                for j in 0..LANES {
-                    let (a, w) = if j < n {
-                        let row = &p.weights[(o0 + j) * depth..(o0 + j + 1) * depth];
-                        (row[2 * q], row.get(2 * q + 1).copied().unwrap_or(0))
-                    } else {
-                        (0, 0)
-                    };
-                    storage[(b * pairs + q) * LANES + j].write(
-                        ((a as i16 as u16 as u32) | ((w as i16 as u16 as u32) << 16)) as i32,
-                    );
-                }
-            }
-        }
-        // SAFETY: the loops above wrote every one of the first `used` words.
-        let packed: &[i32] =
-            unsafe { core::slice::from_raw_parts(storage.as_ptr() as *const i32, used) };
+        let storage = &mut storage[..if layout.words() <= MAX_PACKED {
+            MAX_PACKED
+        } else {
+            0
+        }];
+        let Some(packed) = super::pack::packed(&layout, p, storage) else {
+            return false;
+        };
         // each block's output constants, decoded once per call (per group of pixels past
         // MAX_BLOCKS blocks)
         let constants = |b: usize| {
@@ -791,7 +803,8 @@ mod pointwise {
             }
         }
         let mut xc = [[0i16; MAX_IN + 2]; PIXELS];
-        let mut px = 0;
+        let (first, pixels) = (band.start * ow, band.end * ow);
+        let mut px = first;
         while px < pixels {
             // the receptive fields of up to four pixels, gathered once for every block
             let m = PIXELS.min(pixels - px);
@@ -842,7 +855,7 @@ mod pointwise {
                         }
                     };
                     for (r, row) in sums.iter().enumerate().take(m) {
-                        let base = (px + r) * oc + o0;
+                        let base = (px - first + r) * oc + o0;
                         match &vector {
                             Some(v) => {
                                 // SAFETY: AVX2 is present (the caller checked).
@@ -875,12 +888,20 @@ mod pointwise {
     /// # Safety
     /// The CPU has AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn depthwise(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+    pub(super) unsafe fn depthwise(
+        p: &ConvParams<'_>,
+        input: &[i8],
+        out: &mut [u8],
+        band: core::ops::Range<usize>,
+    ) -> bool {
         let c = p.input.channels;
         let (ih, iw) = (p.input.height, p.input.width);
-        let (oh, ow) = (p.output.height, p.output.width);
+        let ow = p.output.width;
         let (k, s) = (p.kernel, p.stride);
-        if !super::depthwise_fits(p, input.len(), out.len(), 5) {
+        // the shapes and the input as `depthwise_fits` checks them; the output is the band's
+        if !super::depthwise_fits(p, input.len(), usize::MAX, 5)
+            || !super::rows::band_fits(p, &band, out.len())
+        {
             return false;
         }
         let pad = k / 2;
@@ -901,7 +922,7 @@ mod pointwise {
                     *v = p.weights[t * c + c0 + j] as i16;
                 }
             }
-            for oy in 0..oh {
+            for oy in band.clone() {
                 for ox in 0..ow {
                     let mut acc = [0i32; 2 * LANES];
                     for ky in 0..k {
@@ -921,7 +942,7 @@ mod pointwise {
                             unsafe { depthwise_tap(&mut acc, &x, zp, &wbuf[ky * k + kx], n) };
                         }
                     }
-                    let base = (oy * ow + ox) * c + c0;
+                    let base = ((oy - band.start) * ow + ox) * c + c0;
                     for h in 0..2 {
                         let lanes = n.saturating_sub(h * LANES).min(LANES);
                         if lanes == 0 {
@@ -1324,8 +1345,8 @@ mod tests {
                     $kernel(&p, &input, &mut b);
                     assert_eq!(a, b, "case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
                     // and with what a plan for this CPU's table holds
-                    let (sums, packed) = prepare(KernelSet::detect(), &p);
-                    let prepared = ConvParams { prepared: Prepared { weight_sums: &sums, packed: &packed }, ..p };
+                    let (sums, packed, layout) = prepare(KernelSet::detect(), &p);
+                    let prepared = ConvParams { prepared: Prepared { weight_sums: &sums, packed: &packed, layout }, ..p };
                     b.fill(0);
                     $kernel(&prepared, &input, &mut b);
                     assert_eq!(a, b, "prepared, case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
@@ -1357,10 +1378,12 @@ mod tests {
             .collect()
     }
 
-    /// What the plan for table `set` holds for `p`: `Σw` per channel and the packed weights.
-    fn prepare(set: KernelSet, p: &ConvParams<'_>) -> (Vec<i32>, Vec<i32>) {
+    /// What the plan for table `set` holds for `p`: `Σw` per channel, the packed weights and
+    /// their layout.
+    fn prepare(set: KernelSet, p: &ConvParams<'_>) -> (Vec<i32>, Vec<i32>, Option<pack::Layout>) {
         let sums = (0..p.output.channels).map(|c| weight_sum(p, c)).collect();
-        let packed = match pack::Layout::of(set, p) {
+        let layout = pack::Layout::of(set, p);
+        let packed = match layout {
             Some(layout) => {
                 let mut v = std::vec![core::mem::MaybeUninit::uninit(); layout.words()];
                 assert!(layout.pack(p, &mut v));
@@ -1369,12 +1392,12 @@ mod tests {
             }
             None => Vec::new(),
         };
-        (sums, packed)
+        (sums, packed, layout)
     }
 
     /// A dense convolution whose packed weights exceed the kernels' stack buffer (36 864 words
-    /// for VNNI, 147 456 bytes for NEON, over 128 KiB) runs in the table's GEMM from a plan's
-    /// packed weights, and is declined by it without them.
+    /// for VNNI, 147 456 bytes for NEON, 73 728 words for AVX2, over 128 KiB) runs in the table's
+    /// GEMM from a plan's packed weights, and is declined by it without them.
     #[test]
     fn packed_weights_beyond_the_stack_buffer_run_from_the_plan() {
         let mut rng = super::super::TestRng(0xb16);
@@ -1414,11 +1437,12 @@ mod tests {
         let mut want = std::vec![0u8; h * w * oc];
         reference(&p, &input, &mut want);
         let set = KernelSet::detect();
-        let (sums, packed) = prepare(set, &p);
+        let (sums, packed, layout) = prepare(set, &p);
         let prepared = ConvParams {
             prepared: Prepared {
                 weight_sums: &sums,
                 packed: &packed,
+                layout,
             },
             ..p
         };
@@ -1442,8 +1466,21 @@ mod tests {
             }
             ran = true;
         }
+        #[cfg(target_arch = "x86_64")]
+        if set == KernelSet::X86Avx2 {
+            assert!(packed.len() > 32 * 1024, "{} words", packed.len());
+            assert!(
+                !pointwise::run(&p, &input, &mut got, 0..h),
+                "fitted the stack"
+            );
+            assert!(
+                pointwise::run(&prepared, &input, &mut got, 0..h),
+                "declined"
+            );
+            ran = true;
+        }
         #[cfg(target_arch = "aarch64")]
-        {
+        if matches!(set, KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot) {
             assert!(4 * packed.len() > 128 * 1024, "{} words", packed.len());
             let dot = set == KernelSet::Aarch64NeonDot;
             assert!(
@@ -1464,6 +1501,19 @@ mod tests {
             with(set, &prepared, &input, &mut got);
         }
         assert_eq!(got, want);
+        // words of the packed length without their layout (a foreign plan's) are not used
+        let garbage = std::vec![0x5a5a_5a5a; packed.len()];
+        let foreign = ConvParams {
+            prepared: Prepared {
+                weight_sums: &sums,
+                packed: &garbage,
+                layout: None,
+            },
+            ..p
+        };
+        got.fill(0);
+        with(set, &foreign, &input, &mut got);
+        assert_eq!(got, want, "used a foreign plan's packed weights");
     }
 
     /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
@@ -1471,11 +1521,18 @@ mod tests {
     /// has no banded kernel for the case.
     fn three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         let set = KernelSet::detect();
-        let banded = matches!(
-            set,
-            KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot
-        );
-        // the test shapes fit every banded kernel's buffers
+        let banded = match set {
+            KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => true,
+            // the AVX2 GEMM takes receptive fields up to 1152 values (the head and the
+            // depthwise kernel every test shape)
+            KernelSet::X86Avx2 => {
+                p.depthwise
+                    || p.output.channels == 1
+                    || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH
+            }
+            _ => false,
+        };
+        // the test shapes fit every banded kernel's buffers otherwise
         let pool = crate::pool::Pool::new(2);
         assert_eq!(parallel(&pool, set, p, input, out), banded, "{set:?}");
         if !banded {
@@ -1585,7 +1642,10 @@ mod tests {
             return reference(p, input, out);
         }
         // SAFETY: the CPU has AVX2 (checked above).
-        assert!(unsafe { super::avx2::head(p, input, out) }, "head declined");
+        assert!(
+            unsafe { super::avx2::head(p, input, out, 0..p.output.height) },
+            "head declined"
+        );
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1728,7 +1788,10 @@ mod tests {
             };
             let (mut a, mut b) = (std::vec![0u8; h * w * oc], std::vec![1u8; h * w * oc]);
             reference(&p, &input, &mut a);
-            assert!(pointwise::run(&p, &input, &mut b), "{ic} -> {oc} declined");
+            assert!(
+                pointwise::run(&p, &input, &mut b, 0..h),
+                "{ic} -> {oc} declined"
+            );
             assert_eq!(a, b, "{h}x{w}x{ic} -> {oc}");
         }
         let wide = ConvParams {
@@ -1757,6 +1820,6 @@ mod tests {
                 lut: None,
             },
         };
-        assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1]));
+        assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1], 0..1));
     }
 }

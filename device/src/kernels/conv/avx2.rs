@@ -6,29 +6,32 @@
 //! (`|x|·|w| ≤ 128·128`, two products per lane: no overflow), `VPADDD`; four pixels share each
 //! weight load; one horizontal sum per pixel. The general GEMM would fill one lane of eight.
 
-use super::rows::{folded, ring_fits, Rows};
+use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::ConvParams;
 use core::arch::x86_64::*;
+use core::ops::Range;
 
 /// Most int16 weights of a head (`k` rows of whole 16-value chunks): 14 KiB on the stack.
 const WEIGHTS: usize = 7 * 1024;
 /// Pixels per step.
 const PIXELS: usize = 4;
 
-/// Runs `p` if it is a dense convolution to one output channel whose padded rows fit the ring
+/// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a dense convolution
+/// to one output channel whose padded rows fit the ring
 /// and whose weights fit [`WEIGHTS`] (returns `false`, having written nothing, otherwise).
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> bool {
+pub(super) unsafe fn head(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (oh, ow) = (p.output.height, p.output.width);
     let (k, s) = (p.kernel, p.stride);
-    let elem = match p.stage {
-        super::OutputStage::Int8 { .. } => 1,
-        super::OutputStage::F32 { .. } => 4,
-    };
     let run = k * ic;
     let chunks = run.div_ceil(16);
     if p.depthwise
@@ -41,7 +44,7 @@ pub(super) unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> b
         || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
         || input.len() < ih * iw * ic
         || p.weights.len() < k * run
-        || out.len() < oh * ow * elem
+        || !band_fits(p, &band, out.len())
     {
         return false;
     }
@@ -56,7 +59,7 @@ pub(super) unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> b
     }
     let finish = folded(p, 0, p.input_zero_point);
     let mut rows = Rows::new(p, 0);
-    for oy in 0..oh {
+    for oy in band.clone() {
         let runs = rows.output_row(p, input, oy);
         let mut ox = 0;
         while ox < ow {
@@ -90,7 +93,7 @@ pub(super) unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) -> b
                 })
             };
             for (i, &sum) in sums.iter().enumerate().take(m) {
-                finish.store(out, oy * ow + ox + i, sum);
+                finish.store(out, (oy - band.start) * ow + ox + i, sum);
             }
             ox += m;
         }

@@ -1,12 +1,15 @@
-//! The packed weight layouts of the dense AVX-512 VNNI and NEON kernels ([`super::vnni`],
-//! [`super::neon`]): their sizes and the packing itself, on every target, so that a plan for any
-//! table can be sized on the host (`depthling profile`) and built once at `Engine::new`; without
-//! a plan the kernels pack per call into a stack buffer with the same functions.
+//! The packed weight layouts of the dense AVX-512 VNNI, NEON and AVX2 kernels ([`super::vnni`],
+//! [`super::neon`], the AVX2 GEMM): their sizes and the packing itself, on every target, so that
+//! a plan for any table can be sized on the host (`depthling profile`) and built once at
+//! `Engine::new`; without a plan the kernels pack per call into a stack buffer with the same
+//! functions.
 //!
-//! Both layouts are words of four consecutive weights of one kernel row's run (`k·C_in` values,
-//! OHWI), zero past the run: for each block of `lanes` output channels, each kernel row `ky` and
-//! each group `g`, the block's `lanes` words, channel `j` at
-//! `((block·k + ky)·groups + g)·lanes + j`; channels past `C_out` are zero.
+//! Every layout is words of consecutive weights of one row's run (four int8 values, or two
+//! int16 for AVX2's `VPMADDWD`), zero past the run: for each block of `lanes` output channels,
+//! each row `r` and each group `g`, the block's `lanes` words, channel `j` at
+//! `((block·rows + r)·groups + g)·lanes + j`; channels past `C_out` are zero. The ring GEMMs'
+//! rows are the kernel rows (`k·C_in` values each, OHWI); AVX2's one row is the whole receptive
+//! field (`k·k·C_in`).
 
 use super::rows::RING;
 use super::ConvParams;
@@ -34,22 +37,53 @@ pub(crate) fn ring_shape(p: &ConvParams<'_>) -> bool {
 pub(crate) struct Layout {
     /// Output channels per block.
     pub lanes: usize,
-    /// Groups of four values per kernel row.
+    /// Words per row and lane.
     pub groups: usize,
     /// Blocks of `lanes` channels.
     pub blocks: usize,
-    pub kernel: usize,
+    /// Rows of each channel's weights.
+    pub rows: usize,
+    /// Values of one row.
+    pub run: usize,
+    /// Two int16 values a word (else four int8).
+    pub wide: bool,
 }
+
+/// Most values in one receptive field (`k·k·C_in`) the AVX2 GEMM takes.
+pub(crate) const AVX2_DEPTH: usize = 1152;
 
 impl Layout {
     /// The layout of table `set`'s dense kernel for `p`, where that kernel packs and takes `p`
     /// (its shape checks that do not depend on the buffers: a dense map, the ring of padded rows
-    /// fitting); `None` elsewhere.
+    /// fitting, the receptive field not too deep); `None` elsewhere.
     pub(crate) fn of(set: KernelSet, p: &ConvParams<'_>) -> Option<Layout> {
+        let (ic, oc, k) = (p.input.channels, p.output.channels, p.kernel);
+        if set == KernelSet::X86Avx2 {
+            // one output channel is the depth head (where its ring fits)
+            let depth = k * k * ic;
+            return (!p.depthwise
+                && ic > 0
+                && oc > 1
+                && k > 0
+                && p.stride > 0
+                && depth <= AVX2_DEPTH
+                && (p.output.height, p.output.width)
+                    == (
+                        p.input.height.div_ceil(p.stride),
+                        p.input.width.div_ceil(p.stride),
+                    ))
+                .then_some(Layout {
+                    lanes: 8,
+                    groups: depth.div_ceil(2),
+                    blocks: oc.div_ceil(8),
+                    rows: 1,
+                    run: depth,
+                    wide: true,
+                });
+        }
         if !ring_shape(p) {
             return None;
         }
-        let (ic, oc, k) = (p.input.channels, p.output.channels, p.kernel);
         let run = k * ic;
         match set {
             // one output channel is the depth head, which vectorises along the run instead
@@ -57,14 +91,18 @@ impl Layout {
                 lanes: 16,
                 groups: run.div_ceil(4),
                 blocks: oc.div_ceil(16),
-                kernel: k,
+                rows: k,
+                run,
+                wide: false,
             }),
             // groups a multiple of four (one 16-byte input load each)
             KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => Some(Layout {
                 lanes: 4,
                 groups: run.div_ceil(16) * 4,
                 blocks: oc.div_ceil(4),
-                kernel: k,
+                rows: k,
+                run,
+                wide: false,
             }),
             _ => None,
         }
@@ -72,7 +110,7 @@ impl Layout {
 
     /// Words of one block.
     pub(crate) fn per_block(&self) -> usize {
-        self.kernel * self.groups * self.lanes
+        self.rows * self.groups * self.lanes
     }
 
     /// Words of all blocks.
@@ -83,28 +121,33 @@ impl Layout {
     /// Writes `p`'s weights in this layout into the first [`Layout::words`] words of `dst`
     /// (`false`, having written nothing, where `dst` is shorter or the weights are).
     pub(crate) fn pack(&self, p: &ConvParams<'_>, dst: &mut [MaybeUninit<i32>]) -> bool {
-        let (k, oc) = (self.kernel, p.output.channels);
-        let run = k * p.input.channels;
-        let depth = k * run;
+        let (oc, run) = (p.output.channels, self.run);
+        let depth = self.rows * run;
         if dst.len() < self.words() || p.weights.len() < oc * depth {
             return false;
         }
+        let per_word = if self.wide { 2 } else { 4 };
         let mut at = 0;
         for b in 0..self.blocks {
-            for ky in 0..k {
+            for r in 0..self.rows {
                 for g in 0..self.groups {
                     for j in 0..self.lanes {
                         let c = b * self.lanes + j;
-                        let mut v = [0u8; 4];
-                        if c < oc {
-                            let row = &p.weights[c * depth + ky * run..c * depth + (ky + 1) * run];
-                            for (i, v) in v.iter_mut().enumerate() {
-                                if let Some(&w) = row.get(4 * g + i) {
-                                    *v = w as u8;
-                                }
+                        let value = |i: usize| {
+                            let row = &p.weights[c * depth + r * run..c * depth + (r + 1) * run];
+                            row.get(per_word * g + i).copied().unwrap_or(0)
+                        };
+                        let word = match (c < oc, self.wide) {
+                            (false, _) => 0,
+                            (true, true) => {
+                                (value(0) as i16 as u16 as u32 | (value(1) as i16 as u32) << 16)
+                                    as i32
                             }
-                        }
-                        dst[at].write(i32::from_le_bytes(v));
+                            (true, false) => {
+                                i32::from_le_bytes(core::array::from_fn(|i| value(i) as u8))
+                            }
+                        };
+                        dst[at].write(word);
                         at += 1;
                     }
                 }
@@ -123,7 +166,7 @@ pub(super) fn packed<'s>(
     storage: &'s mut [MaybeUninit<i32>],
 ) -> Option<&'s [i32]> {
     let words = layout.words();
-    if p.prepared.packed.len() == words {
+    if p.prepared.layout == Some(*layout) && p.prepared.packed.len() == words {
         return Some(p.prepared.packed);
     }
     if !layout.pack(p, storage) {
