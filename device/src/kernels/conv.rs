@@ -420,8 +420,8 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 
 /// Output rows `band` of `p` into `out` (that band's bytes) with the x86-64 table `set`'s
 /// kernels that take bands, in the order [`with`] tries them: AVX-512 VNNI (ring GEMM, ring
-/// depthwise), then AVX2 (depth head, GEMM, depthwise); `false`, having written nothing, where
-/// none takes `p`.
+/// depthwise), then AVX2 (depth head, GEMM, ring depthwise, the depthwise kernel without a
+/// ring for rows too wide for it); `false`, having written nothing, where none takes `p`.
 ///
 /// # Safety
 /// `set` is available ([`KernelSet::is_available`]): each table implies the ones below it.
@@ -448,6 +448,7 @@ unsafe fn x86_band(
         set != KernelSet::X86Sse2
             && (avx2::head(p, input, out, band.clone())
                 || pointwise::run(p, input, out, band.clone())
+                || avx2::depthwise(p, input, out, band.clone())
                 || pointwise::depthwise(p, input, out, band))
     }
 }
@@ -1657,10 +1658,49 @@ mod tests {
     }
 
     #[cfg(target_arch = "x86_64")]
+    /// The AVX2 ring depthwise kernel alone on every depthwise case (the reference elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_depthwise_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if !p.depthwise || !has_avx2() {
+            return reference(p, input, out);
+        }
+        let all = 0..p.output.height;
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert!(
+            unsafe { super::avx2::depthwise(p, input, out, all) },
+            "depthwise declined"
+        );
+    }
+
+    /// The AVX2 table whatever the CPU's best (on an AVX-512 machine `optimized` runs VNNI).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_table(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        with(KernelSet::X86Avx2, p, input, out)
+    }
+
+    /// The AVX2 table on three threads, where its kernels take the case (as [`three_threads`]).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if !has_avx2() {
+            return reference(p, input, out);
+        }
+        let banded = p.depthwise
+            || p.output.channels == 1
+            || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH;
+        let pool = crate::pool::Pool::new(2);
+        assert_eq!(parallel(&pool, KernelSet::X86Avx2, p, input, out), banded);
+        if !banded {
+            with(KernelSet::X86Avx2, p, input, out);
+        }
+    }
+
     conv_family_matches_reference! {
         sse2_matches_reference: dense_sse2,
         avx2_matches_reference: dense_avx2,
         avx2_head_matches_reference: avx2_head_only,
+        avx2_depthwise_matches_reference: avx2_depthwise_only,
+        avx2_table_matches_reference: avx2_table,
+        avx2_three_threads_match_reference: avx2_three_threads,
     }
 
     /// The AVX2 output stage equals the scalar one at the extremes of its input and constants:

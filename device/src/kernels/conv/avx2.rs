@@ -5,9 +5,16 @@
 //! run) 16 values a step: `VPMOVSXBW` of 16 input bytes, `VPMADDWD` against the weights
 //! (`|x|·|w| ≤ 128·128`, two products per lane: no overflow), `VPADDD`; four pixels share each
 //! weight load; one horizontal sum per pixel. The general GEMM would fill one lane of eight.
+//!
+//! Depthwise convolutions ([`depthwise`]) read the same ring: blocks of 16 channels in two
+//! registers of eight int32 lanes; a tap is two `VPMOVSXBD` of 8 input bytes and two `VPMADDWD`
+//! against the tap's weights as int16 pairs `(w, 0)` (the lane's low half, the input, times
+//! `w`; its high half, the input's sign, times 0), so every pixel is an inner one and the only
+//! branch is the loop's.
 
+use super::pointwise::Requant8;
 use super::rows::{band_fits, folded, ring_fits, Rows};
-use super::ConvParams;
+use super::{ConvParams, Finish};
 use core::arch::x86_64::*;
 use core::ops::Range;
 
@@ -99,4 +106,139 @@ pub(super) unsafe fn head(
         }
     }
     true
+}
+
+/// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a depthwise
+/// convolution (`k ≤ 7`) whose padded rows fit the ring (returns `false`, having written
+/// nothing, otherwise). The zero point's share, `z·Σw`, leaves the bias; the output stage is
+/// [`Requant8`]'s per eight channels.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn depthwise(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
+    const LANES: usize = 16;
+    let c = p.input.channels;
+    let ow = p.output.width;
+    let (k, s) = (p.kernel, p.stride);
+    // the shapes and the input as `depthwise_fits` checks them; the output is the band's
+    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
+        || !ring_fits(p)
+        || !band_fits(p, &band, out.len())
+    {
+        return false;
+    }
+    let zp = p.input_zero_point;
+    let mut rows = Rows::new(p, 0);
+    for c0 in (0..c).step_by(LANES) {
+        let n = LANES.min(c - c0);
+        // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
+        let mut wbuf = [[0i32; LANES]; 49];
+        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
+            for (j, v) in row.iter_mut().enumerate().take(n) {
+                *v = p.weights[t * c + c0 + j] as i16 as u16 as i32;
+            }
+        }
+        let finishes: [[Finish; 8]; 2] = core::array::from_fn(|h| {
+            core::array::from_fn(|j| folded(p, (c0 + 8 * h + j).min(c - 1), zp))
+        });
+        let vector = [Requant8::new(&finishes[0]), Requant8::new(&finishes[1])];
+        rows.held = [i32::MIN; 7];
+        for oy in band.clone() {
+            let runs = rows.output_row(p, input, oy);
+            for ox in 0..ow {
+                // SAFETY: AVX2 as the caller guarantees; tap (ky, kx) reads 16 bytes at
+                // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at
+                // most 15 bytes past the block (the next pixel, another slot or the slack);
+                // `wbuf` rows hold 16 words.
+                let sums = unsafe {
+                    let x = runs.map(|r| r.wrapping_add(ox * s * c + c0));
+                    if k == 3 {
+                        taps::<3>(&x, c, &wbuf)
+                    } else {
+                        taps_k(&x, k, c, &wbuf)
+                    }
+                };
+                let base = ((oy - band.start) * ow + ox) * c + c0;
+                for (h, sums) in sums.iter().enumerate() {
+                    let lanes = n.saturating_sub(8 * h).min(8);
+                    if lanes == 0 {
+                        break;
+                    }
+                    let at = base + 8 * h;
+                    match &vector[h] {
+                        Some(v) => {
+                            // SAFETY: AVX2 as the caller guarantees.
+                            let q = unsafe { v.apply(sums) };
+                            for (o, &q) in out[at..at + lanes].iter_mut().zip(&q) {
+                                *o = q as i8 as u8;
+                            }
+                        }
+                        None => {
+                            for (j, f) in finishes[h].iter().enumerate().take(lanes) {
+                                f.store(out, at + j, sums[j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// The sums of one pixel's 16 channels over the `K × K` taps of a depthwise kernel: tap
+/// `(ky, kx)` reads 16 bytes at `x[ky] + kx·c`, against `w[ky·K + kx]`.
+///
+/// # Safety
+/// AVX2; the reads as [`depthwise`] says.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn taps<const K: usize>(x: &[*const u8; 7], c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+    // SAFETY: by the contract; unaligned loads.
+    unsafe { tap_sums(x, K, c, w) }
+}
+
+/// [`taps`] for a kernel size known at run time.
+///
+/// # Safety
+/// As [`taps`].
+#[target_feature(enable = "avx2")]
+unsafe fn taps_k(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+    // SAFETY: by the contract.
+    unsafe { tap_sums(x, k, c, w) }
+}
+
+/// The loops of [`taps`] and [`taps_k`] (inlined into each: with `K` known the taps unroll).
+///
+/// # Safety
+/// As [`taps`].
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+    // SAFETY: by the callers' contract; unaligned loads.
+    unsafe {
+        let mut acc = [_mm256_setzero_si256(); 2];
+        for (ky, &row) in x.iter().enumerate().take(k) {
+            for kx in 0..k {
+                let xp = row.add(kx * c);
+                let wp = w.as_ptr().add(ky * k + kx) as *const i32;
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_cvtepi8_epi32(_mm_loadl_epi64(xp.add(8 * h) as *const __m128i));
+                    let wv = _mm256_loadu_si256(wp.add(8 * h) as *const __m256i);
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
+                }
+            }
+        }
+        acc.map(|a| {
+            let mut v = [0i32; 8];
+            _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, a);
+            v
+        })
+    }
 }
