@@ -420,8 +420,8 @@ pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 
 /// Output rows `band` of `p` into `out` (that band's bytes) with the x86-64 table `set`'s
 /// kernels that take bands, in the order [`with`] tries them: AVX-512 VNNI (ring GEMM, ring
-/// depthwise), then AVX2 (depth head, GEMM, ring depthwise, the depthwise kernel without a
-/// ring for rows too wide for it); `false`, having written nothing, where none takes `p`.
+/// depthwise), then AVX2 (depth head, ring GEMM, the GEMM of gathered receptive fields for rows
+/// too wide for its ring, ring depthwise, the depthwise kernel without a ring); `false`, having written nothing, where none takes `p`.
 ///
 /// # Safety
 /// `set` is available ([`KernelSet::is_available`]): each table implies the ones below it.
@@ -447,6 +447,7 @@ unsafe fn x86_band(
         }
         set != KernelSet::X86Sse2
             && (avx2::head(p, input, out, band.clone())
+                || avx2::gemm(p, input, out, band.clone())
                 || pointwise::run(p, input, out, band.clone())
                 || avx2::depthwise(p, input, out, band.clone())
                 || pointwise::depthwise(p, input, out, band))
@@ -1070,8 +1071,24 @@ mod pointwise {
         pub(super) unsafe fn apply(&self, acc: &[i32; LANES]) -> [i32; LANES] {
             // SAFETY: unaligned loads and stores of 8 × i32 from and to 8-element arrays.
             unsafe {
+                let q = self.apply_v(_mm256_loadu_si256(acc.as_ptr() as *const __m256i));
+                let mut out = [0i32; LANES];
+                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, q);
+                out
+            }
+        }
+
+        /// [`Requant8::apply`] on a register: the finished values, in `act_min..=act_max`.
+        ///
+        /// # Safety
+        /// The CPU has AVX2.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        pub(super) unsafe fn apply_v(&self, acc: __m256i) -> __m256i {
+            // SAFETY: unaligned loads of 8 × i32 from 8-element arrays.
+            unsafe {
                 let ld = |a: &[i32; LANES]| _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-                let x = _mm256_add_epi32(ld(acc), ld(&self.bias));
+                let x = _mm256_add_epi32(acc, ld(&self.bias));
                 let m = ld(&self.multiplier);
                 let round = _mm256_set1_epi64x(1 << 30);
                 let even = _mm256_add_epi64(_mm256_mul_epi32(x, m), round);
@@ -1096,13 +1113,10 @@ mod pointwise {
                     _mm256_set1_epi32(-(1 << 24)),
                 );
                 let q = _mm256_add_epi32(q, _mm256_set1_epi32(self.zero_point));
-                let q = _mm256_max_epi32(
+                _mm256_max_epi32(
                     _mm256_min_epi32(q, _mm256_set1_epi32(self.act_max)),
                     _mm256_set1_epi32(self.act_min),
-                );
-                let mut out = [0i32; LANES];
-                _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, q);
-                out
+                )
             }
         }
     }
@@ -1470,14 +1484,17 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if set == KernelSet::X86Avx2 {
             assert!(packed.len() > 32 * 1024, "{} words", packed.len());
-            assert!(
-                !pointwise::run(&p, &input, &mut got, 0..h),
-                "fitted the stack"
-            );
-            assert!(
-                pointwise::run(&prepared, &input, &mut got, 0..h),
-                "declined"
-            );
+            // SAFETY: the table is available: the CPU has AVX2.
+            unsafe {
+                assert!(
+                    !super::avx2::gemm(&p, &input, &mut got, 0..h),
+                    "fitted the stack"
+                );
+                assert!(
+                    super::avx2::gemm(&prepared, &input, &mut got, 0..h),
+                    "declined"
+                );
+            }
             ran = true;
         }
         #[cfg(target_arch = "aarch64")]
@@ -1524,11 +1541,12 @@ mod tests {
         let set = KernelSet::detect();
         let banded = match set {
             KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => true,
-            // the AVX2 GEMM takes receptive fields up to 1152 values (the head and the
-            // depthwise kernel every test shape)
+            // the AVX2 GEMMs take rows that fit the ring or receptive fields up to 1152
+            // values (the head and the depthwise kernels every test shape)
             KernelSet::X86Avx2 => {
                 p.depthwise
                     || p.output.channels == 1
+                    || pack::ring16_shape(p)
                     || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH
             }
             _ => false,
@@ -1657,7 +1675,6 @@ mod tests {
         dense_x86_with(p, input, out, true)
     }
 
-    #[cfg(target_arch = "x86_64")]
     /// The AVX2 ring depthwise kernel alone on every depthwise case (the reference elsewhere).
     #[cfg(target_arch = "x86_64")]
     fn avx2_depthwise_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
@@ -1669,6 +1686,21 @@ mod tests {
         assert!(
             unsafe { super::avx2::depthwise(p, input, out, all) },
             "depthwise declined"
+        );
+    }
+
+    /// The AVX2 ring GEMM alone on every dense case to several channels (the reference
+    /// elsewhere).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_gemm_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if p.depthwise || p.output.channels == 1 || !has_avx2() {
+            return reference(p, input, out);
+        }
+        let all = 0..p.output.height;
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert!(
+            unsafe { super::avx2::gemm(p, input, out, all) },
+            "GEMM declined"
         );
     }
 
@@ -1686,6 +1718,7 @@ mod tests {
         }
         let banded = p.depthwise
             || p.output.channels == 1
+            || pack::ring16_shape(p)
             || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH;
         let pool = crate::pool::Pool::new(2);
         assert_eq!(parallel(&pool, KernelSet::X86Avx2, p, input, out), banded);
@@ -1694,11 +1727,13 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     conv_family_matches_reference! {
         sse2_matches_reference: dense_sse2,
         avx2_matches_reference: dense_avx2,
         avx2_head_matches_reference: avx2_head_only,
         avx2_depthwise_matches_reference: avx2_depthwise_only,
+        avx2_gemm_matches_reference: avx2_gemm_only,
         avx2_table_matches_reference: avx2_table,
         avx2_three_threads_match_reference: avx2_three_threads,
     }
@@ -1833,6 +1868,13 @@ mod tests {
                 "{ic} -> {oc} declined"
             );
             assert_eq!(a, b, "{h}x{w}x{ic} -> {oc}");
+            // and the ring GEMM, with its 16-channel vector stores
+            if oc > 1 {
+                b.fill(1);
+                // SAFETY: the CPU has AVX2 (checked above).
+                assert!(unsafe { super::avx2::gemm(&p, &input, &mut b, 0..h) });
+                assert_eq!(a, b, "ring GEMM {h}x{w}x{ic} -> {oc}");
+            }
         }
         let wide = ConvParams {
             input: super::super::Shape {
@@ -1861,5 +1903,77 @@ mod tests {
             },
         };
         assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1], 0..1));
+    }
+
+    /// The AVX2 ring GEMM at the shapes of real 3×3 and 5×5 layers (several blocks, the vector
+    /// stores, stride 2, receptive fields past the gathering GEMM's 1152 values), against the
+    /// reference.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_ring_gemm_matches_reference_at_real_widths() {
+        if !has_avx2() {
+            return;
+        }
+        let mut rng = super::super::TestRng(0x2_2);
+        for &(ic, oc, k, stride) in &[
+            (64usize, 64usize, 5usize, 1usize),
+            (3, 16, 3, 2),
+            (32, 32, 3, 1),
+            (24, 16, 5, 1),
+            (8, 48, 3, 2),
+        ] {
+            let (h, w) = (7usize, 11usize);
+            let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+            let input = rng.bytes(h * w * ic);
+            let weights = rng.bytes(oc * k * k * ic);
+            let bias: Vec<u8> = (0..oc)
+                .flat_map(|_| ((rng.next() % 20001) as i32 - 10000).to_le_bytes())
+                .collect();
+            let requant = requant_bytes((0..oc).map(|_| 1e-5 + (rng.next() % 1000) as f64 * 1e-6));
+            let p = ConvParams {
+                input: super::super::Shape {
+                    height: h,
+                    width: w,
+                    channels: ic,
+                },
+                output: super::super::Shape {
+                    height: oh,
+                    width: ow,
+                    channels: oc,
+                },
+                kernel: k,
+                stride,
+                depthwise: false,
+                input_zero_point: (rng.next() % 256) as i32 - 128,
+                weights: &weights,
+                bias: &bias,
+                prepared: Prepared::default(),
+                stage: OutputStage::Int8 {
+                    requant: &requant,
+                    zero_point: -7,
+                    act_min: -128,
+                    act_max: 127,
+                    lut: None,
+                },
+            };
+            let (mut a, mut b) = (std::vec![0u8; oh * ow * oc], std::vec![1u8; oh * ow * oc]);
+            reference(&p, &input, &mut a);
+            // from the plan (64 → 64 5×5's packed weights exceed the stack buffer)
+            let (sums, packed, layout) = prepare(KernelSet::X86Avx2, &p);
+            let p = ConvParams {
+                prepared: Prepared {
+                    weight_sums: &sums,
+                    packed: &packed,
+                    layout,
+                },
+                ..p
+            };
+            // SAFETY: the CPU has AVX2 (checked above).
+            assert!(
+                unsafe { super::avx2::gemm(&p, &input, &mut b, 0..oh) },
+                "declined"
+            );
+            assert_eq!(a, b, "{ic} -> {oc}, k{k} s{stride}");
+        }
     }
 }

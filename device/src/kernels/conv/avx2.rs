@@ -6,16 +6,26 @@
 //! (`|x|·|w| ≤ 128·128`, two products per lane: no overflow), `VPADDD`; four pixels share each
 //! weight load; one horizontal sum per pixel. The general GEMM would fill one lane of eight.
 //!
-//! Depthwise convolutions ([`depthwise`]) read the same ring: blocks of 16 channels in two
+//! Dense convolutions to several channels ([`gemm`]) read a ring of padded rows of int16
+//! `x − z` (the padding 0), so that a pixel's taps in one kernel row are one run of `k·C_in`
+//! values: a GEMM of pixels × blocks of 8 output channels, `VPMADDWD` of a broadcast input pair
+//! against the block's weight pairs (packed once, in the plan: [`super::pack`]), in tiles of
+//! 4 pixels × 2 blocks; no gather, no receptive-field limit, every kernel size and stride. The
+//! requantization is [`Requant8`]'s, 16 channels stored as one 16-byte vector.
+//!
+//! Depthwise convolutions ([`depthwise`]) read the byte ring: blocks of 16 channels in two
 //! registers of eight int32 lanes; a tap is two `VPMOVSXBD` of 8 input bytes and two `VPMADDWD`
 //! against the tap's weights as int16 pairs `(w, 0)` (the lane's low half, the input, times
 //! `w`; its high half, the input's sign, times 0), so every pixel is an inner one and the only
 //! branch is the loop's.
 
+use super::pack::{packed, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
+use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
 /// Most int16 weights of a head (`k` rows of whole 16-value chunks): 14 KiB on the stack.
@@ -240,5 +250,257 @@ unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) 
             _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, a);
             v
         })
+    }
+}
+
+/// The ring of `k` padded input rows as int16 `x − z` for [`gemm`]: input row `y` in slot
+/// `y mod k`, each slot `(pad + W_in + pad)·C_in` values, the padding 0.
+struct Ring16 {
+    /// Initialised up to `k·slot + 32` values (what the kernel touches).
+    vals: [MaybeUninit<i16>; RING16],
+    held: [i32; 7],
+    slot: usize,
+}
+
+impl Ring16 {
+    /// An empty ring for `p` (its slots fitting: [`ring16_shape`]).
+    fn new(p: &ConvParams<'_>) -> Self {
+        let slot = (p.input.width + 2 * (p.kernel / 2)) * p.input.channels;
+        let mut vals = [MaybeUninit::uninit(); RING16];
+        for v in vals.iter_mut().take(p.kernel * slot + 32) {
+            v.write(0);
+        }
+        Ring16 {
+            vals,
+            held: [i32::MIN; 7],
+            slot,
+        }
+    }
+
+    /// Loads the `k` input rows output row `oy` reads and returns where each starts (tap row
+    /// `ky` at index `ky`; the rest null).
+    fn output_row(&mut self, p: &ConvParams<'_>, input: &[i8], oy: usize) -> [*const i16; 7] {
+        let (ih, iw, ic, k) = (p.input.height, p.input.width, p.input.channels, p.kernel);
+        let y0 = (oy * p.stride) as i32 - (k / 2) as i32;
+        let z = p.input_zero_point as i16;
+        let mut runs = [core::ptr::null(); 7];
+        for (y, r) in (y0..y0 + k as i32).zip(&mut runs) {
+            let slot = y.rem_euclid(k as i32) as usize;
+            // SAFETY: slot < k, and the first k·slot + 32 values are initialised (`new`).
+            let row = unsafe {
+                core::slice::from_raw_parts_mut(
+                    self.vals.as_mut_ptr().add(slot * self.slot) as *mut i16,
+                    self.slot,
+                )
+            };
+            if self.held[slot] != y {
+                self.held[slot] = y;
+                if y < 0 || y as usize >= ih {
+                    row.fill(0);
+                } else {
+                    let pad = (k / 2) * ic;
+                    row[..pad].fill(0);
+                    row[pad + iw * ic..].fill(0);
+                    let src = &input[y as usize * iw * ic..][..iw * ic];
+                    for (d, &x) in row[pad..pad + iw * ic].iter_mut().zip(src) {
+                        *d = x as i16 - z;
+                    }
+                }
+            }
+            *r = row.as_ptr();
+        }
+        runs
+    }
+}
+
+/// Most packed weight words of one convolution without a plan (128 KiB on the stack).
+const PACKED: usize = 32 * 1024;
+/// Blocks of 8 channels whose output constants are decoded at a time.
+const CHUNK: usize = 16;
+
+/// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a dense convolution
+/// to two or more channels whose int16 padded rows fit the ring and whose packed weights are in
+/// the plan or fit the stack (returns `false`, having written nothing, otherwise).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gemm(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: Range<usize>,
+) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (ow, oc) = (p.output.width, p.output.channels);
+    let (k, s) = (p.kernel, p.stride);
+    if !ring16_shape(p)
+        || input.len() < ih * iw * ic
+        || p.weights.len() < oc * k * k * ic
+        || !band_fits(p, &band, out.len())
+    {
+        return false;
+    }
+    let Some(layout) = Layout::of(KernelSet::X86Avx2, p).filter(|l| l.rows == k) else {
+        return false;
+    };
+    let (blocks, per_block, groups) = (layout.blocks, layout.per_block(), layout.groups);
+    // the plan's packed weights, else packed here (when they fit the stack buffer)
+    let mut storage = [MaybeUninit::<i32>::uninit(); PACKED];
+    let storage = &mut storage[..if layout.words() <= PACKED { PACKED } else { 0 }];
+    let Some(packed) = packed(&layout, p, storage) else {
+        return false;
+    };
+    let mut finishes = [[Finish::F32 {
+        bias: 0,
+        scale: 0.0,
+    }; 8]; CHUNK];
+    let mut vectors: [Option<Requant8>; CHUNK] = Default::default();
+    let mut ring = Ring16::new(p);
+    for b0 in (0..blocks).step_by(CHUNK) {
+        let nb = CHUNK.min(blocks - b0);
+        for b in 0..nb {
+            let c0 = (b0 + b) * 8;
+            finishes[b] =
+                core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (c0 + j).min(oc - 1)));
+            vectors[b] = Requant8::new(&finishes[b]);
+        }
+        for oy in band.clone() {
+            let runs = ring.output_row(p, input, oy);
+            let mut ox = 0;
+            while ox < ow {
+                let m = PIXELS.min(ow - ox);
+                let mut b = 0;
+                while b < nb {
+                    let two = b + 1 < nb;
+                    let w = packed[(b0 + b) * per_block..].as_ptr();
+                    // SAFETY: AVX2 as the caller guarantees; pixel ox + i's run in row ky is
+                    // k·C_in values from runs[ky] + (ox + i)·s·C_in, within the slot (padded
+                    // column (ox + i)·s + k − 1 < W_in + 2·pad), the last pair reading at most
+                    // one value past it (the next slot or the slack); the block(s) hold
+                    // per_block words each.
+                    let sums = unsafe {
+                        if two {
+                            tile::<2>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
+                        } else {
+                            tile::<1>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
+                        }
+                    };
+                    for (i, px) in sums.iter().enumerate().take(m) {
+                        let base = ((oy - band.start) * ow + ox + i) * oc;
+                        let c0 = (b0 + b) * 8;
+                        let n = (if two { 16 } else { 8 }).min(oc - c0);
+                        // SAFETY: AVX2 as the caller guarantees.
+                        unsafe { finish(&finishes[b..], &vectors[b..], px, out, base + c0, n) };
+                    }
+                    b += if two { 2 } else { 1 };
+                }
+                ox += m;
+            }
+        }
+    }
+    true
+}
+
+/// Writes the finished values of one pixel's sums `px` (two blocks of 8 channels) for `n ≤ 16`
+/// channels into `out` from element `at` on: one vector store where the blocks' stages are
+/// vector ones (int8) and whole, the scalar stage elsewhere.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn finish(
+    finishes: &[[Finish<'_>; 8]],
+    vectors: &[Option<Requant8>],
+    px: &[__m256i; 2],
+    out: &mut [u8],
+    at: usize,
+    n: usize,
+) {
+    // SAFETY: AVX2; the vector stores write into `dst`, which has the 16 or 8 bytes.
+    unsafe {
+        let halves = |q: __m256i| {
+            _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+        };
+        match (vectors.first(), vectors.get(1)) {
+            (Some(Some(v0)), Some(Some(v1))) if n == 16 => {
+                // the values lie in act_min..=act_max ⊂ int8: the saturating packs are exact
+                let a = halves(v0.apply_v(px[0]));
+                let b = halves(v1.apply_v(px[1]));
+                let dst = &mut out[at..at + 16];
+                _mm_storeu_si128(dst.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(a, b));
+                return;
+            }
+            (Some(Some(v0)), _) if n == 8 => {
+                let a = halves(v0.apply_v(px[0]));
+                let dst = &mut out[at..at + 8];
+                _mm_storel_epi64(dst.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(a, a));
+                return;
+            }
+            _ => {}
+        }
+        for (h, acc) in px.iter().enumerate() {
+            let lanes = n.saturating_sub(8 * h).min(8);
+            if lanes == 0 {
+                break;
+            }
+            let mut sums = [0i32; 8];
+            _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, *acc);
+            let at = at + 8 * h;
+            match vectors.get(h) {
+                Some(Some(v)) => {
+                    let q = v.apply(&sums);
+                    for (o, &q) in out[at..at + lanes].iter_mut().zip(&q) {
+                        *o = q as i8 as u8;
+                    }
+                }
+                _ => {
+                    for (j, f) in finishes[h].iter().enumerate().take(lanes) {
+                        f.store(out, at + j, sums[j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sums of `m ≤ 4` pixels × `B` blocks of 8 channels: pixel `i`'s run in kernel row `r` at
+/// `runs[r] + x0 + i·step` (int16 values), block `b`'s weights at `w + b·per_block`, row `r`
+/// pair `g` at `(r·groups + g)·8` words; pixels past `m` repeat the last one.
+///
+/// # Safety
+/// AVX2; the reads as [`gemm`] says.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const B: usize>(
+    runs: &[*const i16],
+    x0: usize,
+    step: usize,
+    m: usize,
+    groups: usize,
+    w: *const i32,
+    per_block: usize,
+) -> [[__m256i; 2]; PIXELS] {
+    let mut acc = [[_mm256_setzero_si256(); B]; PIXELS];
+    // SAFETY: by the contract; unaligned loads.
+    unsafe {
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i16; PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step));
+            let wr = w.add(r * groups * 8);
+            for g in 0..groups {
+                let wv: [__m256i; B] = core::array::from_fn(|b| {
+                    _mm256_loadu_si256(wr.add(b * per_block + g * 8) as *const __m256i)
+                });
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv = _mm256_set1_epi32((xp.add(2 * g) as *const i32).read_unaligned());
+                    for (a, &wv) in a.iter_mut().zip(&wv) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
+                    }
+                }
+            }
+        }
+        acc.map(|a| core::array::from_fn(|b| if b < B { a[b] } else { _mm256_setzero_si256() }))
     }
 }

@@ -8,8 +8,8 @@
 //! int16 for AVX2's `VPMADDWD`), zero past the run: for each block of `lanes` output channels,
 //! each row `r` and each group `g`, the block's `lanes` words, channel `j` at
 //! `((block·rows + r)·groups + g)·lanes + j`; channels past `C_out` are zero. The ring GEMMs'
-//! rows are the kernel rows (`k·C_in` values each, OHWI); AVX2's one row is the whole receptive
-//! field (`k·k·C_in`).
+//! rows are the kernel rows (`k·C_in` values each, OHWI); the AVX2 GEMM of gathered receptive
+//! fields (for rows too wide for its ring) has one row, the whole field (`k·k·C_in`).
 
 use super::rows::RING;
 use super::ConvParams;
@@ -30,6 +30,24 @@ pub(crate) fn ring_shape(p: &ConvParams<'_>) -> bool {
         && s > 0
         && (oh, ow) == (ih.div_ceil(s), iw.div_ceil(s))
         && k * (iw + 2 * (k / 2)) * ic + 64 <= RING
+}
+
+/// int16 values in the AVX2 GEMM's ring of padded rows (64 KiB on the stack), including 32 of
+/// slack that the last pair of a row's last run may touch.
+pub(crate) const RING16: usize = 32 * 1024;
+
+/// Whether `p` is a dense convolution of the shape the AVX2 ring GEMM takes (as [`ring_shape`],
+/// its `k` padded rows of int16 fitting [`RING16`]).
+pub(crate) fn ring16_shape(p: &ConvParams<'_>) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    !p.depthwise
+        && ic > 0
+        && p.output.channels > 0
+        && (1..=7).contains(&k)
+        && s > 0
+        && (p.output.height, p.output.width) == (ih.div_ceil(s), iw.div_ceil(s))
+        && k * (iw + 2 * (k / 2)) * ic + 32 <= RING16
 }
 
 /// A dense kernel's packed layout.
@@ -60,6 +78,18 @@ impl Layout {
         let (ic, oc, k) = (p.input.channels, p.output.channels, p.kernel);
         if set == KernelSet::X86Avx2 {
             // one output channel is the depth head (where its ring fits)
+            if oc > 1 && ring16_shape(p) {
+                // the ring GEMM: one row per kernel row
+                return Some(Layout {
+                    lanes: 8,
+                    groups: (k * ic).div_ceil(2),
+                    blocks: oc.div_ceil(8),
+                    rows: k,
+                    run: k * ic,
+                    wide: true,
+                });
+            }
+            // the GEMM of gathered receptive fields: one row
             let depth = k * k * ic;
             return (!p.depthwise
                 && ic > 0
