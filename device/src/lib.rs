@@ -467,9 +467,12 @@ impl<'m, 'a> Engine<'m, 'a> {
                 let (act_min, act_max) =
                     activation_range(*act, to.quant.scale, to.quant.zero_point);
                 let (out, [da, db]) = regions(self.arena, range(to), [range(ta), range(tb)], id)?;
-                let add = match self.kernels {
-                    KernelSet::Reference => kernels::elementwise::add_reference,
-                    _ => kernels::elementwise::add_optimized,
+                let set = self.kernels;
+                let add = |a, b, ra, rb, ro, zo, lo, hi, out: &mut [i8]| match set {
+                    KernelSet::Reference => {
+                        kernels::elementwise::add_reference(a, b, ra, rb, ro, zo, lo, hi, out)
+                    }
+                    _ => kernels::elementwise::add_with(set, a, b, ra, rb, ro, zo, lo, hi, out),
                 };
                 add(
                     Operand {
@@ -574,9 +577,12 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
                 let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
-                let mul = match self.kernels {
-                    KernelSet::Reference => kernels::elementwise::mul_reference,
-                    _ => kernels::elementwise::mul_optimized,
+                let set = self.kernels;
+                let mul = |x, s, c, r, zo, out: &mut [i8]| match set {
+                    KernelSet::Reference => {
+                        kernels::elementwise::mul_reference(x, s, c, r, zo, out)
+                    }
+                    _ => kernels::elementwise::mul_with(set, x, s, c, r, zo, out),
                 };
                 mul(
                     Operand {

@@ -1085,38 +1085,19 @@ mod pointwise {
         #[target_feature(enable = "avx2")]
         #[inline]
         pub(super) unsafe fn apply_v(&self, acc: __m256i) -> __m256i {
-            // SAFETY: unaligned loads of 8 × i32 from 8-element arrays.
+            // SAFETY: unaligned loads of 8 × i32 from 8-element arrays; the constants as
+            // `new` checked them (multipliers ≥ 0, shifts 0..=31).
             unsafe {
                 let ld = |a: &[i32; LANES]| _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+                let lanes = crate::kernels::vrequant::Lanes {
+                    multiplier: ld(&self.multiplier),
+                    shift: ld(&self.shift),
+                    mask: ld(&self.mask),
+                    half: ld(&self.half),
+                };
                 let x = _mm256_add_epi32(acc, ld(&self.bias));
-                let m = ld(&self.multiplier);
-                let round = _mm256_set1_epi64x(1 << 30);
-                let even = _mm256_add_epi64(_mm256_mul_epi32(x, m), round);
-                let odd = _mm256_add_epi64(
-                    _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(m)),
-                    round,
-                );
-                // bits 31..62 of each 64-bit product: the low words of a logical shift
-                let high = _mm256_blend_epi32::<0b1010_1010>(
-                    _mm256_srli_epi64::<31>(even),
-                    _mm256_slli_epi64::<1>(odd),
-                );
-                // RoundingDivideByPOT: (x >> e) + (remainder > (mask >> 1) + (x < 0))
-                let negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(), high);
-                let remainder = _mm256_and_si256(high, ld(&self.mask));
-                let threshold = _mm256_sub_epi32(ld(&self.half), negative);
-                let up = _mm256_cmpgt_epi32(remainder, threshold);
-                let q = _mm256_sub_epi32(_mm256_srav_epi32(high, ld(&self.shift)), up);
-                // keep the zero point's addition from overflowing; the clamp is int8 anyway
-                let q = _mm256_max_epi32(
-                    _mm256_min_epi32(q, _mm256_set1_epi32(1 << 24)),
-                    _mm256_set1_epi32(-(1 << 24)),
-                );
-                let q = _mm256_add_epi32(q, _mm256_set1_epi32(self.zero_point));
-                _mm256_max_epi32(
-                    _mm256_min_epi32(q, _mm256_set1_epi32(self.act_max)),
-                    _mm256_set1_epi32(self.act_min),
-                )
+                let q = crate::kernels::vrequant::multiply(x, &lanes);
+                crate::kernels::vrequant::finish(q, self.zero_point, self.act_min, self.act_max)
             }
         }
     }

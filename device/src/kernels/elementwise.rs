@@ -1,5 +1,8 @@
-//! Add, concat and per-channel multiply.
+//! Add, concat and per-channel multiply. Add and multiply have a plain vector loop on x86-64
+//! with AVX2 (eight lanes a step through [`super::vrequant`], the same integer steps as the
+//! scalar code), taken by the x86 tables above SSE2 ([`add_with`], [`mul_with`]).
 
+use super::KernelSet;
 use super::Shape;
 use depthling_model::quant::ADD_LEFT_SHIFT;
 use depthling_model::Requant;
@@ -32,10 +35,83 @@ pub fn add_reference(
     }
 }
 
+/// [`add_with`] the fastest table this build and CPU have.
+#[allow(clippy::too_many_arguments)]
+pub fn add_optimized(
+    a: Operand<'_>,
+    b: Operand<'_>,
+    a_requant: Requant,
+    b_requant: Requant,
+    out_requant: Requant,
+    out_zero_point: i32,
+    act_min: i32,
+    act_max: i32,
+    out: &mut [i8],
+) {
+    add_with(
+        KernelSet::detect(),
+        a,
+        b,
+        a_requant,
+        b_requant,
+        out_requant,
+        out_zero_point,
+        act_min,
+        act_max,
+        out,
+    )
+}
+
+/// [`add_reference`]'s bits with table `set`: the AVX2 loop where the table has AVX2 and the
+/// multipliers are below one, else [`add_portable`].
+#[allow(clippy::too_many_arguments)]
+pub fn add_with(
+    set: KernelSet,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    a_requant: Requant,
+    b_requant: Requant,
+    out_requant: Requant,
+    out_zero_point: i32,
+    act_min: i32,
+    act_max: i32,
+    out: &mut [i8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) && set.is_available() {
+        // SAFETY: the table is available: the CPU has AVX2.
+        let done = unsafe {
+            avx2::add(
+                a,
+                b,
+                [a_requant, b_requant, out_requant],
+                out_zero_point,
+                (act_min, act_max),
+                out,
+            )
+        };
+        if done {
+            return;
+        }
+    }
+    let _ = set;
+    add_portable(
+        a,
+        b,
+        a_requant,
+        b_requant,
+        out_requant,
+        out_zero_point,
+        act_min,
+        act_max,
+        out,
+    )
+}
+
 /// [`add_reference`] with each operand's rescaling `((v − z) << 20)·m` read from a 256-entry
 /// table (it depends on the int8 value alone), so one requantization per element remains.
 #[allow(clippy::too_many_arguments)]
-pub fn add_optimized(
+pub fn add_portable(
     a: Operand<'_>,
     b: Operand<'_>,
     a_requant: Requant,
@@ -146,8 +222,50 @@ pub fn mul_reference(
     }
 }
 
-/// [`mul_reference`] with `s[c] − zs` formed once per block of channels instead of per element.
+/// [`mul_with`] the fastest table this build and CPU have.
 pub fn mul_optimized(
+    input: Operand<'_>,
+    scale: Operand<'_>,
+    channels: usize,
+    requant: Requant,
+    out_zero_point: i32,
+    out: &mut [i8],
+) {
+    mul_with(
+        KernelSet::detect(),
+        input,
+        scale,
+        channels,
+        requant,
+        out_zero_point,
+        out,
+    )
+}
+
+/// [`mul_reference`]'s bits with table `set`: the AVX2 loop where the table has AVX2 and the
+/// multiplier is below one, else [`mul_portable`].
+pub fn mul_with(
+    set: KernelSet,
+    input: Operand<'_>,
+    scale: Operand<'_>,
+    channels: usize,
+    requant: Requant,
+    out_zero_point: i32,
+    out: &mut [i8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) && set.is_available() {
+        // SAFETY: the table is available: the CPU has AVX2.
+        if unsafe { avx2::mul(input, scale, channels, requant, out_zero_point, out) } {
+            return;
+        }
+    }
+    let _ = set;
+    mul_portable(input, scale, channels, requant, out_zero_point, out)
+}
+
+/// [`mul_reference`] with `s[c] − zs` formed once per block of channels instead of per element.
+pub fn mul_portable(
     input: Operand<'_>,
     scale: Operand<'_>,
     channels: usize,
@@ -175,6 +293,155 @@ pub fn mul_optimized(
             }
         }
         c0 += n;
+    }
+}
+
+/// The AVX2 loops of add and multiply: eight elements a step, each the scalar code's integer
+/// steps ([`super::vrequant`]); a tail of fewer than eight goes through the scalar code.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Operand, Requant, ADD_LEFT_SHIFT};
+    use crate::kernels::vrequant::{finish, multiply, store8, Lanes};
+    use core::arch::x86_64::*;
+
+    /// Eight int8 values at `p` as int32 lanes.
+    ///
+    /// # Safety
+    /// AVX2; 8 readable bytes at `p`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load8(p: *const i8) -> __m256i {
+        // SAFETY: by the contract.
+        unsafe { _mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)) }
+    }
+
+    /// `false`, having written nothing, where a multiplier is one or more (or the operands are
+    /// shorter than `out`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn add(
+        a: Operand<'_>,
+        b: Operand<'_>,
+        requants: [Requant; 3],
+        out_zero_point: i32,
+        (act_min, act_max): (i32, i32),
+        out: &mut [i8],
+    ) -> bool {
+        let n = out.len();
+        // SAFETY: AVX2 as the caller guarantees.
+        let lanes = unsafe { requants.map(|r| Lanes::uniform(r)) };
+        let [Some(la), Some(lb), Some(lo)] = lanes else {
+            return false;
+        };
+        if a.data.len() < n || b.data.len() < n || !(-128..=127).contains(&act_min) || act_max > 127
+        {
+            return false;
+        }
+        let (za, zb) = (
+            _mm256_set1_epi32(a.zero_point),
+            _mm256_set1_epi32(b.zero_point),
+        );
+        let whole = n / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            // SAFETY: AVX2; elements i..i + 8 lie in a, b and out (n ≤ their lengths).
+            unsafe {
+                let x = _mm256_slli_epi32::<ADD_LEFT_SHIFT>(_mm256_sub_epi32(
+                    load8(a.data.as_ptr().add(i)),
+                    za,
+                ));
+                let y = _mm256_slli_epi32::<ADD_LEFT_SHIFT>(_mm256_sub_epi32(
+                    load8(b.data.as_ptr().add(i)),
+                    zb,
+                ));
+                let sum = _mm256_add_epi32(multiply(x, &la), multiply(y, &lb));
+                let q = finish(multiply(sum, &lo), out_zero_point, act_min, act_max);
+                store8(q, out.as_mut_ptr().add(i));
+            }
+        }
+        let [ra, rb, ro] = requants;
+        super::add_portable(
+            Operand {
+                data: &a.data[whole..n],
+                zero_point: a.zero_point,
+            },
+            Operand {
+                data: &b.data[whole..n],
+                zero_point: b.zero_point,
+            },
+            ra,
+            rb,
+            ro,
+            out_zero_point,
+            act_min,
+            act_max,
+            &mut out[whole..],
+        );
+        true
+    }
+
+    /// `false`, having written nothing, where the multiplier is one or more (or the buffers do
+    /// not hold whole pixels of `channels`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn mul(
+        input: Operand<'_>,
+        scale: Operand<'_>,
+        channels: usize,
+        requant: Requant,
+        out_zero_point: i32,
+        out: &mut [i8],
+    ) -> bool {
+        const BLOCK: usize = 64;
+        // SAFETY: AVX2 as the caller guarantees.
+        let Some(lanes) = (unsafe { Lanes::uniform(requant) }) else {
+            return false;
+        };
+        if channels == 0 || scale.data.len() < channels || input.data.len() < out.len() {
+            return false;
+        }
+        let zx = _mm256_set1_epi32(input.zero_point);
+        let mut c0 = 0;
+        while c0 < channels {
+            let n = BLOCK.min(channels - c0);
+            let whole = n / 8 * 8;
+            let mut s = [0i32; BLOCK];
+            for (v, &q) in s.iter_mut().zip(&scale.data[c0..c0 + n]) {
+                *v = q as i32 - scale.zero_point;
+            }
+            for (o, x) in out
+                .chunks_exact_mut(channels)
+                .zip(input.data.chunks_exact(channels))
+            {
+                for j in (0..whole).step_by(8) {
+                    // SAFETY: AVX2; channels c0 + j .. + 8 lie in the pixel and in `s`.
+                    unsafe {
+                        let xv = _mm256_sub_epi32(load8(x.as_ptr().add(c0 + j)), zx);
+                        let sv = _mm256_loadu_si256(s.as_ptr().add(j) as *const __m256i);
+                        let q = multiply(_mm256_mullo_epi32(xv, sv), &lanes);
+                        store8(
+                            finish(q, out_zero_point, -128, 127),
+                            o.as_mut_ptr().add(c0 + j),
+                        );
+                    }
+                }
+                for ((o, &x), &s) in o[c0 + whole..c0 + n]
+                    .iter_mut()
+                    .zip(&x[c0 + whole..c0 + n])
+                    .zip(&s[whole..n])
+                {
+                    *o = requant
+                        .apply((x as i32 - input.zero_point) * s)
+                        .saturating_add(out_zero_point)
+                        .clamp(-128, 127) as i8;
+                }
+            }
+            c0 += n;
+        }
+        true
     }
 }
 
@@ -228,7 +495,47 @@ mod tests {
         )*};
     }
 
+    /// The AVX2 loops alone (the reference where the CPU has no AVX2); the test's multipliers
+    /// are all below one, so a decline fails.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn add_avx2(
+        a: Operand<'_>,
+        b: Operand<'_>,
+        ra: Requant,
+        rb: Requant,
+        ro: Requant,
+        zo: i32,
+        lo: i32,
+        hi: i32,
+        out: &mut [i8],
+    ) {
+        if !crate::kernels::conv::has_avx2() {
+            return add_reference(a, b, ra, rb, ro, zo, lo, hi, out);
+        }
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert!(
+            unsafe { avx2::add(a, b, [ra, rb, ro], zo, (lo, hi), out) },
+            "add declined"
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn mul_avx2(x: Operand<'_>, s: Operand<'_>, c: usize, r: Requant, zo: i32, out: &mut [i8]) {
+        if !crate::kernels::conv::has_avx2() {
+            return mul_reference(x, s, c, r, zo, out);
+        }
+        // SAFETY: the CPU has AVX2 (checked above).
+        assert!(unsafe { avx2::mul(x, s, c, r, zo, out) }, "mul declined");
+    }
+
     elementwise_family_matches_reference! {
         optimized_matches_reference: add_optimized, concat_optimized, mul_optimized;
+        portable_matches_reference: add_portable, concat_optimized, mul_portable;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    elementwise_family_matches_reference! {
+        avx2_matches_reference: add_avx2, concat_optimized, mul_avx2;
     }
 }

@@ -8,6 +8,8 @@ pub mod cortex_m;
 pub mod elementwise;
 pub mod pool;
 pub mod upsample;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vrequant;
 
 #[cfg(test)]
 extern crate std;
