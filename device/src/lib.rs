@@ -313,6 +313,22 @@ impl<'m, 'a> Engine<'m, 'a> {
         self.plan_words
     }
 
+    /// The kernel op `index` runs with, where it is a convolution: the plan's choice for the
+    /// current table ([`kernels::conv::choose`]).
+    pub fn conv_kernel(&self, index: usize) -> Option<kernels::conv::ConvKernel> {
+        let Some(Op::Conv2d(c)) = self.model.ops.get(index) else {
+            return None;
+        };
+        let params = conv_params(self.model, c, index as u16).ok()?;
+        let (prepared, kernel) = plan::conv(self.plan, self.kernels, index, &params);
+        kernel.or_else(|| {
+            Some(kernels::conv::choose(
+                self.kernels,
+                &ConvParams { prepared, ..params },
+            ))
+        })
+    }
+
     /// Chooses the kernel implementations (optimized by default).
     pub fn set_kernels(&mut self, kernels: Kernels) {
         let set = match kernels {
@@ -349,8 +365,9 @@ impl<'m, 'a> Engine<'m, 'a> {
 
     /// Lets each convolution of at least 2 M MACs split its output rows over `threads`
     /// threads (the calling one and `threads − 1` workers the engine keeps until it is dropped
-    /// or this is called again; one band each), where the kernel table has banded kernels
-    /// (AVX-512 VNNI, NEON). The bits are the same as on one thread.
+    /// or this is called again; one band each), where the op's kernel writes bands
+    /// ([`kernels::conv::ConvKernel::banded`]: the AVX-512 VNNI, AVX2 and NEON ones). The bits
+    /// are the same as on one thread.
     #[cfg(feature = "std")]
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
@@ -429,30 +446,24 @@ impl<'m, 'a> Engine<'m, 'a> {
             Op::Conv2d(c) => {
                 let (ti, to) = (t(c.input)?, t(c.output)?);
                 let mut params = conv_params(m, c, id)?;
-                params.prepared = plan::conv(self.plan, self.kernels, index, &params);
+                let (prepared, kernel) = plan::conv(self.plan, self.kernels, index, &params);
+                params.prepared = prepared;
+                let kernel = kernel.unwrap_or_else(|| kernels::conv::choose(self.kernels, &params));
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                // the default table through a plain function pointer, as the other families
-                // (on Cortex-M7 a table argument threaded into the call cost 0.2 M
-                // instructions on `micro`)
                 #[cfg(feature = "std")]
                 if let Some(pool) = self
                     .pool
                     .as_ref()
                     .filter(|_| m.op_macs(index) >= PARALLEL_MACS)
                 {
-                    if kernels::conv::parallel(pool, self.kernels, &params, as_i8(inp), out) {
+                    if kernels::conv::parallel(pool, kernel, &params, as_i8(inp), out) {
                         return Ok(());
                     }
                 }
-                let conv: fn(&ConvParams<'_>, &[i8], &mut [u8]) = match self.kernels {
-                    KernelSet::Reference => kernels::conv::reference,
-                    set if set == KernelSet::detect() => kernels::conv::optimized,
-                    _ => {
-                        kernels::conv::with(self.kernels, &params, as_i8(inp), out);
-                        return Ok(());
-                    }
-                };
-                conv(&params, as_i8(inp), out)
+                let all = 0..params.output.height;
+                if !kernels::conv::run_kernel(kernel, &params, as_i8(inp), out, all) {
+                    kernels::conv::with(self.kernels, &params, as_i8(inp), out);
+                }
             }
             Op::Add {
                 a,
@@ -730,6 +741,36 @@ mod tests {
         assert!(names.contains(&"aarch64-neon"));
         assert!(!KernelSet::CortexMDsp.is_available() || cfg!(target_arch = "arm"));
         std::eprintln!("kernel tables here: {names:?}");
+    }
+
+    /// The plan records each convolution's kernel: `choose`'s pick for the table with what the
+    /// plan holds, the reference on the reference table; other ops have none.
+    #[test]
+    fn the_plan_records_each_convolutions_kernel() {
+        let bytes = model_bytes();
+        let m = Model::from_bytes(&bytes).unwrap();
+        let mut arena = vec![0u8; Engine::arena_needed(&m).unwrap()];
+        let mut e = Engine::new(&m, &mut arena).unwrap();
+        for set in KernelSet::available() {
+            assert!(e.select_kernels(set));
+            let mut convs = 0;
+            for (i, op) in m.ops.iter().enumerate() {
+                let Op::Conv2d(c) = op else {
+                    assert_eq!(e.conv_kernel(i), None, "op {i}");
+                    continue;
+                };
+                let params = conv_params(&m, c, i as u16).unwrap();
+                let (prepared, recorded) = plan::conv(e.plan, set, i, &params);
+                let chosen = kernels::conv::choose(set, &ConvParams { prepared, ..params });
+                assert_eq!(recorded, Some(chosen), "{set:?} op {i}");
+                assert_eq!(e.conv_kernel(i), Some(chosen));
+                if set == KernelSet::Reference {
+                    assert_eq!(chosen, kernels::conv::ConvKernel::Reference);
+                }
+                convs += 1;
+            }
+            assert!(convs > 0);
+        }
     }
 
     #[test]

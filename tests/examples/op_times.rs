@@ -1,5 +1,5 @@
 //! Per-op wall time of the int8 engine on this machine (one thread): the ops that take the
-//! most time first, with their shapes and MACs. For finding where a network's time goes; the
+//! most time first, with their shapes, MACs and (convolutions) the kernel the plan chose. For finding where a network's time goes; the
 //! comparison with other runtimes is `bench/infer_anchors.sh`.
 //! Usage: op_times DIR [RUNS]   (DIR holds `model.dlm` and `frame.rgb`, as `write_board_assets`
 //! writes them)
@@ -34,7 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("frame.rgb: {e:?}"))?;
     }
     let total: f64 = time.iter().sum();
-    println!("total {:.3} ms per frame", 1e3 * total / runs as f64);
+    println!(
+        "total {:.3} ms per frame, table {}",
+        1e3 * total / runs as f64,
+        engine.kernel_set().name()
+    );
     let mut order: Vec<usize> = (0..time.len()).collect();
     order.sort_by(|&a, &b| time[b].total_cmp(&time[a]));
     for i in order {
@@ -43,11 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let (a, o) = (&m.tensors[c.input as usize], &m.tensors[c.output as usize]);
                 let kind = if c.depthwise { "depthwise" } else { "conv" };
                 format!(
-                    "{kind} {k}x{k} s{s} {}x{}x{} -> {}",
+                    "{kind} {k}x{k} s{s} {}x{}x{} -> {} [{}]",
                     a.height,
                     a.width,
                     a.channels,
                     o.channels,
+                    engine.conv_kernel(i).map_or("?", |k| k.name()),
                     k = c.kernel,
                     s = c.stride
                 )

@@ -377,125 +377,254 @@ pub fn optimized(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
 
 /// The convolution with kernel table `set`: the same integer result as [`reference`] for every
 /// table. A table this build or CPU cannot run ([`KernelSet::is_available`]) runs the portable
-/// kernels instead. Each table's kernels decline the shapes they do not take (a stack buffer
-/// too small, a receptive field too deep), which then go to the next simpler one: AVX-512 VNNI
-/// → AVX2 → SSE2 blocks, NEON → portable, Cortex-M DSP → portable.
+/// kernels instead. The kernel is [`choose`]'s (the engine takes it from its plan instead,
+/// chosen once per op); one that declines at run time (buffers shorter than the shapes say)
+/// hands over to the portable one.
 #[inline(never)]
 pub fn with(set: KernelSet, p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+    if !run_kernel(choose(set, p), p, input, out, 0..p.output.height) {
+        portable(p, input, out)
+    }
+}
+
+/// One convolution kernel: what [`choose`] picks for a table and a shape, and the engine's plan
+/// records for each op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// [`reference`].
+    Reference,
+    /// [`portable`] (also what a table falls back to for shapes its kernels do not take).
+    Portable,
+    /// x86-64 SSE2 `pmaddwd` blocks, dense.
+    X86Blocks,
+    /// x86-64 AVX2 `vpmaddwd` blocks, dense (shapes the AVX2 GEMMs do not take).
+    X86Avx2Blocks,
+    /// AVX-512 VNNI ring GEMM (and its depth head), dense.
+    VnniGemm,
+    /// AVX-512 VNNI ring depthwise.
+    VnniDepthwise,
+    /// AVX2 depth head: one output channel.
+    Avx2Head,
+    /// AVX2 ring GEMM of int16 rows, dense.
+    Avx2Gemm,
+    /// AVX2 GEMM of gathered receptive fields (rows too wide for the ring).
+    Avx2Gathered,
+    /// AVX2 ring depthwise.
+    Avx2Depthwise,
+    /// AVX2 depthwise without the ring (rows too wide for it, `k ≤ 5`).
+    Avx2DepthwiseWide,
+    /// NEON ring GEMM with `smull`/`sadalp`.
+    NeonGemm,
+    /// NEON ring GEMM with `sdot`.
+    NeonDotGemm,
+    /// NEON ring depthwise.
+    NeonDepthwise,
+    /// Armv7E-M DSP kernels (dense and depthwise; the portable ones where they decline).
+    CortexM,
+}
+
+impl ConvKernel {
+    /// Every kernel, in the order of their indices in the plan.
+    pub const ALL: [ConvKernel; 15] = [
+        ConvKernel::Reference,
+        ConvKernel::Portable,
+        ConvKernel::X86Blocks,
+        ConvKernel::X86Avx2Blocks,
+        ConvKernel::VnniGemm,
+        ConvKernel::VnniDepthwise,
+        ConvKernel::Avx2Head,
+        ConvKernel::Avx2Gemm,
+        ConvKernel::Avx2Gathered,
+        ConvKernel::Avx2Depthwise,
+        ConvKernel::Avx2DepthwiseWide,
+        ConvKernel::NeonGemm,
+        ConvKernel::NeonDotGemm,
+        ConvKernel::NeonDepthwise,
+        ConvKernel::CortexM,
+    ];
+
+    /// A short name, as `op_times` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Reference => "reference",
+            ConvKernel::Portable => "portable",
+            ConvKernel::X86Blocks => "sse2-blocks",
+            ConvKernel::X86Avx2Blocks => "avx2-blocks",
+            ConvKernel::VnniGemm => "vnni-gemm",
+            ConvKernel::VnniDepthwise => "vnni-depthwise",
+            ConvKernel::Avx2Head => "avx2-head",
+            ConvKernel::Avx2Gemm => "avx2-gemm",
+            ConvKernel::Avx2Gathered => "avx2-gathered",
+            ConvKernel::Avx2Depthwise => "avx2-depthwise",
+            ConvKernel::Avx2DepthwiseWide => "avx2-depthwise-wide",
+            ConvKernel::NeonGemm => "neon-gemm",
+            ConvKernel::NeonDotGemm => "neon-dot-gemm",
+            ConvKernel::NeonDepthwise => "neon-depthwise",
+            ConvKernel::CortexM => "cortex-m-dsp",
+        }
+    }
+
+    /// Its index in [`ConvKernel::ALL`] (what the plan stores).
+    pub fn index(self) -> usize {
+        ConvKernel::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    }
+
+    /// Whether it writes any band of output rows by itself (so [`parallel`] can split it).
+    pub fn banded(self) -> bool {
+        !matches!(
+            self,
+            ConvKernel::Reference
+                | ConvKernel::Portable
+                | ConvKernel::X86Blocks
+                | ConvKernel::X86Avx2Blocks
+                | ConvKernel::CortexM
+        )
+    }
+}
+
+/// The kernel table `set` runs `p` with (the portable one for a table this build or CPU cannot
+/// run): each table's kernels in order, the first whose shape checks `p` passes (buffers of the
+/// sizes the shapes say; packed weights in `p`'s plan or fitting the kernel's stack buffer):
+/// AVX-512 VNNI → AVX2 (head, ring GEMM, gathering GEMM, ring depthwise, depthwise) → SSE2 or
+/// AVX2 blocks (dense) or portable (depthwise); NEON → portable; Cortex-M DSP.
+pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
     let set = if set.is_available() {
         set
     } else {
         KernelSet::Portable
     };
+    let _ = p;
     match set {
-        KernelSet::Reference => return reference(p, input, out),
-        KernelSet::Portable => return portable(p, input, out),
+        KernelSet::Reference => ConvKernel::Reference,
         #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
-        KernelSet::CortexMDsp => return super::cortex_m::conv(p, input, out),
+        KernelSet::CortexMDsp => ConvKernel::CortexM,
         #[cfg(target_arch = "aarch64")]
         KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
-            let dot = set == KernelSet::Aarch64NeonDot;
-            let all = 0..p.output.height;
-            if (p.depthwise && neon::depthwise(p, input, out, all.clone()))
-                || (!p.depthwise && neon::dense(p, input, out, dot, all))
-            {
-                return;
+            if p.depthwise && neon::takes_depthwise(p) {
+                ConvKernel::NeonDepthwise
+            } else if !p.depthwise && neon::takes_dense(p) {
+                if set == KernelSet::Aarch64NeonDot {
+                    ConvKernel::NeonDotGemm
+                } else {
+                    ConvKernel::NeonGemm
+                }
+            } else {
+                ConvKernel::Portable
             }
         }
         #[cfg(target_arch = "x86_64")]
         KernelSet::X86Sse2 | KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => {
-            // SAFETY: `set` is available.
-            if unsafe { x86_band(set, p, input, out, 0..p.output.height) } {
-                return;
+            if set == KernelSet::X86Avx512Vnni {
+                if p.depthwise && vnni::takes_depthwise(p) {
+                    return ConvKernel::VnniDepthwise;
+                }
+                if !p.depthwise && vnni::takes(p) {
+                    return ConvKernel::VnniGemm;
+                }
             }
-            if !p.depthwise {
-                // the AVX2 blocks need AVX2, which every table above SSE2 implies
-                return dense_x86_with(p, input, out, set != KernelSet::X86Sse2);
+            if set != KernelSet::X86Sse2 {
+                let kernel = if avx2::takes_head(p) {
+                    Some(ConvKernel::Avx2Head)
+                } else if avx2::takes_gemm(p) {
+                    Some(ConvKernel::Avx2Gemm)
+                } else if pointwise::takes(p) {
+                    Some(ConvKernel::Avx2Gathered)
+                } else if avx2::takes_depthwise(p) {
+                    Some(ConvKernel::Avx2Depthwise)
+                } else if pointwise::takes_depthwise(p) {
+                    Some(ConvKernel::Avx2DepthwiseWide)
+                } else {
+                    None
+                };
+                if let Some(k) = kernel {
+                    return k;
+                }
+            }
+            match (p.depthwise, set) {
+                (true, _) => ConvKernel::Portable,
+                (false, KernelSet::X86Sse2) => ConvKernel::X86Blocks,
+                (false, _) => ConvKernel::X86Avx2Blocks,
             }
         }
-        _ => {}
+        _ => ConvKernel::Portable,
     }
-    portable(p, input, out)
 }
 
-/// Output rows `band` of `p` into `out` (that band's bytes) with the x86-64 table `set`'s
-/// kernels that take bands, in the order [`with`] tries them: AVX-512 VNNI (ring GEMM, ring
-/// depthwise), then AVX2 (depth head, ring GEMM, the GEMM of gathered receptive fields for rows
-/// too wide for its ring, ring depthwise, the depthwise kernel without a ring); `false`, having written nothing, where none takes `p`.
-///
-/// # Safety
-/// `set` is available ([`KernelSet::is_available`]): each table implies the ones below it.
-#[cfg(target_arch = "x86_64")]
-unsafe fn x86_band(
-    set: KernelSet,
+/// Output rows `band` of `p` into `out` (that band's bytes) with `kernel`: `false`, having
+/// written nothing, where the kernel declines (`p` not its shape, buffers shorter than the
+/// shapes say, a kernel this build or CPU cannot run, or a band of a kernel that writes whole
+/// maps only). A band's result is the same bits as those rows of the whole map.
+pub fn run_kernel(
+    kernel: ConvKernel,
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
     band: core::ops::Range<usize>,
 ) -> bool {
-    // SAFETY: the AVX-512 kernels need AVX-512 F/BW/VL + VNNI and the AVX2 ones AVX2, which
-    // the caller guarantees by `set`.
-    unsafe {
-        if set == KernelSet::X86Avx512Vnni
-            && if p.depthwise {
-                vnni::depthwise(p, input, out, band.clone())
-            } else {
-                vnni::run(p, input, out, band.clone())
-            }
-        {
-            return true;
-        }
-        set != KernelSet::X86Sse2
-            && (avx2::head(p, input, out, band.clone())
-                || avx2::gemm(p, input, out, band.clone())
-                || pointwise::run(p, input, out, band.clone())
-                || avx2::depthwise(p, input, out, band.clone())
-                || pointwise::depthwise(p, input, out, band))
-    }
-}
-
-/// Output rows `band` of `p` into `out` (that band's bytes only) with table `set`, where the
-/// table has a banded kernel for `p` (AVX-512 VNNI, AVX2, NEON); `false`, having written
-/// nothing, elsewhere. A band's result is the same bits as those rows of the whole map.
-#[cfg(any(feature = "std", test))]
-pub(crate) fn band(
-    set: KernelSet,
-    p: &ConvParams<'_>,
-    input: &[i8],
-    out: &mut [u8],
-    band: core::ops::Range<usize>,
-) -> bool {
-    if !set.is_available() {
-        return false;
-    }
+    let whole = band.start == 0 && band.end == p.output.height;
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = (&p, &input, &out, &band);
-    match set {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the table is available.
-        KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => unsafe {
-            x86_band(set, p, input, out, band)
-        },
-        #[cfg(target_arch = "aarch64")]
-        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
-            if p.depthwise {
-                neon::depthwise(p, input, out, band)
-            } else {
-                neon::dense(p, input, out, set == KernelSet::Aarch64NeonDot, band)
-            }
+    let _ = &band;
+    match kernel {
+        ConvKernel::Reference if whole => {
+            reference(p, input, out);
+            true
         }
+        ConvKernel::Portable if whole => {
+            portable(p, input, out);
+            true
+        }
+        #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
+        ConvKernel::CortexM if whole => {
+            super::cortex_m::conv(p, input, out);
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::X86Blocks | ConvKernel::X86Avx2Blocks if whole && !p.depthwise => {
+            let avx2 = kernel == ConvKernel::X86Avx2Blocks;
+            if avx2 && !has_avx2() {
+                return false;
+            }
+            dense_x86_with(p, input, out, avx2);
+            true
+        }
+        // SAFETY (the arms below): each runs only where the CPU has what it needs.
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::VnniGemm => vnni_available() && unsafe { vnni::run(p, input, out, band) },
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::VnniDepthwise => {
+            vnni_available() && unsafe { vnni::depthwise(p, input, out, band) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::Avx2Head => has_avx2() && unsafe { avx2::head(p, input, out, band) },
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::Avx2Gemm => has_avx2() && unsafe { avx2::gemm(p, input, out, band) },
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::Avx2Gathered => has_avx2() && pointwise::run(p, input, out, band),
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::Avx2Depthwise => has_avx2() && unsafe { avx2::depthwise(p, input, out, band) },
+        #[cfg(target_arch = "x86_64")]
+        ConvKernel::Avx2DepthwiseWide => {
+            has_avx2() && unsafe { pointwise::depthwise(p, input, out, band) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        ConvKernel::NeonGemm => neon::dense(p, input, out, false, band),
+        #[cfg(target_arch = "aarch64")]
+        ConvKernel::NeonDotGemm => dotprod_available() && neon::dense(p, input, out, true, band),
+        #[cfg(target_arch = "aarch64")]
+        ConvKernel::NeonDepthwise => neon::depthwise(p, input, out, band),
         _ => false,
     }
 }
 
-/// Convolution `p` with its output rows in `pool.extra() + 1` bands, one per thread (the
-/// calling one and the pool's workers), each into its own part of `out` ([`band`]): the same
-/// bits as one thread. Returns `false`, having written nothing, where table `set` has no banded
-/// kernel for `p` (every band declines or none does: the checks depend on the shapes alone).
+/// Convolution `p` with `kernel`, its output rows in `pool.extra() + 1` bands, one per thread
+/// (the calling one and the pool's workers), each into its own part of `out`
+/// ([`run_kernel`]): the same bits as one thread. Returns `false`, having written nothing, where
+/// the kernel does not write bands ([`ConvKernel::banded`]) or declines `p` (every band declines
+/// or none does: the checks depend on the shapes alone).
 #[cfg(any(feature = "std", test))]
 pub(crate) fn parallel(
     pool: &crate::pool::Pool,
-    set: KernelSet,
+    kernel: ConvKernel,
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
@@ -507,7 +636,7 @@ pub(crate) fn parallel(
         OutputStage::F32 { .. } => 4,
     };
     let row = p.output.width * p.output.channels * elem;
-    if oh == 0 || out.len() < oh * row {
+    if !kernel.banded() || oh == 0 || out.len() < oh * row {
         return false;
     }
     // one band (a map of one row) runs on the calling thread alone
@@ -522,10 +651,10 @@ pub(crate) fn parallel(
         rest = tail;
         let rows = edge(i)..edge(i + 1);
         jobs.push(std::boxed::Box::new(move || {
-            band(set, p, input, part, rows)
+            run_kernel(kernel, p, input, part, rows)
         }));
     }
-    pool.run(jobs, || band(set, p, input, first, 0..edge(1)))
+    pool.run(jobs, || run_kernel(kernel, p, input, first, 0..edge(1)))
 }
 
 /// Whether the CPU has what the AVX-512 VNNI kernels need.
@@ -736,6 +865,39 @@ mod pointwise {
     /// Most blocks of 8 output channels whose constants are decoded once per call.
     const MAX_BLOCKS: usize = 64;
 
+    /// The layout of [`run`]'s packed weights for `p`: one row, the whole receptive field.
+    fn layout(p: &ConvParams<'_>) -> super::pack::Layout {
+        let depth = p.kernel * p.kernel * p.input.channels;
+        super::pack::Layout {
+            lanes: LANES,
+            groups: depth.div_ceil(2),
+            blocks: p.output.channels.div_ceil(LANES),
+            rows: 1,
+            run: depth,
+            wide: true,
+        }
+    }
+
+    /// Whether [`run`] takes `p` (given buffers of the sizes its shapes say).
+    pub(super) fn takes(p: &ConvParams<'_>) -> bool {
+        let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+        let (k, s) = (p.kernel, p.stride);
+        let l = layout(p);
+        !p.depthwise
+            && ic > 0
+            && p.output.channels > 0
+            && k > 0
+            && s > 0
+            && k * k * ic <= MAX_IN
+            && (p.output.height, p.output.width) == (ih.div_ceil(s), iw.div_ceil(s))
+            && (super::pack::planned(p, &l) || l.words() <= MAX_PACKED)
+    }
+
+    /// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
+    pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
+        super::depthwise_fits(p, usize::MAX, usize::MAX, 5)
+    }
+
     /// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a dense
     /// convolution whose `k·k·C_in` fits the stack buffers and whose packed weights are in the
     /// plan or fit the stack (returns `false`, having written nothing, otherwise). The caller
@@ -773,14 +935,7 @@ mod pointwise {
         // block b's pair q at (b·pairs + q)·LANES: the plan's, else packed here (left
         // uninitialised past what is written: zeroing 128 KiB per call cost more than small
         // convs)
-        let layout = super::pack::Layout {
-            lanes: LANES,
-            groups: pairs,
-            blocks,
-            rows: 1,
-            run: depth,
-            wide: true,
-        };
+        let layout = layout(p);
         let mut storage = [core::mem::MaybeUninit::<i32>::uninit(); MAX_PACKED];
         let storage = &mut storage[..if layout.words() <= MAX_PACKED {
             MAX_PACKED
@@ -1351,7 +1506,25 @@ mod tests {
         )*};
     }
 
+    /// Every table this build and CPU have, through the kernel [`choose`] picks, which must
+    /// take the case (a shape check that disagrees with its kernel's fails here instead of
+    /// falling back unseen); the reference's bits each time.
+    fn every_chosen_kernel(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        let mut want = std::vec![0u8; out.len()];
+        reference(p, input, &mut want);
+        for set in KernelSet::available() {
+            let kernel = choose(set, p);
+            out.fill(0x55);
+            assert!(
+                run_kernel(kernel, p, input, out, 0..p.output.height),
+                "{set:?} chose {kernel:?}, which declined"
+            );
+            assert_eq!(out, &want[..], "{set:?} with {kernel:?}");
+        }
+    }
+
     conv_family_matches_reference! {
+        every_chosen_kernel_matches_reference: every_chosen_kernel,
         optimized_matches_reference: optimized,
         portable_matches_reference: portable,
         cortex_m_matches_reference: super::super::cortex_m::conv,
@@ -1534,7 +1707,11 @@ mod tests {
         };
         // the test shapes fit every banded kernel's buffers otherwise
         let pool = crate::pool::Pool::new(2);
-        assert_eq!(parallel(&pool, set, p, input, out), banded, "{set:?}");
+        assert_eq!(
+            parallel(&pool, choose(set, p), p, input, out),
+            banded,
+            "{set:?}"
+        );
         if !banded {
             std::eprintln!(
                 "note: no banded kernels in {set:?}; three_threads_match_reference ran one thread"
@@ -1702,7 +1879,8 @@ mod tests {
             || pack::ring16_shape(p)
             || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH;
         let pool = crate::pool::Pool::new(2);
-        assert_eq!(parallel(&pool, KernelSet::X86Avx2, p, input, out), banded);
+        let kernel = choose(KernelSet::X86Avx2, p);
+        assert_eq!(parallel(&pool, kernel, p, input, out), banded, "{kernel:?}");
         if !banded {
             with(KernelSet::X86Avx2, p, input, out);
         }

@@ -19,7 +19,7 @@
 //! `w`; its high half, the input's sign, times 0), so every pixel is an inner one and the only
 //! branch is the loop's.
 
-use super::pack::{packed, ring16_shape, Layout, RING16};
+use super::pack::{packed, packs, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
@@ -32,6 +32,33 @@ use core::ops::Range;
 const WEIGHTS: usize = 7 * 1024;
 /// Pixels per step.
 const PIXELS: usize = 4;
+
+/// Whether [`head`] takes `p` (given buffers of the sizes its shapes say).
+pub(super) fn takes_head(p: &ConvParams<'_>) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    !p.depthwise
+        && p.output.channels == 1
+        && ic > 0
+        && k > 0
+        && s > 0
+        && ring_fits(p)
+        && k * (k * ic).div_ceil(16) * 16 <= WEIGHTS
+        && (p.output.height, p.output.width) == (ih.div_ceil(s), iw.div_ceil(s))
+}
+
+/// Whether [`gemm`] takes `p` (given buffers of the sizes its shapes say).
+pub(super) fn takes_gemm(p: &ConvParams<'_>) -> bool {
+    ring16_shape(p)
+        && p.output.channels > 1
+        && Layout::of(KernelSet::X86Avx2, p).is_some_and(|l| l.rows == p.kernel)
+        && packs(KernelSet::X86Avx2, p, PACKED)
+}
+
+/// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
+pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
+    super::depthwise_fits(p, usize::MAX, usize::MAX, 7) && ring_fits(p)
+}
 
 /// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a dense convolution
 /// to one output channel whose padded rows fit the ring
@@ -47,18 +74,11 @@ pub(super) unsafe fn head(
     band: Range<usize>,
 ) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
-    let (oh, ow) = (p.output.height, p.output.width);
+    let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
     let run = k * ic;
     let chunks = run.div_ceil(16);
-    if p.depthwise
-        || p.output.channels != 1
-        || ic == 0
-        || k == 0
-        || s == 0
-        || !ring_fits(p)
-        || k * chunks * 16 > WEIGHTS
-        || (oh, ow) != (ih.div_ceil(s), iw.div_ceil(s))
+    if !takes_head(p)
         || input.len() < ih * iw * ic
         || p.weights.len() < k * run
         || !band_fits(p, &band, out.len())
@@ -137,8 +157,8 @@ pub(super) unsafe fn depthwise(
     let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
-    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
-        || !ring_fits(p)
+    if !takes_depthwise(p)
+        || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
         || !band_fits(p, &band, out.len())
     {
         return false;
@@ -334,14 +354,14 @@ pub(super) unsafe fn gemm(
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
     let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if !ring16_shape(p)
+    if !takes_gemm(p)
         || input.len() < ih * iw * ic
         || p.weights.len() < oc * k * k * ic
         || !band_fits(p, &band, out.len())
     {
         return false;
     }
-    let Some(layout) = Layout::of(KernelSet::X86Avx2, p).filter(|l| l.rows == k) else {
+    let Some(layout) = Layout::of(KernelSet::X86Avx2, p) else {
         return false;
     };
     let (blocks, per_block, groups) = (layout.blocks, layout.per_block(), layout.groups);

@@ -15,7 +15,7 @@
 //! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
 //! exact, so the bits are [`super::reference`]'s.
 
-use super::pack::{packed, ring_shape, Layout};
+use super::pack::{packed, packs, ring_shape, Layout};
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
@@ -108,6 +108,17 @@ impl Requant4 {
             out.map(|v| v as i8)
         }
     }
+}
+
+/// Whether [`dense`] takes `p` (given buffers of the sizes its shapes say): a dense map whose
+/// ring fits, the packed weights in the plan or fitting the stack buffer.
+pub(super) fn takes_dense(p: &ConvParams<'_>) -> bool {
+    ring_shape(p) && packs(KernelSet::Aarch64Neon, p, PACKED / 4)
+}
+
+/// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
+pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
+    super::depthwise_fits(p, usize::MAX, usize::MAX, 7) && ring_fits(p)
 }
 
 /// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
@@ -334,8 +345,8 @@ pub(super) fn depthwise(
     let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
-    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
-        || !ring_fits(p)
+    if !takes_depthwise(p)
+        || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
         || !band_fits(p, &band, out.len())
     {
         return false;

@@ -187,6 +187,19 @@ impl Layout {
     }
 }
 
+/// Whether `p`'s prepared plan holds its weights in `layout` (what [`packed`] then returns).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn planned(p: &ConvParams<'_>, layout: &Layout) -> bool {
+    p.prepared.layout == Some(*layout) && p.prepared.packed.len() == layout.words()
+}
+
+/// Whether the weights of `p` in table `set`'s layout are in its plan or fit a stack buffer of
+/// `words` words: what a kernel that packs needs besides the shapes.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn packs(set: KernelSet, p: &ConvParams<'_>, words: usize) -> bool {
+    Layout::of(set, p).is_some_and(|l| planned(p, &l) || l.words() <= words)
+}
+
 /// Packed weights: `p`'s prepared ones where the plan has this layout's, else packed into
 /// `storage` (`None` where they do not fit it).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -196,7 +209,7 @@ pub(super) fn packed<'s>(
     storage: &'s mut [MaybeUninit<i32>],
 ) -> Option<&'s [i32]> {
     let words = layout.words();
-    if p.prepared.layout == Some(*layout) && p.prepared.packed.len() == words {
+    if planned(p, layout) {
         return Some(p.prepared.packed);
     }
     if !layout.pack(p, storage) {

@@ -18,7 +18,7 @@
 //! exact, so the bits are [`super::reference`]'s; the requantization is
 //! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
 
-use super::pack::{packed, ring_shape, Layout};
+use super::pack::{packed, packs, ring_shape, Layout};
 use super::pointwise::Requant;
 use super::rows::{band_fits, folded, ring_fits, Rows};
 use super::{ConvParams, Finish};
@@ -32,6 +32,8 @@ const LANES: usize = 16;
 const PACKED: usize = 32 * 1024;
 /// Pixels per tile.
 const PIXELS: usize = 4;
+/// Bytes of a depth head's weight rows (one run each).
+const HEAD: usize = 4096;
 
 /// Whether the CPU has AVX-512 F, BW and VNNI: detected at run time with `std`, else what the
 /// build targets.
@@ -55,8 +57,25 @@ pub(super) fn available() -> bool {
     }
 }
 
+/// Whether [`run`] takes `p` (given buffers of the sizes its shapes say): a dense map whose ring
+/// fits, and for several channels the packed weights in the plan or fitting the stack buffer,
+/// for one a run within the head's weight rows.
+pub(super) fn takes(p: &ConvParams<'_>) -> bool {
+    ring_shape(p)
+        && if p.output.channels == 1 {
+            (p.kernel * p.input.channels).div_ceil(64) * 64 <= HEAD
+        } else {
+            packs(KernelSet::X86Avx512Vnni, p, PACKED)
+        }
+}
+
+/// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
+pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
+    super::depthwise_fits(p, usize::MAX, usize::MAX, 7) && ring_fits(p)
+}
+
 /// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
-/// (returns `false`, having written nothing, otherwise).
+/// (returns `false`, having written nothing, otherwise: [`takes`]).
 ///
 /// # Safety
 /// The CPU has AVX-512 F, BW and VNNI ([`available`]).
@@ -271,7 +290,7 @@ unsafe fn head(
     let (k, s) = (p.kernel, p.stride);
     let run = k * ic;
     let chunks = run.div_ceil(64);
-    if chunks * 64 > 4096 {
+    if chunks * 64 > HEAD {
         // a run longer than the weight buffer's rows: the AVX2 kernels take it
         return false;
     }
@@ -326,8 +345,8 @@ pub(super) unsafe fn depthwise(
     let ow = p.output.width;
     let (k, s) = (p.kernel, p.stride);
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
-    if !super::depthwise_fits(p, input.len(), usize::MAX, 7)
-        || !ring_fits(p)
+    if !takes_depthwise(p)
+        || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
         || !band_fits(p, &band, out.len())
     {
         return false;
