@@ -121,13 +121,17 @@ pub(super) unsafe fn head(
                         }
                     }
                 }
-                acc.map(|a| {
+                // loops, not closures: a closure does not inherit `target_feature` and was
+                // called, not inlined, once per pixel group
+                let mut sums = [0i32; PIXELS];
+                for (sum, &a) in sums.iter_mut().zip(&acc) {
                     let v =
                         _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
                     let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
                     let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
-                    _mm_cvtsi128_si32(v)
-                })
+                    *sum = _mm_cvtsi128_si32(v);
+                }
+                sums
             };
             for (i, &sum) in sums.iter().enumerate().take(m) {
                 finish.store(out, (oy - band.start) * ow + ox + i, sum);
@@ -265,11 +269,11 @@ unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) 
                 }
             }
         }
-        acc.map(|a| {
-            let mut v = [0i32; 8];
+        let mut sums = [[0i32; 8]; 2];
+        for (v, &a) in sums.iter_mut().zip(&acc) {
             _mm256_storeu_si256(v.as_mut_ptr() as *mut __m256i, a);
-            v
-        })
+        }
+        sums
     }
 }
 
@@ -521,6 +525,10 @@ unsafe fn tile<const B: usize>(
                 }
             }
         }
-        acc.map(|a| core::array::from_fn(|b| if b < B { a[b] } else { _mm256_setzero_si256() }))
+        let mut out = [[_mm256_setzero_si256(); 2]; PIXELS];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            o[..B].copy_from_slice(a);
+        }
+        out
     }
 }
