@@ -21,7 +21,7 @@
 
 use super::pack::{packed, packs, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
-use super::rows::{band_fits, folded, ring_fits, Rows};
+use super::rows::{band_fits, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -95,7 +95,8 @@ pub(super) unsafe fn head(
         }
     }
     let finish = folded(p, 0, p.input_zero_point);
-    let mut rows = Rows::new(p, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
     for oy in band.clone() {
         let runs = rows.output_row(p, input, oy);
         let mut ox = 0;
@@ -168,7 +169,8 @@ pub(super) unsafe fn depthwise(
         return false;
     }
     let zp = p.input_zero_point;
-    let mut rows = Rows::new(p, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
     for c0 in (0..c).step_by(LANES) {
         let n = LANES.min(c - c0);
         // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
@@ -279,18 +281,18 @@ unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) 
 
 /// The ring of `k` padded input rows as int16 `x − z` for [`gemm`]: input row `y` in slot
 /// `y mod k`, each slot `(pad + W_in + pad)·C_in` values, the padding 0.
-struct Ring16 {
-    /// Initialised up to `k·slot + 32` values (what the kernel touches).
-    vals: [MaybeUninit<i16>; RING16],
+struct Ring16<'b> {
+    /// Initialised up to `k·slot + 32` values (what the kernel touches); the caller's stack
+    /// buffer, borrowed (as [`Rows`]).
+    vals: &'b mut [MaybeUninit<i16>; RING16],
     held: [i32; 7],
     slot: usize,
 }
 
-impl Ring16 {
-    /// An empty ring for `p` (its slots fitting: [`ring16_shape`]).
-    fn new(p: &ConvParams<'_>) -> Self {
+impl<'b> Ring16<'b> {
+    /// An empty ring for `p` in `vals` (its slots fitting: [`ring16_shape`]).
+    fn new(p: &ConvParams<'_>, vals: &'b mut [MaybeUninit<i16>; RING16]) -> Self {
         let slot = (p.input.width + 2 * (p.kernel / 2)) * p.input.channels;
-        let mut vals = [MaybeUninit::uninit(); RING16];
         for v in vals.iter_mut().take(p.kernel * slot + 32) {
             v.write(0);
         }
@@ -380,7 +382,8 @@ pub(super) unsafe fn gemm(
         scale: 0.0,
     }; 8]; CHUNK];
     let mut vectors: [Option<Requant8>; CHUNK] = Default::default();
-    let mut ring = Ring16::new(p);
+    let mut vals = [MaybeUninit::uninit(); RING16];
+    let mut ring = Ring16::new(p, &mut vals);
     for b0 in (0..blocks).step_by(CHUNK) {
         let nb = CHUNK.min(blocks - b0);
         for b in 0..nb {

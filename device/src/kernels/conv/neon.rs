@@ -16,10 +16,11 @@
 //! exact, so the bits are [`super::reference`]'s.
 
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{band_fits, folded, ring_fits, Rows};
+use super::rows::{band_fits, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::aarch64::*;
+use core::mem::MaybeUninit;
 use core::ops::Range;
 
 /// Most bytes of packed weights of one convolution (128 KiB on the stack).
@@ -161,7 +162,8 @@ pub(super) fn dense(
     let packed: &[i8] =
         unsafe { core::slice::from_raw_parts(words.as_ptr() as *const i8, 4 * words.len()) };
     let finish = |c: usize| folded(p, c, zp);
-    let mut rows = Rows::new(p, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
     let mut b = 0;
     while b < blocks {
         // two blocks (8 channels) at a time, the last one alone
@@ -352,7 +354,8 @@ pub(super) fn depthwise(
         return false;
     }
     let zp = p.input_zero_point;
-    let mut rows = Rows::new(p, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
     for c0 in (0..c).step_by(8) {
         let n = 8.min(c - c0);
         let mut wbuf = [[0i16; 8]; 49];

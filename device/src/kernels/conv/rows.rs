@@ -12,21 +12,26 @@ pub(super) const RING: usize = 64 * 1024;
 /// The ring of `k` padded input rows: input row `y` in slot `y mod k`, each slot
 /// `(pad + W_in + pad)·C_in` bytes of `x ^ flip`, the padding `z ^ flip` (`flip` 0x80 for the
 /// unsigned bytes of `VPDPBUSD`, 0 for the depthwise kernel's signed ones).
-pub(super) struct Rows {
+pub(super) struct Rows<'b> {
     /// Initialised up to `k·slot + 64` bytes (only what the kernels touch: zeroing the whole
-    /// 64 KiB per convolution cost more than small layers).
-    bytes: [MaybeUninit<u8>; RING],
+    /// 64 KiB per convolution cost more than small layers). The caller's stack buffer, borrowed:
+    /// a ring held by value was copied (64 KiB) into place on every call.
+    bytes: &'b mut [MaybeUninit<u8>; RING],
     pub(super) held: [i32; 7],
     slot: usize,
     flip: u8,
     pad: u8,
 }
 
-impl Rows {
-    /// An empty ring for `p` (its slots fitting: the caller checked `k·slot + 64 ≤ RING`).
-    pub(super) fn new(p: &ConvParams<'_>, flip: u8) -> Self {
+impl<'b> Rows<'b> {
+    /// An empty ring for `p` in `bytes` (its slots fitting: the caller checked
+    /// `k·slot + 64 ≤ RING`).
+    pub(super) fn new(
+        p: &ConvParams<'_>,
+        flip: u8,
+        bytes: &'b mut [MaybeUninit<u8>; RING],
+    ) -> Self {
         let slot = (p.input.width + 2 * (p.kernel / 2)) * p.input.channels;
-        let mut bytes = [MaybeUninit::uninit(); RING];
         for b in bytes.iter_mut().take(p.kernel * slot + 64) {
             b.write(0);
         }
@@ -74,7 +79,7 @@ impl Rows {
     }
 }
 
-impl Rows {
+impl Rows<'_> {
     /// Loads the `k` input rows output row `oy` reads and returns where each starts (tap row
     /// `ky` at index `ky`; the rest null).
     pub(super) fn output_row(

@@ -20,7 +20,7 @@
 
 use super::pack::{packed, packs, ring_shape, Layout};
 use super::pointwise::Requant;
-use super::rows::{band_fits, folded, ring_fits, Rows};
+use super::rows::{band_fits, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -100,7 +100,8 @@ pub(super) unsafe fn run(
     let zp = p.input_zero_point;
     // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the second term joins the bias
     let finish = |c: usize| folded(p, c, zp + 128);
-    let mut rows = Rows::new(p, 0x80);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0x80, &mut ring);
     if oc == 1 {
         // SAFETY: AVX-512 as the caller guarantees; the ring holds k slots of `slot` bytes
         // plus 64 of slack.
@@ -352,7 +353,8 @@ pub(super) unsafe fn depthwise(
         return false;
     }
     let zp = p.input_zero_point;
-    let mut rows = Rows::new(p, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
     for c0 in (0..c).step_by(LANES) {
         let n = LANES.min(c - c0);
         // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
