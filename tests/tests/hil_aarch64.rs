@@ -1,6 +1,7 @@
 //! Hardware-in-the-loop for Linux ARM boards (Jetson, Raspberry Pi): `depthling-runner`,
 //! cross-compiled for aarch64, runs under `qemu-aarch64 -cpu cortex-a72` (NEON without the
-//! dot-product extension) and `-cpu max` (with it) and must print the same depth checksums as
+//! dot-product extension), `-cpu cortex-a76` (with it) and `-cpu max` (with the int8 matrix
+//! multiply extension too) and must print the same depth checksums as
 //! the host's int8 engine, bit for bit. Skips with a message when the cross
 //! toolchain, the target or QEMU is missing; fails instead when `DEPTHLING_REQUIRE_HIL=1`.
 
@@ -70,7 +71,8 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
     let runner = target_dir.join("aarch64-unknown-linux-gnu/release/depthling-runner");
     // the demo student (dense convolutions) and `micro` (depthwise, squeeze-excitation,
     // bilinear upsampling), each on a core without the dot-product extension (Cortex-A72:
-    // Raspberry Pi 4, the SMULL kernels) and on QEMU's `max` (SDOT, as Cortex-A78 / Jetson Orin)
+    // Raspberry Pi 4, the SMULL kernels), on one with it (Cortex-A76: Raspberry Pi 5, SDOT, as
+    // the Cortex-A78 of a Jetson Orin) and on QEMU's `max` (SMMLA, as Neoverse V1/N2)
     for arch in ["demo-student", "micro"] {
         let (model, _) = depthling_tests::student_and_frame(arch, w, h).unwrap();
         let model_path = dir.path().join(format!("{arch}.dlm"));
@@ -86,7 +88,12 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             })
             .collect();
         // the last run splits large convolutions over three threads (NEON bands)
-        for (cpu, threads) in [("cortex-a72", "1"), ("max", "1"), ("max", "3")] {
+        for (cpu, threads) in [
+            ("cortex-a72", "1"),
+            ("cortex-a76", "1"),
+            ("max", "1"),
+            ("max", "3"),
+        ] {
             let run = on_qemu(
                 cpu,
                 &runner,
@@ -118,11 +125,11 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
             }
             let summary = stdout.lines().last().unwrap_or("");
             eprintln!("{arch} on {cpu} × {threads}: {summary}");
-            // the NEON table the engine chose: SDOT only where the CPU has it
-            let want = if cpu == "max" {
-                "aarch64-neon-dotprod"
-            } else {
-                "aarch64-neon"
+            // the NEON table the engine chose: SDOT and SMMLA only where the CPU has them
+            let want = match cpu {
+                "max" => "aarch64-neon-i8mm",
+                "cortex-a76" => "aarch64-neon-dotprod",
+                _ => "aarch64-neon",
             };
             assert!(
                 summary

@@ -417,6 +417,8 @@ pub enum ConvKernel {
     NeonGemm,
     /// NEON ring GEMM with `sdot`.
     NeonDotGemm,
+    /// NEON ring GEMM with `smmla`.
+    NeonMmlaGemm,
     /// NEON ring depthwise.
     NeonDepthwise,
     /// Armv7E-M DSP kernels (dense and depthwise; the portable ones where they decline).
@@ -425,7 +427,7 @@ pub enum ConvKernel {
 
 impl ConvKernel {
     /// Every kernel, in the order of their indices in the plan.
-    pub const ALL: [ConvKernel; 15] = [
+    pub const ALL: [ConvKernel; 16] = [
         ConvKernel::Reference,
         ConvKernel::Portable,
         ConvKernel::X86Blocks,
@@ -439,6 +441,7 @@ impl ConvKernel {
         ConvKernel::Avx2DepthwiseWide,
         ConvKernel::NeonGemm,
         ConvKernel::NeonDotGemm,
+        ConvKernel::NeonMmlaGemm,
         ConvKernel::NeonDepthwise,
         ConvKernel::CortexM,
     ];
@@ -459,6 +462,7 @@ impl ConvKernel {
             ConvKernel::Avx2DepthwiseWide => "avx2-depthwise-wide",
             ConvKernel::NeonGemm => "neon-gemm",
             ConvKernel::NeonDotGemm => "neon-dot-gemm",
+            ConvKernel::NeonMmlaGemm => "neon-mmla-gemm",
             ConvKernel::NeonDepthwise => "neon-depthwise",
             ConvKernel::CortexM => "cortex-m-dsp",
         }
@@ -499,14 +503,14 @@ pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
         #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
         KernelSet::CortexMDsp => ConvKernel::CortexM,
         #[cfg(target_arch = "aarch64")]
-        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => {
+        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
             if p.depthwise && neon::takes_depthwise(p) {
                 ConvKernel::NeonDepthwise
-            } else if !p.depthwise && neon::takes_dense(p) {
-                if set == KernelSet::Aarch64NeonDot {
-                    ConvKernel::NeonDotGemm
-                } else {
-                    ConvKernel::NeonGemm
+            } else if !p.depthwise && neon::takes_dense(set, p) {
+                match set {
+                    KernelSet::Aarch64NeonI8mm => ConvKernel::NeonMmlaGemm,
+                    KernelSet::Aarch64NeonDot => ConvKernel::NeonDotGemm,
+                    _ => ConvKernel::NeonGemm,
                 }
             } else {
                 ConvKernel::Portable
@@ -607,9 +611,15 @@ pub fn run_kernel(
             has_avx2() && unsafe { pointwise::depthwise(p, input, out, band) }
         }
         #[cfg(target_arch = "aarch64")]
-        ConvKernel::NeonGemm => neon::dense(p, input, out, false, band),
+        ConvKernel::NeonGemm => neon::dense(p, input, out, neon::Mode::Plain, band),
         #[cfg(target_arch = "aarch64")]
-        ConvKernel::NeonDotGemm => dotprod_available() && neon::dense(p, input, out, true, band),
+        ConvKernel::NeonDotGemm => {
+            dotprod_available() && neon::dense(p, input, out, neon::Mode::Dot, band)
+        }
+        #[cfg(target_arch = "aarch64")]
+        ConvKernel::NeonMmlaGemm => {
+            i8mm_available() && neon::dense(p, input, out, neon::Mode::Mmla, band)
+        }
         #[cfg(target_arch = "aarch64")]
         ConvKernel::NeonDepthwise => neon::depthwise(p, input, out, band),
         _ => false,
@@ -667,6 +677,12 @@ pub(crate) fn vnni_available() -> bool {
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn dotprod_available() -> bool {
     neon::dotprod()
+}
+
+/// Whether the CPU has the int8 matrix multiply extension (and the dot-product one).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn i8mm_available() -> bool {
+    neon::i8mm()
 }
 
 /// What a blocked dense kernel computes for one step of [`dense_blocked`]: the sums of `pixels`
@@ -875,6 +891,7 @@ mod pointwise {
             rows: 1,
             run: depth,
             wide: true,
+            mmla: false,
         }
     }
 
@@ -1534,6 +1551,7 @@ mod tests {
         neon_matches_reference: neon_only,
         three_threads_match_reference: three_threads,
         neon_without_dotprod_matches_reference: neon_plain_only,
+        neon_mmla_matches_reference: neon_mmla_only,
     }
 
     /// `(multiplier, shift)` bytes of the requantization of each real scale, as the model holds
@@ -1652,15 +1670,22 @@ mod tests {
             ran = true;
         }
         #[cfg(target_arch = "aarch64")]
-        if matches!(set, KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot) {
+        if matches!(
+            set,
+            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm
+        ) {
             assert!(4 * packed.len() > 128 * 1024, "{} words", packed.len());
-            let dot = set == KernelSet::Aarch64NeonDot;
+            let mode = match set {
+                KernelSet::Aarch64NeonI8mm => super::neon::Mode::Mmla,
+                KernelSet::Aarch64NeonDot => super::neon::Mode::Dot,
+                _ => super::neon::Mode::Plain,
+            };
             assert!(
-                !super::neon::dense(&p, &input, &mut got, dot, 0..h),
+                !super::neon::dense(&p, &input, &mut got, mode, 0..h),
                 "fitted the stack"
             );
             assert!(
-                super::neon::dense(&prepared, &input, &mut got, dot, 0..h),
+                super::neon::dense(&prepared, &input, &mut got, mode, 0..h),
                 "declined"
             );
             ran = true;
@@ -1694,7 +1719,10 @@ mod tests {
     fn three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         let set = KernelSet::detect();
         let banded = match set {
-            KernelSet::X86Avx512Vnni | KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => true,
+            KernelSet::X86Avx512Vnni
+            | KernelSet::Aarch64Neon
+            | KernelSet::Aarch64NeonDot
+            | KernelSet::Aarch64NeonI8mm => true,
             // the AVX2 GEMMs take rows that fit the ring or receptive fields up to 1152
             // values (the head and the depthwise kernels every test shape)
             KernelSet::X86Avx2 => {
@@ -1726,10 +1754,15 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         {
             let all = 0..p.output.height;
+            let mode = if super::neon::dotprod() {
+                super::neon::Mode::Dot
+            } else {
+                super::neon::Mode::Plain
+            };
             let done = if p.depthwise {
                 super::neon::depthwise(p, input, out, all)
             } else {
-                super::neon::dense(p, input, out, super::neon::dotprod(), all)
+                super::neon::dense(p, input, out, mode, all)
             };
             assert!(done, "neon declined");
             if !super::neon::dotprod() {
@@ -1741,13 +1774,32 @@ mod tests {
         reference(p, input, out)
     }
 
+    /// The NEON `SMMLA` GEMM alone on every dense case (the reference on depthwise ones, and
+    /// everywhere without the int8 matrix multiply extension, with a note).
+    fn neon_mmla_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        #[cfg(target_arch = "aarch64")]
+        if !p.depthwise && super::neon::i8mm() {
+            let all = 0..p.output.height;
+            assert!(
+                super::neon::dense(p, input, out, super::neon::Mode::Mmla, all),
+                "neon mmla declined"
+            );
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if !super::neon::i8mm() {
+            std::eprintln!("note: no i8mm here; neon_mmla_matches_reference compared the reference with itself");
+        }
+        reference(p, input, out)
+    }
+
     /// The NEON dense kernel without `SDOT` (what a Cortex-A72 runs), the reference elsewhere.
     fn neon_plain_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         #[cfg(target_arch = "aarch64")]
         if !p.depthwise {
             let all = 0..p.output.height;
             assert!(
-                super::neon::dense(p, input, out, false, all),
+                super::neon::dense(p, input, out, super::neon::Mode::Plain, all),
                 "neon declined"
             );
             return;

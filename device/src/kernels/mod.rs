@@ -35,13 +35,16 @@ pub enum KernelSet {
     Aarch64Neon,
     /// aarch64 NEON with the dot-product extension (Cortex-A76/A78: `sdot`).
     Aarch64NeonDot,
+    /// aarch64 NEON with the int8 matrix multiply extension (Neoverse V1/N2, Cortex-A710 and
+    /// later: `smmla` for the dense GEMM; the depthwise kernel as without it).
+    Aarch64NeonI8mm,
     /// Armv7E-M DSP (Cortex-M4/M7/M33: `smlad`, `sxtb16`), with the feature `cortex-m-dsp`.
     CortexMDsp,
 }
 
 impl KernelSet {
     /// Every table: the ones this build and CPU can run are [`KernelSet::available`].
-    pub const ALL: [KernelSet; 8] = [
+    pub const ALL: [KernelSet; 9] = [
         KernelSet::Reference,
         KernelSet::Portable,
         KernelSet::X86Sse2,
@@ -49,6 +52,7 @@ impl KernelSet {
         KernelSet::X86Avx512Vnni,
         KernelSet::Aarch64Neon,
         KernelSet::Aarch64NeonDot,
+        KernelSet::Aarch64NeonI8mm,
         KernelSet::CortexMDsp,
     ];
 
@@ -62,6 +66,7 @@ impl KernelSet {
             KernelSet::X86Avx512Vnni => "x86-avx512-vnni",
             KernelSet::Aarch64Neon => "aarch64-neon",
             KernelSet::Aarch64NeonDot => "aarch64-neon-dotprod",
+            KernelSet::Aarch64NeonI8mm => "aarch64-neon-i8mm",
             KernelSet::CortexMDsp => "cortex-m-dsp",
         }
     }
@@ -78,6 +83,8 @@ impl KernelSet {
             KernelSet::Aarch64Neon => cfg!(target_arch = "aarch64"),
             #[cfg(target_arch = "aarch64")]
             KernelSet::Aarch64NeonDot => conv::dotprod_available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelSet::Aarch64NeonI8mm => conv::i8mm_available(),
             KernelSet::CortexMDsp => cfg!(all(feature = "cortex-m-dsp", target_arch = "arm")),
             #[allow(unreachable_patterns)]
             _ => false,

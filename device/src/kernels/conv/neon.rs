@@ -9,8 +9,10 @@
 //! weights to a multiple of 16 values), the 4 channels' four weights in one 16-byte vector.
 //! Where the CPU has the dot-product extension (Cortex-A76/A78, Jetson Orin:
 //! `-cpu max` under QEMU) each vector meets a group of the input with one `SDOT` by element
-//! (16 MACs); without it (Cortex-A72, Raspberry Pi 4) the same sums come from `SMULL`/`SMULL2`
-//! and `SADALP`. Depthwise convolutions go 8 channels a step in int16 (`SMLAL`/`SMLAL2`). The
+//! (16 MACs); with the int8 matrix multiply extension (Neoverse V1/N2, Cortex-A710: QEMU's `max`)
+//! the weights are packed two channels' eight values to a vector and `SMMLA` multiplies two
+//! pixels' eight inputs by them (a 2 × 2 block of sums, 32 MACs); without either (Cortex-A72,
+//! Raspberry Pi 4) the same sums come from `SMULL`/`SMULL2` and `SADALP`. Depthwise convolutions go 8 channels a step in int16 (`SMLAL`/`SMLAL2`). The
 //! output stage is TFLite's NEON one, 4 lanes a step: `SQRDMULH` (the doubling high multiply),
 //! the sign fixup and `SRSHL` (the rounding division), the zero point, the clamp. The sums are
 //! exact, so the bits are [`super::reference`]'s.
@@ -40,6 +42,31 @@ pub(super) fn dotprod() -> bool {
     {
         cfg!(target_feature = "dotprod")
     }
+}
+
+/// Whether the CPU has the int8 matrix multiply extension (and the dot-product one): detected
+/// at run time with `std`, else what the build targets.
+pub(super) fn i8mm() -> bool {
+    #[cfg(any(feature = "std", test))]
+    {
+        extern crate std;
+        std::arch::is_aarch64_feature_detected!("i8mm") && dotprod()
+    }
+    #[cfg(not(any(feature = "std", test)))]
+    {
+        cfg!(all(target_feature = "i8mm", target_feature = "dotprod"))
+    }
+}
+
+/// The multiply instructions of the dense GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// `SMULL`/`SADALP` (every NEON CPU).
+    Plain,
+    /// `SDOT` by element (the dot-product extension).
+    Dot,
+    /// `SMMLA` (the int8 matrix multiply extension).
+    Mmla,
 }
 
 /// Four channels' int8 output stage in NEON, as [`super::pointwise::Requant8`] for AVX2.
@@ -111,10 +138,11 @@ impl Requant4 {
     }
 }
 
-/// Whether [`dense`] takes `p` (given buffers of the sizes its shapes say): a dense map whose
-/// ring fits, the packed weights in the plan or fitting the stack buffer.
-pub(super) fn takes_dense(p: &ConvParams<'_>) -> bool {
-    ring_shape(p) && packs(KernelSet::Aarch64Neon, p, PACKED / 4)
+/// Whether [`dense`] takes `p` for table `set` (given buffers of the sizes its shapes say): a
+/// dense map whose ring fits, the packed weights (in `set`'s layout) in the plan or fitting the
+/// stack buffer.
+pub(super) fn takes_dense(set: KernelSet, p: &ConvParams<'_>) -> bool {
+    ring_shape(p) && packs(set, p, PACKED / 4)
 }
 
 /// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
@@ -123,13 +151,13 @@ pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
 }
 
 /// Runs `p` if it is a dense convolution whose ring and packed weights fit the stack buffers
-/// (returns `false`, having written nothing, otherwise); `dot`: the CPU has the dot-product
-/// extension.
+/// (returns `false`, having written nothing, otherwise) with the multiplies of `mode` (the CPU
+/// has its extension).
 pub(super) fn dense(
     p: &ConvParams<'_>,
     input: &[i8],
     out: &mut [u8],
-    dot: bool,
+    mode: Mode,
     band: Range<usize>,
 ) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
@@ -142,7 +170,14 @@ pub(super) fn dense(
     {
         return false;
     }
-    let Some(layout) = Layout::of(KernelSet::Aarch64Neon, p) else {
+    let set = match mode {
+        Mode::Mmla => KernelSet::Aarch64NeonI8mm,
+        _ => KernelSet::Aarch64Neon,
+    };
+    if !takes_dense(set, p) {
+        return false;
+    }
+    let Some(layout) = Layout::of(set, p) else {
         return false;
     };
     let (blocks, per_block, groups) = (layout.blocks, 4 * layout.per_block(), layout.groups);
@@ -185,15 +220,25 @@ pub(super) fn dense(
                 // it (the next slot or the ring's slack); the blocks hold per_block bytes each.
                 let sums = unsafe {
                     let (x0, step) = (ox * s * ic, s * ic);
-                    match (dot, two) {
-                        (true, true) => {
+                    match (mode, two) {
+                        (Mode::Mmla, true) => {
+                            tile_mmla::<2>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
+                        (Mode::Mmla, false) => {
+                            tile_mmla::<1>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
+                        (Mode::Dot, true) => {
                             tile_dot::<2>(&runs[..k], x0, step, m, groups, w, per_block)
                         }
-                        (true, false) => {
+                        (Mode::Dot, false) => {
                             tile_dot::<1>(&runs[..k], x0, step, m, groups, w, per_block)
                         }
-                        (false, true) => tile::<2>(&runs[..k], x0, step, m, groups, w, per_block),
-                        (false, false) => tile::<1>(&runs[..k], x0, step, m, groups, w, per_block),
+                        (Mode::Plain, true) => {
+                            tile::<2>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
+                        (Mode::Plain, false) => {
+                            tile::<1>(&runs[..k], x0, step, m, groups, w, per_block)
+                        }
                     }
                 };
                 for (i, px) in sums.iter().enumerate().take(m) {
@@ -279,6 +324,70 @@ unsafe fn tile_dot<const B: usize>(
         let mut out = [[vdupq_n_s32(0); 2]; PIXELS];
         for (o, a) in out.iter_mut().zip(&acc) {
             o[..B].copy_from_slice(a);
+        }
+        out
+    }
+}
+
+/// [`tile_dot`] with `SMMLA`: per pair of groups (8 values of the run), pixels 0, 1 and 2, 3 in
+/// two vectors (8 bytes each) against each block's two vectors of two channels' 8 weights
+/// (the [`Layout`]'s `mmla` order): four 2 × 2 sums per block, 32 MACs an instruction, which two
+/// `ZIP`s of 64-bit halves turn into each pixel's four channels.
+///
+/// # Safety
+/// The CPU has the int8 matrix multiply extension; the reads as [`dense`] says (8-byte loads
+/// within the 16-byte ones [`tile_dot`] makes).
+#[target_feature(enable = "i8mm")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_mmla<const B: usize>(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    groups: usize,
+    w: *const i8,
+    per_block: usize,
+) -> [[int32x4_t; 2]; PIXELS] {
+    // SAFETY: by the contract.
+    unsafe {
+        // [pixel pair][block][channel pair]: (pixel 2q + a, channel 2c + b) at lane 2a + b
+        let mut acc = [[[vdupq_n_s32(0); 2]; B]; 2];
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i8; PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step) as *const i8);
+            let wr = w.add(r * groups * 16);
+            for h in 0..groups / 2 {
+                let xv = [
+                    vcombine_s8(vld1_s8(x[0].add(8 * h)), vld1_s8(x[1].add(8 * h))),
+                    vcombine_s8(vld1_s8(x[2].add(8 * h)), vld1_s8(x[3].add(8 * h))),
+                ];
+                for b in 0..B {
+                    let wb = wr.add(b * per_block + h * 32);
+                    let wv = [vld1q_s8(wb), vld1q_s8(wb.add(16))];
+                    for (a, &xv) in acc.iter_mut().zip(&xv) {
+                        for (a, &wv) in a[b].iter_mut().zip(&wv) {
+                            core::arch::asm!(
+                                "smmla {a:v}.4s, {x:v}.16b, {w:v}.16b",
+                                a = inout(vreg) *a,
+                                x = in(vreg) xv,
+                                w = in(vreg) wv,
+                                options(pure, nomem, nostack, preserves_flags),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = [[vdupq_n_s32(0); 2]; PIXELS];
+        for (q, pair) in acc.iter().enumerate() {
+            for (b, halves) in pair.iter().enumerate() {
+                let (lo, hi) = (
+                    vreinterpretq_s64_s32(halves[0]),
+                    vreinterpretq_s64_s32(halves[1]),
+                );
+                out[2 * q][b] = vreinterpretq_s32_s64(vzip1q_s64(lo, hi));
+                out[2 * q + 1][b] = vreinterpretq_s32_s64(vzip2q_s64(lo, hi));
+            }
         }
         out
     }

@@ -7,7 +7,9 @@
 //! Every layout is words of consecutive weights of one row's run (four int8 values, or two
 //! int16 for AVX2's `VPMADDWD`), zero past the run: for each block of `lanes` output channels,
 //! each row `r` and each group `g`, the block's `lanes` words, channel `j` at
-//! `((block·rows + r)·groups + g)·lanes + j`; channels past `C_out` are zero. The ring GEMMs'
+//! `((block·rows + r)·groups + g)·lanes + j` (for aarch64's `SMMLA`, within each pair of groups
+//! `g = 2h + i`, channel `j`'s two words next to each other: `((block·rows + r)·groups + 2h)·lanes
+//! + 2j + i`); channels past `C_out` are zero. The ring GEMMs'
 //! rows are the kernel rows (`k·C_in` values each, OHWI); the AVX2 GEMM of gathered receptive
 //! fields (for rows too wide for its ring) has one row, the whole field (`k·k·C_in`).
 
@@ -65,6 +67,9 @@ pub(crate) struct Layout {
     pub run: usize,
     /// Two int16 values a word (else four int8).
     pub wide: bool,
+    /// `SMMLA` order: within each pair of groups, each channel's two words (its eight values)
+    /// next to each other, so that 16 bytes hold two channels' eight values.
+    pub mmla: bool,
 }
 
 /// Most values in one receptive field (`k·k·C_in`) the AVX2 GEMM takes.
@@ -87,6 +92,7 @@ impl Layout {
                     rows: k,
                     run: k * ic,
                     wide: true,
+                    mmla: false,
                 });
             }
             // the GEMM of gathered receptive fields: one row
@@ -109,6 +115,7 @@ impl Layout {
                     rows: 1,
                     run: depth,
                     wide: true,
+                    mmla: false,
                 });
         }
         if !ring_shape(p) {
@@ -124,16 +131,20 @@ impl Layout {
                 rows: k,
                 run,
                 wide: false,
+                mmla: false,
             }),
             // groups a multiple of four (one 16-byte input load each)
-            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot => Some(Layout {
-                lanes: 4,
-                groups: run.div_ceil(16) * 4,
-                blocks: oc.div_ceil(4),
-                rows: k,
-                run,
-                wide: false,
-            }),
+            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
+                Some(Layout {
+                    lanes: 4,
+                    groups: run.div_ceil(16) * 4,
+                    blocks: oc.div_ceil(4),
+                    rows: k,
+                    run,
+                    wide: false,
+                    mmla: set == KernelSet::Aarch64NeonI8mm,
+                })
+            }
             _ => None,
         }
     }
@@ -157,29 +168,35 @@ impl Layout {
             return false;
         }
         let per_word = if self.wide { 2 } else { 4 };
+        // the words in order: (group, channel), or for SMMLA (group pair, channel, group)
+        let (outer, inner) = if self.mmla {
+            (self.groups.div_ceil(2), 2)
+        } else {
+            (self.groups, 1)
+        };
         let mut at = 0;
         for b in 0..self.blocks {
             for r in 0..self.rows {
-                for g in 0..self.groups {
-                    for j in 0..self.lanes {
-                        let c = b * self.lanes + j;
-                        let value = |i: usize| {
-                            let row = &p.weights[c * depth + r * run..c * depth + (r + 1) * run];
-                            row.get(per_word * g + i).copied().unwrap_or(0)
-                        };
-                        let word = match (c < oc, self.wide) {
-                            (false, _) => 0,
-                            (true, true) => {
-                                (value(0) as i16 as u16 as u32 | (value(1) as i16 as u32) << 16)
-                                    as i32
-                            }
-                            (true, false) => {
-                                i32::from_le_bytes(core::array::from_fn(|i| value(i) as u8))
-                            }
-                        };
-                        dst[at].write(word);
-                        at += 1;
-                    }
+                for (go, j, gi) in (0..outer).flat_map(|go| {
+                    (0..self.lanes).flat_map(move |j| (0..inner).map(move |gi| (go, j, gi)))
+                }) {
+                    let g = go * inner + gi;
+                    let c = b * self.lanes + j;
+                    let value = |i: usize| {
+                        let row = &p.weights[c * depth + r * run..c * depth + (r + 1) * run];
+                        row.get(per_word * g + i).copied().unwrap_or(0)
+                    };
+                    let word = match (c < oc, self.wide) {
+                        (false, _) => 0,
+                        (true, true) => {
+                            (value(0) as i16 as u16 as u32 | (value(1) as i16 as u32) << 16) as i32
+                        }
+                        (true, false) => {
+                            i32::from_le_bytes(core::array::from_fn(|i| value(i) as u8))
+                        }
+                    };
+                    dst[at].write(word);
+                    at += 1;
                 }
             }
         }
