@@ -59,7 +59,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Op::Add { .. } => "add".into(),
             Op::Concat { .. } => "concat".into(),
-            Op::Upsample { .. } => "upsample".into(),
+            Op::Upsample {
+                input,
+                mode,
+                factor,
+                ..
+            } => {
+                let a = &m.tensors[*input as usize];
+                format!(
+                    "upsample {mode:?} x{factor} {}x{}x{}",
+                    a.height, a.width, a.channels
+                )
+            }
             Op::GlobalAvgPool { .. } => "pool".into(),
             Op::Mul { .. } => "mul".into(),
             _ => "other".into(),

@@ -107,7 +107,7 @@ pub fn bilinear_portable(input: &[i8], shape: Shape, factor: usize, out: &mut [i
 }
 
 /// [`bilinear_reference`] with kernel table `set`: the reference itself for
-/// [`super::KernelSet::Reference`]; AVX2 ×2/×4 for the x86-64 AVX2 and AVX-512 tables; the
+/// [`super::KernelSet::Reference`]; AVX2 ×2 … ×32 for the x86-64 AVX2 and AVX-512 tables; the
 /// separable kernel on 32-bit Arm; elsewhere the four weights per output pixel formed once,
 /// the channels innermost over contiguous slices, and the rounding division by `(2f)²` as
 /// shifts.
@@ -308,8 +308,8 @@ mod avx2 {
     use super::{for_columns, round_shift, Shape};
     use core::arch::x86_64::*;
 
-    /// Returns `false`, having written nothing, unless `factor` is 2 or 4 and the buffers are the
-    /// sizes the shape says.
+    /// Returns `false`, having written nothing, unless `factor` is 2, 4, 8, 16 or 32 and the
+    /// buffers are the sizes the shape says.
     ///
     /// # Safety
     /// The CPU has AVX2.
@@ -334,10 +334,80 @@ mod avx2 {
             match factor {
                 2 => rows::<2>(input, shape, out),
                 4 => rows::<4>(input, shape, out),
+                8 => rows_wide::<8>(input, shape, out),
+                16 => rows_wide::<16>(input, shape, out),
+                32 => rows_wide::<32>(input, shape, out),
                 _ => return false,
             }
         }
         true
+    }
+
+    /// [`rows`] for factors whose sums outgrow int16 (`(2f)²·128 > 2¹⁵` from f = 16; f = 8 too,
+    /// for simplicity): 8 channels at a time in int32 lanes, the rest one by one.
+    ///
+    /// # Safety
+    /// AVX2; the buffers checked by [`bilinear`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows_wide<const F: usize>(input: &[i8], shape: Shape, out: &mut [i8]) {
+        let (h, w, c) = (shape.height, shape.width, shape.channels);
+        let den = 2 * F as i32;
+        let shift = (den * den).trailing_zeros();
+        let half = 1i32 << (shift - 1);
+        let ow = w * F;
+        let (src, dst) = (input.as_ptr(), out.as_mut_ptr());
+        let eights = c / 8;
+        for oy in 0..h * F {
+            let (y0, y1, fy) = super::taps(oy, F, h);
+            let gy = den - fy;
+            let (r0, r1, o) = (y0 * w * c, y1 * w * c, oy * ow * c);
+            // SAFETY: x < w and y0, y1 < h: the 8-byte source loads lie in `input`; ox < ow:
+            // the 8-byte stores in `out` (sizes checked by `bilinear`); unaligned.
+            unsafe {
+                let (gyv, fyv) = (_mm256_set1_epi32(gy), _mm256_set1_epi32(fy));
+                let halfv = _mm256_set1_epi32(half);
+                let one = _mm256_set1_epi32(1);
+                let zero = _mm256_setzero_si256();
+                let count = _mm_cvtsi32_si128(shift as i32);
+                for b in 0..eights {
+                    let ch = 8 * b;
+                    let ld = |at: usize| {
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(src.add(at) as *const __m128i))
+                    };
+                    let vert = |x: usize| {
+                        let (a, d) = (ld(r0 + x * c + ch), ld(r1 + x * c + ch));
+                        _mm256_add_epi32(_mm256_mullo_epi32(a, gyv), _mm256_mullo_epi32(d, fyv))
+                    };
+                    for_columns::<F, _>(w, vert, |ox, l, r, fx| {
+                        let (gx, fx) = (
+                            _mm256_set1_epi32(den - fx as i32),
+                            _mm256_set1_epi32(fx as i32),
+                        );
+                        let sum =
+                            _mm256_add_epi32(_mm256_mullo_epi32(l, gx), _mm256_mullo_epi32(r, fx));
+                        // [sum ≤ 0] as 1 or 0: (sum > 0) is −1 or 0
+                        let nonpos = _mm256_add_epi32(_mm256_cmpgt_epi32(sum, zero), one);
+                        let v = _mm256_sub_epi32(_mm256_add_epi32(sum, halfv), nonpos);
+                        let v = _mm256_sra_epi32(v, count);
+                        let words = _mm_packs_epi32(
+                            _mm256_castsi256_si128(v),
+                            _mm256_extracti128_si256::<1>(v),
+                        );
+                        let bytes = _mm_packs_epi16(words, words);
+                        _mm_storel_epi64(dst.add(o + ox * c + ch) as *mut __m128i, bytes);
+                    });
+                }
+            }
+            for ch in 8 * eights..c {
+                let vert = |x: usize| {
+                    gy * input[r0 + x * c + ch] as i32 + fy * input[r1 + x * c + ch] as i32
+                };
+                for_columns::<F, _>(w, vert, |ox, left, right, fx| {
+                    let sum = (den - fx as i32) * left + fx as i32 * right;
+                    out[o + ox * c + ch] = round_shift(sum, shift) as i8;
+                });
+            }
+        }
     }
 
     /// # Safety
@@ -466,10 +536,10 @@ mod tests {
         bilinear_avx2_matches_reference: bilinear_reference, bilinear_avx2_only,
     }
 
-    /// The AVX2 kernel alone where it applies (×2, ×4 on a CPU with AVX2), else the reference.
+    /// The AVX2 kernel alone where it applies (×2 … ×16 on a CPU with AVX2), else the reference.
     fn bilinear_avx2_only(input: &[i8], shape: Shape, factor: usize, out: &mut [i8]) {
         #[cfg(target_arch = "x86_64")]
-        if super::super::conv::has_avx2() && matches!(factor, 2 | 4) {
+        if super::super::conv::has_avx2() && matches!(factor, 2 | 4 | 8 | 16) {
             // SAFETY: AVX2 checked.
             assert!(
                 unsafe { avx2::bilinear(input, shape, factor, out) },
