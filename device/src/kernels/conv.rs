@@ -2116,6 +2116,71 @@ mod tests {
         assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1], 0..1));
     }
 
+    /// The AVX2 ring depthwise kernel both ways: every block's weights held at once (each row
+    /// loaded once), and a block at a time where they do not fit (65 blocks of 3×3; 16 blocks
+    /// of 7×7 taps), against the reference, whole and in bands.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_depthwise_holds_or_streams_the_blocks() {
+        if !has_avx2() {
+            return;
+        }
+        let mut rng = super::super::TestRng(0xd_3);
+        for &(c, k, stride) in &[
+            (1040usize, 3usize, 1usize),
+            (256, 7, 2),
+            (336, 3, 1),
+            (40, 5, 2),
+        ] {
+            let (h, w) = (5usize, 6usize);
+            let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+            let input = rng.bytes(h * w * c);
+            let weights = rng.bytes(k * k * c);
+            let bias: Vec<u8> = (0..c)
+                .flat_map(|_| ((rng.next() % 20001) as i32 - 10000).to_le_bytes())
+                .collect();
+            let requant = requant_bytes((0..c).map(|_| 1e-4 + (rng.next() % 1000) as f64 * 1e-5));
+            let p = ConvParams {
+                input: super::super::Shape {
+                    height: h,
+                    width: w,
+                    channels: c,
+                },
+                output: super::super::Shape {
+                    height: oh,
+                    width: ow,
+                    channels: c,
+                },
+                kernel: k,
+                stride,
+                depthwise: true,
+                input_zero_point: (rng.next() % 256) as i32 - 128,
+                weights: &weights,
+                bias: &bias,
+                prepared: Prepared::default(),
+                stage: OutputStage::Int8 {
+                    requant: &requant,
+                    zero_point: 3,
+                    act_min: -100,
+                    act_max: 120,
+                    lut: None,
+                },
+            };
+            let mut want = std::vec![0u8; oh * ow * c];
+            reference(&p, &input, &mut want);
+            let mut got = std::vec![1u8; oh * ow * c];
+            // SAFETY: the CPU has AVX2 (checked above).
+            assert!(unsafe { super::avx2::depthwise(&p, &input, &mut got, 0..oh) });
+            assert_eq!(got, want, "{c} channels, k{k} s{stride}");
+            // the last rows alone, as a thread's band
+            let row = ow * c;
+            let mut part = std::vec![1u8; (oh - 1) * row];
+            // SAFETY: as above.
+            assert!(unsafe { super::avx2::depthwise(&p, &input, &mut part, 1..oh) });
+            assert_eq!(part, want[row..], "band, {c} channels, k{k} s{stride}");
+        }
+    }
+
     /// The AVX2 ring GEMM at the shapes of real 3×3 and 5×5 layers (several blocks, the vector
     /// stores, stride 2, receptive fields past the gathering GEMM's 1152 values), against the
     /// reference.

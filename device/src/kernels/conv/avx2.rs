@@ -159,8 +159,7 @@ pub(super) unsafe fn depthwise(
 ) -> bool {
     const LANES: usize = 16;
     let c = p.input.channels;
-    let ow = p.output.width;
-    let (k, s) = (p.kernel, p.stride);
+    let k = p.kernel;
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !takes_depthwise(p)
         || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
@@ -171,61 +170,120 @@ pub(super) unsafe fn depthwise(
     let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    for c0 in (0..c).step_by(LANES) {
-        let n = LANES.min(c - c0);
-        // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
-        let mut wbuf = [[0i32; LANES]; 49];
-        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
-            for (j, v) in row.iter_mut().enumerate().take(n) {
-                *v = p.weights[t * c + c0 + j] as i16 as u16 as i32;
+    let (blocks, taps) = (c.div_ceil(LANES), k * k);
+    // the taps' weights as (w, 0) int16 pairs, zero past the channels: every block's at once
+    // where they fit, so that each input row is loaded into the ring once (a block at a time
+    // reloaded every row for each block: 21 times for 336 channels)
+    let mut wbuf = [[0i32; LANES]; WIDE];
+    let fill = |b: usize, dst: &mut [[i32; LANES]]| {
+        let (c0, n) = (b * LANES, LANES.min(c - b * LANES));
+        for (t, row) in dst.iter_mut().enumerate().take(taps) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = if j < n {
+                    p.weights[t * c + c0 + j] as i16 as u16 as i32
+                } else {
+                    0
+                };
             }
         }
-        let finishes: [[Finish; 8]; 2] = core::array::from_fn(|h| {
-            core::array::from_fn(|j| folded(p, (c0 + 8 * h + j).min(c - 1), zp))
-        });
-        let vector = [Requant8::new(&finishes[0]), Requant8::new(&finishes[1])];
-        rows.held = [i32::MIN; 7];
+    };
+    let vectors = |b: usize| -> [Option<Requant8>; 2] {
+        core::array::from_fn(|h| {
+            let f: [Finish; 8] =
+                core::array::from_fn(|j| folded(p, (b * LANES + 8 * h + j).min(c - 1), zp));
+            Requant8::new(&f)
+        })
+    };
+    if blocks * taps <= WIDE && blocks <= MAX_BLOCKS {
+        let mut v: [[Option<Requant8>; 2]; MAX_BLOCKS] = [const { [None, None] }; MAX_BLOCKS];
+        for b in 0..blocks {
+            fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
+            v[b] = vectors(b);
+        }
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
-            for ox in 0..ow {
-                // SAFETY: AVX2 as the caller guarantees; tap (ky, kx) reads 16 bytes at
-                // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at
-                // most 15 bytes past the block (the next pixel, another slot or the slack);
-                // `wbuf` rows hold 16 words.
-                let sums = unsafe {
-                    let x = runs.map(|r| r.wrapping_add(ox * s * c + c0));
-                    if k == 3 {
-                        taps::<3>(&x, c, &wbuf)
-                    } else {
-                        taps_k(&x, k, c, &wbuf)
+            for b in 0..blocks {
+                // SAFETY: AVX2 as the caller guarantees; `runs` holds the row's k input rows.
+                unsafe { depthwise_row(p, out, &band, oy, &runs, b, &wbuf[b * taps..], &v[b]) };
+            }
+        }
+    } else {
+        for b in 0..blocks {
+            fill(b, &mut wbuf[..taps]);
+            let v = vectors(b);
+            rows.held = [i32::MIN; 7];
+            for oy in band.clone() {
+                let runs = rows.output_row(p, input, oy);
+                // SAFETY: as above.
+                unsafe { depthwise_row(p, out, &band, oy, &runs, b, &wbuf[..taps], &v) };
+            }
+        }
+    }
+    true
+}
+
+/// Rows of 16 weight words in [`depthwise`]'s buffer of every block's taps (48 KiB).
+const WIDE: usize = 768;
+/// Most blocks of 16 channels whose weights and constants [`depthwise`] holds at once.
+const MAX_BLOCKS: usize = 64;
+
+/// Output row `oy` of block `b` (16 channels) of the depthwise `p` into `out` (band `band`'s
+/// bytes), from the `k` ring rows `runs`, the block's taps `w` and its two output stages
+/// (`None`: the scalar one, derived here).
+///
+/// # Safety
+/// AVX2; `runs` as [`Rows::output_row`] returned them for `oy`; `w` holds `k²` rows.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_row(
+    p: &ConvParams<'_>,
+    out: &mut [u8],
+    band: &Range<usize>,
+    oy: usize,
+    runs: &[*const u8; 7],
+    b: usize,
+    w: &[[i32; 16]],
+    vector: &[Option<Requant8>; 2],
+) {
+    let c = p.input.channels;
+    let (ow, k, s) = (p.output.width, p.kernel, p.stride);
+    let (c0, n) = (16 * b, 16.min(c - 16 * b));
+    for ox in 0..ow {
+        // SAFETY: AVX2 as the caller guarantees; tap (ky, kx) reads 16 bytes at
+        // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at most 15
+        // bytes past the block (the next pixel, another slot or the slack); `w` rows hold 16
+        // words.
+        let sums = unsafe {
+            let x = runs.map(|r| r.wrapping_add(ox * s * c + c0));
+            if k == 3 {
+                taps::<3>(&x, c, w)
+            } else {
+                taps_k(&x, k, c, w)
+            }
+        };
+        let base = ((oy - band.start) * ow + ox) * c + c0;
+        for (h, sums) in sums.iter().enumerate() {
+            let lanes = n.saturating_sub(8 * h).min(8);
+            if lanes == 0 {
+                break;
+            }
+            let at = base + 8 * h;
+            match &vector[h] {
+                Some(v) => {
+                    // SAFETY: AVX2 as the caller guarantees.
+                    let q = unsafe { v.apply(sums) };
+                    for (o, &q) in out[at..at + lanes].iter_mut().zip(&q) {
+                        *o = q as i8 as u8;
                     }
-                };
-                let base = ((oy - band.start) * ow + ox) * c + c0;
-                for (h, sums) in sums.iter().enumerate() {
-                    let lanes = n.saturating_sub(8 * h).min(8);
-                    if lanes == 0 {
-                        break;
-                    }
-                    let at = base + 8 * h;
-                    match &vector[h] {
-                        Some(v) => {
-                            // SAFETY: AVX2 as the caller guarantees.
-                            let q = unsafe { v.apply(sums) };
-                            for (o, &q) in out[at..at + lanes].iter_mut().zip(&q) {
-                                *o = q as i8 as u8;
-                            }
-                        }
-                        None => {
-                            for (j, f) in finishes[h].iter().enumerate().take(lanes) {
-                                f.store(out, at + j, sums[j]);
-                            }
-                        }
+                }
+                None => {
+                    for (j, &sum) in sums.iter().enumerate().take(lanes) {
+                        folded(p, c0 + 8 * h + j, p.input_zero_point).store(out, at + j, sum);
                     }
                 }
             }
         }
     }
-    true
 }
 
 /// The sums of one pixel's 16 channels over the `K × K` taps of a depthwise kernel: tap
@@ -235,7 +293,7 @@ pub(super) unsafe fn depthwise(
 /// AVX2; the reads as [`depthwise`] says.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn taps<const K: usize>(x: &[*const u8; 7], c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+unsafe fn taps<const K: usize>(x: &[*const u8; 7], c: usize, w: &[[i32; 16]]) -> [[i32; 8]; 2] {
     // SAFETY: by the contract; unaligned loads.
     unsafe { tap_sums(x, K, c, w) }
 }
@@ -245,7 +303,7 @@ unsafe fn taps<const K: usize>(x: &[*const u8; 7], c: usize, w: &[[i32; 16]; 49]
 /// # Safety
 /// As [`taps`].
 #[target_feature(enable = "avx2")]
-unsafe fn taps_k(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+unsafe fn taps_k(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]]) -> [[i32; 8]; 2] {
     // SAFETY: by the contract.
     unsafe { tap_sums(x, k, c, w) }
 }
@@ -256,7 +314,7 @@ unsafe fn taps_k(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) ->
 /// As [`taps`].
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]; 49]) -> [[i32; 8]; 2] {
+unsafe fn tap_sums(x: &[*const u8; 7], k: usize, c: usize, w: &[[i32; 16]]) -> [[i32; 8]; 2] {
     // SAFETY: by the callers' contract; unaligned loads.
     unsafe {
         let mut acc = [_mm256_setzero_si256(); 2];
