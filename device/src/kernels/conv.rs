@@ -2116,15 +2116,24 @@ mod tests {
         assert!(!pointwise::run(&wide, &[0; 1153], &mut [0u8; 1], 0..1));
     }
 
-    /// The AVX2 ring depthwise kernel both ways: every block's weights held at once (each row
-    /// loaded once), and a block at a time where they do not fit (65 blocks of 3×3; 16 blocks
-    /// of 7×7 taps), against the reference, whole and in bands.
-    #[cfg(target_arch = "x86_64")]
+    /// The AVX2 and NEON ring depthwise kernels both ways: every block's weights held at once
+    /// (each row loaded once), and a block at a time where they do not fit (1040 channels of
+    /// 3×3; 256 of 7×7), against the reference, whole and in bands.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
-    fn avx2_depthwise_holds_or_streams_the_blocks() {
+    fn ring_depthwise_holds_or_streams_the_blocks() {
+        #[cfg(target_arch = "x86_64")]
         if !has_avx2() {
             return;
         }
+        // SAFETY: the CPU has AVX2 (checked above); NEON is aarch64's baseline.
+        let kernel = |p: &ConvParams<'_>, input: &[i8], out: &mut [u8], band| unsafe {
+            #[cfg(target_arch = "x86_64")]
+            let done = super::avx2::depthwise(p, input, out, band);
+            #[cfg(target_arch = "aarch64")]
+            let done = super::neon::depthwise(p, input, out, band);
+            done
+        };
         let mut rng = super::super::TestRng(0xd_3);
         for &(c, k, stride) in &[
             (1040usize, 3usize, 1usize),
@@ -2169,14 +2178,12 @@ mod tests {
             let mut want = std::vec![0u8; oh * ow * c];
             reference(&p, &input, &mut want);
             let mut got = std::vec![1u8; oh * ow * c];
-            // SAFETY: the CPU has AVX2 (checked above).
-            assert!(unsafe { super::avx2::depthwise(&p, &input, &mut got, 0..oh) });
+            assert!(kernel(&p, &input, &mut got, 0..oh));
             assert_eq!(got, want, "{c} channels, k{k} s{stride}");
             // the last rows alone, as a thread's band
             let row = ow * c;
             let mut part = std::vec![1u8; (oh - 1) * row];
-            // SAFETY: as above.
-            assert!(unsafe { super::avx2::depthwise(&p, &input, &mut part, 1..oh) });
+            assert!(kernel(&p, &input, &mut part, 1..oh));
             assert_eq!(part, want[row..], "band, {c} channels, k{k} s{stride}");
         }
     }

@@ -453,8 +453,7 @@ pub(super) fn depthwise(
     band: Range<usize>,
 ) -> bool {
     let c = p.input.channels;
-    let ow = p.output.width;
-    let (k, s) = (p.kernel, p.stride);
+    let k = p.kernel;
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !takes_depthwise(p)
         || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
@@ -465,64 +464,115 @@ pub(super) fn depthwise(
     let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    for c0 in (0..c).step_by(8) {
-        let n = 8.min(c - c0);
-        let mut wbuf = [[0i16; 8]; 49];
-        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
-            for (j, v) in row.iter_mut().enumerate().take(n) {
-                *v = p.weights[t * c + c0 + j] as i16;
+    let (blocks, taps) = (c.div_ceil(8), k * k);
+    // the taps' int16 weights, zero past the channels: every block's at once where they fit,
+    // so that each input row is loaded into the ring once (a block at a time reloaded every
+    // row for each block of 8 channels)
+    let mut wbuf = [[0i16; 8]; WIDE];
+    let fill = |b: usize, dst: &mut [[i16; 8]]| {
+        let (c0, n) = (8 * b, 8.min(c - 8 * b));
+        for (t, row) in dst.iter_mut().enumerate().take(taps) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = if j < n {
+                    p.weights[t * c + c0 + j] as i16
+                } else {
+                    0
+                };
             }
         }
-        let finishes: [Finish; 8] = core::array::from_fn(|j| {
-            let ch = (c0 + j).min(c - 1);
-            folded(p, ch, zp)
-        });
-        let vectors = [Requant4::new(&finishes[..4]), Requant4::new(&finishes[4..])];
-        rows.held = [i32::MIN; 7];
+    };
+    let vectors = |b: usize| -> [Option<Requant4>; 2] {
+        let f: [Finish; 8] = core::array::from_fn(|j| folded(p, (8 * b + j).min(c - 1), zp));
+        [Requant4::new(&f[..4]), Requant4::new(&f[4..])]
+    };
+    if blocks * taps <= WIDE && blocks <= MAX_BLOCKS {
+        let mut v: [[Option<Requant4>; 2]; MAX_BLOCKS] = [const { [None, None] }; MAX_BLOCKS];
+        for b in 0..blocks {
+            fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
+            v[b] = vectors(b);
+        }
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
-            for ox in 0..ow {
-                // SAFETY: tap (ky, kx) reads 8 bytes at runs[ky] + (ox·s + kx)·C + c0, within
-                // the slot's padded columns plus at most 7 bytes past the block (the next
-                // pixel, another slot or the ring's slack); 8-element weight rows.
-                let acc = unsafe {
-                    let (mut lo, mut hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
-                    for (ky, &r) in runs[..k].iter().enumerate() {
-                        let x = r.add(ox * s * c + c0) as *const i8;
-                        for kx in 0..k {
-                            let xv = vmovl_s8(vld1_s8(x.add(kx * c)));
-                            let wv = vld1q_s16(wbuf[ky * k + kx].as_ptr());
-                            lo = vmlal_s16(lo, vget_low_s16(xv), vget_low_s16(wv));
-                            hi = vmlal_high_s16(hi, xv, wv);
-                        }
+            for b in 0..blocks {
+                depthwise_row(p, out, &band, oy, &runs, b, &wbuf[b * taps..], &v[b]);
+            }
+        }
+    } else {
+        for b in 0..blocks {
+            fill(b, &mut wbuf[..taps]);
+            let v = vectors(b);
+            rows.held = [i32::MIN; 7];
+            for oy in band.clone() {
+                let runs = rows.output_row(p, input, oy);
+                depthwise_row(p, out, &band, oy, &runs, b, &wbuf[..taps], &v);
+            }
+        }
+    }
+    true
+}
+
+/// Rows of 8 int16 weights in [`depthwise`]'s buffer of every block's taps (24 KiB).
+const WIDE: usize = 1536;
+/// Most blocks of 8 channels whose weights and constants [`depthwise`] holds at once.
+const MAX_BLOCKS: usize = 128;
+
+/// Output row `oy` of block `b` (8 channels) of the depthwise `p` into `out` (band `band`'s
+/// bytes), from the `k` ring rows `runs`, the block's taps `w` (at least `k²` rows) and its two
+/// output stages (`None`: the scalar one, derived here).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_row(
+    p: &ConvParams<'_>,
+    out: &mut [u8],
+    band: &Range<usize>,
+    oy: usize,
+    runs: &[*const u8; 7],
+    b: usize,
+    w: &[[i16; 8]],
+    vectors: &[Option<Requant4>; 2],
+) {
+    let c = p.input.channels;
+    let (ow, k, s) = (p.output.width, p.kernel, p.stride);
+    let (c0, n) = (8 * b, 8.min(c - 8 * b));
+    let w = &w[..k * k];
+    for ox in 0..ow {
+        // SAFETY: tap (ky, kx) reads 8 bytes at runs[ky] + (ox·s + kx)·C + c0, within the
+        // slot's padded columns plus at most 7 bytes past the block (the next pixel, another
+        // slot or the ring's slack); `runs` holds the row's k ring rows; 8-element weight rows.
+        let acc = unsafe {
+            let (mut lo, mut hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
+            for (ky, &r) in runs[..k].iter().enumerate() {
+                let x = r.add(ox * s * c + c0) as *const i8;
+                for kx in 0..k {
+                    let xv = vmovl_s8(vld1_s8(x.add(kx * c)));
+                    let wv = vld1q_s16(w[ky * k + kx].as_ptr());
+                    lo = vmlal_s16(lo, vget_low_s16(xv), vget_low_s16(wv));
+                    hi = vmlal_high_s16(hi, xv, wv);
+                }
+            }
+            [lo, hi]
+        };
+        let base = ((oy - band.start) * ow + ox) * c + c0;
+        for (h, (v, acc)) in vectors.iter().zip(acc).enumerate() {
+            let lanes = n.saturating_sub(4 * h).min(4);
+            if lanes == 0 {
+                break;
+            }
+            let at = base + 4 * h;
+            match v {
+                Some(v) => {
+                    for (o, q) in out[at..at + lanes].iter_mut().zip(v.apply(acc)) {
+                        *o = q as u8;
                     }
-                    [lo, hi]
-                };
-                let base = ((oy - band.start) * ow + ox) * c + c0;
-                for (h, (v, acc)) in vectors.iter().zip(acc).enumerate() {
-                    let lanes = n.saturating_sub(4 * h).min(4);
-                    if lanes == 0 {
-                        break;
-                    }
-                    let at = base + 4 * h;
-                    match v {
-                        Some(v) => {
-                            for (o, q) in out[at..at + lanes].iter_mut().zip(v.apply(acc)) {
-                                *o = q as u8;
-                            }
-                        }
-                        None => {
-                            let mut sums = [0i32; 4];
-                            // SAFETY: 4 × i32 into a 4-element array.
-                            unsafe { vst1q_s32(sums.as_mut_ptr(), acc) };
-                            for (j, &a) in sums.iter().enumerate().take(lanes) {
-                                finishes[4 * h + j].store(out, at + j, a);
-                            }
-                        }
+                }
+                None => {
+                    let mut sums = [0i32; 4];
+                    // SAFETY: 4 × i32 into a 4-element array.
+                    unsafe { vst1q_s32(sums.as_mut_ptr(), acc) };
+                    for (j, &a) in sums.iter().enumerate().take(lanes) {
+                        folded(p, c0 + 4 * h + j, p.input_zero_point).store(out, at + j, a);
                     }
                 }
             }
         }
     }
-    true
 }
