@@ -2126,10 +2126,10 @@ mod tests {
         if !has_avx2() {
             return;
         }
-        // SAFETY: the CPU has AVX2 (checked above); NEON is aarch64's baseline.
-        let kernel = |p: &ConvParams<'_>, input: &[i8], out: &mut [u8], band| unsafe {
+        let kernel = |p: &ConvParams<'_>, input: &[i8], out: &mut [u8], band| {
+            // SAFETY: the CPU has AVX2 (checked above).
             #[cfg(target_arch = "x86_64")]
-            let done = super::avx2::depthwise(p, input, out, band);
+            let done = unsafe { super::avx2::depthwise(p, input, out, band) };
             #[cfg(target_arch = "aarch64")]
             let done = super::neon::depthwise(p, input, out, band);
             done

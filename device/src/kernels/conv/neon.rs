@@ -468,18 +468,23 @@ pub(super) fn depthwise(
     // the taps' int16 weights, zero past the channels: every block's at once where they fit,
     // so that each input row is loaded into the ring once (a block at a time reloaded every
     // row for each block of 8 channels)
-    let mut wbuf = [[0i16; 8]; WIDE];
-    let fill = |b: usize, dst: &mut [[i16; 8]]| {
+    // (left uninitialised past what `fill` writes)
+    let mut wbuf = [MaybeUninit::<[i16; 8]>::uninit(); WIDE];
+    let fill = |b: usize, dst: &mut [MaybeUninit<[i16; 8]>]| {
         let (c0, n) = (8 * b, 8.min(c - 8 * b));
         for (t, row) in dst.iter_mut().enumerate().take(taps) {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = if j < n {
+            row.write(core::array::from_fn(|j| {
+                if j < n {
                     p.weights[t * c + c0 + j] as i16
                 } else {
                     0
-                };
-            }
+                }
+            }));
         }
+    };
+    // SAFETY: the first `rows` rows, which `fill` wrote.
+    let written = |wbuf: &[MaybeUninit<[i16; 8]>], rows: usize| unsafe {
+        core::slice::from_raw_parts(wbuf.as_ptr() as *const [i16; 8], rows)
     };
     let vectors = |b: usize| -> [Option<Requant4>; 2] {
         let f: [Finish; 8] = core::array::from_fn(|j| folded(p, (8 * b + j).min(c - 1), zp));
@@ -491,20 +496,31 @@ pub(super) fn depthwise(
             fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
             v[b] = vectors(b);
         }
+        let wbuf = written(&wbuf, blocks * taps);
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
             for b in 0..blocks {
-                depthwise_row(p, out, &band, oy, &runs, b, &wbuf[b * taps..], &v[b]);
+                depthwise_row(
+                    p,
+                    out,
+                    &band,
+                    oy,
+                    &runs,
+                    b,
+                    &wbuf[b * taps..(b + 1) * taps],
+                    &v[b],
+                );
             }
         }
     } else {
         for b in 0..blocks {
             fill(b, &mut wbuf[..taps]);
+            let w = written(&wbuf, taps);
             let v = vectors(b);
             rows.held = [i32::MIN; 7];
             for oy in band.clone() {
                 let runs = rows.output_row(p, input, oy);
-                depthwise_row(p, out, &band, oy, &runs, b, &wbuf[..taps], &v);
+                depthwise_row(p, out, &band, oy, &runs, b, w, &v);
             }
         }
     }
