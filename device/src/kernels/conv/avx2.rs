@@ -21,7 +21,7 @@
 
 use super::pack::{packed, packs, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
-use super::rows::{band_fits, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, depthwise_blocks, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -170,12 +170,9 @@ pub(super) unsafe fn depthwise(
     let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    let (blocks, taps) = (c.div_ceil(LANES), k * k);
-    // the taps' weights as (w, 0) int16 pairs, zero past the channels: every block's at once
-    // where they fit, so that each input row is loaded into the ring once (a block at a time
-    // reloaded every row for each block: 21 times for 336 channels)
-    // (left uninitialised past what `fill` writes: zeroing 48 KiB per call showed under perf)
-    let mut wbuf = [MaybeUninit::<[i32; LANES]>::uninit(); WIDE];
+    let taps = k * k;
+    // the taps' weights as (w, 0) int16 pairs, zero past the channels; every block's at once
+    // where they fit (`depthwise_blocks`)
     let fill = |b: usize, dst: &mut [MaybeUninit<[i32; LANES]>]| {
         let (c0, n) = (b * LANES, LANES.min(c - b * LANES));
         for (t, row) in dst.iter_mut().enumerate().take(taps) {
@@ -188,10 +185,6 @@ pub(super) unsafe fn depthwise(
             }));
         }
     };
-    // SAFETY: the first `rows` rows, which `fill` wrote.
-    let written = |wbuf: &[MaybeUninit<[i32; LANES]>], rows: usize| unsafe {
-        core::slice::from_raw_parts(wbuf.as_ptr() as *const [i32; LANES], rows)
-    };
     let vectors = |b: usize| -> [Option<Requant8>; 2] {
         core::array::from_fn(|h| {
             let f: [Finish; 8] =
@@ -199,44 +192,17 @@ pub(super) unsafe fn depthwise(
             Requant8::new(&f)
         })
     };
-    if blocks * taps <= WIDE && blocks <= MAX_BLOCKS {
-        let mut v: [[Option<Requant8>; 2]; MAX_BLOCKS] = [const { [None, None] }; MAX_BLOCKS];
-        for b in 0..blocks {
-            fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
-            v[b] = vectors(b);
-        }
-        let wbuf = written(&wbuf, blocks * taps);
-        for oy in band.clone() {
-            let runs = rows.output_row(p, input, oy);
-            for b in 0..blocks {
-                // SAFETY: AVX2 as the caller guarantees; `runs` holds the row's k input rows.
-                unsafe {
-                    depthwise_row(
-                        p,
-                        out,
-                        &band,
-                        oy,
-                        &runs,
-                        b,
-                        &wbuf[b * taps..(b + 1) * taps],
-                        &v[b],
-                    )
-                };
-            }
-        }
-    } else {
-        for b in 0..blocks {
-            fill(b, &mut wbuf[..taps]);
-            let w = written(&wbuf, taps);
-            let v = vectors(b);
-            rows.held = [i32::MIN; 7];
-            for oy in band.clone() {
-                let runs = rows.output_row(p, input, oy);
-                // SAFETY: as above.
-                unsafe { depthwise_row(p, out, &band, oy, &runs, b, w, &v) };
-            }
-        }
-    }
+    depthwise_blocks::<_, _, WIDE, MAX_BLOCKS>(
+        p,
+        input,
+        &mut rows,
+        &band,
+        c.div_ceil(LANES),
+        fill,
+        vectors,
+        // SAFETY: AVX2 as the caller guarantees; `runs` holds the row's k input rows.
+        |oy, runs, b, w, v| unsafe { depthwise_row(p, out, &band, oy, runs, b, w, v) },
+    );
     true
 }
 

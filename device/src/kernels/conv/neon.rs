@@ -18,7 +18,7 @@
 //! exact, so the bits are [`super::reference`]'s.
 
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{band_fits, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, depthwise_blocks, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::aarch64::*;
@@ -464,12 +464,9 @@ pub(super) fn depthwise(
     let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    let (blocks, taps) = (c.div_ceil(8), k * k);
-    // the taps' int16 weights, zero past the channels: every block's at once where they fit,
-    // so that each input row is loaded into the ring once (a block at a time reloaded every
-    // row for each block of 8 channels)
-    // (left uninitialised past what `fill` writes)
-    let mut wbuf = [MaybeUninit::<[i16; 8]>::uninit(); WIDE];
+    let taps = k * k;
+    // the taps' int16 weights, zero past the channels; every block's at once where they fit
+    // (`depthwise_blocks`)
     let fill = |b: usize, dst: &mut [MaybeUninit<[i16; 8]>]| {
         let (c0, n) = (8 * b, 8.min(c - 8 * b));
         for (t, row) in dst.iter_mut().enumerate().take(taps) {
@@ -482,48 +479,20 @@ pub(super) fn depthwise(
             }));
         }
     };
-    // SAFETY: the first `rows` rows, which `fill` wrote.
-    let written = |wbuf: &[MaybeUninit<[i16; 8]>], rows: usize| unsafe {
-        core::slice::from_raw_parts(wbuf.as_ptr() as *const [i16; 8], rows)
-    };
     let vectors = |b: usize| -> [Option<Requant4>; 2] {
         let f: [Finish; 8] = core::array::from_fn(|j| folded(p, (8 * b + j).min(c - 1), zp));
         [Requant4::new(&f[..4]), Requant4::new(&f[4..])]
     };
-    if blocks * taps <= WIDE && blocks <= MAX_BLOCKS {
-        let mut v: [[Option<Requant4>; 2]; MAX_BLOCKS] = [const { [None, None] }; MAX_BLOCKS];
-        for b in 0..blocks {
-            fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
-            v[b] = vectors(b);
-        }
-        let wbuf = written(&wbuf, blocks * taps);
-        for oy in band.clone() {
-            let runs = rows.output_row(p, input, oy);
-            for b in 0..blocks {
-                depthwise_row(
-                    p,
-                    out,
-                    &band,
-                    oy,
-                    &runs,
-                    b,
-                    &wbuf[b * taps..(b + 1) * taps],
-                    &v[b],
-                );
-            }
-        }
-    } else {
-        for b in 0..blocks {
-            fill(b, &mut wbuf[..taps]);
-            let w = written(&wbuf, taps);
-            let v = vectors(b);
-            rows.held = [i32::MIN; 7];
-            for oy in band.clone() {
-                let runs = rows.output_row(p, input, oy);
-                depthwise_row(p, out, &band, oy, &runs, b, w, &v);
-            }
-        }
-    }
+    depthwise_blocks::<_, _, WIDE, MAX_BLOCKS>(
+        p,
+        input,
+        &mut rows,
+        &band,
+        c.div_ceil(8),
+        fill,
+        vectors,
+        |oy, runs, b, w, v| depthwise_row(p, out, &band, oy, runs, b, w, v),
+    );
     true
 }
 

@@ -129,3 +129,55 @@ pub(super) fn folded<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {
     *bias = bias.wrapping_sub(z.wrapping_mul(sum));
     f
 }
+
+/// The block order of the ring depthwise kernels (AVX2, NEON): every block's taps (`fill` writes
+/// block `b`'s `k²` rows of widened weights) and output stages (`stage(b)`) held at once where
+/// `blocks·k² ≤ W` and `blocks ≤ B`, so that each input row is loaded into the ring once and
+/// `row(oy, runs, b, taps, stage)` runs for every block of it; else a block at a time, the rows
+/// reloaded for each.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn depthwise_blocks<T, S, const W: usize, const B: usize>(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    rows: &mut Rows<'_>,
+    band: &core::ops::Range<usize>,
+    blocks: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]),
+    stage: impl Fn(usize) -> S,
+    mut row: impl FnMut(usize, &[*const u8; 7], usize, &[T], &S),
+) {
+    let taps = p.kernel * p.kernel;
+    // left uninitialised past what `fill` writes (zeroing 48 KiB per call showed under perf)
+    let mut wbuf = [const { MaybeUninit::<T>::uninit() }; W];
+    // SAFETY: the first `n` rows, which `fill` wrote.
+    let written = |wbuf: &[MaybeUninit<T>], n: usize| unsafe {
+        core::slice::from_raw_parts(wbuf.as_ptr() as *const T, n)
+    };
+    if blocks * taps <= W && blocks <= B {
+        let mut stages: [Option<S>; B] = core::array::from_fn(|_| None);
+        for (b, s) in stages.iter_mut().enumerate().take(blocks) {
+            fill(b, &mut wbuf[b * taps..(b + 1) * taps]);
+            *s = Some(stage(b));
+        }
+        let w = written(&wbuf, blocks * taps);
+        for oy in band.clone() {
+            let runs = rows.output_row(p, input, oy);
+            for (b, s) in stages.iter().enumerate().take(blocks) {
+                if let Some(s) = s {
+                    row(oy, &runs, b, &w[b * taps..(b + 1) * taps], s);
+                }
+            }
+        }
+    } else {
+        for b in 0..blocks {
+            fill(b, &mut wbuf[..taps]);
+            let w = written(&wbuf, taps);
+            let s = stage(b);
+            rows.held = [i32::MIN; 7];
+            for oy in band.clone() {
+                let runs = rows.output_row(p, input, oy);
+                row(oy, &runs, b, w, &s);
+            }
+        }
+    }
+}
