@@ -21,7 +21,7 @@
 
 use super::pack::{packed, packs, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
-use super::rows::{band_fits, depthwise_blocks, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, dense_buffers_fit, depthwise_blocks, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -399,14 +399,10 @@ pub(super) unsafe fn gemm(
     out: &mut [u8],
     band: Range<usize>,
 ) -> bool {
-    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let ic = p.input.channels;
     let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if !takes_gemm(p)
-        || input.len() < ih * iw * ic
-        || p.weights.len() < oc * k * k * ic
-        || !band_fits(p, &band, out.len())
-    {
+    if !takes_gemm(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
     }
     let Some(layout) = Layout::of(KernelSet::X86Avx2, p) else {

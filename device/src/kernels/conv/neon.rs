@@ -18,7 +18,7 @@
 //! exact, so the bits are [`super::reference`]'s.
 
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{band_fits, depthwise_blocks, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, dense_buffers_fit, depthwise_blocks, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::aarch64::*;
@@ -160,14 +160,10 @@ pub(super) fn dense(
     mode: Mode,
     band: Range<usize>,
 ) -> bool {
-    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let ic = p.input.channels;
     let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if !ring_shape(p)
-        || input.len() < ih * iw * ic
-        || p.weights.len() < oc * k * k * ic
-        || !band_fits(p, &band, out.len())
-    {
+    if !ring_shape(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
     }
     let set = match mode {

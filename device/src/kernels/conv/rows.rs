@@ -120,6 +120,19 @@ pub(super) fn band_fits(
         && out_len >= band.len() * p.output.width * p.output.channels * elem
 }
 
+/// Whether a dense convolution's input and weights hold what `p`'s shapes say and `out_len`
+/// bytes hold `band`'s rows: what the ring GEMMs check besides their shapes.
+pub(super) fn dense_buffers_fit(
+    p: &ConvParams<'_>,
+    input_len: usize,
+    band: &core::ops::Range<usize>,
+    out_len: usize,
+) -> bool {
+    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let (oc, k) = (p.output.channels, p.kernel);
+    input_len >= ih * iw * ic && p.weights.len() >= oc * k * k * ic && band_fits(p, band, out_len)
+}
+
 /// Channel `c`'s output stage with `−z·Σw` added to its bias (`Σw` from the plan where it has
 /// it), for kernels whose sums run over raw inputs `x` where the reference has `x − z`.
 pub(super) fn folded<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {

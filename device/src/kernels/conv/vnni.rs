@@ -20,7 +20,7 @@
 
 use super::pack::{packed, packs, ring_shape, Layout};
 use super::pointwise::Requant;
-use super::rows::{band_fits, folded, ring_fits, Rows, RING};
+use super::rows::{band_fits, dense_buffers_fit, folded, ring_fits, Rows, RING};
 use super::{ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -86,14 +86,10 @@ pub(super) unsafe fn run(
     out: &mut [u8],
     band: Range<usize>,
 ) -> bool {
-    let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
+    let ic = p.input.channels;
     let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
-    if !ring_shape(p)
-        || input.len() < ih * iw * ic
-        || p.weights.len() < oc * k * k * ic
-        || !band_fits(p, &band, out.len())
-    {
+    if !ring_shape(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
     }
     let groups = (k * ic).div_ceil(4);
