@@ -1551,6 +1551,11 @@ mod tests {
         neon_matches_reference: neon_only,
         three_threads_match_reference: three_threads,
         neon_without_dotprod_matches_reference: neon_plain_only,
+    }
+
+    // aarch64 only: elsewhere it would compare the reference with itself
+    #[cfg(target_arch = "aarch64")]
+    conv_family_matches_reference! {
         neon_mmla_matches_reference: neon_mmla_only,
     }
 
@@ -1775,9 +1780,9 @@ mod tests {
     }
 
     /// The NEON `SMMLA` GEMM alone on every dense case (the reference on depthwise ones, and
-    /// everywhere without the int8 matrix multiply extension, with a note).
+    /// on a CPU without the int8 matrix multiply extension, with a note).
+    #[cfg(target_arch = "aarch64")]
     fn neon_mmla_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
-        #[cfg(target_arch = "aarch64")]
         if !p.depthwise && super::neon::i8mm() {
             let all = 0..p.output.height;
             assert!(
@@ -1786,7 +1791,6 @@ mod tests {
             );
             return;
         }
-        #[cfg(target_arch = "aarch64")]
         if !super::neon::i8mm() {
             std::eprintln!("note: no i8mm here; neon_mmla_matches_reference compared the reference with itself");
         }
