@@ -1640,58 +1640,19 @@ mod tests {
         };
         let mut got = std::vec![0u8; h * w * oc];
         // whether the table's GEMM ran it from the plan (a table that packs nothing runs it
-        // through `with` below, from the plan's sums)
+        // through `with` below, from the plan's sums): the kernel the plan would record
+        // declines the same convolution without the plan
         let mut ran = false;
-        #[cfg(target_arch = "x86_64")]
-        if set == KernelSet::X86Avx512Vnni {
+        if pack::Layout::of(set, &p).is_some() {
             assert!(packed.len() > 32 * 1024, "{} words", packed.len());
-            // SAFETY: the table is available: the CPU has AVX-512 VNNI.
-            unsafe {
-                assert!(
-                    !super::vnni::run(&p, &input, &mut got, 0..h),
-                    "fitted the stack"
-                );
-                assert!(
-                    super::vnni::run(&prepared, &input, &mut got, 0..h),
-                    "declined"
-                );
-            }
-            ran = true;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if set == KernelSet::X86Avx2 {
-            assert!(packed.len() > 32 * 1024, "{} words", packed.len());
-            // SAFETY: the table is available: the CPU has AVX2.
-            unsafe {
-                assert!(
-                    !super::avx2::gemm(&p, &input, &mut got, 0..h),
-                    "fitted the stack"
-                );
-                assert!(
-                    super::avx2::gemm(&prepared, &input, &mut got, 0..h),
-                    "declined"
-                );
-            }
-            ran = true;
-        }
-        #[cfg(target_arch = "aarch64")]
-        if matches!(
-            set,
-            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm
-        ) {
-            assert!(4 * packed.len() > 128 * 1024, "{} words", packed.len());
-            let mode = match set {
-                KernelSet::Aarch64NeonI8mm => super::neon::Mode::Mmla,
-                KernelSet::Aarch64NeonDot => super::neon::Mode::Dot,
-                _ => super::neon::Mode::Plain,
-            };
+            let kernel = choose(set, &prepared);
             assert!(
-                !super::neon::dense(&p, &input, &mut got, mode, 0..h),
-                "fitted the stack"
+                !run_kernel(kernel, &p, &input, &mut got, 0..h),
+                "{kernel:?} fitted the stack"
             );
             assert!(
-                super::neon::dense(&prepared, &input, &mut got, mode, 0..h),
-                "declined"
+                run_kernel(kernel, &prepared, &input, &mut got, 0..h),
+                "{kernel:?} declined"
             );
             ran = true;
         }
