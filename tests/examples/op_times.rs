@@ -1,15 +1,16 @@
 //! Per-op wall time of the int8 engine on this machine (one thread): the ops that take the
 //! most time first, with their shapes, MACs and (convolutions) the kernel the plan chose. For finding where a network's time goes; the
 //! comparison with other runtimes is `bench/infer_anchors.sh`.
-//! Usage: op_times DIR [RUNS]   (DIR holds `model.dlm` and `frame.rgb`, as `write_board_assets`
-//! writes them)
+//! Usage: op_times DIR [RUNS [TABLE]]   (DIR holds `model.dlm` and `frame.rgb`, as
+//! `write_board_assets` writes them; TABLE a kernel table's name, e.g. `x86-avx2`, else the
+//! fastest this CPU has)
 use depthling_model::{Model, Op};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(
         std::env::args()
             .nth(1)
-            .ok_or("usage: op_times DIR [RUNS]")?,
+            .ok_or("usage: op_times DIR [RUNS [TABLE]]")?,
     );
     let runs: usize = std::env::args().nth(2).map_or(Ok(200), |r| r.parse())?;
     let read = |name: &str| {
@@ -20,6 +21,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut arena =
         vec![0u8; depthling_device::Engine::arena_needed(&m).map_err(|e| format!("{e:?}"))?];
     let mut engine = depthling_device::Engine::new(&m, &mut arena).map_err(|e| format!("{e:?}"))?;
+    if let Some(name) = std::env::args().nth(3) {
+        let set = depthling_device::KernelSet::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| format!("no kernel table {name}"))?;
+        if !engine.select_kernels(set) {
+            return Err(format!("kernel table {name} does not run on this CPU").into());
+        }
+    }
     let mut time = vec![0f64; m.ops.len()];
     // ten runs to warm up, then `runs` timed ones
     for r in 0..runs + 10 {

@@ -59,6 +59,14 @@ pub struct Prepared<'a> {
         allow(dead_code)
     )]
     pub(crate) layout: Option<pack::Layout>,
+    /// The kernel the plan chose, which `stage` and `depthwise` were made for (a kernel uses
+    /// them only where it is that one).
+    pub kernel: Option<ConvKernel>,
+    /// The vector output stage for that kernel ([`stage`]), or empty.
+    pub stage: &'a [i32],
+    /// A ring depthwise kernel's taps, widened as its table's kernel reads them
+    /// ([`rows::widened_words`]), or empty.
+    pub depthwise: &'a [i32],
 }
 
 impl ConvParams<'_> {
@@ -856,7 +864,8 @@ pub(crate) mod pack;
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-mod rows;
+pub(crate) mod rows;
+pub(crate) mod stage;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -869,7 +878,8 @@ mod vnni;
 /// between four (8 accumulators). The sums are exact, so the bits are [`reference`]'s.
 #[cfg(target_arch = "x86_64")]
 mod pointwise {
-    use super::{ConvParams, Finish};
+    use super::stage::block;
+    use super::{ConvKernel, ConvParams, Finish};
     use core::arch::x86_64::*;
 
     const LANES: usize = 8;
@@ -966,9 +976,12 @@ mod pointwise {
         // MAX_BLOCKS blocks)
         let constants = |b: usize| {
             let o0 = b * LANES;
-            let finish: [Finish<'_>; LANES] =
-                core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (o0 + j).min(oc - 1)));
-            (finish, Requant8::new(&finish))
+            let vector = block::<LANES>(p, ConvKernel::Avx2Gathered, o0);
+            // the scalar constants only where the vector form declines
+            let finish: Option<[Finish<'_>; LANES]> = vector.is_none().then(|| {
+                core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (o0 + j).min(oc - 1)))
+            });
+            (finish, vector)
         };
         let mut decoded = [const { None }; MAX_BLOCKS];
         if blocks <= MAX_BLOCKS {
@@ -1030,16 +1043,20 @@ mod pointwise {
                     };
                     for (r, row) in sums.iter().enumerate().take(m) {
                         let base = (px - first + r) * oc + o0;
-                        match &vector {
-                            Some(v) => {
+                        match (&vector, finish) {
+                            (Some(v), _) => {
                                 // SAFETY: AVX2 is present (the caller checked).
                                 let q = unsafe { v.apply(row) };
                                 for (o, &q) in out[base..base + n].iter_mut().zip(&q) {
                                     *o = q as i8 as u8;
                                 }
                             }
-                            None => {
-                                for (j, f) in finish.iter().enumerate().take(n) {
+                            (None, finish) => {
+                                for j in 0..n {
+                                    let f = finish.map_or_else(
+                                        || Finish::new(&p.stage, p.bias, o0 + j),
+                                        |f| f[j],
+                                    );
                                     f.store(out, base + j, row[j]);
                                 }
                             }
@@ -1089,7 +1106,7 @@ mod pointwise {
                     Finish::new(&p.stage, p.bias, (c0 + h * LANES + j).min(c - 1))
                 })
             });
-            let vector = [Requant8::new(&finish[0]), Requant8::new(&finish[1])];
+            let vector = [0, LANES].map(|h| block(p, ConvKernel::Avx2DepthwiseWide, c0 + h));
             let mut wbuf = [[0i16; 2 * LANES]; 25];
             for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
                 for (j, v) in row.iter_mut().enumerate().take(n) {
@@ -1176,63 +1193,8 @@ mod pointwise {
         }
     }
 
-    /// One block's int8 output stage in AVX2: `bias + acc`, TFLite's `MultiplyByQuantizedMultiplier`
-    /// for multipliers below one (the doubling high multiply is ⌊(x·m + 2³⁰) / 2³¹⌋ exactly,
-    /// then the rounding shift right), the zero point and the activation clamp, per lane.
-    pub(super) struct Requant<const N: usize> {
-        pub(super) bias: [i32; N],
-        pub(super) multiplier: [i32; N],
-        pub(super) shift: [i32; N],
-        pub(super) mask: [i32; N],
-        pub(super) half: [i32; N],
-        pub(super) zero_point: i32,
-        pub(super) act_min: i32,
-        pub(super) act_max: i32,
-    }
-
-    /// Eight lanes: one AVX2 register.
-    pub(super) type Requant8 = Requant<8>;
-
-    impl<const N: usize> Requant<N> {
-        /// `None` (the scalar path) for f32 outputs, a LUT, or a multiplier of one or more.
-        pub(super) fn new(finish: &[Finish<'_>; N]) -> Option<Self> {
-            let mut v = Requant {
-                bias: [0; N],
-                multiplier: [0; N],
-                shift: [0; N],
-                mask: [0; N],
-                half: [0; N],
-                zero_point: 0,
-                act_min: 0,
-                act_max: 0,
-            };
-            for (j, f) in finish.iter().enumerate() {
-                let Finish::Int8 {
-                    bias,
-                    requant,
-                    zero_point,
-                    act_min,
-                    act_max,
-                    lut: None,
-                } = *f
-                else {
-                    return None;
-                };
-                if requant.shift > 0 || requant.shift < -31 || requant.multiplier < 0 {
-                    return None;
-                }
-                let e = -requant.shift;
-                let mask = ((1i64 << e) - 1) as i32;
-                v.bias[j] = bias;
-                v.multiplier[j] = requant.multiplier;
-                v.shift[j] = e;
-                v.mask[j] = mask;
-                v.half[j] = mask >> 1;
-                (v.zero_point, v.act_min, v.act_max) = (zero_point, act_min, act_max);
-            }
-            Some(v)
-        }
-    }
+    /// Eight lanes of the output stage ([`super::stage::Requant`]): one AVX2 register.
+    pub(super) type Requant8 = super::stage::Requant<8>;
 
     impl Requant8 {
         /// The finished int8 values of one pixel's eight sums.
@@ -1513,8 +1475,8 @@ mod tests {
                     $kernel(&p, &input, &mut b);
                     assert_eq!(a, b, "case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
                     // and with what a plan for this CPU's table holds
-                    let (sums, packed, layout) = prepare(KernelSet::detect(), &p);
-                    let prepared = ConvParams { prepared: Prepared { weight_sums: &sums, packed: &packed, layout }, ..p };
+                    let record = prepare(KernelSet::detect(), &p);
+                    let prepared = ConvParams { prepared: crate::plan::parse(&record, KernelSet::detect(), &p).0, ..p };
                     b.fill(0);
                     $kernel(&prepared, &input, &mut b);
                     assert_eq!(a, b, "prepared, case {case}: {h}x{w}x{ic} -> {oc}, k{k} s{stride} dw {depthwise}");
@@ -1570,21 +1532,166 @@ mod tests {
             .collect()
     }
 
-    /// What the plan for table `set` holds for `p`: `Σw` per channel, the packed weights and
-    /// their layout.
-    fn prepare(set: KernelSet, p: &ConvParams<'_>) -> (Vec<i32>, Vec<i32>, Option<pack::Layout>) {
-        let sums = (0..p.output.channels).map(|c| weight_sum(p, c)).collect();
-        let layout = pack::Layout::of(set, p);
-        let packed = match layout {
-            Some(layout) => {
-                let mut v = std::vec![core::mem::MaybeUninit::uninit(); layout.words()];
-                assert!(layout.pack(p, &mut v));
-                // SAFETY: `pack` wrote every word.
-                v.into_iter().map(|w| unsafe { w.assume_init() }).collect()
-            }
-            None => Vec::new(),
-        };
-        (sums, packed, layout)
+    /// The record a plan for table `set` holds for `p` (`crate::plan::parse` reads it).
+    fn prepare(set: KernelSet, p: &ConvParams<'_>) -> Vec<i32> {
+        let mut record = std::vec![0; crate::plan::record_words(set, p)];
+        assert!(crate::plan::write_record(set, p, &mut record));
+        record
+    }
+
+    /// The kernels whose every constant comes from the plan where it has them: packed or
+    /// widened weights, and the output stage with `−z·Σw` folded in.
+    const FROM_THE_PLAN: [ConvKernel; 7] = [
+        ConvKernel::Avx2Gemm,
+        ConvKernel::Avx2Depthwise,
+        ConvKernel::VnniGemm,
+        ConvKernel::NeonGemm,
+        ConvKernel::NeonDotGemm,
+        ConvKernel::NeonMmlaGemm,
+        ConvKernel::NeonDepthwise,
+    ];
+
+    /// A kernel that runs from the plan computes with the plan's constants, not the model's:
+    /// given the record of a convolution with other weights, bias and multipliers (the same
+    /// shapes and zero points), it gives that convolution's reference bits. A kernel that still
+    /// decoded the model's requantization bytes, bias or weights per call would not.
+    #[test]
+    fn kernels_compute_with_the_plans_constants() {
+        for set in KernelSet::available() {
+            computes_with_the_plans_constants(set);
+        }
+    }
+
+    fn computes_with_the_plans_constants(set: KernelSet) {
+        let mut rng = super::super::TestRng(0x9a7);
+        let mut checked = std::vec::Vec::new();
+        // (h, w, c_in, c_out, k, stride, depthwise)
+        let shapes: [(usize, usize, usize, usize, usize, usize, bool); 6] = [
+            (9, 13, 32, 32, 3, 1, true),
+            (8, 10, 40, 40, 3, 2, true),
+            (6, 7, 24, 24, 5, 1, true),
+            (7, 9, 8, 48, 1, 1, false),
+            (6, 11, 32, 32, 3, 1, false),
+            (9, 8, 16, 24, 3, 2, false),
+        ];
+        for (h, w, ic, oc, k, stride, depthwise) in shapes {
+            let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+            let n_w = if depthwise {
+                k * k * oc
+            } else {
+                oc * k * k * ic
+            };
+            let input = rng.bytes(h * w * ic);
+            let constants = |rng: &mut super::super::TestRng| {
+                let weights = rng.bytes(n_w);
+                let bias: Vec<u8> = (0..oc)
+                    .flat_map(|_| ((rng.next() % 20001) as i32 - 10000).to_le_bytes())
+                    .collect();
+                let requant =
+                    requant_bytes((0..oc).map(|_| 1e-4 + (rng.next() % 1000) as f64 * 2e-5));
+                (weights, bias, requant)
+            };
+            let (w1, b1, r1) = constants(&mut rng);
+            let (w2, b2, r2) = constants(&mut rng);
+            let p =
+                |weights: &'static [i8], bias: &'static [u8], requant: &'static [u8]| ConvParams {
+                    input: super::super::Shape {
+                        height: h,
+                        width: w,
+                        channels: ic,
+                    },
+                    output: super::super::Shape {
+                        height: oh,
+                        width: ow,
+                        channels: oc,
+                    },
+                    kernel: k,
+                    stride,
+                    depthwise,
+                    input_zero_point: 11,
+                    weights,
+                    bias,
+                    stage: OutputStage::Int8 {
+                        requant,
+                        zero_point: -5,
+                        act_min: -100,
+                        act_max: 120,
+                        lut: None,
+                    },
+                    prepared: Prepared::default(),
+                };
+            let leak =
+                |v: Vec<i8>| -> &'static [i8] { std::boxed::Box::leak(v.into_boxed_slice()) };
+            let leak8 =
+                |v: Vec<u8>| -> &'static [u8] { std::boxed::Box::leak(v.into_boxed_slice()) };
+            let (p1, p2) = (
+                p(leak(w1), leak8(b1), leak8(r1)),
+                p(leak(w2), leak8(b2), leak8(r2)),
+            );
+            let mut want = std::vec![0u8; oh * ow * oc];
+            reference(&p2, &input, &mut want);
+            let record = prepare(set, &p2);
+            let (prepared, kernel) = crate::plan::parse(&record, set, &p2);
+            let Some(kernel) = kernel.filter(|k| FROM_THE_PLAN.contains(k)) else {
+                continue;
+            };
+            assert!(
+                !prepared.stage.is_empty(),
+                "{kernel:?}: no stage in the plan"
+            );
+            let mixed = ConvParams { prepared, ..p1 };
+            let mut got = std::vec![0u8; oh * ow * oc];
+            assert!(
+                run_kernel(kernel, &mixed, &input, &mut got, 0..oh),
+                "{kernel:?} declined"
+            );
+            assert_eq!(got, want, "{kernel:?}: {h}x{w}x{ic} -> {oc} k{k} s{stride}");
+            checked.push(kernel);
+        }
+        std::eprintln!("{}: from the plan: {checked:?}", set.name());
+        let stages = matches!(
+            set,
+            KernelSet::X86Avx2
+                | KernelSet::X86Avx512Vnni
+                | KernelSet::Aarch64Neon
+                | KernelSet::Aarch64NeonDot
+                | KernelSet::Aarch64NeonI8mm
+        );
+        assert_eq!(stages, !checked.is_empty(), "{}: {checked:?}", set.name());
+        // a table whose depthwise kernel holds widened taps in the plan ran one from them
+        if crate::kernels::conv::rows::widened_words(set, &p_depthwise()) > 0 {
+            assert!(checked
+                .iter()
+                .any(|k| matches!(k, ConvKernel::Avx2Depthwise | ConvKernel::NeonDepthwise)));
+        }
+    }
+
+    /// A depthwise 3×3 over 32 channels (weights and constants empty: for its shape only).
+    fn p_depthwise() -> ConvParams<'static> {
+        static WEIGHTS: [i8; 288] = [0; 288];
+        ConvParams {
+            input: super::super::Shape {
+                height: 9,
+                width: 13,
+                channels: 32,
+            },
+            output: super::super::Shape {
+                height: 9,
+                width: 13,
+                channels: 32,
+            },
+            kernel: 3,
+            stride: 1,
+            depthwise: true,
+            input_zero_point: 0,
+            weights: &WEIGHTS,
+            bias: &[],
+            stage: OutputStage::F32 {
+                input_scale: 1.0,
+                weight_scales: &[],
+            },
+            prepared: Prepared::default(),
+        }
     }
 
     /// A dense convolution whose packed weights exceed the kernels' stack buffer (36 864 words
@@ -1629,15 +1736,12 @@ mod tests {
         let mut want = std::vec![0u8; h * w * oc];
         reference(&p, &input, &mut want);
         let set = KernelSet::detect();
-        let (sums, packed, layout) = prepare(set, &p);
+        let record = prepare(set, &p);
         let prepared = ConvParams {
-            prepared: Prepared {
-                weight_sums: &sums,
-                packed: &packed,
-                layout,
-            },
+            prepared: crate::plan::parse(&record, set, &p).0,
             ..p
         };
+        let (sums, packed) = (prepared.prepared.weight_sums, prepared.prepared.packed);
         let mut got = std::vec![0u8; h * w * oc];
         // whether the table's GEMM ran it from the plan (a table that packs nothing runs it
         // through `with` below, from the plan's sums): the kernel the plan would record
@@ -1668,9 +1772,9 @@ mod tests {
         let garbage = std::vec![0x5a5a_5a5a; packed.len()];
         let foreign = ConvParams {
             prepared: Prepared {
-                weight_sums: &sums,
+                weight_sums: sums,
                 packed: &garbage,
-                layout: None,
+                ..Prepared::default()
             },
             ..p
         };
@@ -2207,13 +2311,9 @@ mod tests {
             let (mut a, mut b) = (std::vec![0u8; oh * ow * oc], std::vec![1u8; oh * ow * oc]);
             reference(&p, &input, &mut a);
             // from the plan (64 → 64 5×5's packed weights exceed the stack buffer)
-            let (sums, packed, layout) = prepare(KernelSet::X86Avx2, &p);
+            let record = prepare(KernelSet::X86Avx2, &p);
             let p = ConvParams {
-                prepared: Prepared {
-                    weight_sums: &sums,
-                    packed: &packed,
-                    layout,
-                },
+                prepared: crate::plan::parse(&record, KernelSet::X86Avx2, &p).0,
                 ..p
             };
             // SAFETY: the CPU has AVX2 (checked above).

@@ -21,8 +21,12 @@
 
 use super::pack::{packed, packs, ring16_shape, Layout, RING16};
 use super::pointwise::Requant8;
-use super::rows::{band_fits, dense_buffers_fit, depthwise_blocks, folded, ring_fits, Rows, RING};
-use super::{ConvParams, Finish};
+use super::rows::{
+    band_fits, dense_buffers_fit, depthwise_blocks, folded, planned_taps, ring_fits, widen_taps,
+    Rows, RING,
+};
+use super::stage::block;
+use super::{ConvKernel, ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -159,7 +163,6 @@ pub(super) unsafe fn depthwise(
 ) -> bool {
     const LANES: usize = 16;
     let c = p.input.channels;
-    let k = p.kernel;
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !takes_depthwise(p)
         || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
@@ -167,30 +170,17 @@ pub(super) unsafe fn depthwise(
     {
         return false;
     }
-    let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    let taps = k * k;
-    // the taps' weights as (w, 0) int16 pairs, zero past the channels; every block's at once
-    // where they fit (`depthwise_blocks`)
-    let fill = |b: usize, dst: &mut [MaybeUninit<[i32; LANES]>]| {
-        let (c0, n) = (b * LANES, LANES.min(c - b * LANES));
-        for (t, row) in dst.iter_mut().enumerate().take(taps) {
-            row.write(core::array::from_fn(|j| {
-                if j < n {
-                    p.weights[t * c + c0 + j] as i16 as u16 as i32
-                } else {
-                    0
-                }
-            }));
-        }
+    // the taps' weights as (w, 0) int16 pairs, zero past the channels: the plan's, else every
+    // block's at once where they fit (`depthwise_blocks`)
+    let planned = if p.prepared.kernel == Some(ConvKernel::Avx2Depthwise) {
+        planned_taps::<i32, LANES>(p.prepared.depthwise)
+    } else {
+        &[]
     };
     let vectors = |b: usize| -> [Option<Requant8>; 2] {
-        core::array::from_fn(|h| {
-            let f: [Finish; 8] =
-                core::array::from_fn(|j| folded(p, (b * LANES + 8 * h + j).min(c - 1), zp));
-            Requant8::new(&f)
-        })
+        [0, 8].map(|h| block(p, ConvKernel::Avx2Depthwise, b * LANES + h))
     };
     depthwise_blocks::<_, _, WIDE, MAX_BLOCKS>(
         p,
@@ -198,7 +188,8 @@ pub(super) unsafe fn depthwise(
         &mut rows,
         &band,
         c.div_ceil(LANES),
-        fill,
+        planned,
+        |b, dst| widen_taps::<i32, LANES>(p, b, dst),
         vectors,
         // SAFETY: AVX2 as the caller guarantees; `runs` holds the row's k input rows.
         |oy, runs, b, w, v| unsafe { depthwise_row(p, out, &band, oy, runs, b, w, v) },
@@ -426,9 +417,12 @@ pub(super) unsafe fn gemm(
         let nb = CHUNK.min(blocks - b0);
         for b in 0..nb {
             let c0 = (b0 + b) * 8;
-            finishes[b] =
-                core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (c0 + j).min(oc - 1)));
-            vectors[b] = Requant8::new(&finishes[b]);
+            vectors[b] = block(p, ConvKernel::Avx2Gemm, c0);
+            // the scalar constants only where the vector form declines
+            if vectors[b].is_none() {
+                finishes[b] =
+                    core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (c0 + j).min(oc - 1)));
+            }
         }
         for oy in band.clone() {
             let runs = ring.output_row(p, input, oy);

@@ -18,8 +18,12 @@
 //! exact, so the bits are [`super::reference`]'s.
 
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{band_fits, dense_buffers_fit, depthwise_blocks, folded, ring_fits, Rows, RING};
-use super::{ConvParams, Finish};
+use super::rows::{
+    band_fits, dense_buffers_fit, depthwise_blocks, folded, planned_taps, ring_fits, widen_taps,
+    Rows, RING,
+};
+use super::stage::{block, Requant};
+use super::{ConvKernel, ConvParams};
 use crate::kernels::KernelSet;
 use core::arch::aarch64::*;
 use core::mem::MaybeUninit;
@@ -69,7 +73,7 @@ pub(super) enum Mode {
     Mmla,
 }
 
-/// Four channels' int8 output stage in NEON, as [`super::pointwise::Requant8`] for AVX2.
+/// Four channels' int8 output stage in NEON ([`Requant`] with the shift negated).
 struct Requant4 {
     bias: [i32; 4],
     multiplier: [i32; 4],
@@ -81,37 +85,16 @@ struct Requant4 {
 }
 
 impl Requant4 {
-    /// `None` (the scalar path) for f32 outputs, a LUT, a left shift or a negative multiplier.
-    fn new(finish: &[Finish<'_>]) -> Option<Self> {
-        let mut v = Requant4 {
-            bias: [0; 4],
-            multiplier: [0; 4],
-            shift: [0; 4],
-            zero_point: 0,
-            act_min: 0,
-            act_max: 0,
-        };
-        for (j, f) in finish.iter().enumerate().take(4) {
-            let Finish::Int8 {
-                bias,
-                requant,
-                zero_point,
-                act_min,
-                act_max,
-                lut: None,
-            } = *f
-            else {
-                return None;
-            };
-            if requant.shift > 0 || requant.shift < -31 || requant.multiplier < 0 {
-                return None;
-            }
-            v.bias[j] = bias;
-            v.multiplier[j] = requant.multiplier;
-            v.shift[j] = requant.shift;
-            (v.zero_point, v.act_min, v.act_max) = (zero_point, act_min, act_max);
+    /// The block `v` in NEON's form (`SRSHL` shifts right by the negated `e`).
+    fn of(v: Requant<4>) -> Self {
+        Requant4 {
+            bias: v.bias,
+            multiplier: v.multiplier,
+            shift: v.shift.map(|e| -e),
+            zero_point: v.zero_point,
+            act_min: v.act_min,
+            act_max: v.act_max,
         }
-        Some(v)
     }
 
     /// The int8 outputs of four sums: `SQRDMULH` is ⌊(x·m + 2³⁰) / 2³¹⌋ for m ≥ 0 (it saturates
@@ -170,6 +153,11 @@ pub(super) fn dense(
         Mode::Mmla => KernelSet::Aarch64NeonI8mm,
         _ => KernelSet::Aarch64Neon,
     };
+    let kernel = match mode {
+        Mode::Plain => ConvKernel::NeonGemm,
+        Mode::Dot => ConvKernel::NeonDotGemm,
+        Mode::Mmla => ConvKernel::NeonMmlaGemm,
+    };
     if !takes_dense(set, p) {
         return false;
     }
@@ -200,10 +188,8 @@ pub(super) fn dense(
         // two blocks (8 channels) at a time, the last one alone
         let two = b + 1 < blocks;
         let nb = if two { 2 } else { 1 };
-        let finishes: [[Finish; 4]; 2] = core::array::from_fn(|bb| {
-            core::array::from_fn(|j| finish((4 * (b + bb) + j).min(oc - 1)))
-        });
-        let vectors = [Requant4::new(&finishes[0]), Requant4::new(&finishes[1])];
+        let vectors: [Option<Requant4>; 2] =
+            [0, 1].map(|bb| block(p, kernel, 4 * (b + bb)).map(Requant4::of));
         rows.held = [i32::MIN; 7];
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
@@ -255,7 +241,7 @@ pub(super) fn dense(
                                 // SAFETY: 4 × i32 into a 4-element array.
                                 unsafe { vst1q_s32(sums.as_mut_ptr(), acc) };
                                 for (j, &a) in sums.iter().enumerate().take(n) {
-                                    finishes[bb][j].store(out, base + c0 + j, a);
+                                    finish(c0 + j).store(out, base + c0 + j, a);
                                 }
                             }
                         }
@@ -449,7 +435,6 @@ pub(super) fn depthwise(
     band: Range<usize>,
 ) -> bool {
     let c = p.input.channels;
-    let k = p.kernel;
     // the shapes and the input as `depthwise_fits` checks them; the output is the band's
     if !takes_depthwise(p)
         || !super::depthwise_fits(p, input.len(), usize::MAX, 7)
@@ -457,27 +442,17 @@ pub(super) fn depthwise(
     {
         return false;
     }
-    let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    let taps = k * k;
-    // the taps' int16 weights, zero past the channels; every block's at once where they fit
-    // (`depthwise_blocks`)
-    let fill = |b: usize, dst: &mut [MaybeUninit<[i16; 8]>]| {
-        let (c0, n) = (8 * b, 8.min(c - 8 * b));
-        for (t, row) in dst.iter_mut().enumerate().take(taps) {
-            row.write(core::array::from_fn(|j| {
-                if j < n {
-                    p.weights[t * c + c0 + j] as i16
-                } else {
-                    0
-                }
-            }));
-        }
+    // the taps' int16 weights, zero past the channels: the plan's, else every block's at once
+    // where they fit (`depthwise_blocks`)
+    let planned = if p.prepared.kernel == Some(ConvKernel::NeonDepthwise) {
+        planned_taps::<i16, 8>(p.prepared.depthwise)
+    } else {
+        &[]
     };
     let vectors = |b: usize| -> [Option<Requant4>; 2] {
-        let f: [Finish; 8] = core::array::from_fn(|j| folded(p, (8 * b + j).min(c - 1), zp));
-        [Requant4::new(&f[..4]), Requant4::new(&f[4..])]
+        [0, 4].map(|h| block(p, ConvKernel::NeonDepthwise, 8 * b + h).map(Requant4::of))
     };
     depthwise_blocks::<_, _, WIDE, MAX_BLOCKS>(
         p,
@@ -485,7 +460,8 @@ pub(super) fn depthwise(
         &mut rows,
         &band,
         c.div_ceil(8),
-        fill,
+        planned,
+        |b, dst| widen_taps::<i16, 8>(p, b, dst),
         vectors,
         |oy, runs, b, w, v| depthwise_row(p, out, &band, oy, runs, b, w, v),
     );

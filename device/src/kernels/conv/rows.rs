@@ -143,9 +143,107 @@ pub(super) fn folded<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {
     f
 }
 
-/// The block order of the ring depthwise kernels (AVX2, NEON): every block's taps (`fill` writes
-/// block `b`'s `k²` rows of widened weights) and output stages (`stage(b)`) held at once where
-/// `blocks·k² ≤ W` and `blocks ≤ B`, so that each input row is loaded into the ring once and
+/// Lane values a plan's words may be read as (every bit pattern is one).
+pub(super) trait Lane: Copy + Default {
+    /// A weight, widened as the kernel reads it.
+    fn widen(w: i8) -> Self;
+}
+
+impl Lane for i16 {
+    /// NEON's `SMLAL` operand.
+    fn widen(w: i8) -> Self {
+        w as i16
+    }
+}
+
+impl Lane for i32 {
+    /// AVX2's `VPMADDWD` operand: the pair `(w, 0)`, the input's low half times `w`, its sign
+    /// times 0.
+    fn widen(w: i8) -> Self {
+        w as i16 as u16 as i32
+    }
+}
+
+/// Block `b`'s (`L` channels from `b·L`) `k²` taps of the depthwise `p` into `dst` (one row of
+/// `L` lanes a tap), widened, zero past the channels: what the ring depthwise kernels multiply.
+pub(super) fn widen_taps<T: Lane, const L: usize>(
+    p: &ConvParams<'_>,
+    b: usize,
+    dst: &mut [MaybeUninit<[T; L]>],
+) {
+    let c = p.input.channels;
+    let (c0, n) = (b * L, L.min(c.saturating_sub(b * L)));
+    for (t, row) in dst.iter_mut().enumerate().take(p.kernel * p.kernel) {
+        row.write(core::array::from_fn(|j| {
+            match (j < n).then(|| p.weights.get(t * c + c0 + j)).flatten() {
+                Some(&w) => T::widen(w),
+                None => T::default(),
+            }
+        }));
+    }
+}
+
+/// Words of the depthwise `p`'s widened taps in a plan for `set` (the ring depthwise kernels'
+/// layout, [`widen_taps`] of every block in order): AVX2 blocks of 16 `(w, 0)` words, NEON
+/// blocks of 8 int16; 0 for other tables and shapes those kernels do not take. The AVX-512
+/// table's depthwise widens per call (its kernel could not be run where this was written).
+pub(crate) fn widened_words(set: crate::kernels::KernelSet, p: &ConvParams<'_>) -> usize {
+    use crate::kernels::KernelSet;
+    if !super::depthwise_fits(p, usize::MAX, usize::MAX, 7) || !ring_fits(p) {
+        return 0;
+    }
+    let (c, taps) = (p.input.channels, p.kernel * p.kernel);
+    match set {
+        KernelSet::X86Avx2 => c.div_ceil(16) * taps * 16,
+        KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
+            c.div_ceil(8) * taps * 4
+        }
+        _ => 0,
+    }
+}
+
+/// Writes the widened taps of every block of `p` for `set` into `dst` (exactly
+/// [`widened_words`] long); `false` otherwise.
+pub(crate) fn write_widened(
+    set: crate::kernels::KernelSet,
+    p: &ConvParams<'_>,
+    dst: &mut [i32],
+) -> bool {
+    use crate::kernels::KernelSet;
+    fn all<T: Lane, const L: usize>(p: &ConvParams<'_>, dst: &mut [i32]) {
+        let taps = p.kernel * p.kernel;
+        let rows = dst.len() * 4 / core::mem::size_of::<[T; L]>();
+        // SAFETY: `[T; L]` (T an integer of 2 or 4 bytes) is no more aligned than i32 and
+        // `rows` of it fit `dst`'s bytes; `widen_taps` only writes.
+        let rows = unsafe {
+            core::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut MaybeUninit<[T; L]>, rows)
+        };
+        for (b, block) in rows.chunks_mut(taps).enumerate() {
+            widen_taps::<T, L>(p, b, block);
+        }
+    }
+    if dst.len() != widened_words(set, p) || dst.is_empty() {
+        return false;
+    }
+    match set {
+        KernelSet::X86Avx2 => all::<i32, 16>(p, dst),
+        _ => all::<i16, 8>(p, dst),
+    }
+    true
+}
+
+/// A plan's widened taps as the rows of `L` lanes [`widen_taps`] wrote.
+pub(super) fn planned_taps<T: Lane, const L: usize>(words: &[i32]) -> &[[T; L]] {
+    let rows = words.len() * 4 / core::mem::size_of::<[T; L]>();
+    // SAFETY: as in `write_widened`: within `words`' bytes, alignment at most i32's, and every
+    // bit pattern is a `T`.
+    unsafe { core::slice::from_raw_parts(words.as_ptr() as *const [T; L], rows) }
+}
+
+/// The block order of the ring depthwise kernels (AVX2, NEON): every block's taps (the plan's,
+/// `planned`, where it holds `blocks·k²` rows; else `fill` writes block `b`'s `k²` rows of
+/// widened weights) and output stages (`stage(b)`) held at once where they fit (`blocks·k² ≤ W`
+/// or in the plan, and `blocks ≤ B`), so that each input row is loaded into the ring once and
 /// `row(oy, runs, b, taps, stage)` runs for every block of it; else a block at a time, the rows
 /// reloaded for each.
 #[allow(clippy::too_many_arguments)]
@@ -155,11 +253,24 @@ pub(super) fn depthwise_blocks<T, S, const W: usize, const B: usize>(
     rows: &mut Rows<'_>,
     band: &core::ops::Range<usize>,
     blocks: usize,
+    planned: &[T],
     fill: impl Fn(usize, &mut [MaybeUninit<T>]),
     stage: impl Fn(usize) -> S,
     mut row: impl FnMut(usize, &[*const u8; 7], usize, &[T], &S),
 ) {
     let taps = p.kernel * p.kernel;
+    if planned.len() == blocks * taps && blocks <= B {
+        let stages: [Option<S>; B] = core::array::from_fn(|b| (b < blocks).then(|| stage(b)));
+        for oy in band.clone() {
+            let runs = rows.output_row(p, input, oy);
+            for (b, s) in stages.iter().enumerate().take(blocks) {
+                if let Some(s) = s {
+                    row(oy, &runs, b, &planned[b * taps..(b + 1) * taps], s);
+                }
+            }
+        }
+        return;
+    }
     // left uninitialised past what `fill` writes (zeroing 48 KiB per call showed under perf)
     let mut wbuf = [const { MaybeUninit::<T>::uninit() }; W];
     // SAFETY: the first `n` rows, which `fill` wrote.

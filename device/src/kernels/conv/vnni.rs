@@ -16,12 +16,12 @@
 //! convolutions use the same ring with signed bytes and `VPDPWSSD`, 16 channels a step
 //! ([`depthwise`]). The sums are
 //! exact, so the bits are [`super::reference`]'s; the requantization is
-//! [`super::pointwise::Requant8`]'s in 16 lanes ([`apply16`]).
+//! [`super::stage::Requant`]'s in 16 lanes ([`apply16`]).
 
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::pointwise::Requant;
 use super::rows::{band_fits, dense_buffers_fit, folded, ring_fits, Rows, RING};
-use super::{ConvParams, Finish};
+use super::stage::{block, Requant};
+use super::{ConvKernel, ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -123,8 +123,11 @@ pub(super) unsafe fn run(
         let nb = 8.min(blocks - b0);
         for b in 0..nb {
             let c0 = (b0 + b) * LANES;
-            finishes[b] = core::array::from_fn(|j| finish((c0 + j).min(oc - 1)));
-            vectors[b] = Requant::new(&finishes[b]);
+            vectors[b] = block(p, ConvKernel::VnniGemm, c0);
+            // the scalar constants only where the vector form declines
+            if vectors[b].is_none() {
+                finishes[b] = core::array::from_fn(|j| finish((c0 + j).min(oc - 1)));
+            }
         }
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
@@ -360,11 +363,11 @@ pub(super) unsafe fn depthwise(
                 *v = p.weights[t * c + c0 + j] as i16 as u16 as i32;
             }
         }
+        let vector = block::<16>(p, ConvKernel::VnniDepthwise, c0);
         let finishes: [Finish; LANES] = core::array::from_fn(|j| {
             let ch = (c0 + j).min(c - 1);
             folded(p, ch, zp)
         });
-        let vector = Requant::<16>::new(&finishes);
         rows.held = [i32::MIN; 7];
         for oy in band.clone() {
             let runs = rows.output_row(p, input, oy);
