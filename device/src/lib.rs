@@ -366,7 +366,7 @@ impl<'m, 'a> Engine<'m, 'a> {
     /// Lets each convolution of at least 2 M MACs split its output rows over `threads`
     /// threads (the calling one and `threads − 1` workers the engine keeps until it is dropped
     /// or this is called again; one band each), where the op's kernel writes bands
-    /// ([`kernels::conv::ConvKernel::banded`]: the AVX-512 VNNI, AVX2 and NEON ones). The bits
+    /// ([`kernels::conv::ConvKernel::banded`]: the AVX-512 VNNI, AVX-VNNI, AVX2 and NEON ones). The bits
     /// are the same as on one thread.
     #[cfg(feature = "std")]
     pub fn set_threads(&mut self, threads: usize) {
@@ -550,7 +550,12 @@ impl<'m, 'a> Engine<'m, 'a> {
                     (Bilinear, KernelSet::Reference) => up::bilinear_reference,
                     (Bilinear, set)
                         if set == KernelSet::detect()
-                            || matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) =>
+                            || matches!(
+                                set,
+                                KernelSet::X86Avx2
+                                    | KernelSet::X86AvxVnni
+                                    | KernelSet::X86Avx512Vnni
+                            ) =>
                     {
                         up::bilinear_optimized
                     }

@@ -10,7 +10,8 @@
 //!   for the table and the shape, with this plan), the lengths `L`, `S`, `D` of its last three
 //!   parts, `Σw` per output channel (the `−z·Σw` the kernels that sum raw inputs fold into the
 //!   bias), then `L` words of packed weights where the table's dense kernel packs them (AVX-512
-//!   VNNI: blocks of 16 channels, four int8 a word; NEON: blocks of 4; AVX2: blocks of 8, int16
+//!   VNNI: blocks of 16 channels, four int8 a word; AVX-VNNI: blocks of 8, four int8 a word;
+//!   NEON: blocks of 4; AVX2: blocks of 8, int16
 //!   pairs), `S` words of the vector output stage for the chosen kernel where the table has one
 //!   and every channel takes it ([`stage`]: biases with `−z·Σw` folded, multipliers, shifts,
 //!   masks; the run copies a block's instead of decoding the model's bytes), and `D` words of a

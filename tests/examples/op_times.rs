@@ -5,6 +5,7 @@
 //! `write_board_assets` writes them; TABLE a kernel table's name, e.g. `x86-avx2`, else the
 //! fastest this CPU has)
 use depthling_model::{Model, Op};
+use std::io::Write;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(
@@ -44,11 +45,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("frame.rgb: {e:?}"))?;
     }
     let total: f64 = time.iter().sum();
-    println!(
+    // a closed pipe (`| head`) ends the listing instead of panicking
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(
+        stdout,
         "total {:.3} ms per frame, table {}",
         1e3 * total / runs as f64,
         engine.kernel_set().name()
-    );
+    )
+    .is_err()
+    {
+        return Ok(());
+    }
     let mut order: Vec<usize> = (0..time.len()).collect();
     order.sort_by(|&a, &b| time[b].total_cmp(&time[a]));
     for i in order {
@@ -85,12 +93,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Op::Mul { .. } => "mul".into(),
             _ => "other".into(),
         };
-        println!(
+        if writeln!(
+            stdout,
             "op {i:3} {:8.4} ms {:5.1} % macs {:9} {what}",
             1e3 * time[i] / runs as f64,
             100.0 * time[i] / total,
             m.op_macs(i)
-        );
+        )
+        .is_err()
+        {
+            break;
+        }
     }
     Ok(())
 }

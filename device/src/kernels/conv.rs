@@ -411,6 +411,8 @@ pub enum ConvKernel {
     VnniGemm,
     /// AVX-512 VNNI ring depthwise.
     VnniDepthwise,
+    /// AVX-VNNI (256-bit) ring GEMM, dense to two or more channels.
+    AvxVnniGemm,
     /// AVX2 depth head: one output channel.
     Avx2Head,
     /// AVX2 ring GEMM of int16 rows, dense.
@@ -435,7 +437,7 @@ pub enum ConvKernel {
 
 impl ConvKernel {
     /// Every kernel, in the order of their indices in the plan.
-    pub const ALL: [ConvKernel; 16] = [
+    pub const ALL: [ConvKernel; 17] = [
         ConvKernel::Reference,
         ConvKernel::Portable,
         ConvKernel::X86Blocks,
@@ -452,6 +454,7 @@ impl ConvKernel {
         ConvKernel::NeonMmlaGemm,
         ConvKernel::NeonDepthwise,
         ConvKernel::CortexM,
+        ConvKernel::AvxVnniGemm,
     ];
 
     /// A short name, as `op_times` prints it.
@@ -463,6 +466,7 @@ impl ConvKernel {
             ConvKernel::X86Avx2Blocks => "avx2-blocks",
             ConvKernel::VnniGemm => "vnni-gemm",
             ConvKernel::VnniDepthwise => "vnni-depthwise",
+            ConvKernel::AvxVnniGemm => "avx-vnni-gemm",
             ConvKernel::Avx2Head => "avx2-head",
             ConvKernel::Avx2Gemm => "avx2-gemm",
             ConvKernel::Avx2Gathered => "avx2-gathered",
@@ -497,7 +501,8 @@ impl ConvKernel {
 /// The kernel table `set` runs `p` with (the portable one for a table this build or CPU cannot
 /// run): each table's kernels in order, the first whose shape checks `p` passes (buffers of the
 /// sizes the shapes say; packed weights in `p`'s plan or fitting the kernel's stack buffer):
-/// AVX-512 VNNI → AVX2 (head, ring GEMM, gathering GEMM, ring depthwise, depthwise) → SSE2 or
+/// AVX-512 VNNI (or, on the AVX-VNNI table, its 256-bit ring GEMM) → AVX2 (head, ring GEMM,
+/// gathering GEMM, ring depthwise, depthwise) → SSE2 or
 /// AVX2 blocks (dense) or portable (depthwise); NEON → portable; Cortex-M DSP.
 pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
     let set = if set.is_available() {
@@ -525,7 +530,13 @@ pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        KernelSet::X86Sse2 | KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni => {
+        KernelSet::X86Sse2
+        | KernelSet::X86Avx2
+        | KernelSet::X86AvxVnni
+        | KernelSet::X86Avx512Vnni => {
+            if set == KernelSet::X86AvxVnni && !p.depthwise && avxvnni::takes(p) {
+                return ConvKernel::AvxVnniGemm;
+            }
             if set == KernelSet::X86Avx512Vnni {
                 if p.depthwise && vnni::takes_depthwise(p) {
                     return ConvKernel::VnniDepthwise;
@@ -603,6 +614,10 @@ pub fn run_kernel(
         #[cfg(target_arch = "x86_64")]
         ConvKernel::VnniGemm => vnni_available() && unsafe { vnni::run(p, input, out, band) },
         #[cfg(target_arch = "x86_64")]
+        ConvKernel::AvxVnniGemm => {
+            avx_vnni_available() && unsafe { avxvnni::gemm(p, input, out, band) }
+        }
+        #[cfg(target_arch = "x86_64")]
         ConvKernel::VnniDepthwise => {
             vnni_available() && unsafe { vnni::depthwise(p, input, out, band) }
         }
@@ -679,6 +694,12 @@ pub(crate) fn parallel(
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn vnni_available() -> bool {
     vnni::available()
+}
+
+/// Whether the CPU has what the AVX-VNNI GEMM needs (AVX2 and AVX-VNNI).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx_vnni_available() -> bool {
+    avxvnni::available()
 }
 
 /// Whether the CPU has the dot-product extension.
@@ -857,6 +878,8 @@ pub(crate) fn has_avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub(crate) mod pack;
@@ -1541,8 +1564,9 @@ mod tests {
 
     /// The kernels whose every constant comes from the plan where it has them: packed or
     /// widened weights, and the output stage with `−z·Σw` folded in.
-    const FROM_THE_PLAN: [ConvKernel; 7] = [
+    const FROM_THE_PLAN: [ConvKernel; 8] = [
         ConvKernel::Avx2Gemm,
+        ConvKernel::AvxVnniGemm,
         ConvKernel::Avx2Depthwise,
         ConvKernel::VnniGemm,
         ConvKernel::NeonGemm,
@@ -1652,6 +1676,7 @@ mod tests {
         let stages = matches!(
             set,
             KernelSet::X86Avx2
+                | KernelSet::X86AvxVnni
                 | KernelSet::X86Avx512Vnni
                 | KernelSet::Aarch64Neon
                 | KernelSet::Aarch64NeonDot
@@ -1795,9 +1820,11 @@ mod tests {
             | KernelSet::Aarch64NeonI8mm => true,
             // the AVX2 GEMMs take rows that fit the ring or receptive fields up to 1152
             // values (the head and the depthwise kernels every test shape)
-            KernelSet::X86Avx2 => {
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::X86Avx2 | KernelSet::X86AvxVnni => {
                 p.depthwise
                     || p.output.channels == 1
+                    || (set == KernelSet::X86AvxVnni && super::avxvnni::takes(p))
                     || pack::ring16_shape(p)
                     || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH
             }
@@ -1983,6 +2010,44 @@ mod tests {
         );
     }
 
+    /// The AVX-VNNI GEMM alone on dense convolutions to several channels (the reference
+    /// elsewhere): a case it declines fails instead of falling back.
+    #[cfg(target_arch = "x86_64")]
+    fn avx_vnni_gemm_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        if !super::avxvnni::available() {
+            std::eprintln!(
+                "note: no AVX-VNNI here; avx_vnni_gemm_matches_reference compares the reference \
+                 with itself"
+            );
+            return reference(p, input, out);
+        }
+        if p.depthwise || p.output.channels == 1 {
+            return reference(p, input, out);
+        }
+        let all = 0..p.output.height;
+        // SAFETY: the CPU has AVX2 and AVX-VNNI (checked above).
+        assert!(
+            unsafe { super::avxvnni::gemm(p, input, out, all) },
+            "AVX-VNNI GEMM declined"
+        );
+    }
+
+    /// The AVX-VNNI table whatever the CPU's best.
+    #[cfg(target_arch = "x86_64")]
+    fn avx_vnni_table(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        with(KernelSet::X86AvxVnni, p, input, out)
+    }
+
+    /// The AVX-VNNI table on three threads where its kernels write bands.
+    #[cfg(target_arch = "x86_64")]
+    fn avx_vnni_three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
+        let kernel = choose(KernelSet::X86AvxVnni, p);
+        let pool = crate::pool::Pool::new(2);
+        if !parallel(&pool, kernel, p, input, out) {
+            with(KernelSet::X86AvxVnni, p, input, out);
+        }
+    }
+
     /// The AVX2 table whatever the CPU's best (on an AVX-512 machine `optimized` runs VNNI).
     #[cfg(target_arch = "x86_64")]
     fn avx2_table(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
@@ -2016,6 +2081,9 @@ mod tests {
         avx2_gemm_matches_reference: avx2_gemm_only,
         avx2_table_matches_reference: avx2_table,
         avx2_three_threads_match_reference: avx2_three_threads,
+        avx_vnni_gemm_matches_reference: avx_vnni_gemm_only,
+        avx_vnni_table_matches_reference: avx_vnni_table,
+        avx_vnni_three_threads_match_reference: avx_vnni_three_threads,
     }
 
     /// The AVX2 output stage equals the scalar one at the extremes of its input and constants:

@@ -78,7 +78,11 @@ pub fn add_with(
     out: &mut [i8],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) && set.is_available() {
+    if matches!(
+        set,
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni | KernelSet::X86Avx512Vnni
+    ) && set.is_available()
+    {
         // SAFETY: the table is available: the CPU has AVX2.
         let done = unsafe {
             avx2::add(
@@ -254,7 +258,11 @@ pub fn mul_with(
     out: &mut [i8],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(set, KernelSet::X86Avx2 | KernelSet::X86Avx512Vnni) && set.is_available() {
+    if matches!(
+        set,
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni | KernelSet::X86Avx512Vnni
+    ) && set.is_available()
+    {
         // SAFETY: the table is available: the CPU has AVX2.
         if unsafe { avx2::mul(input, scale, channels, requant, out_zero_point, out) } {
             return;

@@ -29,6 +29,8 @@ pub enum KernelSet {
     X86Sse2,
     /// x86-64 AVX2 (`vpmaddwd` GEMM, int16 depthwise, int16 bilinear).
     X86Avx2,
+    /// x86-64 AVX2 + AVX-VNNI (256-bit `vpdpbusd` GEMM), AVX2 elsewhere.
+    X86AvxVnni,
     /// x86-64 AVX-512 F/BW/VL + VNNI (`vpdpbusd` GEMM, `vpdpwssd` depthwise), AVX2 elsewhere.
     X86Avx512Vnni,
     /// aarch64 NEON without the dot-product extension (Cortex-A72: `smull`/`sadalp`).
@@ -44,11 +46,12 @@ pub enum KernelSet {
 
 impl KernelSet {
     /// Every table: the ones this build and CPU can run are [`KernelSet::available`].
-    pub const ALL: [KernelSet; 9] = [
+    pub const ALL: [KernelSet; 10] = [
         KernelSet::Reference,
         KernelSet::Portable,
         KernelSet::X86Sse2,
         KernelSet::X86Avx2,
+        KernelSet::X86AvxVnni,
         KernelSet::X86Avx512Vnni,
         KernelSet::Aarch64Neon,
         KernelSet::Aarch64NeonDot,
@@ -63,6 +66,7 @@ impl KernelSet {
             KernelSet::Portable => "portable",
             KernelSet::X86Sse2 => "x86-sse2",
             KernelSet::X86Avx2 => "x86-avx2",
+            KernelSet::X86AvxVnni => "x86-avx-vnni",
             KernelSet::X86Avx512Vnni => "x86-avx512-vnni",
             KernelSet::Aarch64Neon => "aarch64-neon",
             KernelSet::Aarch64NeonDot => "aarch64-neon-dotprod",
@@ -78,6 +82,8 @@ impl KernelSet {
             KernelSet::X86Sse2 => cfg!(target_arch = "x86_64"),
             #[cfg(target_arch = "x86_64")]
             KernelSet::X86Avx2 => conv::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::X86AvxVnni => conv::avx_vnni_available(),
             #[cfg(target_arch = "x86_64")]
             KernelSet::X86Avx512Vnni => conv::vnni_available(),
             KernelSet::Aarch64Neon => cfg!(target_arch = "aarch64"),

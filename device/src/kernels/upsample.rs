@@ -138,7 +138,7 @@ pub fn bilinear_with(
     // SAFETY: `avx2::bilinear` needs AVX2, which `has_avx2` checked.
     if matches!(
         set,
-        super::KernelSet::X86Avx2 | super::KernelSet::X86Avx512Vnni
+        super::KernelSet::X86Avx2 | super::KernelSet::X86AvxVnni | super::KernelSet::X86Avx512Vnni
     ) && super::conv::has_avx2()
         && unsafe { avx2::bilinear(input, shape, factor, out) }
     {

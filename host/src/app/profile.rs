@@ -57,8 +57,9 @@ pub struct Profile {
     /// ONNX).
     pub arena_bytes: Option<u64>,
     /// The prepared plan `Engine::new` keeps after the activations, by kernel table (the
-    /// per-channel `Σw` everywhere, and the packed weights where the table's GEMM packs them:
-    /// AVX-512 VNNI, NEON); empty where there is no `.dlm`.
+    /// per-channel `Σw` everywhere; the packed weights where the table's GEMM packs them, the
+    /// decoded output stages and the widened depthwise taps on the x86 AVX2/VNNI and NEON
+    /// tables); empty where there is no `.dlm`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub plan_bytes: BTreeMap<String, u64>,
     /// The smallest arena TFLite Micro runs the same model's `.tflite` in (`--compare-tflm`).

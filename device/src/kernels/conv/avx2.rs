@@ -35,7 +35,7 @@ use core::ops::Range;
 /// Most int16 weights of a head (`k` rows of whole 16-value chunks): 14 KiB on the stack.
 const WEIGHTS: usize = 7 * 1024;
 /// Pixels per step.
-const PIXELS: usize = 4;
+pub(super) const PIXELS: usize = 4;
 
 /// Whether [`head`] takes `p` (given buffers of the sizes its shapes say).
 pub(super) fn takes_head(p: &ConvParams<'_>) -> bool {
@@ -450,7 +450,9 @@ pub(super) unsafe fn gemm(
                         let c0 = (b0 + b) * 8;
                         let n = (if two { 16 } else { 8 }).min(oc - c0);
                         // SAFETY: AVX2 as the caller guarantees.
-                        unsafe { finish(&finishes[b..], &vectors[b..], px, out, base + c0, n) };
+                        unsafe {
+                            finish_pixel(&finishes[b..], &vectors[b..], px, out, base + c0, n)
+                        };
                     }
                     b += if two { 2 } else { 1 };
                 }
@@ -469,7 +471,7 @@ pub(super) unsafe fn gemm(
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn finish(
+pub(super) unsafe fn finish_pixel(
     finishes: &[[Finish<'_>; 8]],
     vectors: &[Option<Requant8>],
     px: &[__m256i; 2],

@@ -1,5 +1,5 @@
-//! The packed weight layouts of the dense AVX-512 VNNI, NEON and AVX2 kernels ([`super::vnni`],
-//! [`super::neon`], the AVX2 GEMM): their sizes and the packing itself, on every target, so that
+//! The packed weight layouts of the dense AVX-512 VNNI, AVX-VNNI, NEON and AVX2 kernels
+//! ([`super::vnni`], [`super::avxvnni`], [`super::neon`], the AVX2 GEMM): their sizes and the packing itself, on every target, so that
 //! a plan for any table can be sized on the host (`depthling profile`) and built once at
 //! `Engine::new`; without a plan the kernels pack per call into a stack buffer with the same
 //! functions.
@@ -123,6 +123,16 @@ impl Layout {
         }
         let run = k * ic;
         match set {
+            // 8-channel blocks for the 256-bit `VPDPBUSD` (one output channel is AVX2's head)
+            KernelSet::X86AvxVnni if oc > 1 => Some(Layout {
+                lanes: 8,
+                groups: run.div_ceil(4),
+                blocks: oc.div_ceil(8),
+                rows: k,
+                run,
+                wide: false,
+                mmla: false,
+            }),
             // one output channel is the depth head, which vectorises along the run instead
             KernelSet::X86Avx512Vnni if oc > 1 => Some(Layout {
                 lanes: 16,

@@ -194,7 +194,7 @@ pub(crate) fn widened_words(set: crate::kernels::KernelSet, p: &ConvParams<'_>) 
     }
     let (c, taps) = (p.input.channels, p.kernel * p.kernel);
     match set {
-        KernelSet::X86Avx2 => c.div_ceil(16) * taps * 16,
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni => c.div_ceil(16) * taps * 16,
         KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
             c.div_ceil(8) * taps * 4
         }
@@ -226,7 +226,7 @@ pub(crate) fn write_widened(
         return false;
     }
     match set {
-        KernelSet::X86Avx2 => all::<i32, 16>(p, dst),
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni => all::<i32, 16>(p, dst),
         _ => all::<i16, 8>(p, dst),
     }
     true

@@ -116,7 +116,7 @@ pub(crate) fn fold(kernel: ConvKernel, p: &ConvParams<'_>) -> Option<i32> {
     let z = p.input_zero_point;
     match kernel {
         // unsigned inputs `x + 128`
-        ConvKernel::VnniGemm => Some(z.wrapping_add(128)),
+        ConvKernel::VnniGemm | ConvKernel::AvxVnniGemm => Some(z.wrapping_add(128)),
         ConvKernel::VnniDepthwise
         | ConvKernel::Avx2Depthwise
         | ConvKernel::NeonGemm
@@ -169,6 +169,7 @@ pub(crate) fn words(set: KernelSet, p: &ConvParams<'_>) -> usize {
     let vector = matches!(
         set,
         KernelSet::X86Avx2
+            | KernelSet::X86AvxVnni
             | KernelSet::X86Avx512Vnni
             | KernelSet::Aarch64Neon
             | KernelSet::Aarch64NeonDot
