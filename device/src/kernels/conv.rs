@@ -1564,8 +1564,9 @@ mod tests {
 
     /// The kernels whose every constant comes from the plan where it has them: packed or
     /// widened weights, and the output stage with `−z·Σw` folded in.
-    const FROM_THE_PLAN: [ConvKernel; 8] = [
+    const FROM_THE_PLAN: [ConvKernel; 9] = [
         ConvKernel::Avx2Gemm,
+        ConvKernel::VnniDepthwise,
         ConvKernel::AvxVnniGemm,
         ConvKernel::Avx2Depthwise,
         ConvKernel::VnniGemm,
@@ -1685,9 +1686,10 @@ mod tests {
         assert_eq!(stages, !checked.is_empty(), "{}: {checked:?}", set.name());
         // a table whose depthwise kernel holds widened taps in the plan ran one from them
         if crate::kernels::conv::rows::widened_words(set, &p_depthwise()) > 0 {
-            assert!(checked
-                .iter()
-                .any(|k| matches!(k, ConvKernel::Avx2Depthwise | ConvKernel::NeonDepthwise)));
+            assert!(checked.iter().any(|k| matches!(
+                k,
+                ConvKernel::Avx2Depthwise | ConvKernel::VnniDepthwise | ConvKernel::NeonDepthwise
+            )));
         }
     }
 

@@ -198,9 +198,9 @@ pub(super) unsafe fn depthwise(
 }
 
 /// Rows of 16 weight words in [`depthwise`]'s buffer of every block's taps (48 KiB).
-const WIDE: usize = 768;
+pub(super) const WIDE: usize = 768;
 /// Most blocks of 16 channels whose weights and constants [`depthwise`] holds at once.
-const MAX_BLOCKS: usize = 64;
+pub(super) const MAX_BLOCKS: usize = 64;
 
 /// Output row `oy` of block `b` (16 channels) of the depthwise `p` into `out` (band `band`'s
 /// bytes), from the `k` ring rows `runs`, the block's taps `w` and its two output stages

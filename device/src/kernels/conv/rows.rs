@@ -185,8 +185,8 @@ pub(super) fn widen_taps<T: Lane, const L: usize>(
 
 /// Words of the depthwise `p`'s widened taps in a plan for `set` (the ring depthwise kernels'
 /// layout, [`widen_taps`] of every block in order): AVX2 blocks of 16 `(w, 0)` words, NEON
-/// blocks of 8 int16; 0 for other tables and shapes those kernels do not take. The AVX-512
-/// table's depthwise widens per call (its kernel could not be run where this was written).
+/// blocks of 8 int16 (the AVX-512 VNNI depthwise reads AVX2's); 0 for other tables and shapes
+/// those kernels do not take.
 pub(crate) fn widened_words(set: crate::kernels::KernelSet, p: &ConvParams<'_>) -> usize {
     use crate::kernels::KernelSet;
     if !super::depthwise_fits(p, usize::MAX, usize::MAX, 7) || !ring_fits(p) {
@@ -194,7 +194,9 @@ pub(crate) fn widened_words(set: crate::kernels::KernelSet, p: &ConvParams<'_>) 
     }
     let (c, taps) = (p.input.channels, p.kernel * p.kernel);
     match set {
-        KernelSet::X86Avx2 | KernelSet::X86AvxVnni => c.div_ceil(16) * taps * 16,
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni | KernelSet::X86Avx512Vnni => {
+            c.div_ceil(16) * taps * 16
+        }
         KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
             c.div_ceil(8) * taps * 4
         }
@@ -226,7 +228,9 @@ pub(crate) fn write_widened(
         return false;
     }
     match set {
-        KernelSet::X86Avx2 | KernelSet::X86AvxVnni => all::<i32, 16>(p, dst),
+        KernelSet::X86Avx2 | KernelSet::X86AvxVnni | KernelSet::X86Avx512Vnni => {
+            all::<i32, 16>(p, dst)
+        }
         _ => all::<i16, 8>(p, dst),
     }
     true

@@ -18,8 +18,12 @@
 //! exact, so the bits are [`super::reference`]'s; the requantization is
 //! [`super::stage::Requant`]'s in 16 lanes ([`apply16`]).
 
+use super::avx2::{MAX_BLOCKS, WIDE};
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{band_fits, dense_buffers_fit, folded, ring_fits, Rows, RING};
+use super::rows::{
+    band_fits, dense_buffers_fit, depthwise_blocks, folded, planned_taps, ring_fits, widen_taps,
+    Rows, RING,
+};
 use super::stage::{block, Requant};
 use super::{ConvKernel, ConvParams, Finish};
 use crate::kernels::KernelSet;
@@ -351,30 +355,32 @@ pub(super) unsafe fn depthwise(
     {
         return false;
     }
-    let zp = p.input_zero_point;
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
-    for c0 in (0..c).step_by(LANES) {
-        let n = LANES.min(c - c0);
-        // the taps' weights as (w, 0) int16 pairs, zero past the block's channels
-        let mut wbuf = [[0i32; LANES]; 49];
-        for (t, row) in wbuf.iter_mut().enumerate().take(k * k) {
-            for (j, v) in row.iter_mut().enumerate().take(n) {
-                *v = p.weights[t * c + c0 + j] as i16 as u16 as i32;
-            }
-        }
-        let vector = block::<16>(p, ConvKernel::VnniDepthwise, c0);
-        let finishes: [Finish; LANES] = core::array::from_fn(|j| {
-            let ch = (c0 + j).min(c - 1);
-            folded(p, ch, zp)
-        });
-        rows.held = [i32::MIN; 7];
-        for oy in band.clone() {
-            let runs = rows.output_row(p, input, oy);
+    // the taps' weights as (w, 0) int16 pairs, zero past the channels: the plan's (the AVX2
+    // table's layout), else every block's at once where they fit (`depthwise_blocks`)
+    let planned = if p.prepared.kernel == Some(ConvKernel::VnniDepthwise) {
+        planned_taps::<i32, LANES>(p.prepared.depthwise)
+    } else {
+        &[]
+    };
+    depthwise_blocks::<_, _, WIDE, MAX_BLOCKS>(
+        p,
+        input,
+        &mut rows,
+        &band,
+        c.div_ceil(LANES),
+        planned,
+        |b, dst| widen_taps::<i32, LANES>(p, b, dst),
+        |b| block::<16>(p, ConvKernel::VnniDepthwise, b * LANES),
+        |oy, runs, b, w, vector| {
+            let c0 = b * LANES;
+            let n = LANES.min(c - c0);
             for ox in 0..ow {
                 // SAFETY: AVX-512 as the caller guarantees; tap (ky, kx) reads 16 bytes at
                 // runs[ky] + ((ox·s + kx)·C + c0), within the slot's padded columns plus at
-                // most 15 bytes past the block (the next pixel, another slot or the slack).
+                // most 15 bytes past the block (the next pixel, another slot or the slack);
+                // `w` holds k² rows of 16 words.
                 let acc = unsafe {
                     let mut acc = _mm512_setzero_si512();
                     for (ky, &r) in runs[..k].iter().enumerate() {
@@ -382,27 +388,27 @@ pub(super) unsafe fn depthwise(
                         for kx in 0..k {
                             let xv =
                                 _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(kx * c) as *const _));
-                            let wv = _mm512_loadu_si512(wbuf[ky * k + kx].as_ptr() as *const _);
+                            let wv = _mm512_loadu_si512(w[ky * k + kx].as_ptr() as *const _);
                             acc = _mm512_dpwssd_epi32(acc, xv, wv);
                         }
                     }
                     acc
                 };
                 let base = ((oy - band.start) * ow + ox) * c + c0;
-                match &vector {
+                match vector {
                     // SAFETY: AVX-512; the n bytes at `base` lie in `out` (checked).
                     Some(v) => unsafe { apply16(v, acc, out[base..base + n].as_mut_ptr(), n) },
                     None => {
                         let mut sums = [0i32; LANES];
                         // SAFETY: 16 × i32 into a 16-element array.
                         unsafe { _mm512_storeu_si512(sums.as_mut_ptr() as *mut _, acc) };
-                        for (j, f) in finishes.iter().enumerate().take(n) {
-                            f.store(out, base + j, sums[j]);
+                        for (j, &sum) in sums.iter().enumerate().take(n) {
+                            folded(p, c0 + j, p.input_zero_point).store(out, base + j, sum);
                         }
                     }
                 }
             }
-        }
-    }
+        },
+    );
     true
 }
