@@ -100,6 +100,39 @@ pub mod hil {
             .unwrap_or_default()
     }
 
+    /// Builds the instruction-counting QEMU plugin (`tests/qemu/insn.c`) with the host's C
+    /// compiler (`$CC`, else `cc`) into `target/qemu-plugin/libinsn.so` and returns its path;
+    /// `Err(why)` where there is no compiler or it fails.
+    pub fn qemu_insn_plugin() -> Result<PathBuf, String> {
+        let src = root().join("tests/qemu/insn.c");
+        let dir = root().join("target/qemu-plugin");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let out = dir.join("libinsn.so");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let built = Command::new(&cc)
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .output()
+            .map_err(|e| format!("{cc} (a C compiler for the QEMU plugin) does not run: {e}"))?;
+        if !built.status.success() {
+            return Err(format!(
+                "{cc} cannot build {}:\n{}",
+                src.display(),
+                String::from_utf8_lossy(&built.stderr)
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The guest instructions the plugin of [`qemu_insn_plugin`] printed on a run's stderr.
+    pub fn qemu_instructions(stderr: &[u8]) -> Option<u64> {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("qemu-insn: instructions="))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
     /// The value of `key=0x…` in a line, as a number.
     pub fn hex_field(line: &str, key: &str) -> Option<u64> {
         let pattern = format!("{key}=0x");

@@ -2,7 +2,8 @@
 //! cross-compiled for aarch64, runs under `qemu-aarch64 -cpu cortex-a72` (NEON without the
 //! dot-product extension), `-cpu cortex-a76` (with it) and `-cpu max` (with the int8 matrix
 //! multiply extension too) and must print the same depth checksums as
-//! the host's int8 engine, bit for bit. Skips with a message when the cross
+//! the host's int8 engine, bit for bit; it also counts the instructions of one inference on each
+//! core with a QEMU plugin built here (`tests/qemu/insn.c`). Skips with a message when the cross
 //! toolchain, the target or QEMU is missing; fails instead when `DEPTHLING_REQUIRE_HIL=1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -138,6 +139,64 @@ fn aarch64_runner_matches_the_host_bit_for_bit() {
                 "{arch} on {cpu}: expected kernels={want}: {summary}"
             );
         }
+    }
+
+    // Instructions per inference on each core, from the counting plugin (tests/qemu/insn.c):
+    // one frame run 1, 2 and 3 times, so that loading the model and decoding the PNG cancel;
+    // the emulation is deterministic, so every inference costs the same
+    let plugin = match depthling_tests::hil::qemu_insn_plugin() {
+        Ok(p) => p,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let frame = frames.join("000.png");
+    for arch in ["demo-student", "micro"] {
+        let model_path = dir.path().join(format!("{arch}.dlm"));
+        let macs = depthling_model::Model::from_bytes(&std::fs::read(&model_path).unwrap())
+            .unwrap()
+            .macs();
+        let mut per_core = Vec::new();
+        for cpu in ["cortex-a72", "cortex-a76", "max"] {
+            let counts: Vec<u64> = (1..=3)
+                .map(|repeat: u32| {
+                    let run = Command::new("timeout")
+                        .args(["300", "qemu-aarch64", "-cpu", cpu])
+                        .args(["-L", "/usr/aarch64-linux-gnu", "-plugin"])
+                        .arg(&plugin)
+                        .arg(&runner)
+                        .args(["--model".as_ref(), model_path.as_os_str()])
+                        .args(["--input".as_ref(), frame.as_os_str()])
+                        .args(["--repeat", &repeat.to_string()])
+                        .output()
+                        .expect("qemu runs");
+                    assert!(
+                        run.status.success(),
+                        "{arch} on {cpu} with the plugin failed"
+                    );
+                    depthling_tests::hil::qemu_instructions(&run.stderr).unwrap_or_else(|| {
+                        panic!(
+                            "{arch} on {cpu}: no count from the plugin:\n{}",
+                            String::from_utf8_lossy(&run.stderr)
+                        )
+                    })
+                })
+                .collect();
+            let (first, second) = (counts[1] - counts[0], counts[2] - counts[1]);
+            assert!(
+                first > 0 && first.abs_diff(second) * 1000 <= first,
+                "{arch} on {cpu}: inferences of {first} and {second} instructions"
+            );
+            let per = (counts[2] - counts[0]) / 2;
+            eprintln!(
+                "{arch} on {cpu}: {per} instructions per inference at {w}x{h} ({:.3} per MAC)",
+                per as f64 / macs as f64
+            );
+            per_core.push(per);
+        }
+        // SDOT and SMMLA do in one instruction what SMULL/SADALP do in several
+        assert!(
+            per_core[0] > per_core[1] && per_core[0] > per_core[2],
+            "{arch}: instructions per inference on a72/a76/max {per_core:?}"
+        );
     }
 
     // The tract path: the f32 ONNX export on aarch64 against candle on the host (f32 sums run in
