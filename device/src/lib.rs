@@ -329,6 +329,13 @@ impl<'m, 'a> Engine<'m, 'a> {
         })
     }
 
+    /// How many of the ops after op `index` run fused with it in one step: where it starts a
+    /// squeeze-excitation the plan fuses (global average pool, 1×1 convolutions, multiply; not
+    /// on the reference table), the convolutions and the multiply; else 0.
+    pub fn fused_ops(&self, index: usize) -> usize {
+        plan::fused(self.plan, self.kernels, index)
+    }
+
     /// Chooses the kernel implementations (optimized by default).
     pub fn set_kernels(&mut self, kernels: Kernels) {
         let set = match kernels {
@@ -418,12 +425,20 @@ impl<'m, 'a> Engine<'m, 'a> {
             // q = pixel − 128, exact for scale 1/255 and zero point −128
             *d = p ^ 0x80;
         }
-        for (i, op) in m.ops.iter().enumerate() {
+        let mut i = 0;
+        while let Some(op) = m.ops.get(i) {
+            let fused = plan::fused(self.plan, self.kernels, i);
+            if fused > 0 {
+                self.run_squeeze_excitation(i, fused, &mut observe)?;
+                i += 1 + fused;
+                continue;
+            }
             self.run_op(i, op)?;
             if let Some(t) = op.output().and_then(|id| m.tensor(id)) {
                 let bytes = self.arena.get(range(t)).ok_or(internal(i))?;
                 observe(i, t, bytes);
             }
+            i += 1;
         }
         let out = m
             .output()
@@ -437,6 +452,68 @@ impl<'m, 'a> Engine<'m, 'a> {
         })
     }
 
+    /// Op `i` and the `n` after it, a squeeze-excitation the plan fuses
+    /// ([`plan::squeeze_excitation`]), as one step: the pooled vector, the hidden layers and the
+    /// gate in stack buffers, only the product written to the arena; the same kernels as op by
+    /// op, so the same bits, and each op's output observed as [`Engine::run_observed`] says.
+    fn run_squeeze_excitation(
+        &mut self,
+        i: usize,
+        n: usize,
+        observe: &mut impl FnMut(usize, &TensorInfo, &[u8]),
+    ) -> Result<(), Error> {
+        let m = self.model;
+        let err = Error::Internal { op: i as u16 };
+        let t = |tid: u16| m.tensor(tid).ok_or(err);
+        let Some(Op::GlobalAvgPool {
+            input,
+            output,
+            requant,
+        }) = m.ops.get(i)
+        else {
+            return Err(err);
+        };
+        let (tx, mut tg) = (t(*input)?, t(*output)?);
+        let bytes = |t: &TensorInfo| t.size_bytes() as usize;
+        // the latest intermediate in `buffers[at]`, the next one written to the other
+        let mut buffers = [[0u8; plan::SE_CHANNELS]; 2];
+        let mut at = 0;
+        {
+            let x = self.arena.get(range(tx)).ok_or(err)?;
+            let g = buffers[0].get_mut(..bytes(tg)).ok_or(err)?;
+            pool_op(self.kernels, tx, tg, *requant, x, g);
+            observe(i, tg, g);
+        }
+        for j in i + 1..i + n {
+            let Some(Op::Conv2d(c)) = m.ops.get(j) else {
+                return Err(err);
+            };
+            let to = t(c.output)?;
+            let [a, b] = &mut buffers;
+            let (src, dst) = if at == 0 { (&a[..], b) } else { (&b[..], a) };
+            let (src, dst) = (
+                src.get(..bytes(tg)).ok_or(err)?,
+                dst.get_mut(..bytes(to)).ok_or(err)?,
+            );
+            #[rustfmt::skip]
+            conv_op(m, self.plan, self.kernels, #[cfg(feature = "std")] None, j, c, src, dst)?;
+            observe(j, to, dst);
+            (tg, at) = (to, 1 - at);
+        }
+        let Some(Op::Mul {
+            output, requant, ..
+        }) = m.ops.get(i + n)
+        else {
+            return Err(err);
+        };
+        let ty = t(*output)?;
+        let (y, [x]) = regions(self.arena, range(ty), [range(tx)], (i + n) as u16)?;
+        let g = buffers[at].get(..bytes(tg)).ok_or(err)?;
+        mul_op(self.kernels, tx, tg, ty, *requant, x, g, y);
+        observe(i + n, ty, y);
+        Ok(())
+    }
+
     fn run_op(&mut self, index: usize, op: &Op) -> Result<(), Error> {
         let m = self.model;
         let id = index as u16;
@@ -445,25 +522,18 @@ impl<'m, 'a> Engine<'m, 'a> {
         match op {
             Op::Conv2d(c) => {
                 let (ti, to) = (t(c.input)?, t(c.output)?);
-                let mut params = conv_params(m, c, id)?;
-                let (prepared, kernel) = plan::conv(self.plan, self.kernels, index, &params);
-                params.prepared = prepared;
-                let kernel = kernel.unwrap_or_else(|| kernels::conv::choose(self.kernels, &params));
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                #[cfg(feature = "std")]
-                if let Some(pool) = self
-                    .pool
-                    .as_ref()
-                    .filter(|_| m.op_macs(index) >= PARALLEL_MACS)
-                {
-                    if kernels::conv::parallel(pool, kernel, &params, as_i8(inp), out) {
-                        return Ok(());
-                    }
-                }
-                let all = 0..params.output.height;
-                if !kernels::conv::run_kernel(kernel, &params, as_i8(inp), out, all) {
-                    kernels::conv::with(self.kernels, &params, as_i8(inp), out);
-                }
+                conv_op(
+                    m,
+                    self.plan,
+                    self.kernels,
+                    #[cfg(feature = "std")]
+                    self.pool.as_ref(),
+                    index,
+                    c,
+                    inp,
+                    out,
+                )?;
             }
             Op::Add {
                 a,
@@ -570,20 +640,7 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, to) = (t(*input)?, t(*output)?);
                 let (out, [inp]) = regions(self.arena, range(to), [range(ti)], id)?;
-                let pool = match self.kernels {
-                    KernelSet::Reference => kernels::pool::global_avg_pool_reference,
-                    _ => kernels::pool::global_avg_pool_optimized,
-                };
-                pool(
-                    Operand {
-                        data: as_i8(inp),
-                        zero_point: ti.quant.zero_point,
-                    },
-                    shape(ti),
-                    *requant,
-                    to.quant.zero_point,
-                    as_i8_mut(out),
-                );
+                pool_op(self.kernels, ti, to, *requant, inp, out);
             }
             Op::Mul {
                 input,
@@ -593,31 +650,99 @@ impl<'m, 'a> Engine<'m, 'a> {
             } => {
                 let (ti, ts, to) = (t(*input)?, t(*scale)?, t(*output)?);
                 let (out, [inp, sc]) = regions(self.arena, range(to), [range(ti), range(ts)], id)?;
-                let set = self.kernels;
-                let mul = |x, s, c, r, zo, out: &mut [i8]| match set {
-                    KernelSet::Reference => {
-                        kernels::elementwise::mul_reference(x, s, c, r, zo, out)
-                    }
-                    _ => kernels::elementwise::mul_with(set, x, s, c, r, zo, out),
-                };
-                mul(
-                    Operand {
-                        data: as_i8(inp),
-                        zero_point: ti.quant.zero_point,
-                    },
-                    Operand {
-                        data: as_i8(sc),
-                        zero_point: ts.quant.zero_point,
-                    },
-                    ti.channels as usize,
-                    *requant,
-                    to.quant.zero_point,
-                    as_i8_mut(out),
-                );
+                mul_op(self.kernels, ti, ts, to, *requant, inp, sc, out);
             }
             Op::Output { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// Convolution op `index` (`c`) of `m` from `inp` into `out` with table `set`: the kernel the
+/// plan `plan` chose (else [`kernels::conv::choose`]'s), its rows split over `pool`'s threads
+/// where the op is large enough and the kernel writes bands.
+#[allow(clippy::too_many_arguments)]
+fn conv_op(
+    m: &Model<'_>,
+    plan: &[i32],
+    set: KernelSet,
+    #[cfg(feature = "std")] pool: Option<&pool::Pool>,
+    index: usize,
+    c: &Conv2d,
+    inp: &[u8],
+    out: &mut [u8],
+) -> Result<(), Error> {
+    let mut params = conv_params(m, c, index as u16)?;
+    let (prepared, kernel) = plan::conv(plan, set, index, &params);
+    params.prepared = prepared;
+    let kernel = kernel.unwrap_or_else(|| kernels::conv::choose(set, &params));
+    #[cfg(feature = "std")]
+    if let Some(pool) = pool.filter(|_| m.op_macs(index) >= PARALLEL_MACS) {
+        if kernels::conv::parallel(pool, kernel, &params, as_i8(inp), out) {
+            return Ok(());
+        }
+    }
+    let all = 0..params.output.height;
+    if !kernels::conv::run_kernel(kernel, &params, as_i8(inp), out, all) {
+        kernels::conv::with(set, &params, as_i8(inp), out);
+    }
+    Ok(())
+}
+
+/// A global average pool of `inp` (tensor `ti`) into `out` (`to`) with table `set`.
+fn pool_op(
+    set: KernelSet,
+    ti: &TensorInfo,
+    to: &TensorInfo,
+    requant: depthling_model::Requant,
+    inp: &[u8],
+    out: &mut [u8],
+) {
+    let pool = match set {
+        KernelSet::Reference => kernels::pool::global_avg_pool_reference,
+        _ => kernels::pool::global_avg_pool_optimized,
+    };
+    pool(
+        Operand {
+            data: as_i8(inp),
+            zero_point: ti.quant.zero_point,
+        },
+        shape(ti),
+        requant,
+        to.quant.zero_point,
+        as_i8_mut(out),
+    );
+}
+
+/// `inp` (tensor `ti`) times the per-channel `scale` (`ts`) into `out` (`to`) with table
+/// `set`.
+#[allow(clippy::too_many_arguments)]
+fn mul_op(
+    set: KernelSet,
+    ti: &TensorInfo,
+    ts: &TensorInfo,
+    to: &TensorInfo,
+    requant: depthling_model::Requant,
+    inp: &[u8],
+    scale: &[u8],
+    out: &mut [u8],
+) {
+    let (x, s) = (
+        Operand {
+            data: as_i8(inp),
+            zero_point: ti.quant.zero_point,
+        },
+        Operand {
+            data: as_i8(scale),
+            zero_point: ts.quant.zero_point,
+        },
+    );
+    let (channels, zo, out) = (ti.channels as usize, to.quant.zero_point, as_i8_mut(out));
+    match set {
+        KernelSet::Reference => {
+            kernels::elementwise::mul_reference(x, s, channels, requant, zo, out)
+        }
+        _ => kernels::elementwise::mul_with(set, x, s, channels, requant, zo, out),
     }
 }
 
@@ -681,6 +806,41 @@ mod tests {
                 .flat_map(f32::to_le_bytes)
                 .collect::<std::vec::Vec<u8>>()
         );
+    }
+
+    /// The example model's squeeze-excitation (pool → 1×1 sigmoid → mul) runs fused on every
+    /// optimized table and op by op on the reference one, and every op's output, the
+    /// intermediates the fused step keeps on the stack included, is the same bytes.
+    #[test]
+    fn squeeze_excitation_runs_fused_with_the_bits_of_op_by_op() {
+        let bytes = model_bytes();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let pool = model
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::GlobalAvgPool { .. }))
+            .unwrap();
+        assert_eq!(plan::squeeze_excitation(&model, pool), 2);
+        assert!((0..model.ops.len())
+            .filter(|&i| i != pool)
+            .all(|i| plan::squeeze_excitation(&model, i) == 0));
+        let mut arena = vec![0u8; Engine::arena_needed(&model).unwrap()];
+        let frame: std::vec::Vec<u8> = (0..16 * 24 * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let mut e = Engine::new(&model, &mut arena).unwrap();
+        let outputs = |e: &mut Engine<'_, '_>| {
+            let mut seen = std::vec::Vec::new();
+            e.run_observed(&frame, |i, _, b| seen.push((i, b.to_vec())))
+                .unwrap();
+            seen
+        };
+        e.set_kernels(Kernels::Reference);
+        assert_eq!(e.fused_ops(pool), 0);
+        let want = outputs(&mut e);
+        for set in KernelSet::available().filter(|&s| s != KernelSet::Reference) {
+            assert!(e.select_kernels(set));
+            assert_eq!(e.fused_ops(pool), 2, "{set:?}");
+            assert_eq!(outputs(&mut e), want, "{set:?}");
+        }
     }
 
     #[test]

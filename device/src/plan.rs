@@ -15,15 +15,19 @@
 //!   pairs), `S` words of the vector output stage for the chosen kernel where the table has one
 //!   and every channel takes it ([`stage`]: biases with `−z·Σw` folded, multipliers, shifts,
 //!   masks; the run copies a block's instead of decoding the model's bytes), and `D` words of a
-//!   ring depthwise kernel's widened taps (AVX2: `(w, 0)` words, NEON: int16). Other ops have
+//!   ring depthwise kernel's widened taps (AVX2: `(w, 0)` words, NEON: int16);
+//! - a global average pool's record: one word, how many of the ops after it run fused with it
+//!   (where it starts a squeeze-excitation, [`squeeze_excitation`]: pool → 1×1 convolutions →
+//!   mul in one step, the pooled vector, the hidden layers and the gate in stack buffers instead
+//!   of the arena; 0 on the reference table, which runs every op on its own). Other ops have
 //!   empty records.
 //!
 //! A plan for a table without packing or vector stages (reference, portable, SSE2, Cortex-M
-//! DSP) is `Σ (C_out + 4) + n + 3` words; on Cortex-M the widened int16 weights stay a
+//! DSP) is `Σ (C_out + 4) + P + n + 3` words (`P` the global average pools); on Cortex-M the widened int16 weights stay a
 //! per-call stack copy and the output constants are read from the model's bytes (in flash):
 //! a plan in RAM would hold what flash already does, at 20 bytes a channel.
 
-use depthling_model::{Model, Op};
+use depthling_model::{DType, Model, Op, TensorId};
 
 use crate::kernels::conv::pack::Layout;
 use crate::kernels::conv::rows::{widened_words, write_widened};
@@ -53,12 +57,90 @@ pub(crate) fn record_words(set: KernelSet, p: &ConvParams<'_>) -> usize {
     RECORD_HEAD + p.output.channels + parts(set, p).iter().sum::<usize>()
 }
 
+/// Most channels of a fused squeeze-excitation's pooled vector, hidden layer and gate: each
+/// is a stack buffer of this many bytes while it runs.
+pub(crate) const SE_CHANNELS: usize = 1024;
+
+/// Most 1×1 convolutions between the pool and the multiply of a fused squeeze-excitation.
+const SE_CONVS: usize = 3;
+
+/// How many ops after op `i` of `model` run fused with it as a squeeze-excitation (0: none): a
+/// global average pool of `x`, one to three 1×1 convolutions in a chain from the pooled vector
+/// (the last one's output the gate), and `x` multiplied by the gate, where every intermediate
+/// is an int8 1×1 map of at most [`SE_CHANNELS`] channels that no other op reads and that is
+/// not the model's output. The count is the convolutions and the multiply.
+pub(crate) fn squeeze_excitation(model: &Model<'_>, i: usize) -> usize {
+    let ops = &model.ops;
+    let Some(Op::GlobalAvgPool {
+        input: x,
+        output: pooled,
+        ..
+    }) = ops.get(i)
+    else {
+        return 0;
+    };
+    let small = |id: TensorId| {
+        model.tensor(id).is_some_and(|t| {
+            (t.height, t.width, t.dtype) == (1, 1, DType::I8) && t.channels as usize <= SE_CHANNELS
+        })
+    };
+    let mut gate = *pooled;
+    let mut intermediates = [*pooled; SE_CONVS + 1];
+    let mut convs = 0;
+    while let Some(Op::Conv2d(c)) = ops.get(i + 1 + convs) {
+        let pointwise = c.kernel == 1 && c.stride == 1 && !c.depthwise;
+        if convs == SE_CONVS || c.input != gate || !pointwise {
+            return 0;
+        }
+        gate = c.output;
+        convs += 1;
+        intermediates[convs] = gate;
+    }
+    let last = i + 1 + convs;
+    let Some(Op::Mul { input, scale, .. }) = ops.get(last) else {
+        return 0;
+    };
+    let private = |id: TensorId| {
+        model.output() != Some(id)
+            && ops
+                .iter()
+                .enumerate()
+                .all(|(j, op)| (i + 1..=last).contains(&j) || !op.inputs().any(|t| t == id))
+    };
+    let fused = convs > 0
+        && input == x
+        && *scale == gate
+        && intermediates[..=convs]
+            .iter()
+            .all(|&t| small(t) && private(t));
+    if fused {
+        convs + 1
+    } else {
+        0
+    }
+}
+
+/// The record of op `i` when it is not a convolution: a global average pool's one word of fused
+/// ops (0 on the reference table), nothing for the others.
+fn other_record(model: &Model<'_>, set: KernelSet, i: usize) -> Option<i32> {
+    match model.ops.get(i) {
+        Some(Op::GlobalAvgPool { .. }) => Some(if set == KernelSet::Reference {
+            0
+        } else {
+            squeeze_excitation(model, i) as i32
+        }),
+        _ => None,
+    }
+}
+
 /// Words of `model`'s plan for table `set`.
 pub fn words(model: &Model<'_>, set: KernelSet) -> Result<usize, Error> {
     let mut total = header_words(model);
     for (i, op) in model.ops.iter().enumerate() {
         if let Op::Conv2d(c) = op {
             total += record_words(set, &conv_params(model, c, i as u16)?);
+        } else if other_record(model, set, i).is_some() {
+            total += 1;
         }
     }
     Ok(total)
@@ -92,6 +174,9 @@ pub(crate) fn build(model: &Model<'_>, set: KernelSet, dst: &mut [i32]) -> Resul
                 return Err(Error::Internal { op: i as u16 });
             }
             at += len;
+        } else if let Some(word) = other_record(model, set, i) {
+            dst[at] = word;
+            at += 1;
         }
     }
     dst[2 + n] = (at - head) as i32;
@@ -197,21 +282,33 @@ pub(crate) fn conv<'p>(
     op: usize,
     p: &ConvParams<'_>,
 ) -> (Prepared<'p>, Option<ConvKernel>) {
+    match record(words, set, op) {
+        Some(r) => parse(r, set, p),
+        None => (Prepared::default(), None),
+    }
+}
+
+/// How many of the ops after op `op` run fused with it, as the plan `words` for `set` records
+/// (2 to 4 where it starts a squeeze-excitation); 0 where it records none or is for another
+/// table.
+pub(crate) fn fused(words: &[i32], set: KernelSet, op: usize) -> usize {
+    match record(words, set, op) {
+        Some(&[n]) if (2..=SE_CONVS as i32 + 1).contains(&n) => n as usize,
+        _ => 0,
+    }
+}
+
+/// Op `op`'s record in a plan `words` for `set`; `None` where the plan is for another table or
+/// its offsets do not hold.
+fn record(words: &[i32], set: KernelSet, op: usize) -> Option<&[i32]> {
     let table = KernelSet::ALL.iter().position(|&s| s == set).unwrap_or(0);
-    let none = (Prepared::default(), None);
     let n = match words.get(1) {
         Some(&n) if words.first() == Some(&(table as i32)) && n >= 0 => n as usize,
-        _ => return none,
+        _ => return None,
     };
     let head = 2 + n + 1;
-    let (Some(&start), Some(&end)) = (words.get(2 + op), words.get(3 + op)) else {
-        return none;
-    };
-    let record = (start >= 0 && end >= start)
+    let (&start, &end) = (words.get(2 + op)?, words.get(3 + op)?);
+    (start >= 0 && end >= start)
         .then(|| words.get(head + start as usize..head + end as usize))
-        .flatten();
-    match record {
-        Some(r) => parse(r, set, p),
-        None => none,
-    }
+        .flatten()
 }

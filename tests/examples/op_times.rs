@@ -89,7 +89,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     a.height, a.width, a.channels
                 )
             }
-            Op::GlobalAvgPool { .. } => "pool".into(),
+            Op::GlobalAvgPool { .. } => match engine.fused_ops(i) {
+                0 => "pool".into(),
+                n => format!("pool (squeeze-excitation: fused with the next {n} ops)"),
+            },
             Op::Mul { .. } => "mul".into(),
             _ => "other".into(),
         };

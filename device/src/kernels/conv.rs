@@ -503,7 +503,10 @@ impl ConvKernel {
 /// sizes the shapes say; packed weights in `p`'s plan or fitting the kernel's stack buffer):
 /// AVX-512 VNNI (or, on the AVX-VNNI table, its 256-bit ring GEMM) → AVX2 (head, ring GEMM,
 /// gathering GEMM, ring depthwise, depthwise) → SSE2 or
-/// AVX2 blocks (dense) or portable (depthwise); NEON → portable; Cortex-M DSP.
+/// AVX2 blocks (dense) or portable (depthwise); NEON → portable; Cortex-M DSP. On every table but
+/// the reference, a dense convolution of a 1×1 map (a squeeze-excitation's layers) runs the
+/// portable kernel: a matrix-vector product of a few hundred MACs, where the vector kernels'
+/// set-up costs more than the sums.
 pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
     let set = if set.is_available() {
         set
@@ -511,6 +514,11 @@ pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
         KernelSet::Portable
     };
     let _ = p;
+    // a 1×1 map (squeeze-excitation's layers) is a matrix-vector product of a few hundred
+    // MACs: the vector kernels' set-up (rings, blocks of constants) costs more than the sums
+    if set != KernelSet::Reference && p.output.height * p.output.width == 1 && !p.depthwise {
+        return ConvKernel::Portable;
+    }
     match set {
         KernelSet::Reference => ConvKernel::Reference,
         #[cfg(all(feature = "cortex-m-dsp", target_arch = "arm"))]
@@ -1810,28 +1818,35 @@ mod tests {
         assert_eq!(got, want, "used a foreign plan's packed weights");
     }
 
-    /// The Cortex-M kernels alone: a case they decline fails instead of falling back.
+    /// Whether `p` is a dense convolution of a 1×1 map, which every table but the reference
+    /// runs with the portable kernel ([`choose`]).
+    fn matvec(p: &ConvParams<'_>) -> bool {
+        !p.depthwise && p.output.height * p.output.width == 1
+    }
+
     /// The fastest table on three threads (one band per thread); the one-thread kernel where it
     /// has no banded kernel for the case.
     fn three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         let set = KernelSet::detect();
-        let banded = match set {
-            KernelSet::X86Avx512Vnni
-            | KernelSet::Aarch64Neon
-            | KernelSet::Aarch64NeonDot
-            | KernelSet::Aarch64NeonI8mm => true,
-            // the AVX2 GEMMs take rows that fit the ring or receptive fields up to 1152
-            // values (the head and the depthwise kernels every test shape)
-            #[cfg(target_arch = "x86_64")]
-            KernelSet::X86Avx2 | KernelSet::X86AvxVnni => {
-                p.depthwise
-                    || p.output.channels == 1
-                    || (set == KernelSet::X86AvxVnni && super::avxvnni::takes(p))
-                    || pack::ring16_shape(p)
-                    || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH
-            }
-            _ => false,
-        };
+        // a dense 1×1 map runs the portable matrix-vector loop (`choose`), on one thread
+        let banded = !matvec(p)
+            && match set {
+                KernelSet::X86Avx512Vnni
+                | KernelSet::Aarch64Neon
+                | KernelSet::Aarch64NeonDot
+                | KernelSet::Aarch64NeonI8mm => true,
+                // the AVX2 GEMMs take rows that fit the ring or receptive fields up to 1152
+                // values (the head and the depthwise kernels every test shape)
+                #[cfg(target_arch = "x86_64")]
+                KernelSet::X86Avx2 | KernelSet::X86AvxVnni => {
+                    p.depthwise
+                        || p.output.channels == 1
+                        || (set == KernelSet::X86AvxVnni && super::avxvnni::takes(p))
+                        || pack::ring16_shape(p)
+                        || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH
+                }
+                _ => false,
+            };
         // the test shapes fit every banded kernel's buffers otherwise
         let pool = crate::pool::Pool::new(2);
         assert_eq!(
@@ -2062,10 +2077,11 @@ mod tests {
         if !has_avx2() {
             return reference(p, input, out);
         }
-        let banded = p.depthwise
-            || p.output.channels == 1
-            || pack::ring16_shape(p)
-            || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH;
+        let banded = !matvec(p)
+            && (p.depthwise
+                || p.output.channels == 1
+                || pack::ring16_shape(p)
+                || p.kernel * p.kernel * p.input.channels <= pack::AVX2_DEPTH);
         let pool = crate::pool::Pool::new(2);
         let kernel = choose(KernelSet::X86Avx2, p);
         assert_eq!(parallel(&pool, kernel, p, input, out), banded, "{kernel:?}");
