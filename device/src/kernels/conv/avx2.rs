@@ -25,7 +25,7 @@ use super::rows::{
     band_fits, dense_buffers_fit, depthwise_blocks, folded, planned_taps, ring_fits, widen_taps,
     Rows, RING,
 };
-use super::stage::block;
+use super::stage::{block, finish};
 use super::{ConvKernel, ConvParams, Finish};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -391,7 +391,6 @@ pub(super) unsafe fn gemm(
     band: Range<usize>,
 ) -> bool {
     let ic = p.input.channels;
-    let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
     if !takes_gemm(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
@@ -406,45 +405,86 @@ pub(super) unsafe fn gemm(
     let Some(packed) = packed(&layout, p, storage) else {
         return false;
     };
+    let mut vals = [MaybeUninit::uninit(); RING16];
+    let mut ring = Ring16::new(p, &mut vals);
+    let shape = (blocks, per_block);
+    // SAFETY: AVX2 as the caller guarantees; pixel ox + i's run in row ky is k·C_in values from
+    // runs[ky] + (ox + i)·s·C_in, within the slot (padded column (ox + i)·s + k − 1 <
+    // W_in + 2·pad), the last pair reading at most one value past it (the next slot or the
+    // slack); the block(s) hold per_block words each.
+    unsafe {
+        gemm_blocks(
+            p,
+            out,
+            &band,
+            ConvKernel::Avx2Gemm,
+            0,
+            packed,
+            shape,
+            |oy| ring.output_row(p, input, oy),
+            |runs, ox, m, w, two| {
+                let (x0, step) = (ox * s * ic, s * ic);
+                if two {
+                    tile::<2>(&runs[..k], x0, step, m, groups, w, per_block)
+                } else {
+                    tile::<1>(&runs[..k], x0, step, m, groups, w, per_block)
+                }
+            },
+        )
+    };
+    true
+}
+
+/// The block loop of the ring GEMMs on blocks of 8 channels ([`gemm`]: int16 rows and
+/// `VPMADDWD`; [`super::avxvnni::gemm`]: byte rows and `VPDPBUSD`), packed weights `packed` of
+/// `(blocks, per_block)`: the output constants of up to [`CHUNK`] blocks at a time (`kernel`'s
+/// vector stage, else the scalar one with `−z·Σw` folded), then for each output row of `band`
+/// the ring rows `row(oy)`, tiles of up to 4 pixels × 2 blocks from
+/// `tile(runs, ox, m, w, two)` (`m` pixels from `ox`, the block(s) at `w`, two of them when
+/// `two`) and the finished bytes.
+///
+/// # Safety
+/// AVX2; `tile` computes the sums from what `row` returns, `packed` holds `blocks·per_block`
+/// words and `out` the band's `rows·W_out·C_out` bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_blocks<R: Copy>(
+    p: &ConvParams<'_>,
+    out: &mut [u8],
+    band: &Range<usize>,
+    kernel: ConvKernel,
+    z: i32,
+    packed: &[i32],
+    (blocks, per_block): (usize, usize),
+    mut row: impl FnMut(usize) -> [R; 7],
+    tile: impl Fn(&[R; 7], usize, usize, *const i32, bool) -> [[__m256i; 2]; PIXELS],
+) {
+    let (ow, oc) = (p.output.width, p.output.channels);
     let mut finishes = [[Finish::F32 {
         bias: 0,
         scale: 0.0,
     }; 8]; CHUNK];
     let mut vectors: [Option<Requant8>; CHUNK] = Default::default();
-    let mut vals = [MaybeUninit::uninit(); RING16];
-    let mut ring = Ring16::new(p, &mut vals);
     for b0 in (0..blocks).step_by(CHUNK) {
         let nb = CHUNK.min(blocks - b0);
         for b in 0..nb {
             let c0 = (b0 + b) * 8;
-            vectors[b] = block(p, ConvKernel::Avx2Gemm, c0);
+            vectors[b] = block(p, kernel, c0);
             // the scalar constants only where the vector form declines
             if vectors[b].is_none() {
-                finishes[b] =
-                    core::array::from_fn(|j| Finish::new(&p.stage, p.bias, (c0 + j).min(oc - 1)));
+                finishes[b] = core::array::from_fn(|j| finish(p, (c0 + j).min(oc - 1), z));
             }
         }
         for oy in band.clone() {
-            let runs = ring.output_row(p, input, oy);
+            let runs = row(oy);
             let mut ox = 0;
             while ox < ow {
                 let m = PIXELS.min(ow - ox);
                 let mut b = 0;
                 while b < nb {
                     let two = b + 1 < nb;
-                    let w = packed[(b0 + b) * per_block..].as_ptr();
-                    // SAFETY: AVX2 as the caller guarantees; pixel ox + i's run in row ky is
-                    // k·C_in values from runs[ky] + (ox + i)·s·C_in, within the slot (padded
-                    // column (ox + i)·s + k − 1 < W_in + 2·pad), the last pair reading at most
-                    // one value past it (the next slot or the slack); the block(s) hold
-                    // per_block words each.
-                    let sums = unsafe {
-                        if two {
-                            tile::<2>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
-                        } else {
-                            tile::<1>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
-                        }
-                    };
+                    let sums = tile(&runs, ox, m, packed[(b0 + b) * per_block..].as_ptr(), two);
                     for (i, px) in sums.iter().enumerate().take(m) {
                         let base = ((oy - band.start) * ow + ox + i) * oc;
                         let c0 = (b0 + b) * 8;
@@ -460,7 +500,6 @@ pub(super) unsafe fn gemm(
             }
         }
     }
-    true
 }
 
 /// Writes the finished values of one pixel's sums `px` (two blocks of 8 channels) for `n ≤ 16`
@@ -471,7 +510,7 @@ pub(super) unsafe fn gemm(
 /// The CPU has AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) unsafe fn finish_pixel(
+unsafe fn finish_pixel(
     finishes: &[[Finish<'_>; 8]],
     vectors: &[Option<Requant8>],
     px: &[__m256i; 2],

@@ -17,12 +17,10 @@
 //! table's other kernels (depth heads, depthwise, 1×1 convolutions whose rows are too wide for
 //! the ring) are AVX2's.
 
-use super::avx2::{finish_pixel, PIXELS};
+use super::avx2::{gemm_blocks, PIXELS};
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::pointwise::Requant8;
-use super::rows::{dense_buffers_fit, folded, Rows, RING};
-use super::stage::block;
-use super::{ConvKernel, ConvParams, Finish};
+use super::rows::{dense_buffers_fit, Rows, RING};
+use super::{ConvKernel, ConvParams};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -30,8 +28,6 @@ use core::ops::Range;
 
 /// Most packed weight words of one convolution without a plan (128 KiB on the stack).
 const PACKED: usize = 32 * 1024;
-/// Blocks of 8 channels whose output constants are decoded at a time.
-const CHUNK: usize = 16;
 
 /// Whether the CPU has AVX2 and AVX-VNNI: detected at run time with `std`, else what the build
 /// targets.
@@ -66,7 +62,6 @@ pub(super) unsafe fn gemm(
     band: Range<usize>,
 ) -> bool {
     let ic = p.input.channels;
-    let (ow, oc) = (p.output.width, p.output.channels);
     let (k, s) = (p.kernel, p.stride);
     if !takes(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
@@ -81,60 +76,35 @@ pub(super) unsafe fn gemm(
     let Some(packed) = packed(&layout, p, storage) else {
         return false;
     };
-    let mut finishes = [[Finish::F32 {
-        bias: 0,
-        scale: 0.0,
-    }; 8]; CHUNK];
-    let mut vectors: [Option<Requant8>; CHUNK] = Default::default();
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0x80, &mut ring);
-    for b0 in (0..blocks).step_by(CHUNK) {
-        let nb = CHUNK.min(blocks - b0);
-        for b in 0..nb {
-            let c0 = (b0 + b) * 8;
-            vectors[b] = block(p, ConvKernel::AvxVnniGemm, c0);
-            // the scalar constants only where the vector form declines
-            if vectors[b].is_none() {
-                let z = p.input_zero_point + 128;
-                finishes[b] = core::array::from_fn(|j| folded(p, (c0 + j).min(oc - 1), z));
-            }
-        }
-        for oy in band.clone() {
-            let runs = rows.output_row(p, input, oy);
-            let mut ox = 0;
-            while ox < ow {
-                let m = PIXELS.min(ow - ox);
-                let mut b = 0;
-                while b < nb {
-                    let two = b + 1 < nb;
-                    let w = packed[(b0 + b) * per_block..].as_ptr();
-                    // SAFETY: AVX2 and AVX-VNNI as the caller guarantees; pixel ox + i's run
-                    // in row ky is k·C_in bytes from runs[ky] + (ox + i)·s·C_in, within the
-                    // slot (padded column (ox + i)·s + k − 1 < W_in + 2·pad), whole groups
-                    // reading at most 3 bytes past it (the next slot or the ring's slack); the
-                    // block(s) hold per_block words each.
-                    let sums = unsafe {
-                        if two {
-                            tile::<2>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
-                        } else {
-                            tile::<1>(&runs[..k], ox * s * ic, s * ic, m, groups, w, per_block)
-                        }
-                    };
-                    for (i, px) in sums.iter().enumerate().take(m) {
-                        let base = ((oy - band.start) * ow + ox + i) * oc;
-                        let c0 = (b0 + b) * 8;
-                        let n = (if two { 16 } else { 8 }).min(oc - c0);
-                        // SAFETY: AVX2 as the caller guarantees.
-                        unsafe {
-                            finish_pixel(&finishes[b..], &vectors[b..], px, out, base + c0, n)
-                        };
-                    }
-                    b += if two { 2 } else { 1 };
+    let shape = (blocks, per_block);
+    // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w: the scalar stage folds the second term too
+    let z = p.input_zero_point + 128;
+    // SAFETY: AVX2 and AVX-VNNI as the caller guarantees; pixel ox + i's run in row ky is
+    // k·C_in bytes from runs[ky] + (ox + i)·s·C_in, within the slot (padded column
+    // (ox + i)·s + k − 1 < W_in + 2·pad), whole groups reading at most 3 bytes past it (the
+    // next slot or the ring's slack); the block(s) hold per_block words each.
+    unsafe {
+        gemm_blocks(
+            p,
+            out,
+            &band,
+            ConvKernel::AvxVnniGemm,
+            z,
+            packed,
+            shape,
+            |oy| rows.output_row(p, input, oy),
+            |runs, ox, m, w, two| {
+                let (x0, step) = (ox * s * ic, s * ic);
+                if two {
+                    tile::<2>(&runs[..k], x0, step, m, groups, w, per_block)
+                } else {
+                    tile::<1>(&runs[..k], x0, step, m, groups, w, per_block)
                 }
-                ox += m;
-            }
-        }
-    }
+            },
+        )
+    };
     true
 }
 

@@ -134,7 +134,7 @@ pub(crate) fn fold(kernel: ConvKernel, p: &ConvParams<'_>) -> Option<i32> {
 }
 
 /// Channel `c`'s output stage with `−z·Σw` in its bias (`z = 0`: the model's bias as it is).
-fn finish<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {
+pub(in crate::kernels) fn finish<'a>(p: &ConvParams<'a>, c: usize, z: i32) -> Finish<'a> {
     if z == 0 {
         Finish::new(&p.stage, p.bias, c)
     } else {
