@@ -492,9 +492,8 @@ fn board_table(
         fps_source: "measured, one thread".into(),
     }];
     for b in Board::built_in()? {
-        // the activations and the prepared plan for the board's kernel table
-        let plan = depthling_device::plan::bytes(model, b.kernel_set())
-            .map_err(|e| Error::Runtime(format!("int8 plan: {e}")))?;
+        // the activations and the largest prepared plan of the board's kernel tables
+        let plan = b.plan_bytes(model)?;
         let check = b.check(dlm.len() as u64, model.arena_bytes as u64 + plan as u64);
         let (fps, source) = match (&m7, b.is_cortex_m()) {
             (Ok(r), true) => (

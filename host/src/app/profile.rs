@@ -102,14 +102,16 @@ impl std::fmt::Display for Profile {
 }
 
 impl Profile {
-    /// RAM the int8 engine needs on `board`: the activations and the plan for the board's
-    /// kernel table.
+    /// RAM the int8 engine needs on `board`: the activations and the largest plan of the
+    /// board's kernel tables ([`crate::boards::Board::kernel_sets`]).
     pub fn ram_on(&self, board: &crate::boards::Board) -> u64 {
         self.arena_bytes.unwrap_or(0)
-            + self
-                .plan_bytes
-                .get(board.kernel_set().name())
+            + board
+                .kernel_sets()
+                .iter()
+                .filter_map(|s| self.plan_bytes.get(s.name()))
                 .copied()
+                .max()
                 .unwrap_or(0)
     }
 }

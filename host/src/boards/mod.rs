@@ -85,18 +85,39 @@ impl Board {
             .map_err(|e| Error::bad_input(&origin, format!("not a board profile: {e}")))
     }
 
-    /// The kernel table the engine runs with on this board, which sizes its prepared plan:
-    /// the DSP one on Cortex-M, NEON with `sdot` on aarch64 (Cortex-A76/A78), AVX-512 VNNI
-    /// (the largest x86 plan) elsewhere.
-    pub fn kernel_set(&self) -> depthling_device::KernelSet {
+    /// The tables the engine may run on this board, whose largest plan it keeps after the
+    /// activations (`Engine::arena_needed` takes the largest of the tables the CPU has): the
+    /// DSP one on Cortex-M, the NEON ones on aarch64, the x86 ones elsewhere (AVX2's int16
+    /// packed weights make its plan the largest for most networks, e.g. `micro`'s 583 KB
+    /// against AVX-512 VNNI's 418 KB; VNNI's 16-channel padding for narrow ones).
+    pub fn kernel_sets(&self) -> Vec<depthling_device::KernelSet> {
         use depthling_device::KernelSet;
-        if self.is_cortex_m() {
-            KernelSet::CortexMDsp
-        } else if self.target.starts_with("aarch64") {
-            KernelSet::Aarch64NeonDot
-        } else {
-            KernelSet::X86Avx512Vnni
+        let arch = |s: &KernelSet| match s {
+            KernelSet::CortexMDsp => self.is_cortex_m(),
+            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
+                !self.is_cortex_m() && self.target.starts_with("aarch64")
+            }
+            KernelSet::X86Sse2
+            | KernelSet::X86Avx2
+            | KernelSet::X86AvxVnni
+            | KernelSet::X86Avx512Vnni => {
+                !self.is_cortex_m() && !self.target.starts_with("aarch64")
+            }
+            KernelSet::Reference | KernelSet::Portable => false,
+        };
+        KernelSet::ALL.into_iter().filter(arch).collect()
+    }
+
+    /// Bytes of the largest prepared plan for `model` among [`Board::kernel_sets`]: what the
+    /// engine keeps after the activations on this board.
+    pub fn plan_bytes(&self, model: &depthling_model::Model<'_>) -> Result<u64> {
+        let mut most = 0;
+        for set in self.kernel_sets() {
+            let bytes = depthling_device::plan::bytes(model, set)
+                .map_err(|e| Error::Runtime(format!("int8 plan for {}: {e}", set.name())))?;
+            most = most.max(bytes as u64);
         }
+        Ok(most)
     }
 
     /// `Ok(())` when a model of `flash` bytes with an arena of `arena` bytes fits.
@@ -152,5 +173,50 @@ mod tests {
             .explain(&m)
             .contains("131072 bytes over the flash budget"));
         assert!(Board::find("no-such-board").is_err());
+    }
+
+    /// A board's plan is the largest of its architecture's tables (the board checks once
+    /// counted AVX-512 VNNI's alone on x86, where AVX2's int16 packing can be larger).
+    #[test]
+    fn a_boards_plan_is_its_largest_tables() {
+        use depthling_device::{plan, KernelSet};
+        let bytes = depthling_model::example_model(32, 48, 3).unwrap();
+        let m = depthling_model::Model::from_bytes(&bytes).unwrap();
+        let board = |target: &str| {
+            let mut b = Board::find("raspberry-pi-5").unwrap();
+            b.target = target.into();
+            b
+        };
+        let x86 = board("x86_64-unknown-linux-gnu");
+        let most = [
+            KernelSet::X86Sse2,
+            KernelSet::X86Avx2,
+            KernelSet::X86AvxVnni,
+            KernelSet::X86Avx512Vnni,
+        ]
+        .map(|s| plan::bytes(&m, s).unwrap() as u64);
+        assert_eq!(x86.plan_bytes(&m).unwrap(), *most.iter().max().unwrap());
+        // which table's is largest depends on the model (AVX-512 VNNI pads to 16 channels,
+        // AVX2 packs int16): every x86 table counts
+        assert_eq!(
+            x86.kernel_sets(),
+            [
+                KernelSet::X86Sse2,
+                KernelSet::X86Avx2,
+                KernelSet::X86AvxVnni,
+                KernelSet::X86Avx512Vnni
+            ]
+        );
+        let pi = Board::find("raspberry-pi-5").unwrap();
+        assert_eq!(
+            pi.plan_bytes(&m).unwrap(),
+            plan::bytes(&m, KernelSet::Aarch64NeonDot).unwrap() as u64
+        );
+        let h7 = Board::find("stm32h747").unwrap();
+        assert_eq!(h7.kernel_sets(), [KernelSet::CortexMDsp]);
+        assert_eq!(
+            h7.plan_bytes(&m).unwrap(),
+            plan::bytes(&m, KernelSet::CortexMDsp).unwrap() as u64
+        );
     }
 }
