@@ -494,7 +494,7 @@ fn board_table(
     for b in Board::built_in()? {
         // the activations and the largest prepared plan of the board's kernel tables
         let plan = b.plan_bytes(model)?;
-        let check = b.check(dlm.len() as u64, model.arena_bytes as u64 + plan as u64);
+        let check = b.check(dlm.len() as u64, model.arena_bytes as u64 + plan);
         let (fps, source) = match (&m7, b.is_cortex_m()) {
             (Ok(r), true) => (
                 Some(b.clock_mhz as f64 * 1e6 / r.instructions.max(1) as f64),
