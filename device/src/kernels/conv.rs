@@ -411,7 +411,7 @@ pub enum ConvKernel {
     VnniGemm,
     /// AVX-512 VNNI ring depthwise.
     VnniDepthwise,
-    /// AVX-VNNI (256-bit) ring GEMM, dense to two or more channels.
+    /// AVX-VNNI (256-bit) ring GEMM (and its depth head), dense.
     AvxVnniGemm,
     /// AVX2 depth head: one output channel.
     Avx2Head,
@@ -2027,7 +2027,7 @@ mod tests {
         );
     }
 
-    /// The AVX-VNNI GEMM alone on dense convolutions to several channels (the reference
+    /// The AVX-VNNI GEMM (and its depth head) alone on dense convolutions (the reference
     /// elsewhere): a case it declines fails instead of falling back.
     #[cfg(target_arch = "x86_64")]
     fn avx_vnni_gemm_only(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
@@ -2038,7 +2038,7 @@ mod tests {
             );
             return reference(p, input, out);
         }
-        if p.depthwise || p.output.channels == 1 {
+        if p.depthwise {
             return reference(p, input, out);
         }
         let all = 0..p.output.height;

@@ -3,8 +3,10 @@
 //! `Σ (x − z)·w = Σ x·w − z·Σ w` with the second term folded into the bias, and every pixel is an
 //! inner one. Each pixel's `k` runs of `k·C_in` bytes meet the weight rows (int16, zero past each
 //! run) 16 values a step: `VPMOVSXBW` of 16 input bytes, `VPMADDWD` against the weights
-//! (`|x|·|w| ≤ 128·128`, two products per lane: no overflow), `VPADDD`; four pixels share each
-//! weight load; one horizontal sum per pixel. The general GEMM would fill one lane of eight.
+//! (`|x|·|w| ≤ 128·128`, two products per lane: no overflow), `VPADDD`; eight pixels share each
+//! weight load, and their eight accumulators are reduced together into one vector that the
+//! output stage finishes at once ([`hsum8`], [`store_head`]). The general GEMM would fill one
+//! lane of eight.
 //!
 //! Dense convolutions to several channels ([`gemm`]) read a ring of padded rows of int16
 //! `x − z` (the padding 0), so that a pixel's taps in one kernel row are one run of `k·C_in`
@@ -99,52 +101,125 @@ pub(super) unsafe fn head(
         }
     }
     let finish = folded(p, 0, p.input_zero_point);
+    // the one channel's constants in all 8 lanes (`block` repeats the last channel)
+    let vector = block::<8>(p, ConvKernel::Avx2Head, 0);
     let mut ring = [MaybeUninit::uninit(); RING];
     let mut rows = Rows::new(p, 0, &mut ring);
     for oy in band.clone() {
         let runs = rows.output_row(p, input, oy);
         let mut ox = 0;
         while ox < ow {
-            let m = PIXELS.min(ow - ox);
+            let m = HEAD_PIXELS.min(ow - ox);
+            let at = (oy - band.start) * ow + ox;
             // SAFETY: AVX2 as the caller guarantees. Pixel ox + i's run in row ky is `run`
             // bytes from runs[ky] + (ox + i)·s·C_in, inside its slot (padded column
             // (ox + i)·s + k − 1 < W_in + 2·pad); the 16-byte loads read at most 15 bytes past
             // it, into the next slot or the ring's 64 bytes of slack, against zero weights.
-            let sums = unsafe {
-                let mut acc = [_mm256_setzero_si256(); PIXELS];
-                for (ky, &row) in runs[..k].iter().enumerate() {
-                    let x: [*const u8; PIXELS] =
-                        core::array::from_fn(|i| row.add((ox + i.min(m - 1)) * s * ic));
-                    let w = wbuf.as_ptr().add(ky * chunks * 16);
-                    for c in 0..chunks {
-                        let wv = _mm256_loadu_si256(w.add(16 * c) as *const __m256i);
-                        for (a, &xp) in acc.iter_mut().zip(&x) {
-                            let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                xp.add(16 * c) as *const __m128i
-                            ));
-                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
-                        }
-                    }
-                }
-                // loops, not closures: a closure does not inherit `target_feature` and was
-                // called, not inlined, once per pixel group
-                let mut sums = [0i32; PIXELS];
-                for (sum, &a) in sums.iter_mut().zip(&acc) {
-                    let v =
-                        _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
-                    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
-                    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
-                    *sum = _mm_cvtsi128_si32(v);
-                }
-                sums
-            };
-            for (i, &sum) in sums.iter().enumerate().take(m) {
-                finish.store(out, (oy - band.start) * ow + ox + i, sum);
+            unsafe {
+                let sums = head_tile(&runs[..k], ox * s * ic, s * ic, m, chunks, wbuf.as_ptr());
+                store_head(&vector, &finish, sums, out, at, m);
             }
             ox += m;
         }
     }
     true
+}
+
+/// Pixels per step of [`head`] (and of the AVX-VNNI head).
+pub(super) const HEAD_PIXELS: usize = 8;
+
+/// The outputs `at .. at + m` (`m ≤ 8`) of a depth head from their sums (pixel `i` in lane
+/// `i`): the vector stage where the channel takes it (int8), else the scalar `finish` (int8 or
+/// f32 elements of `out`).
+///
+/// # Safety
+/// AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn store_head(
+    vector: &Option<Requant8>,
+    finish: &Finish<'_>,
+    sums: __m256i,
+    out: &mut [u8],
+    at: usize,
+    m: usize,
+) {
+    let mut lanes = [0i32; HEAD_PIXELS];
+    // SAFETY: AVX2 as the caller guarantees; 8 × i32 into an 8-element array.
+    unsafe {
+        let q = match vector {
+            Some(v) => v.apply_v(sums),
+            None => sums,
+        };
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, q);
+    }
+    match vector {
+        Some(_) => {
+            for (o, &q) in out[at..at + m].iter_mut().zip(&lanes) {
+                *o = q as i8 as u8;
+            }
+        }
+        None => {
+            for (i, &sum) in lanes.iter().enumerate().take(m) {
+                finish.store(out, at + i, sum);
+            }
+        }
+    }
+}
+
+/// Lane `i` the sum of `acc[i]`'s 8 lanes: `VPHADDD` twice (per 128-bit half the partials of
+/// four registers), then the halves added.
+///
+/// # Safety
+/// AVX2.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn hsum8(acc: &[__m256i; HEAD_PIXELS]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(acc[0], acc[1]);
+    let h23 = _mm256_hadd_epi32(acc[2], acc[3]);
+    let h45 = _mm256_hadd_epi32(acc[4], acc[5]);
+    let h67 = _mm256_hadd_epi32(acc[6], acc[7]);
+    let lo = _mm256_hadd_epi32(h01, h23);
+    let hi = _mm256_hadd_epi32(h45, h67);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(lo, hi),
+        _mm256_permute2x128_si256::<0x31>(lo, hi),
+    )
+}
+
+/// The sums of `m ≤ 8` pixels of a depth head, pixel `i` in lane `i`: its run in kernel row
+/// `r` at `runs[r] + x0 + i·step` against weight row `r` (`chunks` vectors of 16 int16 at
+/// `w + r·chunks·16`), each weight vector loaded once for the 8; pixels past `m` repeat the
+/// last one. The 8 accumulators are reduced together ([`hsum8`]).
+///
+/// # Safety
+/// AVX2; the reads as [`head`] says.
+#[target_feature(enable = "avx2")]
+unsafe fn head_tile(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    chunks: usize,
+    w: *const i16,
+) -> __m256i {
+    let mut acc = [_mm256_setzero_si256(); HEAD_PIXELS];
+    // SAFETY: by the contract; unaligned loads.
+    unsafe {
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const u8; HEAD_PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step));
+            for c in 0..chunks {
+                let wv = _mm256_loadu_si256(w.add((r * chunks + c) * 16) as *const __m256i);
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv =
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(xp.add(16 * c) as *const __m128i));
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, wv));
+                }
+            }
+        }
+        hsum8(&acc)
+    }
 }
 
 /// Runs output rows `band` of `p` into `out` (that band's bytes) if it is a depthwise

@@ -13,13 +13,15 @@
 //! weights. A tile of 4 pixels × 2 blocks takes, per group of four values, two weight loads,
 //! four broadcasts and eight `VPDPBUSD`s for 256 MACs, in 11 of the 16 registers AVX2 has
 //! (`VPMADDWD` does 128 in the AVX2 GEMM's tile, from a ring twice as large). The output stage
-//! is the AVX2 GEMM's ([`super::avx2`]), one 16-byte store per pixel and pair of blocks. The
-//! table's other kernels (depth heads, depthwise, 1×1 convolutions whose rows are too wide for
-//! the ring) are AVX2's.
+//! is the AVX2 GEMM's ([`super::avx2`]), one 16-byte store per pixel and pair of blocks. Depth
+//! heads (one output channel) run 8 pixels a step along the run, 32 bytes a `VPDPBUSD`. The
+//! table's other kernels (depthwise, convolutions whose rows are too wide for the ring) are
+//! AVX2's.
 
-use super::avx2::{gemm_blocks, PIXELS};
+use super::avx2::{gemm_blocks, hsum8, store_head, HEAD_PIXELS, PIXELS};
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{dense_buffers_fit, Rows, RING};
+use super::rows::{dense_buffers_fit, folded, Rows, RING};
+use super::stage::block;
 use super::{ConvKernel, ConvParams};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -43,10 +45,20 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// Whether [`gemm`] takes `p` (given buffers of the sizes its shapes say): a dense map to two or
-/// more channels whose ring fits, the packed weights in the plan or fitting the stack buffer.
+/// Bytes of a depth head's weight rows (`k` rows of whole 32-byte chunks).
+const HEAD: usize = 7 * 1024;
+
+/// Whether [`gemm`] takes `p` (given buffers of the sizes its shapes say): a dense map whose
+/// ring fits, to two or more channels with the packed weights in the plan or fitting the stack
+/// buffer, or to one (a depth head) whose weight rows fit [`HEAD`].
 pub(super) fn takes(p: &ConvParams<'_>) -> bool {
-    ring_shape(p) && p.output.channels > 1 && packs(KernelSet::X86AvxVnni, p, PACKED)
+    let (k, ic) = (p.kernel, p.input.channels);
+    ring_shape(p)
+        && if p.output.channels == 1 {
+            k * (k * ic).div_ceil(32) * 32 <= HEAD
+        } else {
+            packs(KernelSet::X86AvxVnni, p, PACKED)
+        }
 }
 
 /// Runs output rows `band` of `p` into `out` (that band's bytes) if [`takes`] does (returns
@@ -65,6 +77,11 @@ pub(super) unsafe fn gemm(
     let (k, s) = (p.kernel, p.stride);
     if !takes(p) || !dense_buffers_fit(p, input.len(), &band, out.len()) {
         return false;
+    }
+    if p.output.channels == 1 {
+        // SAFETY: AVX2 and AVX-VNNI as the caller guarantees; the shapes as `takes` checked.
+        unsafe { head(p, input, out, band) };
+        return true;
     }
     let Some(layout) = Layout::of(KernelSet::X86AvxVnni, p) else {
         return false;
@@ -106,6 +123,81 @@ pub(super) unsafe fn gemm(
         )
     };
     true
+}
+
+/// A depth head (one output channel, [`takes`]'s shapes) over the byte ring of unsigned inputs:
+/// 8 pixels a step, each pixel's `k` runs against the weight rows in 32-byte vectors (zero past
+/// each run, so the bytes read past it add nothing), each weight vector loaded once for the 8;
+/// the 8 accumulators reduced together and finished as one vector ([`store_head`]).
+///
+/// # Safety
+/// AVX2 and AVX-VNNI; `p` as [`takes`] and [`dense_buffers_fit`] checked it.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], band: Range<usize>) {
+    let (ow, ic) = (p.output.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let run = k * ic;
+    let chunks = run.div_ceil(32);
+    let mut wbuf = [0i8; HEAD];
+    for ky in 0..k {
+        wbuf[ky * chunks * 32..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
+    }
+    // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w, the second term in the bias
+    let finish = folded(p, 0, p.input_zero_point + 128);
+    // the one channel's constants in all 8 lanes (`block` repeats the last channel)
+    let vector = block::<8>(p, ConvKernel::AvxVnniGemm, 0);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0x80, &mut ring);
+    for oy in band.clone() {
+        let runs = rows.output_row(p, input, oy);
+        let mut ox = 0;
+        while ox < ow {
+            let m = HEAD_PIXELS.min(ow - ox);
+            let at = (oy - band.start) * ow + ox;
+            // SAFETY: AVX2 and AVX-VNNI as the caller guarantees. Pixel ox + i's run in row
+            // ky is `run` bytes from runs[ky] + (ox + i)·s·C_in, inside its slot; the 32-byte
+            // loads read at most 31 bytes past it, into the next slot or the ring's 64 bytes
+            // of slack, against zero weights.
+            unsafe {
+                let sums = head_tile(&runs[..k], ox * s * ic, s * ic, m, chunks, wbuf.as_ptr());
+                store_head(&vector, &finish, sums, out, at, m);
+            }
+            ox += m;
+        }
+    }
+}
+
+/// The sums of `m ≤ 8` pixels of a depth head, pixel `i` in lane `i`: its run in kernel row
+/// `r` at `runs[r] + x0 + i·step` (unsigned bytes) against weight row `r` (`chunks` vectors of
+/// 32 bytes at `w + r·chunks·32`); pixels past `m` repeat the last one.
+///
+/// # Safety
+/// AVX2 and AVX-VNNI; the reads as [`head`] says.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn head_tile(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    chunks: usize,
+    w: *const i8,
+) -> __m256i {
+    let mut acc = [_mm256_setzero_si256(); HEAD_PIXELS];
+    // SAFETY: by the contract; unaligned loads.
+    unsafe {
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const u8; HEAD_PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step));
+            for c in 0..chunks {
+                let wv = _mm256_loadu_si256(w.add((r * chunks + c) * 32) as *const __m256i);
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv = _mm256_loadu_si256(xp.add(32 * c) as *const __m256i);
+                    *a = _mm256_dpbusd_avx_epi32(*a, xv, wv);
+                }
+            }
+        }
+        hsum8(&acc)
+    }
 }
 
 /// The sums of `m ≤ 4` pixels × `B` blocks of 8 channels: pixel `i`'s run in kernel row `r` at

@@ -122,13 +122,13 @@ pub(crate) fn fold(kernel: ConvKernel, p: &ConvParams<'_>) -> Option<i32> {
         | ConvKernel::NeonGemm
         | ConvKernel::NeonDotGemm
         | ConvKernel::NeonMmlaGemm
-        | ConvKernel::NeonDepthwise => Some(z),
+        | ConvKernel::NeonDepthwise
+        | ConvKernel::Avx2Head => Some(z),
         ConvKernel::Avx2Gemm | ConvKernel::Avx2Gathered | ConvKernel::Avx2DepthwiseWide => Some(0),
         ConvKernel::Reference
         | ConvKernel::Portable
         | ConvKernel::X86Blocks
         | ConvKernel::X86Avx2Blocks
-        | ConvKernel::Avx2Head
         | ConvKernel::CortexM => None,
     }
 }
