@@ -3,7 +3,8 @@
 //! `Σ (x − z)·w = Σ x·w − z·Σ w` with the second term folded into the bias, and every pixel is
 //! an inner one.
 //!
-//! Dense convolutions are a GEMM of 4 pixels × 8 output channels. Weights are packed once, in
+//! Dense convolutions are a GEMM of 4 pixels × 8 output channels; depth heads (one output
+//! channel) run 8 pixels a step along the run instead ([`head`]). Weights are packed once, in
 //! the prepared plan ([`super::pack`]; per call on the stack without one), in blocks of 4
 //! channels: for each kernel row and each group of four values of its run (padded with zero
 //! weights to a multiple of 16 values), the 4 channels' four weights in one 16-byte vector.
@@ -122,11 +123,23 @@ impl Requant4 {
 }
 
 /// Whether [`dense`] takes `p` for table `set` (given buffers of the sizes its shapes say): a
-/// dense map whose ring fits, the packed weights (in `set`'s layout) in the plan or fitting the
-/// stack buffer.
+/// dense map whose ring fits, to several channels with the packed weights (in `set`'s layout)
+/// in the plan or fitting the stack buffer, or to one (a depth head) whose weight rows fit
+/// [`HEAD`].
 pub(super) fn takes_dense(set: KernelSet, p: &ConvParams<'_>) -> bool {
-    ring_shape(p) && packs(set, p, PACKED / 4)
+    let (k, ic) = (p.kernel, p.input.channels);
+    ring_shape(p)
+        && if p.output.channels == 1 {
+            k * (k * ic).div_ceil(16) * 16 <= HEAD
+        } else {
+            packs(set, p, PACKED / 4)
+        }
 }
+
+/// Bytes of a depth head's weight rows (`k` rows of whole 16-byte chunks).
+const HEAD: usize = 7 * 1024;
+/// Pixels per step of a depth head.
+const HEAD_PIXELS: usize = 8;
 
 /// Whether [`depthwise`] takes `p` (given buffers of the sizes its shapes say).
 pub(super) fn takes_depthwise(p: &ConvParams<'_>) -> bool {
@@ -160,6 +173,10 @@ pub(super) fn dense(
     };
     if !takes_dense(set, p) {
         return false;
+    }
+    if oc == 1 {
+        head(p, input, out, mode != Mode::Plain, kernel, band);
+        return true;
     }
     let Some(layout) = Layout::of(set, p) else {
         return false;
@@ -253,6 +270,154 @@ pub(super) fn dense(
         b += nb;
     }
     true
+}
+
+/// A depth head (one output channel, [`takes_dense`]'s shapes, buffers as [`dense`] checked
+/// them): 8 pixels a step along the run, 16 bytes of each pixel's run against 16 weights per
+/// `SDOT` (with `dot`: the dot-product extension) or `SMULL`/`SMULL2` + `SADALP`, each weight
+/// vector loaded once for the 8; the accumulators reduced four at a time (`ADDP` twice) and
+/// finished four outputs at once by the output stage (`kernel`'s, the channel's constants in
+/// every lane).
+fn head(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    dot: bool,
+    kernel: ConvKernel,
+    band: Range<usize>,
+) {
+    let (ow, ic) = (p.output.width, p.input.channels);
+    let (k, s) = (p.kernel, p.stride);
+    let run = k * ic;
+    let chunks = run.div_ceil(16);
+    let mut wbuf = [0i8; HEAD];
+    for ky in 0..k {
+        wbuf[ky * chunks * 16..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
+    }
+    let finish = folded(p, 0, p.input_zero_point);
+    let vector = block::<4>(p, kernel, 0).map(Requant4::of);
+    let mut ring = [MaybeUninit::uninit(); RING];
+    let mut rows = Rows::new(p, 0, &mut ring);
+    for oy in band.clone() {
+        let runs = rows.output_row(p, input, oy);
+        let mut ox = 0;
+        while ox < ow {
+            let m = HEAD_PIXELS.min(ow - ox);
+            let at = (oy - band.start) * ow + ox;
+            let (x0, step) = (ox * s * ic, s * ic);
+            // SAFETY: pixel ox + i's run in row ky is `run` bytes from runs[ky] +
+            // (ox + i)·s·C_in, inside its slot; the 16-byte loads read at most 15 bytes past
+            // it (the next slot or the ring's slack), against zero weights; `SDOT` only where
+            // the caller's mode says the CPU has it.
+            let sums = unsafe {
+                if dot {
+                    head_dot(&runs[..k], x0, step, m, chunks, wbuf.as_ptr())
+                } else {
+                    head_plain(&runs[..k], x0, step, m, chunks, wbuf.as_ptr())
+                }
+            };
+            for (q, sums) in sums.iter().enumerate() {
+                let (from, n) = (4 * q, m.saturating_sub(4 * q).min(4));
+                if n == 0 {
+                    break;
+                }
+                match &vector {
+                    Some(v) => {
+                        for (o, q) in out[at + from..at + from + n].iter_mut().zip(v.apply(*sums)) {
+                            *o = q as u8;
+                        }
+                    }
+                    None => {
+                        let mut lanes = [0i32; 4];
+                        // SAFETY: 4 × i32 into a 4-element array.
+                        unsafe { vst1q_s32(lanes.as_mut_ptr(), *sums) };
+                        for (i, &sum) in lanes.iter().enumerate().take(n) {
+                            finish.store(out, at + from + i, sum);
+                        }
+                    }
+                }
+            }
+            ox += m;
+        }
+    }
+}
+
+/// Four accumulators' totals in one vector (lane `i` the sum of `a[i]`'s lanes).
+#[inline(always)]
+fn hsum4(a: &[int32x4_t]) -> int32x4_t {
+    // SAFETY: NEON is baseline on aarch64.
+    unsafe { vpaddq_s32(vpaddq_s32(a[0], a[1]), vpaddq_s32(a[2], a[3])) }
+}
+
+/// The sums of `m ≤ 8` pixels of a depth head with `SDOT`, pixels 0–3 and 4–7 in the two
+/// vectors: pixel `i`'s run in kernel row `r` at `runs[r] + x0 + i·step` against weight row
+/// `r` (`chunks` vectors of 16 bytes at `w + r·chunks·16`); pixels past `m` repeat the last.
+///
+/// # Safety
+/// The CPU has the dot-product extension; the reads as [`head`] says.
+#[target_feature(enable = "dotprod")]
+unsafe fn head_dot(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    chunks: usize,
+    w: *const i8,
+) -> [int32x4_t; 2] {
+    // SAFETY: by the contract.
+    unsafe {
+        let mut acc = [vdupq_n_s32(0); HEAD_PIXELS];
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i8; HEAD_PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step) as *const i8);
+            for c in 0..chunks {
+                let wv = vld1q_s8(w.add((r * chunks + c) * 16));
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv = vld1q_s8(xp.add(16 * c));
+                    // `vdotq_s32` is not stable Rust yet: the instruction itself
+                    core::arch::asm!(
+                        "sdot {a:v}.4s, {x:v}.16b, {w:v}.16b",
+                        a = inout(vreg) *a,
+                        x = in(vreg) xv,
+                        w = in(vreg) wv,
+                        options(pure, nomem, nostack, preserves_flags),
+                    );
+                }
+            }
+        }
+        [hsum4(&acc[..4]), hsum4(&acc[4..])]
+    }
+}
+
+/// [`head_dot`] without the extension: `SMULL`/`SMULL2` into int16 and `SADALP` into int32.
+///
+/// # Safety
+/// The reads as [`head`] says.
+unsafe fn head_plain(
+    runs: &[*const u8],
+    x0: usize,
+    step: usize,
+    m: usize,
+    chunks: usize,
+    w: *const i8,
+) -> [int32x4_t; 2] {
+    // SAFETY: by the contract.
+    unsafe {
+        let mut acc = [vdupq_n_s32(0); HEAD_PIXELS];
+        for (r, &row) in runs.iter().enumerate() {
+            let x: [*const i8; HEAD_PIXELS] =
+                core::array::from_fn(|i| row.add(x0 + i.min(m - 1) * step) as *const i8);
+            for c in 0..chunks {
+                let wv = vld1q_s8(w.add((r * chunks + c) * 16));
+                for (a, &xp) in acc.iter_mut().zip(&x) {
+                    let xv = vld1q_s8(xp.add(16 * c));
+                    *a = vpadalq_s16(*a, vmull_s8(vget_low_s8(xv), vget_low_s8(wv)));
+                    *a = vpadalq_s16(*a, vmull_high_s8(xv, wv));
+                }
+            }
+        }
+        [hsum4(&acc[..4]), hsum4(&acc[4..])]
+    }
 }
 
 /// The sums of `m ≤ 4` pixels × `B` blocks of 4 channels with `SDOT` by element: pixel `i`'s

@@ -143,8 +143,11 @@ impl Layout {
                 wide: false,
                 mmla: false,
             }),
-            // groups a multiple of four (one 16-byte input load each)
-            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm => {
+            // groups a multiple of four (one 16-byte input load each); one output channel is
+            // the depth head, which vectorises along the run instead
+            KernelSet::Aarch64Neon | KernelSet::Aarch64NeonDot | KernelSet::Aarch64NeonI8mm
+                if oc > 1 =>
+            {
                 Some(Layout {
                     lanes: 4,
                     groups: run.div_ceil(16) * 4,
