@@ -80,8 +80,7 @@ pub(super) unsafe fn head(
     band: Range<usize>,
 ) -> bool {
     let (ih, iw, ic) = (p.input.height, p.input.width, p.input.channels);
-    let ow = p.output.width;
-    let (k, s) = (p.kernel, p.stride);
+    let k = p.kernel;
     let run = k * ic;
     let chunks = run.div_ceil(16);
     if !takes_head(p)
@@ -100,32 +99,63 @@ pub(super) unsafe fn head(
             *d = w as i16;
         }
     }
-    let finish = folded(p, 0, p.input_zero_point);
+    // SAFETY: AVX2 as the caller guarantees. Pixel ox + i's run in row ky is `run` bytes
+    // from runs[ky] + (ox + i)·s·C_in, inside its slot (padded column (ox + i)·s + k − 1 <
+    // W_in + 2·pad); the 16-byte loads read at most 15 bytes past it, into the next slot or the
+    // ring's 64 bytes of slack, against zero weights.
+    unsafe {
+        head_rows(
+            p,
+            input,
+            out,
+            &band,
+            (0, p.input_zero_point),
+            ConvKernel::Avx2Head,
+            |runs, x0, step, m| head_tile(&runs[..k], x0, step, m, chunks, wbuf.as_ptr()),
+        )
+    };
+    true
+}
+
+/// The loop of the AVX2 and AVX-VNNI depth heads over output rows `band` of `p`: the ring of
+/// padded rows with the inputs `x ^ xor` (0: signed, `0x80`: unsigned), [`HEAD_PIXELS`] pixels
+/// a step, their sums from `tile(runs, x0, step, m)` (`m` pixels from input offset `x0`, `step`
+/// apart) finished by `kernel`'s vector stage, else the scalar one with `−z·Σw` folded.
+///
+/// # Safety
+/// AVX2; `tile` reads only what the ring's rows hold for the pixels it is given; `out` holds
+/// the band's rows (checked by the caller).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) unsafe fn head_rows(
+    p: &ConvParams<'_>,
+    input: &[i8],
+    out: &mut [u8],
+    band: &Range<usize>,
+    (xor, z): (u8, i32),
+    kernel: ConvKernel,
+    tile: impl Fn(&[*const u8; 7], usize, usize, usize) -> __m256i,
+) {
+    let (ow, ic, s) = (p.output.width, p.input.channels, p.stride);
+    let finish = folded(p, 0, z);
     // the one channel's constants in all 8 lanes (`block` repeats the last channel)
-    let vector = block::<8>(p, ConvKernel::Avx2Head, 0);
+    let vector = block::<8>(p, kernel, 0);
     let mut ring = [MaybeUninit::uninit(); RING];
-    let mut rows = Rows::new(p, 0, &mut ring);
+    let mut rows = Rows::new(p, xor, &mut ring);
     for oy in band.clone() {
         let runs = rows.output_row(p, input, oy);
         let mut ox = 0;
         while ox < ow {
             let m = HEAD_PIXELS.min(ow - ox);
-            let at = (oy - band.start) * ow + ox;
-            // SAFETY: AVX2 as the caller guarantees. Pixel ox + i's run in row ky is `run`
-            // bytes from runs[ky] + (ox + i)·s·C_in, inside its slot (padded column
-            // (ox + i)·s + k − 1 < W_in + 2·pad); the 16-byte loads read at most 15 bytes past
-            // it, into the next slot or the ring's 64 bytes of slack, against zero weights.
-            unsafe {
-                let sums = head_tile(&runs[..k], ox * s * ic, s * ic, m, chunks, wbuf.as_ptr());
-                store_head(&vector, &finish, sums, out, at, m);
-            }
+            let sums = tile(&runs, ox * s * ic, s * ic, m);
+            // SAFETY: AVX2 as the caller guarantees.
+            unsafe { store_head(&vector, &finish, sums, out, (oy - band.start) * ow + ox, m) };
             ox += m;
         }
     }
-    true
 }
 
-/// Pixels per step of [`head`] (and of the AVX-VNNI head).
+/// Pixels per step of [`head`] and of the AVX-VNNI head ([`head_rows`]).
 pub(super) const HEAD_PIXELS: usize = 8;
 
 /// The outputs `at .. at + m` (`m ≤ 8`) of a depth head from their sums (pixel `i` in lane
@@ -136,7 +166,7 @@ pub(super) const HEAD_PIXELS: usize = 8;
 /// AVX2.
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) unsafe fn store_head(
+unsafe fn store_head(
     vector: &Option<Requant8>,
     finish: &Finish<'_>,
     sums: __m256i,

@@ -18,10 +18,9 @@
 //! table's other kernels (depthwise, convolutions whose rows are too wide for the ring) are
 //! AVX2's.
 
-use super::avx2::{gemm_blocks, hsum8, store_head, HEAD_PIXELS, PIXELS};
+use super::avx2::{gemm_blocks, head_rows, hsum8, HEAD_PIXELS, PIXELS};
 use super::pack::{packed, packs, ring_shape, Layout};
-use super::rows::{dense_buffers_fit, folded, Rows, RING};
-use super::stage::block;
+use super::rows::{dense_buffers_fit, Rows, RING};
 use super::{ConvKernel, ConvParams};
 use crate::kernels::KernelSet;
 use core::arch::x86_64::*;
@@ -128,43 +127,34 @@ pub(super) unsafe fn gemm(
 /// A depth head (one output channel, [`takes`]'s shapes) over the byte ring of unsigned inputs:
 /// 8 pixels a step, each pixel's `k` runs against the weight rows in 32-byte vectors (zero past
 /// each run, so the bytes read past it add nothing), each weight vector loaded once for the 8;
-/// the 8 accumulators reduced together and finished as one vector ([`store_head`]).
+/// the 8 accumulators reduced together and finished as one vector ([`head_rows`]).
 ///
 /// # Safety
 /// AVX2 and AVX-VNNI; `p` as [`takes`] and [`dense_buffers_fit`] checked it.
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn head(p: &ConvParams<'_>, input: &[i8], out: &mut [u8], band: Range<usize>) {
-    let (ow, ic) = (p.output.width, p.input.channels);
-    let (k, s) = (p.kernel, p.stride);
+    let (ic, k) = (p.input.channels, p.kernel);
     let run = k * ic;
     let chunks = run.div_ceil(32);
     let mut wbuf = [0i8; HEAD];
     for ky in 0..k {
         wbuf[ky * chunks * 32..][..run].copy_from_slice(&p.weights[ky * run..(ky + 1) * run]);
     }
-    // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w, the second term in the bias
-    let finish = folded(p, 0, p.input_zero_point + 128);
-    // the one channel's constants in all 8 lanes (`block` repeats the last channel)
-    let vector = block::<8>(p, ConvKernel::AvxVnniGemm, 0);
-    let mut ring = [MaybeUninit::uninit(); RING];
-    let mut rows = Rows::new(p, 0x80, &mut ring);
-    for oy in band.clone() {
-        let runs = rows.output_row(p, input, oy);
-        let mut ox = 0;
-        while ox < ow {
-            let m = HEAD_PIXELS.min(ow - ox);
-            let at = (oy - band.start) * ow + ox;
-            // SAFETY: AVX2 and AVX-VNNI as the caller guarantees. Pixel ox + i's run in row
-            // ky is `run` bytes from runs[ky] + (ox + i)·s·C_in, inside its slot; the 32-byte
-            // loads read at most 31 bytes past it, into the next slot or the ring's 64 bytes
-            // of slack, against zero weights.
-            unsafe {
-                let sums = head_tile(&runs[..k], ox * s * ic, s * ic, m, chunks, wbuf.as_ptr());
-                store_head(&vector, &finish, sums, out, at, m);
-            }
-            ox += m;
-        }
-    }
+    // Σ (x − z)·w = Σ u·w − (z + 128)·Σ w, the second term in the bias.
+    // SAFETY: AVX2 and AVX-VNNI as the caller guarantees. Pixel ox + i's run in row ky is `run`
+    // bytes from runs[ky] + (ox + i)·s·C_in, inside its slot; the 32-byte loads read at most 31
+    // bytes past it, into the next slot or the ring's 64 bytes of slack, against zero weights.
+    unsafe {
+        head_rows(
+            p,
+            input,
+            out,
+            &band,
+            (0x80, p.input_zero_point + 128),
+            ConvKernel::AvxVnniGemm,
+            |runs, x0, step, m| head_tile(&runs[..k], x0, step, m, chunks, wbuf.as_ptr()),
+        )
+    };
 }
 
 /// The sums of `m ≤ 8` pixels of a depth head, pixel `i` in lane `i`: its run in kernel row
