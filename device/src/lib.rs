@@ -836,9 +836,23 @@ mod tests {
         e.set_kernels(Kernels::Reference);
         assert_eq!(e.fused_ops(pool), 0);
         let want = outputs(&mut e);
+        // its 1×1 convolution runs the portable loop: no packed weights or stages in the plan
+        let Op::Conv2d(c) = &model.ops[pool + 1] else {
+            panic!(
+                "op {} is not the squeeze-excitation's convolution",
+                pool + 1
+            );
+        };
+        let params = conv_params(&model, c, (pool + 1) as u16).unwrap();
+        let oc = params.output.channels;
         for set in KernelSet::available().filter(|&s| s != KernelSet::Reference) {
             assert!(e.select_kernels(set));
             assert_eq!(e.fused_ops(pool), 2, "{set:?}");
+            assert_eq!(plan::record_words(set, &params), 4 + oc, "{set:?}");
+            assert_eq!(
+                e.conv_kernel(pool + 1),
+                Some(kernels::conv::ConvKernel::Portable)
+            );
             assert_eq!(outputs(&mut e), want, "{set:?}");
         }
     }

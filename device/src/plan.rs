@@ -15,7 +15,8 @@
 //!   pairs), `S` words of the vector output stage for the chosen kernel where the table has one
 //!   and every channel takes it ([`stage`]: biases with `−z·Σw` folded, multipliers, shifts,
 //!   masks; the run copies a block's instead of decoding the model's bytes), and `D` words of a
-//!   ring depthwise kernel's widened taps (AVX2: `(w, 0)` words, NEON: int16);
+//!   ring depthwise kernel's widened taps (AVX2 and AVX-512 VNNI: `(w, 0)` words, NEON:
+//!   int16);
 //! - a global average pool's record: one word, how many of the ops after it run fused with it
 //!   (where it starts a squeeze-excitation, [`squeeze_excitation`]: pool → 1×1 convolutions →
 //!   mul in one step, the pooled vector, the hidden layers and the gate in stack buffers instead
@@ -23,15 +24,15 @@
 //!   empty records.
 //!
 //! A plan for a table without packing or vector stages (reference, portable, SSE2, Cortex-M
-//! DSP) is `Σ (C_out + 4) + P + n + 3` words (`P` the global average pools); on Cortex-M the widened int16 weights stay a
-//! per-call stack copy and the output constants are read from the model's bytes (in flash):
+//! DSP) is `Σ (C_out + 4) + P + n + 3` words (`P` the global average pools); on Cortex-M the
+//! widened int16 weights stay a per-call stack copy and the output constants are read from the model's bytes (in flash):
 //! a plan in RAM would hold what flash already does, at 20 bytes a channel.
 
 use depthling_model::{DType, Model, Op, TensorId};
 
 use crate::kernels::conv::pack::Layout;
 use crate::kernels::conv::rows::{widened_words, write_widened};
-use crate::kernels::conv::{choose, stage, weight_sum, ConvKernel, ConvParams, Prepared};
+use crate::kernels::conv::{choose, matvec, stage, weight_sum, ConvKernel, ConvParams, Prepared};
 use crate::kernels::KernelSet;
 use crate::{conv_params, Error};
 
@@ -43,10 +44,20 @@ fn header_words(model: &Model<'_>) -> usize {
 /// Words of a convolution's record before its `Σw`: the kernel and three lengths.
 const RECORD_HEAD: usize = 4;
 
-/// The lengths of `p`'s packed weights, vector stage and widened taps in a plan for `set`.
+/// The layout of `p`'s packed weights in a plan for `set`: the table's dense kernel's, none for
+/// a convolution the table runs as a matrix-vector product ([`matvec`]).
+fn layout(set: KernelSet, p: &ConvParams<'_>) -> Option<Layout> {
+    (!matvec(set, p)).then(|| Layout::of(set, p)).flatten()
+}
+
+/// The lengths of `p`'s packed weights, vector stage and widened taps in a plan for `set`
+/// (none for a convolution the table runs as a matrix-vector product, [`matvec`]).
 fn parts(set: KernelSet, p: &ConvParams<'_>) -> [usize; 3] {
+    if matvec(set, p) {
+        return [0; 3];
+    }
     [
-        Layout::of(set, p).map_or(0, |l| l.words()),
+        layout(set, p).map_or(0, |l| l.words()),
         stage::words(set, p),
         widened_words(set, p),
     ]
@@ -203,7 +214,7 @@ pub(crate) fn write_record(set: KernelSet, p: &ConvParams<'_>, dst: &mut [i32]) 
         *w = weight_sum(p, ch);
     }
     let packed = sums.end..sums.end + packed;
-    let layout = Layout::of(set, p);
+    let layout = layout(set, p);
     if let Some(layout) = layout {
         let words = &mut dst[packed.clone()];
         // SAFETY: i32 and MaybeUninit<i32> have the same layout; `pack` only writes.
@@ -263,7 +274,7 @@ pub(crate) fn parse<'p>(
         Prepared {
             weight_sums: &r[sums],
             packed,
-            layout: Layout::of(set, p),
+            layout: layout(set, p),
             kernel,
             stage,
             depthwise: widened,

@@ -498,15 +498,21 @@ impl ConvKernel {
     }
 }
 
+/// Whether table `set` runs `p` with the portable kernel because it is a dense convolution of a
+/// 1×1 map (a squeeze-excitation's layers): a matrix-vector product of a few hundred MACs, where
+/// the vector kernels' set-up (rings, blocks of constants) costs more than the sums. Not on the
+/// reference table; the plan holds no packed weights or stages for these ([`choose`]).
+pub(crate) fn matvec(set: KernelSet, p: &ConvParams<'_>) -> bool {
+    set != KernelSet::Reference && !p.depthwise && p.output.height * p.output.width == 1
+}
+
 /// The kernel table `set` runs `p` with (the portable one for a table this build or CPU cannot
 /// run): each table's kernels in order, the first whose shape checks `p` passes (buffers of the
 /// sizes the shapes say; packed weights in `p`'s plan or fitting the kernel's stack buffer):
 /// AVX-512 VNNI (or, on the AVX-VNNI table, its 256-bit ring GEMM) → AVX2 (head, ring GEMM,
 /// gathering GEMM, ring depthwise, depthwise) → SSE2 or
 /// AVX2 blocks (dense) or portable (depthwise); NEON → portable; Cortex-M DSP. On every table but
-/// the reference, a dense convolution of a 1×1 map (a squeeze-excitation's layers) runs the
-/// portable kernel: a matrix-vector product of a few hundred MACs, where the vector kernels'
-/// set-up costs more than the sums.
+/// the reference, a dense convolution of a 1×1 map runs the portable kernel ([`matvec`]).
 pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
     let set = if set.is_available() {
         set
@@ -514,9 +520,7 @@ pub fn choose(set: KernelSet, p: &ConvParams<'_>) -> ConvKernel {
         KernelSet::Portable
     };
     let _ = p;
-    // a 1×1 map (squeeze-excitation's layers) is a matrix-vector product of a few hundred
-    // MACs: the vector kernels' set-up (rings, blocks of constants) costs more than the sums
-    if set != KernelSet::Reference && p.output.height * p.output.width == 1 && !p.depthwise {
+    if matvec(set, p) {
         return ConvKernel::Portable;
     }
     match set {
@@ -1626,41 +1630,8 @@ mod tests {
             };
             let (w1, b1, r1) = constants(&mut rng);
             let (w2, b2, r2) = constants(&mut rng);
-            let p =
-                |weights: &'static [i8], bias: &'static [u8], requant: &'static [u8]| ConvParams {
-                    input: super::super::Shape {
-                        height: h,
-                        width: w,
-                        channels: ic,
-                    },
-                    output: super::super::Shape {
-                        height: oh,
-                        width: ow,
-                        channels: oc,
-                    },
-                    kernel: k,
-                    stride,
-                    depthwise,
-                    input_zero_point: 11,
-                    weights,
-                    bias,
-                    stage: OutputStage::Int8 {
-                        requant,
-                        zero_point: -5,
-                        act_min: -100,
-                        act_max: 120,
-                        lut: None,
-                    },
-                    prepared: Prepared::default(),
-                };
-            let leak =
-                |v: Vec<i8>| -> &'static [i8] { std::boxed::Box::leak(v.into_boxed_slice()) };
-            let leak8 =
-                |v: Vec<u8>| -> &'static [u8] { std::boxed::Box::leak(v.into_boxed_slice()) };
-            let (p1, p2) = (
-                p(leak(w1), leak8(b1), leak8(r1)),
-                p(leak(w2), leak8(b2), leak8(r2)),
-            );
+            let shape = (h, w, ic, oc, k, stride, depthwise);
+            let (p1, p2) = (params(shape, &w1, &b1, &r1), params(shape, &w2, &b2, &r2));
             let mut want = std::vec![0u8; oh * ow * oc];
             reference(&p2, &input, &mut want);
             let record = prepare(set, &p2);
@@ -1698,6 +1669,71 @@ mod tests {
                 k,
                 ConvKernel::Avx2Depthwise | ConvKernel::VnniDepthwise | ConvKernel::NeonDepthwise
             )));
+        }
+    }
+
+    /// A dense convolution of a 1×1 map (a squeeze-excitation's layer) runs the portable loop on
+    /// every table but the reference, and its plan record holds only the kernel, the lengths and
+    /// `Σw`: no packed weights, stage or taps that nothing would read.
+    #[test]
+    fn one_by_one_maps_run_portable_with_a_bare_record() {
+        let mut rng = super::super::TestRng(0x11);
+        let (ic, oc) = (24, 40);
+        let weights = rng.bytes(ic * oc);
+        let bias: Vec<u8> = (0..oc)
+            .flat_map(|c| (c as i32 * 7 - 100).to_le_bytes())
+            .collect();
+        let requant = requant_bytes((0..oc).map(|c| 2e-3 + c as f64 * 1e-5));
+        let p = params((1, 1, ic, oc, 1, 1, false), &weights, &bias, &requant);
+        let input = rng.bytes(ic);
+        let mut want = std::vec![0u8; oc];
+        reference(&p, &input, &mut want);
+        for set in KernelSet::ALL {
+            assert_eq!(crate::plan::record_words(set, &p), 4 + oc, "{set:?}");
+            if set.is_available() && set != KernelSet::Reference {
+                let record = prepare(set, &p);
+                let (prepared, kernel) = crate::plan::parse(&record, set, &p);
+                assert_eq!(kernel, Some(ConvKernel::Portable), "{set:?}");
+                let mut got = std::vec![0u8; oc];
+                with(set, &ConvParams { prepared, ..p }, &input, &mut got);
+                assert_eq!(got, want, "{set:?}");
+            }
+        }
+    }
+
+    /// An int8 convolution of `(h, w, c_in, c_out, k, stride, depthwise)` with these constants,
+    /// input zero point 11, output zero point −5, clamp −100..=120.
+    fn params<'a>(
+        (h, w, ic, oc, k, stride, depthwise): (usize, usize, usize, usize, usize, usize, bool),
+        weights: &'a [i8],
+        bias: &'a [u8],
+        requant: &'a [u8],
+    ) -> ConvParams<'a> {
+        ConvParams {
+            input: super::super::Shape {
+                height: h,
+                width: w,
+                channels: ic,
+            },
+            output: super::super::Shape {
+                height: h.div_ceil(stride),
+                width: w.div_ceil(stride),
+                channels: oc,
+            },
+            kernel: k,
+            stride,
+            depthwise,
+            input_zero_point: 11,
+            weights,
+            bias,
+            stage: OutputStage::Int8 {
+                requant,
+                zero_point: -5,
+                act_min: -100,
+                act_max: 120,
+                lut: None,
+            },
+            prepared: Prepared::default(),
         }
     }
 
@@ -1818,18 +1854,12 @@ mod tests {
         assert_eq!(got, want, "used a foreign plan's packed weights");
     }
 
-    /// Whether `p` is a dense convolution of a 1×1 map, which every table but the reference
-    /// runs with the portable kernel ([`choose`]).
-    fn matvec(p: &ConvParams<'_>) -> bool {
-        !p.depthwise && p.output.height * p.output.width == 1
-    }
-
     /// The fastest table on three threads (one band per thread); the one-thread kernel where it
     /// has no banded kernel for the case.
     fn three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         let set = KernelSet::detect();
         // a dense 1×1 map runs the portable matrix-vector loop (`choose`), on one thread
-        let banded = !matvec(p)
+        let banded = !matvec(set, p)
             && match set {
                 KernelSet::X86Avx512Vnni
                 | KernelSet::Aarch64Neon
@@ -2055,12 +2085,18 @@ mod tests {
         with(KernelSet::X86AvxVnni, p, input, out)
     }
 
-    /// The AVX-VNNI table on three threads where its kernels write bands.
+    /// The AVX-VNNI table on three threads: the kernel it chooses splits the rows wherever it
+    /// writes bands (the test shapes fit every banded kernel's buffers), one thread elsewhere.
     #[cfg(target_arch = "x86_64")]
     fn avx_vnni_three_threads(p: &ConvParams<'_>, input: &[i8], out: &mut [u8]) {
         let kernel = choose(KernelSet::X86AvxVnni, p);
         let pool = crate::pool::Pool::new(2);
-        if !parallel(&pool, kernel, p, input, out) {
+        assert_eq!(
+            parallel(&pool, kernel, p, input, out),
+            kernel.banded(),
+            "{kernel:?}"
+        );
+        if !kernel.banded() {
             with(KernelSet::X86AvxVnni, p, input, out);
         }
     }
@@ -2077,7 +2113,7 @@ mod tests {
         if !has_avx2() {
             return reference(p, input, out);
         }
-        let banded = !matvec(p)
+        let banded = !matvec(KernelSet::X86Avx2, p)
             && (p.depthwise
                 || p.output.channels == 1
                 || pack::ring16_shape(p)

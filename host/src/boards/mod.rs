@@ -88,8 +88,8 @@ impl Board {
     /// The tables the engine may run on this board, whose largest plan it keeps after the
     /// activations (`Engine::arena_needed` takes the largest of the tables the CPU has): the
     /// DSP one on Cortex-M, the NEON ones on aarch64, the x86 ones elsewhere (AVX2's int16
-    /// packed weights make its plan the largest for most networks, e.g. `micro`'s 583 KB
-    /// against AVX-512 VNNI's 418 KB; VNNI's 16-channel padding for narrow ones).
+    /// packed weights make its plan the largest for most networks, e.g. `micro`'s 579 KB
+    /// against AVX-512 VNNI's 414 KB; VNNI's 16-channel padding for narrow ones).
     pub fn kernel_sets(&self) -> Vec<depthling_device::KernelSet> {
         use depthling_device::KernelSet;
         let arch = |s: &KernelSet| match s {

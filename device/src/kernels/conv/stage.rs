@@ -9,7 +9,7 @@
 //! `act_min`, `act_max`, then `P` biases (with `−z·Σw` folded in for the `z` the kernel sums raw
 //! inputs against, [`fold`]), `P` multipliers, `P` right shifts `e`, `P` masks `2^e − 1` and
 //! `P` halves `mask >> 1`. It exists where the table has vector output stages (AVX2,
-//! AVX-512 VNNI, NEON) and every channel takes one (int8 without a LUT, multiplier below one):
+//! AVX-VNNI, AVX-512 VNNI, NEON) and every channel takes one (int8 without a LUT, multiplier below one):
 //! elsewhere it is empty and the kernels take the scalar path as before.
 
 use super::rows::folded;

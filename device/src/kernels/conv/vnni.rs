@@ -63,11 +63,11 @@ pub(super) fn available() -> bool {
 
 /// Whether [`run`] takes `p` (given buffers of the sizes its shapes say): a dense map whose ring
 /// fits, and for several channels the packed weights in the plan or fitting the stack buffer,
-/// for one a run within the head's weight rows.
+/// for one a run (in whole 32-byte chunks) within the head's weight rows.
 pub(super) fn takes(p: &ConvParams<'_>) -> bool {
     ring_shape(p)
         && if p.output.channels == 1 {
-            (p.kernel * p.input.channels).div_ceil(64) * 64 <= HEAD
+            (p.kernel * p.input.channels).div_ceil(32) * 32 <= HEAD
         } else {
             packs(KernelSet::X86Avx512Vnni, p, PACKED)
         }
